@@ -1,0 +1,41 @@
+# Lethe: `make demo` and `make test` do all set-up on a fresh machine (a virtualenv with pinned deps).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PG_TEST_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/lethe_test
+REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: demo test test-sqlite test-postgres lint up clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[engine,postgres,redis,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lethe demo
+
+up: $(STAMP)
+	$(BIN)/lethe up
+
+# Engine + API + jobs on SQLite with the embedded broker, then the API and job tests again on
+# Postgres + Redis with a real Celery worker.
+test: test-sqlite test-postgres
+
+test-sqlite: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-postgres: $(STAMP)
+	LETHE_TEST_DATABASE_URL=$(PG_TEST_URL) LETHE_TEST_BROKER_URL=$(REDIS_TEST_URL) \
+		$(BIN)/python -m pytest -q tests/app tests/workers --ignore=tests/workers/engine --ignore=tests/app/intake
+
+lint: $(STAMP)
+	$(BIN)/ruff check app workers tests bench migrations
+	$(BIN)/mypy app workers
+
+clean:
+	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from sqlalchemy import select
+
+from app.api.deps import Reader, SessionDep, SettingsDep, StoreDep, Submitter, request_id
+from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
+from app.api.routes.discovery import builtin_datasets
+from app.api.uploads import read_upload
+from app.core.problems import DomainError, Unprocessable
+from app.models import Dataset
+from app.schemas.resources import NAME_MAX, BuiltinDatasetCreate, DatasetOut, DatasetPage
+from app.services import audit
+from app.services.datasets import build_builtin, get_dataset, store_dataset
+from workers.engine.datasets import ArrayDataset
+from workers.engine.errors import InvalidInputError
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+
+@router.get("", response_model=DatasetPage)
+def list_datasets(
+    principal: Reader,
+    session: SessionDep,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> DatasetPage:
+    rows, next_cursor = paginate(session, select(Dataset).where(Dataset.tenant_id == principal.tenant_id), Dataset, cursor, limit)
+    return DatasetPage(
+        data=[DatasetOut.model_validate(r) for r in rows], next_cursor=next_cursor, has_more=next_cursor is not None,
+        builtins=builtin_datasets(),
+    )
+
+
+def _created(response: Response, row: Dataset, created: bool) -> DatasetOut:
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/v1/datasets/{row.id}"
+    return DatasetOut.model_validate(row)
+
+
+@router.post("", response_model=DatasetOut, status_code=201, responses={200: {"description": "Identical data already stored"}})
+def create_builtin_dataset(
+    body: BuiltinDatasetCreate, principal: Submitter, session: SessionDep, store: StoreDep, request: Request, response: Response
+) -> DatasetOut:
+    """Materialise a built-in dataset (digits, procedural, …) with a config."""
+    dataset, config = build_builtin(body.builtin, body.config)
+    row, created = store_dataset(
+        session, store, tenant_id=principal.tenant_id, dataset=dataset, name=body.name or body.builtin,
+        source="builtin", builtin=body.builtin, config=config,
+    )
+    if created:
+        audit.record(
+            session, tenant_id=principal.tenant_id, actor=principal.actor, action="dataset.create",
+            resource_type="dataset", resource_id=str(row.id), request_id=request_id(request),
+            details={"builtin": body.builtin, "sha256": row.sha256},
+        )
+    session.commit()
+    return _created(response, row, created)
+
+
+@router.post("/upload", response_model=DatasetOut, status_code=201, responses={200: {"description": "Identical data already stored"}})
+async def upload_dataset(
+    principal: Submitter,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    request: Request,
+    response: Response,
+    file: Annotated[UploadFile, File(description=".npz with x_train, y_train, x_test, y_test")],
+    name: Annotated[str | None, Form(min_length=1, max_length=NAME_MAX)] = None,
+) -> DatasetOut:
+    from app.intake import IntakeError, reject_pickle, validate_npz
+
+    data = await read_upload(file, settings.max_upload_bytes)
+    try:
+        reject_pickle(data, "dataset")
+        parsed = validate_npz(
+            data, max_bytes=settings.max_upload_bytes, max_uncompressed_bytes=settings.max_dataset_uncompressed_bytes
+        )
+        dataset = ArrayDataset.from_arrays(
+            parsed.x_train, parsed.y_train, parsed.x_test, parsed.y_test, num_classes=parsed.num_classes
+        )
+    except IntakeError as exc:
+        raise DomainError(exc.detail, code=exc.code, status=exc.status, errors=exc.errors or None) from exc
+    except InvalidInputError as exc:
+        raise Unprocessable(str(exc), code="invalid-dataset") from exc
+    row, created = store_dataset(
+        session, store, tenant_id=principal.tenant_id, dataset=dataset, name=name or (file.filename or "upload"),
+        source="upload", builtin=None, config={"upload_sha256": parsed.sha256},
+    )
+    if created:
+        audit.record(
+            session, tenant_id=principal.tenant_id, actor=principal.actor, action="dataset.upload",
+            resource_type="dataset", resource_id=str(row.id), request_id=request_id(request),
+            details={"sha256": row.sha256, "upload_sha256": parsed.sha256, "bytes": len(data)},
+        )
+    session.commit()
+    return _created(response, row, created)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def read_dataset(dataset_id: uuid.UUID, principal: Reader, session: SessionDep) -> DatasetOut:
+    return DatasetOut.model_validate(get_dataset(session, principal.tenant_id, dataset_id))

@@ -1,0 +1,52 @@
+"""Registries: what can be run. Dashboards render forms from the params schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from app.api.deps import Reader
+from app.schemas.common import RegistryEntry
+from workers.engine.architectures import ARCHITECTURES
+from workers.engine.datasets import DATASETS
+from workers.engine.methods import METHODS
+
+router = APIRouter(tags=["discovery"])
+
+
+def builtin_datasets() -> list[dict[str, Any]]:
+    return [
+        RegistryEntry(
+            name=d.name, description=d.description, task_types=[d.task_type.value],
+            params_schema=d.config_model.model_json_schema(),
+        ).model_dump()
+        for d in DATASETS
+    ]
+
+
+@router.get("/methods", response_model=list[RegistryEntry])
+def list_methods(_: Reader) -> list[RegistryEntry]:
+    return [
+        RegistryEntry(
+            name=m.name, description=m.description, task_types=[t.value for t in m.task_types],
+            params_schema=m.params_model.model_json_schema(), job_kind=m.job_kind,
+        )
+        for m in METHODS
+    ]
+
+
+@router.get("/architectures", response_model=list[RegistryEntry])
+def list_architectures(_: Reader) -> list[RegistryEntry]:
+    return [
+        RegistryEntry(
+            name=a.name, description=a.description, task_types=[t.value for t in a.task_types],
+            params_schema=a.config_model.model_json_schema(),
+        )
+        for a in ARCHITECTURES
+    ]
+
+
+@router.get("/datasets/builtins", response_model=list[RegistryEntry])
+def list_builtin_datasets(_: Reader) -> list[dict[str, Any]]:
+    return builtin_datasets()

@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.api.deps import PublisherDep, Reader, SessionDep, SettingsDep, Submitter, request_id
+from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
+from app.core.problems import DomainError, NotFound
+from app.models import Job, JobEvent, JobKind, JobStatus
+from app.models.job import TERMINAL_STATUSES
+from app.schemas.common import Page
+from app.schemas.jobs import JobCreate, JobEventOut, JobOut
+from app.services import audit
+from app.services import jobs as job_service
+from app.services.results import metrics_for
+from app.services.submission import submit
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+POLL_HINT_SECONDS = 2
+SSE_POLL_SECONDS = 0.5
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant_id:
+        raise NotFound(f"job {job_id} not found", code="job-not-found")
+    return job
+
+
+def job_out(session: Session, job: Job) -> JobOut:
+    out = JobOut.model_validate(job)
+    out.metrics = metrics_for(session, [job.id]).get(job.id, {})
+    return out
+
+
+def etag(job: Job) -> str:
+    return f'"{job.id}:{job.version}"'
+
+
+@router.post("", response_model=JobOut, status_code=202, responses={200: {"description": "Idempotent replay"}})
+def create_job(
+    body: JobCreate,
+    principal: Submitter,
+    session: SessionDep,
+    settings: SettingsDep,
+    publisher: PublisherDep,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=MAX_IDEMPOTENCY_KEY, description="Retries with the same key return the same job.")
+    ] = None,
+) -> JobOut:
+    job, created = submit(session, principal, body, settings, idempotency_key=idempotency_key, request_id=request_id(request))
+    session.commit()
+    if created:
+        # Publish only after commit: the worker must never see an id whose row is not visible yet.
+        job_service.publish_all(request.app.state.sessions, publisher, [job.id])
+        session.refresh(job)
+    response.status_code = 202 if created else 200
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers["Retry-After"] = str(POLL_HINT_SECONDS)
+    response.headers["ETag"] = etag(job)
+    return job_out(session, job)
+
+
+@router.get("", response_model=Page[JobOut])
+def list_jobs(
+    principal: Reader,
+    session: SessionDep,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
+    method: str | None = None,
+    model_id: uuid.UUID | None = None,
+    forget_set_id: uuid.UUID | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[JobOut]:
+    query = select(Job).where(Job.tenant_id == principal.tenant_id)
+    for column, value in ((Job.status, status), (Job.kind, kind), (Job.method, method), (Job.model_id, model_id), (Job.forget_set_id, forget_set_id)):
+        if value is not None:
+            query = query.where(column == value)
+    rows, next_cursor = paginate(session, query, Job, cursor, limit)
+    metrics = metrics_for(session, [r.id for r in rows])
+    data = []
+    for row in rows:
+        out = JobOut.model_validate(row)
+        out.metrics = metrics.get(row.id, {})
+        data.append(out)
+    return Page[JobOut](data=data, next_cursor=next_cursor, has_more=next_cursor is not None)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses={304: {"description": "Not modified since the ETag"}})
+def read_job(
+    job_id: uuid.UUID,
+    principal: Reader,
+    session: SessionDep,
+    response: Response,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> JobOut | Response:
+    job = get_job(session, principal.tenant_id, job_id)
+    tag = etag(job)
+    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    if job.status not in TERMINAL_STATUSES:
+        headers["Retry-After"] = str(POLL_HINT_SECONDS)
+    if if_none_match is not None and tag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers=headers)
+    response.headers.update(headers)
+    return job_out(session, job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, status_code=202)
+def cancel_job(job_id: uuid.UUID, principal: Submitter, session: SessionDep, request: Request) -> JobOut:
+    """Idempotent. A queued job is cancelled at once; a running one stops at its next heartbeat."""
+    job = get_job(session, principal.tenant_id, job_id)
+    if job.status in (JobStatus.succeeded, JobStatus.failed):
+        raise DomainError(f"job {job_id} already {job.status.value}", code="job-not-cancellable", status=409)
+    if not job.cancel_requested and job.status is not JobStatus.cancelled:
+        job_service.request_cancel(session, job)
+        audit.record(
+            session, tenant_id=principal.tenant_id, actor=principal.actor, action="job.cancel", resource_type="job",
+            resource_id=str(job.id), request_id=request_id(request), details={"status": job.status.value},
+        )
+        session.commit()
+    return job_out(session, job)
+
+
+@router.get("/{job_id}/metrics", response_model=dict[str, float], tags=["results"])
+def read_metrics(job_id: uuid.UUID, principal: Reader, session: SessionDep) -> dict[str, float]:
+    job = get_job(session, principal.tenant_id, job_id)
+    return metrics_for(session, [job.id]).get(job.id, {})
+
+
+@router.get("/{job_id}/events", response_model=list[JobEventOut])
+def list_events(
+    job_id: uuid.UUID,
+    principal: Reader,
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0, description="Only events with a larger id.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[JobEventOut]:
+    get_job(session, principal.tenant_id, job_id)
+    events = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id).limit(limit)
+    )
+    return [JobEventOut.model_validate(e) for e in events]
+
+
+def _visible_job(job_id: uuid.UUID, principal: Reader, session: SessionDep) -> uuid.UUID:
+    get_job(session, principal.tenant_id, job_id)
+    # The stream outlives this dependency's session: end its transaction now, or SQLite's writers
+    # (the worker's heartbeats) would wait on it for the whole stream.
+    session.rollback()
+    return job_id
+
+
+@router.get("/{job_id}/events/stream", response_class=EventSourceResponse)
+async def stream_events(
+    job_id: Annotated[uuid.UUID, Depends(_visible_job)],
+    principal: Reader,
+    request: Request,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """Server-sent events: replays from ``Last-Event-ID``, then follows until the job ends."""
+    sessions = request.app.state.sessions
+
+    def _poll(after: int) -> tuple[list[JobEventOut], bool, bool]:
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.tenant_id != principal.tenant_id:
+                return [], True, False
+            events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id))
+            return [JobEventOut.model_validate(e) for e in events], job.status in TERMINAL_STATUSES, True
+
+    events, done, _ = await run_in_threadpool(_poll, last_event_id or 0)
+    after = last_event_id or 0
+    while True:
+        for event in events:
+            after = event.id
+            yield ServerSentEvent(data=event.model_dump(mode="json"), event=event.type, id=str(event.id))
+        if done or await request.is_disconnected():
+            return
+        await asyncio.sleep(SSE_POLL_SECONDS)
+        events, done, _ = await run_in_threadpool(_poll, after)

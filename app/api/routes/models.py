@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from sqlalchemy import select
+
+from app.api.deps import Reader, SessionDep, SettingsDep, StoreDep, Submitter, request_id
+from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
+from app.api.uploads import read_upload
+from app.core.problems import Unprocessable
+from app.models import Model
+from app.schemas.common import Page
+from app.schemas.resources import NAME_MAX, ModelOut
+from app.services import audit
+from app.services.datasets import get_dataset
+from app.services.models import get_model, register_upload
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+@router.get("", response_model=Page[ModelOut])
+def list_models(
+    principal: Reader,
+    session: SessionDep,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[ModelOut]:
+    rows, next_cursor = paginate(session, select(Model).where(Model.tenant_id == principal.tenant_id), Model, cursor, limit)
+    return Page[ModelOut](data=[ModelOut.model_validate(r) for r in rows], next_cursor=next_cursor, has_more=next_cursor is not None)
+
+
+@router.post("", response_model=ModelOut, status_code=201)
+async def upload_model(
+    principal: Submitter,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    request: Request,
+    response: Response,
+    architecture: Annotated[str, Form(max_length=100, description="Name from GET /v1/architectures.")],
+    weights: Annotated[UploadFile, File(description="safetensors state_dict; pickles are rejected.")],
+    config: Annotated[str, Form(max_length=100_000, description="Architecture config as JSON.")] = "{}",
+    name: Annotated[str | None, Form(min_length=1, max_length=NAME_MAX)] = None,
+    dataset_id: Annotated[uuid.UUID | None, Form()] = None,
+) -> ModelOut:
+    try:
+        config_dict = json.loads(config)
+    except json.JSONDecodeError as exc:
+        raise Unprocessable(f"config is not valid JSON: {exc.msg} at position {exc.pos}", code="invalid-json") from exc
+    if not isinstance(config_dict, dict):
+        raise Unprocessable("config must be a JSON object", code="invalid-architecture-config")
+    dataset = get_dataset(session, principal.tenant_id, dataset_id) if dataset_id else None
+    data = await read_upload(weights, settings.max_upload_bytes)
+    row = register_upload(
+        session, store, tenant_id=principal.tenant_id, name=name or architecture, architecture=architecture,
+        config=config_dict, weights=data, dataset=dataset, max_bytes=settings.max_upload_bytes,
+    )
+    audit.record(
+        session, tenant_id=principal.tenant_id, actor=principal.actor, action="model.upload", resource_type="model",
+        resource_id=str(row.id), request_id=request_id(request),
+        details={"architecture": architecture, "sha256": row.sha256, "bytes": row.size_bytes},
+    )
+    session.commit()
+    response.headers["Location"] = f"/v1/models/{row.id}"
+    return ModelOut.model_validate(row)
+
+
+@router.get("/{model_id}", response_model=ModelOut)
+def read_model(model_id: uuid.UUID, principal: Reader, session: SessionDep) -> ModelOut:
+    return ModelOut.model_validate(get_model(session, principal.tenant_id, model_id))
+
+
+@router.get(
+    "/{model_id}/weights",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "safetensors weights"}},
+)
+def download_weights(model_id: uuid.UUID, principal: Reader, session: SessionDep, store: StoreDep) -> Response:
+    row = get_model(session, principal.tenant_id, model_id)
+    return Response(
+        store.get(row.storage_key),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{row.id}.safetensors"',
+            "ETag": f'"{row.sha256}"',
+            "Digest": f"sha-256={row.sha256}",
+        },
+    )

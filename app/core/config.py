@@ -1,0 +1,111 @@
+"""Every setting of the service, in one pydantic-settings class (env prefix ``LETHE_``)."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Profile(StrEnum):
+    embedded = "embedded"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    """Service settings.
+
+    ``embedded`` (default) needs no servers: the app DB is a SQLite file, Celery talks to a second
+    SQLite file through kombu's SQLAlchemy transport and artifacts live in a local directory.
+    ``production`` requires a Postgres URL and a Redis broker.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", env_ignore_empty=True, extra="ignore")
+
+    profile: Profile = Profile.embedded
+    home: Path = Field(Path("var"), description="Directory for the embedded profile's files.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the app DB.")
+    broker_url: str | None = Field(None, description="Celery broker URL.")
+    artifact_root: Path | None = Field(None, description="Directory of the local artifact store.")
+    device: str = Field("auto", description="'auto' picks cuda when available, else cpu.")
+
+    # Jobs: the DB lease is the only guard against double execution.
+    lease_seconds: float = Field(60.0, gt=0, description="A running job's lease; heartbeats extend it.")
+    heartbeat_seconds: float = Field(2.0, gt=0, description="Minimum interval between DB heartbeats.")
+    max_attempts: int = Field(3, ge=1, description="A job whose lease expired this often is failed.")
+    reaper_interval_seconds: float = Field(10.0, gt=0)
+    task_soft_time_limit: int = Field(6 * 3600, gt=0)
+    task_time_limit: int = Field(6 * 3600 + 300, gt=0)
+    # Redis redelivers unacked messages after this: it must exceed the hard limit or a running job
+    # is delivered a second time while it still runs.
+    redis_visibility_timeout: int = Field(8 * 3600, gt=0)
+    broker_polling_interval: float = Field(0.1, gt=0, description="Embedded broker polling interval.")
+
+    # Uploads.
+    max_upload_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    max_dataset_uncompressed_bytes: int = Field(1024 * 1024 * 1024, gt=0)
+
+    # Auth.
+    bootstrap_key_file: Path | None = Field(None, description="Where the embedded admin key is written.")
+    key_pepper: str = Field("lethe-embedded-pepper", description="HMAC pepper for API-key hashes.")
+
+    @model_validator(mode="after")
+    def _fill_profile_defaults(self) -> Self:
+        if self.profile is Profile.production:
+            if not self.database_url or not self.database_url.startswith("postgresql"):
+                raise ValueError("profile 'production' requires LETHE_DATABASE_URL=postgresql+psycopg://...")
+            if not self.broker_url or not self.broker_url.startswith(("redis://", "rediss://")):
+                raise ValueError("profile 'production' requires LETHE_BROKER_URL=redis://...")
+        home = self.home.resolve()
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{home / 'app.sqlite'}"
+        if self.broker_url is None:
+            self.broker_url = f"lethesqla+sqlite:///{home / 'broker.sqlite'}"
+        if self.artifact_root is None:
+            self.artifact_root = home / "artifacts"
+        if self.bootstrap_key_file is None:
+            self.bootstrap_key_file = home / "admin.key"
+        return self
+
+    @property
+    def db_url(self) -> str:
+        assert self.database_url is not None
+        return self.database_url
+
+    @property
+    def broker(self) -> str:
+        assert self.broker_url is not None
+        return self.broker_url
+
+    @property
+    def artifacts(self) -> Path:
+        assert self.artifact_root is not None
+        return self.artifact_root
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    get_settings.cache_clear()
+
+
+def code_version() -> str:
+    """The code version recorded with every job: git commit when available, else the package version."""
+    env = os.environ.get("LETHE_CODE_VERSION")
+    if env:
+        return env
+    from app.core.versioning import detect_code_version
+
+    return detect_code_version()

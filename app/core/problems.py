@@ -1,0 +1,160 @@
+"""RFC 9457 problem details: every error the API returns is ``application/problem+json``."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_BASE = "https://lethe.dev/problems/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger(__name__)
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem object (with Lethe's extensions ``code`` and ``errors``)."""
+
+    type: str = Field(description="URI identifying the problem type.")
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    code: str = Field(description="Stable machine-readable slug, the last segment of `type`.")
+    errors: list[dict[str, Any]] | None = None
+    request_id: str | None = None
+
+
+class DomainError(Exception):
+    """An error with an HTTP status and a stable code; raised anywhere, rendered as problem+json."""
+
+    status: int = 400
+    code: str = "bad-request"
+    title: str = "Bad request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+            self.title = HTTPStatus(status).phrase
+        self.errors = errors
+        self.headers = headers or {}
+
+
+class NotFound(DomainError):
+    status, code, title = 404, "not-found", "Not found"
+
+
+class Forbidden(DomainError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class Unauthorized(DomainError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+
+class Conflict(DomainError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class Unprocessable(DomainError):
+    status, code, title = 422, "unprocessable", "Unprocessable content"
+
+
+class PayloadTooLarge(DomainError):
+    status, code, title = 413, "payload-too-large", "Payload too large"
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    code: str,
+    detail: str | None,
+    *,
+    title: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", None)
+    problem = Problem(
+        type=PROBLEM_BASE + code,
+        title=title or HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        instance=request.url.path,
+        code=code,
+        errors=errors,
+        request_id=request_id,
+    )
+    return JSONResponse(
+        problem.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
+
+
+def _jsonable_errors(errors: Any) -> list[dict[str, Any]]:
+    cleaned = []
+    for err in errors:
+        item = {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+        cleaned.append(item)
+    return cleaned
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _domain(request: Request, exc: DomainError) -> JSONResponse:
+        return problem_response(
+            request, exc.status, exc.code, exc.detail, title=exc.title, errors=exc.errors, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _jsonable_errors(exc.errors())
+        summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
+        return problem_response(
+            request, 422, "validation-error", f"The request is invalid: {summary}", errors=errors
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "-")
+        return problem_response(request, exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(OperationalError)
+    async def _db_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return problem_response(
+            request, 503, "database-unavailable", "The database is temporarily unavailable; retry shortly.",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def _db_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:
+            return problem_response(
+                request, 503, "database-unavailable", "The database connection was lost; retry shortly.",
+                headers={"Retry-After": "5"},
+            )
+        log.exception("database error")
+        return problem_response(request, 500, "internal-error", "An unexpected database error occurred.")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return problem_response(request, 500, "internal-error", "An unexpected error occurred.")

@@ -1,0 +1,22 @@
+"""ORM tables. Importing this package registers every table on ``Base.metadata``."""
+
+from app.models.audit import AuditEvent
+from app.models.base import Base
+from app.models.job import Job, JobEvent, JobKind, JobStatus, Metric
+from app.models.resources import Dataset, ForgetSet, Model
+from app.models.tenant import ApiKey, Tenant
+
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "Base",
+    "Dataset",
+    "ForgetSet",
+    "Job",
+    "JobEvent",
+    "JobKind",
+    "JobStatus",
+    "Metric",
+    "Model",
+    "Tenant",
+]

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from app.models.job import JobKind, JobStatus
+
+MAX_SEED = 2**31 - 1
+
+
+class JobCreate(BaseModel):
+    """Submit a job. Which fields are needed depends on ``kind``:
+
+    - ``train``: ``dataset_id``, ``architecture`` (+ ``arch_config``), ``params`` (a TrainParams).
+    - ``retrain``: ``model_id`` (the original), ``forget_set_id``; ``params.recipe`` defaults to the original's.
+    - ``unlearn``: ``model_id``, ``forget_set_id``, ``method`` (see GET /v1/methods), ``params``.
+    - ``evaluate``: ``model_id``, ``forget_set_id``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: JobKind
+    method: str | None = Field(None, max_length=100, description="Method name from GET /v1/methods (unlearn jobs).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Validated against the method's params schema.")
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED, description="Random seed; drawn and recorded when omitted.")
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+    dataset_id: uuid.UUID | None = None
+    model_id: uuid.UUID | None = None
+    forget_set_id: uuid.UUID | None = None
+    architecture: str | None = Field(None, max_length=100)
+    arch_config: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobProgress(BaseModel):
+    phase: str | None = None
+    step: int | None = None
+    total: int | None = None
+    fraction: float | None = None
+    info: dict[str, Any] | None = None
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    kind: JobKind
+    method: str | None
+    status: JobStatus
+    params: dict[str, Any]
+    seed: int
+    device_requested: str
+    dataset_id: uuid.UUID | None
+    model_id: uuid.UUID | None
+    forget_set_id: uuid.UUID | None
+    output_model_id: uuid.UUID | None
+    architecture: str | None
+    arch_config: dict[str, Any] | None
+    progress: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    error: dict[str, Any] | None
+    result: dict[str, Any] | None
+    environment: dict[str, Any] | None
+    timings: dict[str, Any] | None
+    code_version: str
+    version: int
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class JobEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    ts: datetime
+    type: str
+    attempt: int
+    data: dict[str, Any]
+
+
+class ComparisonRow(BaseModel):
+    job_id: uuid.UUID
+    kind: JobKind
+    method: str | None
+    model_id: uuid.UUID | None
+    output_model_id: uuid.UUID | None
+    seed: int
+    device: str | None
+    metrics: dict[str, float]
+    rte_seconds: float | None = Field(None, description="The method's own time (RTE), excluding evaluation.")
+    avg_gap: float | None = Field(None, description="Mean |UA, MIA-Efficacy, RA, TA − retrain|; null without a retrain.")
+    reference_job_id: uuid.UUID | None = Field(None, description="The retrain job the gap is measured against.")
+
+
+class Comparison(BaseModel):
+    forget_set_id: uuid.UUID
+    columns: list[str]
+    rows: list[ComparisonRow]

@@ -1,0 +1,295 @@
+"""The job lifecycle in the database: lease, heartbeat, cancellation, completion, reaping.
+
+The jobs table is the source of truth; a broker message only says "look at job X". Every state
+change is one conditional UPDATE, so duplicate deliveries, redeliveries and dead workers cannot run a
+job twice or record two results.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.db import session_scope
+from app.models import Job, JobEvent, JobStatus, Metric, Model
+from app.models.base import utcnow
+from app.models.job import TERMINAL_STATUSES
+
+
+class LeaseLost(RuntimeError):
+    """This worker no longer owns the job (its lease expired and someone else took it, or it ended)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: uuid.UUID
+    worker: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    cancel_requested: bool
+
+
+def add_event(session: Session, job_id: uuid.UUID, type_: str, attempt: int, data: dict[str, Any] | None = None) -> None:
+    session.add(JobEvent(job_id=job_id, type=type_, attempt=attempt, data=data or {}))
+
+
+def claim(factory: sessionmaker[Session], job_id: uuid.UUID, worker: str, lease_seconds: float) -> Claim | None:
+    """Take the job if it is queued, or running under an expired lease. None: someone else owns it."""
+    now = utcnow()
+    with session_scope(factory) as session:
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.cancel_requested.is_(False),
+                Job.attempt < Job.max_attempts,
+                or_(
+                    Job.status == JobStatus.queued,
+                    and_(Job.status == JobStatus.running, Job.lease_expires_at < now),
+                ),
+            )
+            .values(
+                status=JobStatus.running,
+                worker=worker,
+                attempt=Job.attempt + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                heartbeat_at=now,
+                started_at=now,
+                version=Job.version + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            return None
+        attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
+        assert attempt is not None
+        add_event(session, job_id, "started", attempt, {"worker": worker})
+        return Claim(job_id=job_id, worker=worker, attempt=attempt)
+
+
+def _owned(claim_: Claim) -> Any:
+    return and_(
+        Job.id == claim_.job_id,
+        Job.status == JobStatus.running,
+        Job.worker == claim_.worker,
+        Job.attempt == claim_.attempt,
+    )
+
+
+def heartbeat(
+    factory: sessionmaker[Session],
+    claim_: Claim,
+    lease_seconds: float,
+    progress: dict[str, Any] | None = None,
+    event: dict[str, Any] | None = None,
+) -> HeartbeatReply:
+    """Extend the lease and record progress; tells the worker whether cancellation was requested."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "heartbeat_at": now,
+        "version": Job.version + 1,
+    }
+    if progress is not None:
+        values["progress"] = progress
+    with session_scope(factory) as session:
+        result = session.execute(
+            update(Job).where(_owned(claim_)).values(**values).execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            raise LeaseLost(f"job {claim_.job_id} attempt {claim_.attempt} is no longer owned by {claim_.worker}")
+        if event is not None:
+            add_event(session, claim_.job_id, "progress", claim_.attempt, event)
+        cancel = session.scalar(select(Job.cancel_requested).where(Job.id == claim_.job_id))
+    return HeartbeatReply(cancel_requested=bool(cancel))
+
+
+def save_checkpoint_pointer(factory: sessionmaker[Session], claim_: Claim, key: str, epoch: int) -> None:
+    with session_scope(factory) as session:
+        result = session.execute(
+            update(Job)
+            .where(_owned(claim_))
+            .values(checkpoint_key=key, checkpoint_epoch=epoch, version=Job.version + 1)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            raise LeaseLost(f"job {claim_.job_id} lost while checkpointing")
+
+
+@dataclass
+class JobOutcome:
+    metrics: dict[str, float]
+    result: dict[str, Any]
+    environment: dict[str, Any]
+    timings: dict[str, Any]
+    output_model: Model | None = None
+
+
+def finish_succeeded(factory: sessionmaker[Session], claim_: Claim, job: Job, outcome: JobOutcome) -> bool:
+    """Record results and mark the job succeeded, in one transaction, only if this attempt still owns it."""
+    now = utcnow()
+    with session_scope(factory) as session:
+        output_model_id = None
+        if outcome.output_model is not None:
+            session.add(outcome.output_model)
+            session.flush()
+            output_model_id = outcome.output_model.id
+        result = session.execute(
+            update(Job)
+            .where(_owned(claim_))
+            .values(
+                status=JobStatus.succeeded,
+                finished_at=now,
+                lease_expires_at=None,
+                output_model_id=output_model_id,
+                result=outcome.result,
+                environment=outcome.environment,
+                timings=outcome.timings,
+                progress={**(job.progress or {}), "phase": "done", "fraction": 1.0},
+                version=Job.version + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            session.rollback()
+            return False
+        for name, value in sorted(outcome.metrics.items()):
+            session.add(Metric(job_id=job.id, tenant_id=job.tenant_id, name=name, value=float(value), attempt=claim_.attempt))
+        add_event(session, job.id, "succeeded", claim_.attempt, {"metrics": outcome.metrics})
+    return True
+
+
+def finish_unsuccessful(
+    factory: sessionmaker[Session],
+    claim_: Claim,
+    status: JobStatus,
+    error: dict[str, Any] | None,
+    environment: dict[str, Any] | None = None,
+) -> bool:
+    assert status in (JobStatus.failed, JobStatus.cancelled)
+    with session_scope(factory) as session:
+        result = session.execute(
+            update(Job)
+            .where(_owned(claim_))
+            .values(
+                status=status,
+                finished_at=utcnow(),
+                lease_expires_at=None,
+                error=error,
+                environment=environment,
+                version=Job.version + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            return False
+        add_event(session, claim_.job_id, status.value, claim_.attempt, {"error": error} if error else {})
+    return True
+
+
+def request_cancel(session: Session, job: Job) -> None:
+    """Queued jobs are cancelled at once; running ones see the flag at their next heartbeat."""
+    if job.status in TERMINAL_STATUSES:
+        return
+    job.cancel_requested = True
+    job.version += 1
+    if job.status == JobStatus.queued:
+        job.status = JobStatus.cancelled
+        job.finished_at = utcnow()
+        add_event(session, job.id, "cancelled", job.attempt, {"reason": "cancelled before it started"})
+    else:
+        add_event(session, job.id, "cancel_requested", job.attempt, {})
+
+
+@dataclass(frozen=True)
+class ReapReport:
+    requeued: list[uuid.UUID]
+    failed: list[uuid.UUID]
+    republish: list[uuid.UUID]
+
+
+def reap(factory: sessionmaker[Session], *, stale_enqueue_seconds: float, now: datetime | None = None) -> ReapReport:
+    """Recover from dead workers and lost messages.
+
+    Running jobs whose lease expired go back to the queue, or fail after ``max_attempts``; a
+    cancelled-while-dead job becomes cancelled. Queued jobs never published, or published long ago
+    and still not started (a broker that lost the message), are returned for re-publishing; a
+    duplicate message is harmless because ``claim`` admits one owner.
+    """
+    now = now or utcnow()
+    requeued: list[uuid.UUID] = []
+    failed: list[uuid.UUID] = []
+    with session_scope(factory) as session:
+        expired = session.scalars(
+            select(Job).where(Job.status == JobStatus.running, Job.lease_expires_at < now).with_for_update(skip_locked=True)
+        ).all()
+        for job in expired:
+            job.version += 1
+            job.lease_expires_at = None
+            if job.cancel_requested:
+                job.status = JobStatus.cancelled
+                job.finished_at = now
+                add_event(session, job.id, "cancelled", job.attempt, {"reason": "worker lost after cancel request"})
+            elif job.attempt >= job.max_attempts:
+                job.status = JobStatus.failed
+                job.finished_at = now
+                job.error = {
+                    "code": "attempts-exhausted",
+                    "detail": f"the worker running this job was lost {job.attempt} times (lease expired)",
+                }
+                add_event(session, job.id, "failed", job.attempt, job.error)
+                failed.append(job.id)
+            else:
+                job.status = JobStatus.queued
+                job.worker = None
+                job.enqueued_at = None
+                add_event(session, job.id, "requeued", job.attempt, {"reason": "lease expired"})
+                requeued.append(job.id)
+        stale_before = now - timedelta(seconds=stale_enqueue_seconds)
+        republish = list(
+            session.scalars(
+                select(Job.id).where(
+                    Job.status == JobStatus.queued,
+                    or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_before),
+                )
+            )
+        )
+    return ReapReport(requeued=requeued, failed=failed, republish=republish)
+
+
+def mark_enqueued(factory: sessionmaker[Session], job_ids: Iterable[uuid.UUID]) -> None:
+    ids = list(job_ids)
+    if not ids:
+        return
+    with session_scope(factory) as session:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(ids), Job.status == JobStatus.queued)
+            .values(enqueued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+
+
+Publisher = Callable[[uuid.UUID], None]
+
+
+def publish_all(factory: sessionmaker[Session], publisher: Publisher, job_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+    """Publish each job; a broker failure leaves enqueued_at empty so the reaper retries later."""
+    sent = []
+    for job_id in job_ids:
+        try:
+            publisher(job_id)
+        except Exception:  # the broker is down: the sweep will publish it later
+            continue
+        sent.append(job_id)
+    mark_enqueued(factory, sent)
+    return sent

@@ -1,0 +1,189 @@
+"""Validating and recording a job submission (the job row, its first event and the audit row)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings, code_version
+from app.core.problems import Unprocessable
+from app.core.security import Principal
+from app.models import Dataset, ForgetSet, Job, JobKind, JobStatus, Model
+from app.schemas.jobs import MAX_SEED, JobCreate
+from app.services import audit
+from app.services.datasets import get_dataset
+from app.services.forget_sets import get_forget_set
+from app.services.jobs import add_event
+from app.services.models import get_architecture, get_model, validate_arch_config
+from workers.engine.errors import UnknownEntryError
+from workers.engine.methods import METHODS, MethodSpec
+
+# Which method each non-unlearn kind runs.
+_KIND_METHOD = {JobKind.train: "train", JobKind.retrain: "retrain"}
+
+
+class IdempotencyMismatch(Exception):
+    pass
+
+
+def request_fingerprint(body: JobCreate) -> str:
+    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _method(kind: JobKind, name: str | None) -> MethodSpec | None:
+    if kind is JobKind.evaluate:
+        if name is not None:
+            raise Unprocessable("evaluate jobs take no method", code="unexpected-method")
+        return None
+    expected = _KIND_METHOD.get(kind)
+    if expected is not None:
+        if name not in (None, expected):
+            raise Unprocessable(f"{kind.value} jobs run method '{expected}', not '{name}'", code="unexpected-method")
+        name = expected
+    if name is None:
+        unlearn = [m.name for m in METHODS if m.job_kind == "unlearn"]
+        raise Unprocessable(f"unlearn jobs need a method: one of {unlearn}", code="missing-method")
+    try:
+        spec = METHODS.get(name)
+    except UnknownEntryError as exc:
+        raise Unprocessable(f"unknown method '{name}'; available: {METHODS.names()}", code="unknown-method") from exc
+    if spec.job_kind != kind.value:
+        raise Unprocessable(f"method '{name}' runs in {spec.job_kind} jobs, not {kind.value}", code="unexpected-method")
+    return spec
+
+
+def _validate_params(spec: MethodSpec | None, params: dict[str, Any]) -> dict[str, Any]:
+    if spec is None:
+        if params:
+            raise Unprocessable("evaluate jobs take no params", code="invalid-params")
+        return {}
+    try:
+        parsed: BaseModel = spec.params_model.model_validate(params)
+    except ValidationError as exc:
+        raise Unprocessable(
+            f"invalid params for method '{spec.name}'",
+            code="invalid-params",
+            errors=[{"loc": ["params", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()],
+        ) from exc
+    return parsed.model_dump(mode="json")
+
+
+def _require(value: uuid.UUID | None, field: str, kind: JobKind) -> uuid.UUID:
+    if value is None:
+        raise Unprocessable(f"{kind.value} jobs need '{field}'", code="missing-field")
+    return value
+
+
+def _forbid(body: JobCreate, fields: tuple[str, ...]) -> None:
+    for field in fields:
+        if getattr(body, field) not in (None, {}):
+            raise Unprocessable(f"{body.kind.value} jobs do not take '{field}'", code="unexpected-field")
+
+
+def build_job(session: Session, principal: Principal, body: JobCreate, settings: Settings) -> Job:
+    tenant = principal.tenant_id
+    spec = _method(body.kind, body.method)
+    params = _validate_params(spec, body.params)
+    dataset: Dataset | None = None
+    model: Model | None = None
+    forget_set: ForgetSet | None = None
+    architecture: str | None = None
+    arch_config: dict[str, Any] | None = None
+
+    if body.kind is JobKind.train:
+        _forbid(body, ("model_id", "forget_set_id"))
+        dataset = get_dataset(session, tenant, _require(body.dataset_id, "dataset_id", body.kind))
+        if body.architecture is None:
+            raise Unprocessable("train jobs need 'architecture' (see GET /v1/architectures)", code="missing-field")
+        arch = get_architecture(body.architecture)
+        if dataset.task not in {t.value for t in arch.task_types}:
+            raise Unprocessable(f"architecture '{arch.name}' does not support {dataset.task} datasets", code="task-mismatch")
+        architecture = arch.name
+        arch_config = validate_arch_config(arch, body.arch_config, dataset).model_dump(mode="json")
+    else:
+        _forbid(body, ("dataset_id", "architecture", "arch_config"))
+        model = get_model(session, tenant, _require(body.model_id, "model_id", body.kind))
+        forget_set = get_forget_set(session, tenant, _require(body.forget_set_id, "forget_set_id", body.kind))
+        if model.dataset_id is not None and model.dataset_id != forget_set.dataset_id:
+            raise Unprocessable(
+                f"the forget set belongs to dataset {forget_set.dataset_id} but the model was trained on"
+                f" {model.dataset_id}",
+                code="dataset-mismatch",
+            )
+        dataset = session.get(Dataset, forget_set.dataset_id)
+        if body.kind is JobKind.retrain and params.get("recipe") is None and model.train_recipe is None:
+            raise Unprocessable(
+                "this model has no recorded training recipe (it was uploaded): pass params.recipe for the retrain",
+                code="missing-recipe",
+            )
+        if spec is not None and dataset is not None and dataset.task not in {t.value for t in spec.task_types}:
+            raise Unprocessable(f"method '{spec.name}' does not support {dataset.task} tasks", code="task-mismatch")
+
+    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    return Job(
+        tenant_id=tenant,
+        kind=body.kind,
+        method=spec.name if spec else None,
+        status=JobStatus.queued,
+        params=params,
+        seed=seed,
+        device_requested=body.device,
+        dataset_id=dataset.id if dataset else None,
+        model_id=model.id if model else None,
+        forget_set_id=forget_set.id if forget_set else None,
+        architecture=architecture,
+        arch_config=arch_config,
+        progress={"phase": "queued", "fraction": 0.0},
+        attempt=0,
+        max_attempts=settings.max_attempts,
+        code_version=code_version(),
+        version=1,
+    )
+
+
+def submit(
+    session: Session,
+    principal: Principal,
+    body: JobCreate,
+    settings: Settings,
+    *,
+    idempotency_key: str | None,
+    request_id: str | None,
+) -> tuple[Job, bool]:
+    """Validate and add the job (not committed). Returns (job, created); replays an idempotent retry."""
+    fingerprint = request_fingerprint(body)
+    if idempotency_key is not None:
+        existing = session.scalar(
+            select(Job).where(Job.tenant_id == principal.tenant_id, Job.idempotency_key == idempotency_key)
+        )
+        if existing is not None:
+            if existing.request_hash != fingerprint:
+                raise Unprocessable(
+                    "this Idempotency-Key was already used with a different request body",
+                    code="idempotency-key-reused",
+                )
+            return existing, False
+    job = build_job(session, principal, body, settings)
+    job.idempotency_key = idempotency_key
+    job.request_hash = fingerprint
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "queued", 0, {"kind": job.kind.value, "method": job.method})
+    audit.record(
+        session,
+        tenant_id=principal.tenant_id,
+        actor=principal.actor,
+        action="job.create",
+        resource_type="job",
+        resource_id=str(job.id),
+        request_id=request_id,
+        details={"kind": job.kind.value, "method": job.method, "seed": job.seed},
+    )
+    return job, True

@@ -1,0 +1,5 @@
+"""Artifact storage chosen by settings. Keys are relative paths; the store writes atomically."""
+
+from app.storage.local import ArtifactStore, LocalArtifactStore, StorageError
+
+__all__ = ["ArtifactStore", "LocalArtifactStore", "StorageError"]

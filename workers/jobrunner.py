@@ -1,0 +1,209 @@
+"""Runs one job: claim its lease, load its inputs, call the engine, store outputs, finish once.
+
+The engine knows nothing about Celery or the database; this module is the only bridge.
+"""
+
+from __future__ import annotations
+
+
+import logging
+import time
+import traceback
+import uuid
+from typing import Any
+
+import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
+from safetensors.numpy import save as save_safetensors
+
+from app.core.config import code_version
+from app.models import Dataset, ForgetSet, Job, JobKind, JobStatus, Model
+from app.services import jobs as job_service
+from app.services.jobs import Claim, JobOutcome, LeaseLost
+from app.storage import StorageError
+from app.storage.local import content_key, sha256_hex
+from workers.engine.datasets import ArrayDataset
+from workers.engine.errors import InvalidInputError, JobCancelled
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+class DbHooks:
+    """Engine hooks backed by the DB: throttled heartbeats carry progress and return the cancel flag."""
+
+    def __init__(self, runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
+        self.runtime = runtime
+        self.claim = claim
+        self.job = job
+        self._last_beat = 0.0
+        self._last_phase: str | None = None
+
+    def progress(self, phase: str, step: int, total: int, info: dict[str, Any]) -> None:
+        now = time.monotonic()
+        epoch_end = bool(info.get("epoch_end"))
+        due = now - self._last_beat >= self.runtime.settings.heartbeat_seconds
+        phase_changed = phase != self._last_phase
+        if not (due or epoch_end or phase_changed):
+            return
+        self._last_beat = now
+        self._last_phase = phase
+        fraction = (step / total) if total else 0.0
+        progress = {"phase": phase, "step": step, "total": total, "fraction": round(fraction, 4), "info": _jsonable(info)}
+        reply = job_service.heartbeat(
+            self.runtime.sessions,
+            self.claim,
+            self.runtime.settings.lease_seconds,
+            progress=progress,
+            event=progress if (epoch_end or phase_changed) else None,
+        )
+        if reply.cancel_requested:
+            raise JobCancelled("cancellation requested")
+
+    def checkpoint(self, phase: str, epoch: int, blob: bytes) -> None:
+        key = f"{self.job.tenant_id}/checkpoints/{self.job.id}.safetensors"
+        self.runtime.store.put(key, blob)
+        job_service.save_checkpoint_pointer(self.runtime.sessions, self.claim, key, epoch)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _load_inputs(runtime: WorkerRuntime, job: Job) -> dict[str, Any]:
+    """Everything the engine needs, read inside one short session."""
+    from app.core.db import session_scope
+
+    with session_scope(runtime.sessions) as session:
+        forget_set = session.get(ForgetSet, job.forget_set_id) if job.forget_set_id else None
+        model = session.get(Model, job.model_id) if job.model_id else None
+        dataset_id = job.dataset_id or (forget_set.dataset_id if forget_set else None)
+        dataset = session.get(Dataset, dataset_id) if dataset_id else None
+        if dataset is None:
+            raise InvalidInputError("the job has no dataset")
+        inputs: dict[str, Any] = {
+            "dataset_key": dataset.storage_key,
+            "dataset_id": dataset.id,
+            "forget_indices": np.asarray(forget_set.indices, dtype=np.int64) if forget_set else None,
+            "forget_class": forget_set.forget_class if forget_set else None,
+            "model_key": model.storage_key if model else None,
+            "architecture": model.architecture if model else job.architecture,
+            "arch_config": model.arch_config if model else job.arch_config,
+            "original_recipe": model.train_recipe if model else None,
+            "checkpoint_key": job.checkpoint_key,
+        }
+    return inputs
+
+
+def _load_weights(data: bytes) -> dict[str, np.ndarray]:
+    from app.intake import load_safetensors_arrays
+
+    return load_safetensors_arrays(data)
+
+
+def run_claimed_job(runtime: WorkerRuntime, job_id: uuid.UUID) -> None:
+    claim = job_service.claim(runtime.sessions, job_id, runtime.worker_name, runtime.settings.lease_seconds)
+    if claim is None:
+        log.info("job %s not claimable (owned elsewhere, finished or cancelled)", job_id)
+        return
+    with runtime.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        session.expunge(job)
+    try:
+        _run(runtime, claim, job)
+    except LeaseLost:
+        log.warning("job %s: lease lost, stopping without writing results", job_id)
+    except JobCancelled:
+        job_service.finish_unsuccessful(runtime.sessions, claim, JobStatus.cancelled, {"code": "cancelled", "detail": "cancelled on request"})
+    except InvalidInputError as exc:
+        job_service.finish_unsuccessful(runtime.sessions, claim, JobStatus.failed, {"code": "invalid-input", "detail": str(exc)})
+    except StorageError as exc:
+        job_service.finish_unsuccessful(runtime.sessions, claim, JobStatus.failed, {"code": "storage-error", "detail": str(exc)})
+    except SoftTimeLimitExceeded:
+        job_service.finish_unsuccessful(
+            runtime.sessions, claim, JobStatus.failed,
+            {"code": "time-limit", "detail": f"the job exceeded its time limit of {runtime.settings.task_soft_time_limit} s"},
+        )
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        job_service.finish_unsuccessful(
+            runtime.sessions, claim, JobStatus.failed,
+            {"code": "internal-error", "detail": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(limit=8)},
+        )
+
+
+def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
+    from workers.engine.execute import EngineRequest, execute
+
+    started = time.perf_counter()
+    inputs = _load_inputs(runtime, job)
+    dataset = ArrayDataset.from_npz_bytes(runtime.store.get(inputs["dataset_key"]))
+    weights = _load_weights(runtime.store.get(inputs["model_key"])) if inputs["model_key"] else None
+    resume = None
+    if inputs["checkpoint_key"] and runtime.store.exists(inputs["checkpoint_key"]):
+        resume = runtime.store.get(inputs["checkpoint_key"])
+    request = EngineRequest(
+        kind=job.kind.value,  # type: ignore[arg-type]
+        method=job.method,
+        params=job.params,
+        seed=job.seed,
+        device=job.device_requested,
+        dataset=dataset,
+        architecture=inputs["architecture"],
+        arch_config=inputs["arch_config"],
+        weights=weights,
+        forget_indices=inputs["forget_indices"],
+        forget_class=inputs["forget_class"],
+        original_recipe=inputs["original_recipe"],
+        resume=resume,
+    )
+    load_s = time.perf_counter() - started
+    hooks = DbHooks(runtime, claim, job)
+    hooks.progress("load", 1, 1, {})  # renew the lease after loading, before the engine's first step
+    result = execute(request, hooks)
+
+    output_model = None
+    if result.weights is not None:
+        blob = save_safetensors(result.weights, metadata={"job_id": str(job.id), "architecture": inputs["architecture"]})
+        digest = sha256_hex(blob)
+        key = content_key("models", str(job.tenant_id), digest, ".safetensors")
+        runtime.store.put(key, blob)
+        recipe = (result.details.get("params") or {}).get("recipe")
+        output_model = Model(
+            tenant_id=job.tenant_id,
+            name=f"{job.kind.value}:{job.method}:{str(job.id)[:8]}",
+            architecture=inputs["architecture"],
+            arch_config=inputs["arch_config"],
+            dataset_id=inputs["dataset_id"],
+            source="job",
+            job_id=job.id,
+            train_recipe=recipe if job.kind in (JobKind.train, JobKind.retrain) else None,
+            seed=job.seed,
+            sha256=digest,
+            storage_key=key,
+            size_bytes=len(blob),
+            num_params=int(sum(int(np.prod(v.shape)) for v in result.weights.values())),
+        )
+    environment = {**_jsonable(result.environment), "code_version": code_version(), "worker": claim.worker, "attempt": claim.attempt}
+    timings = {**result.timings, "load_s": load_s, "wall_s": time.perf_counter() - started}
+    outcome = JobOutcome(
+        metrics=result.metrics,
+        result=_jsonable(result.details),
+        environment=environment,
+        timings=timings,
+        output_model=output_model,
+    )
+    if not job_service.finish_succeeded(runtime.sessions, claim, job, outcome):
+        log.warning("job %s: finished but no longer owned; results discarded", job.id)
+
+
+__all__ = ["run_claimed_job"]
