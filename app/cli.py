@@ -58,7 +58,10 @@ def up(
     group = ServiceGroup(settings, host=host, port=port, log_dir=settings.home.resolve() / "logs")
     group.start()
     group.wait_ready()
-    console.print(f"Lethe is up at {group.base_url} (OpenAPI: {group.base_url}/docs); logs in {group.log_dir}. Ctrl-C stops it.")
+    console.print(
+        f"Lethe is up at {group.base_url} (OpenAPI: {group.base_url}/docs); logs in {group.log_dir}."
+        " Ctrl-C stops it."
+    )
     raise typer.Exit(group.wait())
 
 
@@ -79,7 +82,9 @@ def worker(
 def create_key_cmd(
     tenant: Annotated[str, typer.Option(help="Tenant name (created if missing).")],
     name: Annotated[str, typer.Option(help="Key label.")] = "cli",
-    scopes: Annotated[list[str], typer.Option("--scope", help="read | submit | admin (repeatable).")] = ["read"],  # noqa: B006
+    scopes: Annotated[
+        list[str] | None, typer.Option("--scope", help="read | submit | admin (repeatable).")
+    ] = None,
 ) -> None:
     """Create an API key and print it (shown once)."""
     from app.core.db import make_engine, make_session_factory
@@ -88,14 +93,16 @@ def create_key_cmd(
 
     settings = get_settings()
     try:
-        parsed = [Scope(s) for s in scopes]
+        parsed = [Scope(s) for s in (scopes or [Scope.read.value])]
     except ValueError as exc:
         raise typer.BadParameter(f"scopes are read, submit, admin: {exc}") from exc
     engine = make_engine(settings.db_url)
     try:
         with make_session_factory(engine)() as session:
             row = get_or_create_tenant(session, tenant)
-            _, new = create_key(session, tenant=row, name=name, scopes=parsed, pepper=settings.key_pepper, actor="cli")
+            _, new = create_key(
+                session, tenant=row, name=name, scopes=parsed, pepper=settings.key_pepper, actor="cli"
+            )
             session.commit()
     finally:
         engine.dispose()
@@ -105,8 +112,13 @@ def create_key_cmd(
 def follow_job(client: Any, job_id: str, label: str) -> dict[str, Any]:
     """Follow a job with a progress bar until it ends."""
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-        TextColumn("{task.fields[phase]}"), TimeElapsedColumn(), console=console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[phase]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     ) as progress:
         task = progress.add_task(label, total=1.0, phase="queued")
 
@@ -128,12 +140,18 @@ def follow(
     from app.client import LetheClient
 
     settings = get_settings()
-    key = api_key or (settings.bootstrap_key_file.read_text().strip() if settings.bootstrap_key_file and settings.bootstrap_key_file.exists() else None)
+    key = api_key or (
+        settings.bootstrap_key_file.read_text().strip()
+        if settings.bootstrap_key_file and settings.bootstrap_key_file.exists()
+        else None
+    )
     if not key:
         raise typer.BadParameter("pass --api-key or set LETHE_API_KEY")
     client = LetheClient(url, key)
     job = follow_job(client, job_id, job_id[:8])
-    console.print_json(data={"status": job["status"], "metrics": job.get("metrics"), "error": job.get("error")})
+    console.print_json(
+        data={"status": job["status"], "metrics": job.get("metrics"), "error": job.get("error")}
+    )
     raise typer.Exit(0 if job["status"] == "succeeded" else 1)
 
 
@@ -142,7 +160,7 @@ def demo(
     port: Annotated[int, typer.Option(help="API port for the demo service.")] = 8765,
     home: Annotated[Path, typer.Option(help="Where the demo service keeps its files.")] = Path("var/demo"),
 ) -> None:
-    """Start the embedded service, train, forget (random 10 % and one class) with retrain and ft, print the comparison."""
+    """Start the embedded service, train, forget (random 10 % and one class) with retrain and ft, compare."""
     from app.demo import run_demo
 
     raise typer.Exit(run_demo(port=port, home=home, console=console))

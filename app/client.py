@@ -20,9 +20,19 @@ class LetheError(RuntimeError):
 
 
 class LetheClient:
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = DEFAULT_TIMEOUT_S, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.http = httpx.Client(
-            base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout, transport=transport
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+            transport=transport,
         )
 
     def close(self) -> None:
@@ -40,13 +50,17 @@ class LetheClient:
     def get(self, path: str, **params: Any) -> Any:
         return self._check(self.http.get(path, params=params or None))
 
-    def post(self, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Any:
+    def post(
+        self, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
         return self._check(self.http.post(path, json=body or {}, headers=headers))
 
     def create_builtin_dataset(self, builtin: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.post("/v1/datasets", {"builtin": builtin, "config": config or {}})
 
-    def create_forget_set(self, dataset_id: str, spec: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    def create_forget_set(
+        self, dataset_id: str, spec: dict[str, Any], name: str | None = None
+    ) -> dict[str, Any]:
         return self.post("/v1/forget-sets", {"dataset_id": dataset_id, "spec": spec, "name": name})
 
     def submit_job(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:

@@ -49,7 +49,8 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         title="Lethe",
         version="0.1.0",
         summary="Machine-unlearning evaluation service",
-        description="Upload checkpoints and forget sets, run unlearning methods and the retrain oracle as durable jobs, "
+        description="Upload checkpoints and forget sets, run unlearning methods and the retrain oracle as "
+        "durable jobs, "
         "and compare their metrics. Every error is RFC 9457 problem+json.",
         lifespan=lifespan,
     )
@@ -61,7 +62,9 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     install_problem_handlers(app)
 
     @app.middleware("http")
-    async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def request_context(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         length = request.headers.get("content-length")
         limit = settings.max_upload_bytes + BODY_OVERHEAD_BYTES
@@ -74,7 +77,14 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         return response
 
     v1 = APIRouter(prefix="/v1")
-    for router in (discovery.router, datasets.router, models.router, forget_sets.router, jobs.router, admin.router):
+    for router in (
+        discovery.router,
+        datasets.router,
+        models.router,
+        forget_sets.router,
+        jobs.router,
+        admin.router,
+    ):
         v1.include_router(router)
     app.include_router(v1)
     app.include_router(health.router)

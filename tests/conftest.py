@@ -111,7 +111,9 @@ def make_tenant(sessions: sessionmaker[Session], settings: Settings) -> Tenant:
         tenant = get_or_create_tenant(session, name)
         tokens = {}
         for scope in (Scope.admin, Scope.submit, Scope.read):
-            _, new = create_key(session, tenant=tenant, name=scope.value, scopes=[scope], pepper=settings.key_pepper)
+            _, new = create_key(
+                session, tenant=tenant, name=scope.value, scopes=[scope], pepper=settings.key_pepper
+            )
             tokens[scope.value] = new.token
         session.commit()
         return Tenant(id=tenant.id, name=name, **tokens)

@@ -45,7 +45,12 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         # Publishing happens after the job row is committed; if the broker is down, give up fast:
         # the reaper's sweep publishes every queued job that was never sent.
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
         worker_hijack_root_logger=False,
         task_default_queue=DEFAULT_QUEUE,
         task_queues=(Queue(GPU_QUEUE), Queue(DEFAULT_QUEUE)),

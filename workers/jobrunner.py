@@ -5,7 +5,6 @@ The engine knows nothing about Celery or the database; this module is the only b
 
 from __future__ import annotations
 
-
 import logging
 import time
 import traceback
@@ -49,7 +48,13 @@ class DbHooks:
         self._last_beat = now
         self._last_phase = phase
         fraction = (step / total) if total else 0.0
-        progress = {"phase": phase, "step": step, "total": total, "fraction": round(fraction, 4), "info": _jsonable(info)}
+        progress = {
+            "phase": phase,
+            "step": step,
+            "total": total,
+            "fraction": round(fraction, 4),
+            "info": _jsonable(info),
+        }
         reply = job_service.heartbeat(
             self.runtime.sessions,
             self.claim,
@@ -123,21 +128,41 @@ def run_claimed_job(runtime: WorkerRuntime, job_id: uuid.UUID) -> None:
     except LeaseLost:
         log.warning("job %s: lease lost, stopping without writing results", job_id)
     except JobCancelled:
-        job_service.finish_unsuccessful(runtime.sessions, claim, JobStatus.cancelled, {"code": "cancelled", "detail": "cancelled on request"})
+        job_service.finish_unsuccessful(
+            runtime.sessions,
+            claim,
+            JobStatus.cancelled,
+            {"code": "cancelled", "detail": "cancelled on request"},
+        )
     except InvalidInputError as exc:
-        job_service.finish_unsuccessful(runtime.sessions, claim, JobStatus.failed, {"code": "invalid-input", "detail": str(exc)})
+        job_service.finish_unsuccessful(
+            runtime.sessions, claim, JobStatus.failed, {"code": "invalid-input", "detail": str(exc)}
+        )
     except StorageError as exc:
-        job_service.finish_unsuccessful(runtime.sessions, claim, JobStatus.failed, {"code": "storage-error", "detail": str(exc)})
+        job_service.finish_unsuccessful(
+            runtime.sessions, claim, JobStatus.failed, {"code": "storage-error", "detail": str(exc)}
+        )
     except SoftTimeLimitExceeded:
         job_service.finish_unsuccessful(
-            runtime.sessions, claim, JobStatus.failed,
-            {"code": "time-limit", "detail": f"the job exceeded its time limit of {runtime.settings.task_soft_time_limit} s"},
+            runtime.sessions,
+            claim,
+            JobStatus.failed,
+            {
+                "code": "time-limit",
+                "detail": f"the job exceeded its time limit of {runtime.settings.task_soft_time_limit} s",
+            },
         )
     except Exception as exc:
         log.exception("job %s failed", job_id)
         job_service.finish_unsuccessful(
-            runtime.sessions, claim, JobStatus.failed,
-            {"code": "internal-error", "detail": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(limit=8)},
+            runtime.sessions,
+            claim,
+            JobStatus.failed,
+            {
+                "code": "internal-error",
+                "detail": f"{type(exc).__name__}: {exc}",
+                "trace": traceback.format_exc(limit=8),
+            },
         )
 
 
@@ -173,7 +198,9 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
 
     output_model = None
     if result.weights is not None:
-        blob = save_safetensors(result.weights, metadata={"job_id": str(job.id), "architecture": inputs["architecture"]})
+        blob = save_safetensors(
+            result.weights, metadata={"job_id": str(job.id), "architecture": inputs["architecture"]}
+        )
         digest = sha256_hex(blob)
         key = content_key("models", str(job.tenant_id), digest, ".safetensors")
         runtime.store.put(key, blob)
@@ -193,7 +220,12 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
             size_bytes=len(blob),
             num_params=int(sum(int(np.prod(v.shape)) for v in result.weights.values())),
         )
-    environment = {**_jsonable(result.environment), "code_version": code_version(), "worker": claim.worker, "attempt": claim.attempt}
+    environment = {
+        **_jsonable(result.environment),
+        "code_version": code_version(),
+        "worker": claim.worker,
+        "attempt": claim.attempt,
+    }
     timings = {**result.timings, "load_s": load_s, "wall_s": time.perf_counter() - started}
     outcome = JobOutcome(
         metrics=result.metrics,

@@ -32,4 +32,6 @@ class WorkerRuntime:
 def get_runtime() -> WorkerRuntime:
     settings = get_settings()
     engine = make_engine(settings.db_url)
-    return WorkerRuntime(settings=settings, sessions=make_session_factory(engine), store=LocalArtifactStore(settings.artifacts))
+    return WorkerRuntime(
+        settings=settings, sessions=make_session_factory(engine), store=LocalArtifactStore(settings.artifacts)
+    )

@@ -41,7 +41,9 @@ def reap() -> dict[str, int]:
     report = job_service.reap(runtime.sessions, stale_enqueue_seconds=runtime.settings.lease_seconds * 5)
     sent = job_service.publish_all(runtime.sessions, CeleryPublisher(celery_app), report.republish)
     if report.requeued or report.failed or sent:
-        log.info("reaper: requeued=%d failed=%d published=%d", len(report.requeued), len(report.failed), len(sent))
+        log.info(
+            "reaper: requeued=%d failed=%d published=%d", len(report.requeued), len(report.failed), len(sent)
+        )
     return {"requeued": len(report.requeued), "failed": len(report.failed), "published": len(sent)}
 
 
@@ -59,7 +61,8 @@ def purge_broker() -> int:
     try:
         with engine.begin() as conn:
             result = conn.execute(
-                text("DELETE FROM kombu_message WHERE visible = 0 AND timestamp < :cutoff"), {"cutoff": cutoff}
+                text("DELETE FROM kombu_message WHERE visible = 0 AND timestamp < :cutoff"),
+                {"cutoff": cutoff},
             )
             return int(result.rowcount or 0)
     finally:

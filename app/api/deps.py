@@ -56,7 +56,7 @@ def get_principal(
 ) -> Principal:
     token = x_api_key
     if token is None and authorization is not None and authorization.lower().startswith(_BEARER):
-        token = authorization[len(_BEARER):].strip()
+        token = authorization[len(_BEARER) :].strip()
     if not token:
         raise Unauthorized(
             "missing API key: send 'Authorization: Bearer lk_...' or 'X-API-Key'",
@@ -66,7 +66,11 @@ def get_principal(
     principal = authenticate(session, token, settings.key_pepper)
     session.rollback()  # end the read transaction before the route starts its own work
     if principal is None:
-        raise Unauthorized("invalid, expired or revoked API key", code="invalid-api-key", headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized(
+            "invalid, expired or revoked API key",
+            code="invalid-api-key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     request.state.principal = principal
     return principal
 

@@ -29,10 +29,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
         return datetime.fromisoformat(created), uuid.UUID(row_id)
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise DomainError("the cursor is malformed; pass next_cursor from a previous page", code="invalid-cursor") from exc
+        raise DomainError(
+            "the cursor is malformed; pass next_cursor from a previous page", code="invalid-cursor"
+        ) from exc
 
 
-def paginate(session: Session, query: Select[Any], model: Any, cursor: str | None, limit: int) -> tuple[list[Any], str | None]:
+def paginate(
+    session: Session, query: Select[Any], model: Any, cursor: str | None, limit: int
+) -> tuple[list[Any], str | None]:
     if cursor:
         created, row_id = decode_cursor(cursor)
         query = query.where(

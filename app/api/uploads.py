@@ -14,6 +14,8 @@ async def read_upload(file: UploadFile, max_bytes: int) -> bytes:
     while chunk := await file.read(CHUNK_BYTES):
         total += len(chunk)
         if total > max_bytes:
-            raise PayloadTooLarge(f"the upload exceeds the limit of {max_bytes} bytes", code="upload-too-large")
+            raise PayloadTooLarge(
+                f"the upload exceeds the limit of {max_bytes} bytes", code="upload-too-large"
+            )
         chunks.append(chunk)
     return b"".join(chunks)

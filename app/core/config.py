@@ -25,7 +25,9 @@ class Settings(BaseSettings):
     ``production`` requires a Postgres URL and a Redis broker.
     """
 
-    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", env_ignore_empty=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LETHE_", env_file=".env", env_ignore_empty=True, extra="ignore"
+    )
 
     profile: Profile = Profile.embedded
     home: Path = Field(Path("var"), description="Directory for the embedded profile's files.")

@@ -59,7 +59,9 @@ def bootstrap_admin_key(session: Session, settings: Settings) -> Path | None:
     if session.scalar(select(ApiKey.id).limit(1)) is not None:
         return None
     tenant = get_or_create_tenant(session, LOCAL_TENANT)
-    _, new = create_key(session, tenant=tenant, name="local admin", scopes=[Scope.admin], pepper=settings.key_pepper)
+    _, new = create_key(
+        session, tenant=tenant, name="local admin", scopes=[Scope.admin], pepper=settings.key_pepper
+    )
     session.commit()
     path = settings.bootstrap_key_file
     assert path is not None

@@ -104,14 +104,21 @@ def problem_response(
         request_id=request_id,
     )
     return JSONResponse(
-        problem.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+        problem.model_dump(exclude_none=True),
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
     )
 
 
 def _jsonable_errors(errors: Any) -> list[dict[str, Any]]:
     cleaned = []
     for err in errors:
-        item = {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+        item = {
+            "loc": list(err.get("loc", ())),
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
         cleaned.append(item)
     return cleaned
 
@@ -120,7 +127,13 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
         return problem_response(
-            request, exc.status, exc.code, exc.detail, title=exc.title, errors=exc.errors, headers=exc.headers
+            request,
+            exc.status,
+            exc.code,
+            exc.detail,
+            title=exc.title,
+            errors=exc.errors,
+            headers=dict(exc.headers) if exc.headers else None,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -134,13 +147,22 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "-")
-        return problem_response(request, exc.status_code, code, str(exc.detail), headers=exc.headers)
+        return problem_response(
+            request,
+            exc.status_code,
+            code,
+            str(exc.detail),
+            headers=dict(exc.headers) if exc.headers else None,
+        )
 
     @app.exception_handler(OperationalError)
     async def _db_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
         log.warning("database unavailable: %s", exc)
         return problem_response(
-            request, 503, "database-unavailable", "The database is temporarily unavailable; retry shortly.",
+            request,
+            503,
+            "database-unavailable",
+            "The database is temporarily unavailable; retry shortly.",
             headers={"Retry-After": "5"},
         )
 
@@ -148,7 +170,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _db_error(request: Request, exc: DBAPIError) -> JSONResponse:
         if exc.connection_invalidated:
             return problem_response(
-                request, 503, "database-unavailable", "The database connection was lost; retry shortly.",
+                request,
+                503,
+                "database-unavailable",
+                "The database connection was lost; retry shortly.",
                 headers={"Retry-After": "5"},
             )
         log.exception("database error")

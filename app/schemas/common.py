@@ -17,5 +17,7 @@ class RegistryEntry(BaseModel):
     name: str
     description: str
     task_types: list[str]
-    params_schema: dict = Field(description="JSON schema of the entry's params/config (render forms from it).")
+    params_schema: dict = Field(
+        description="JSON schema of the entry's params/config (render forms from it)."
+    )
     job_kind: str | None = None

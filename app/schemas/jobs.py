@@ -15,7 +15,8 @@ class JobCreate(BaseModel):
     """Submit a job. Which fields are needed depends on ``kind``:
 
     - ``train``: ``dataset_id``, ``architecture`` (+ ``arch_config``), ``params`` (a TrainParams).
-    - ``retrain``: ``model_id`` (the original), ``forget_set_id``; ``params.recipe`` defaults to the original's.
+    - ``retrain``: ``model_id`` (the original), ``forget_set_id``; ``params.recipe`` defaults to the
+      original's recipe.
     - ``unlearn``: ``model_id``, ``forget_set_id``, ``method`` (see GET /v1/methods), ``params``.
     - ``evaluate``: ``model_id``, ``forget_set_id``.
     """
@@ -23,9 +24,15 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: JobKind
-    method: str | None = Field(None, max_length=100, description="Method name from GET /v1/methods (unlearn jobs).")
-    params: dict[str, Any] = Field(default_factory=dict, description="Validated against the method's params schema.")
-    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED, description="Random seed; drawn and recorded when omitted.")
+    method: str | None = Field(
+        None, max_length=100, description="Method name from GET /v1/methods (unlearn jobs)."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Validated against the method's params schema."
+    )
+    seed: StrictInt | None = Field(
+        None, ge=0, le=MAX_SEED, description="Random seed; drawn and recorded when omitted."
+    )
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
     dataset_id: uuid.UUID | None = None
     model_id: uuid.UUID | None = None
@@ -95,8 +102,12 @@ class ComparisonRow(BaseModel):
     device: str | None
     metrics: dict[str, float]
     rte_seconds: float | None = Field(None, description="The method's own time (RTE), excluding evaluation.")
-    avg_gap: float | None = Field(None, description="Mean |UA, MIA-Efficacy, RA, TA − retrain|; null without a retrain.")
-    reference_job_id: uuid.UUID | None = Field(None, description="The retrain job the gap is measured against.")
+    avg_gap: float | None = Field(
+        None, description="Mean |UA, MIA-Efficacy, RA, TA - retrain|; null without a retrain."
+    )
+    reference_job_id: uuid.UUID | None = Field(
+        None, description="The retrain job the gap is measured against."
+    )
 
 
 class Comparison(BaseModel):

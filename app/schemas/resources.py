@@ -66,7 +66,9 @@ class IndicesSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["indices"]
-    indices: list[StrictInt] = Field(max_length=MAX_FORGET_INDICES, description="Train-split indices; no duplicates.")
+    indices: list[StrictInt] = Field(
+        max_length=MAX_FORGET_INDICES, description="Train-split indices; no duplicates."
+    )
 
 
 class ClassSpec(BaseModel):
@@ -80,7 +82,9 @@ class RandomSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["random"]
-    fraction: float = Field(gt=0, lt=1, allow_inf_nan=False, description="Fraction of the train split to forget.")
+    fraction: float = Field(
+        gt=0, lt=1, allow_inf_nan=False, description="Fraction of the train split to forget."
+    )
     seed: StrictInt = Field(0, ge=0, le=2**32 - 1)
 
 

@@ -33,7 +33,10 @@ def record(
     # Lock the tenant row so concurrent writers of one tenant chain their hashes in order.
     session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
     prev_hash = session.scalar(
-        select(AuditEvent.hash).where(AuditEvent.tenant_id == tenant_id).order_by(AuditEvent.id.desc()).limit(1)
+        select(AuditEvent.hash)
+        .where(AuditEvent.tenant_id == tenant_id)
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
     )
     ts = utcnow()
     payload = {

@@ -19,7 +19,9 @@ def indices_digest(indices: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(indices, dtype="<i8").tobytes()).hexdigest()
 
 
-def resolve_indices(request: ForgetSetCreate, dataset: Dataset, store: ArtifactStore) -> tuple[np.ndarray, int | None]:
+def resolve_indices(
+    request: ForgetSetCreate, dataset: Dataset, store: ArtifactStore
+) -> tuple[np.ndarray, int | None]:
     """The sorted indices the spec selects, and the class for class-wise forgetting."""
     spec = request.spec
     n = dataset.n_train
@@ -38,7 +40,8 @@ def resolve_indices(request: ForgetSetCreate, dataset: Dataset, store: ArtifactS
         duplicates = unique[counts > 1]
         if duplicates.size:
             raise Unprocessable(
-                f"{duplicates.size} duplicated index(es), e.g. {duplicates[:5].tolist()}: list each sample once",
+                f"{duplicates.size} duplicated index(es), e.g. {duplicates[:5].tolist()}:"
+                " list each sample once",
                 code="duplicate-indices",
             )
         indices = unique
@@ -46,7 +49,8 @@ def resolve_indices(request: ForgetSetCreate, dataset: Dataset, store: ArtifactS
         forget_class = spec.class_
         if forget_class >= dataset.num_classes or dataset.class_counts[forget_class] == 0:
             raise Unprocessable(
-                f"class {forget_class} does not occur in the train split (classes 0..{dataset.num_classes - 1}"
+                f"class {forget_class} does not occur in the train split"
+                f" (classes 0..{dataset.num_classes - 1}"
                 f" with samples: {[c for c, k in enumerate(dataset.class_counts) if k]})",
                 code="unknown-class",
             )
@@ -64,7 +68,8 @@ def resolve_indices(request: ForgetSetCreate, dataset: Dataset, store: ArtifactS
         raise Unprocessable("unknown forget-set kind")
     if indices.size >= n:
         raise Unprocessable(
-            "the forget set covers the whole train split: nothing would remain to retain", code="whole-dataset"
+            "the forget set covers the whole train split: nothing would remain to retain",
+            code="whole-dataset",
         )
     return indices, forget_class
 
@@ -75,7 +80,10 @@ def create_forget_set(
     indices, forget_class = resolve_indices(request, dataset, store)
     spec = request.spec.model_dump(mode="json", by_alias=True)
     if isinstance(request.spec, IndicesSpec):
-        spec = {"kind": "indices", "count": int(indices.size)}  # the indices themselves are stored once, below
+        spec = {
+            "kind": "indices",
+            "count": int(indices.size),
+        }  # the indices themselves are stored once, below
     row = ForgetSet(
         tenant_id=tenant_id,
         dataset_id=dataset.id,

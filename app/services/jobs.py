@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import CursorResult, Update, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.db import session_scope
@@ -38,15 +38,26 @@ class HeartbeatReply:
     cancel_requested: bool
 
 
-def add_event(session: Session, job_id: uuid.UUID, type_: str, attempt: int, data: dict[str, Any] | None = None) -> None:
+def _execute_update(session: Session, statement: Update) -> int:
+    """Run a conditional UPDATE and return how many rows it changed (0 means the condition failed)."""
+    result = cast(CursorResult[Any], session.execute(statement.execution_options(synchronize_session=False)))
+    return result.rowcount
+
+
+def add_event(
+    session: Session, job_id: uuid.UUID, type_: str, attempt: int, data: dict[str, Any] | None = None
+) -> None:
     session.add(JobEvent(job_id=job_id, type=type_, attempt=attempt, data=data or {}))
 
 
-def claim(factory: sessionmaker[Session], job_id: uuid.UUID, worker: str, lease_seconds: float) -> Claim | None:
+def claim(
+    factory: sessionmaker[Session], job_id: uuid.UUID, worker: str, lease_seconds: float
+) -> Claim | None:
     """Take the job if it is queued, or running under an expired lease. None: someone else owns it."""
     now = utcnow()
     with session_scope(factory) as session:
-        result = session.execute(
+        changed = _execute_update(
+            session,
             update(Job)
             .where(
                 Job.id == job_id,
@@ -65,10 +76,9 @@ def claim(factory: sessionmaker[Session], job_id: uuid.UUID, worker: str, lease_
                 heartbeat_at=now,
                 started_at=now,
                 version=Job.version + 1,
-            )
-            .execution_options(synchronize_session=False)
+            ),
         )
-        if result.rowcount != 1:
+        if changed != 1:
             return None
         attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
         assert attempt is not None
@@ -102,11 +112,11 @@ def heartbeat(
     if progress is not None:
         values["progress"] = progress
     with session_scope(factory) as session:
-        result = session.execute(
-            update(Job).where(_owned(claim_)).values(**values).execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:
-            raise LeaseLost(f"job {claim_.job_id} attempt {claim_.attempt} is no longer owned by {claim_.worker}")
+        changed = _execute_update(session, update(Job).where(_owned(claim_)).values(**values))
+        if changed != 1:
+            raise LeaseLost(
+                f"job {claim_.job_id} attempt {claim_.attempt} is no longer owned by {claim_.worker}"
+            )
         if event is not None:
             add_event(session, claim_.job_id, "progress", claim_.attempt, event)
         cancel = session.scalar(select(Job.cancel_requested).where(Job.id == claim_.job_id))
@@ -115,13 +125,13 @@ def heartbeat(
 
 def save_checkpoint_pointer(factory: sessionmaker[Session], claim_: Claim, key: str, epoch: int) -> None:
     with session_scope(factory) as session:
-        result = session.execute(
+        changed = _execute_update(
+            session,
             update(Job)
             .where(_owned(claim_))
-            .values(checkpoint_key=key, checkpoint_epoch=epoch, version=Job.version + 1)
-            .execution_options(synchronize_session=False)
+            .values(checkpoint_key=key, checkpoint_epoch=epoch, version=Job.version + 1),
         )
-        if result.rowcount != 1:
+        if changed != 1:
             raise LeaseLost(f"job {claim_.job_id} lost while checkpointing")
 
 
@@ -143,7 +153,8 @@ def finish_succeeded(factory: sessionmaker[Session], claim_: Claim, job: Job, ou
             session.add(outcome.output_model)
             session.flush()
             output_model_id = outcome.output_model.id
-        result = session.execute(
+        changed = _execute_update(
+            session,
             update(Job)
             .where(_owned(claim_))
             .values(
@@ -156,14 +167,21 @@ def finish_succeeded(factory: sessionmaker[Session], claim_: Claim, job: Job, ou
                 timings=outcome.timings,
                 progress={**(job.progress or {}), "phase": "done", "fraction": 1.0},
                 version=Job.version + 1,
-            )
-            .execution_options(synchronize_session=False)
+            ),
         )
-        if result.rowcount != 1:
+        if changed != 1:
             session.rollback()
             return False
         for name, value in sorted(outcome.metrics.items()):
-            session.add(Metric(job_id=job.id, tenant_id=job.tenant_id, name=name, value=float(value), attempt=claim_.attempt))
+            session.add(
+                Metric(
+                    job_id=job.id,
+                    tenant_id=job.tenant_id,
+                    name=name,
+                    value=float(value),
+                    attempt=claim_.attempt,
+                )
+            )
         add_event(session, job.id, "succeeded", claim_.attempt, {"metrics": outcome.metrics})
     return True
 
@@ -177,7 +195,8 @@ def finish_unsuccessful(
 ) -> bool:
     assert status in (JobStatus.failed, JobStatus.cancelled)
     with session_scope(factory) as session:
-        result = session.execute(
+        changed = _execute_update(
+            session,
             update(Job)
             .where(_owned(claim_))
             .values(
@@ -187,10 +206,9 @@ def finish_unsuccessful(
                 error=error,
                 environment=environment,
                 version=Job.version + 1,
-            )
-            .execution_options(synchronize_session=False)
+            ),
         )
-        if result.rowcount != 1:
+        if changed != 1:
             return False
         add_event(session, claim_.job_id, status.value, claim_.attempt, {"error": error} if error else {})
     return True
@@ -217,7 +235,9 @@ class ReapReport:
     republish: list[uuid.UUID]
 
 
-def reap(factory: sessionmaker[Session], *, stale_enqueue_seconds: float, now: datetime | None = None) -> ReapReport:
+def reap(
+    factory: sessionmaker[Session], *, stale_enqueue_seconds: float, now: datetime | None = None
+) -> ReapReport:
     """Recover from dead workers and lost messages.
 
     Running jobs whose lease expired go back to the queue, or fail after ``max_attempts``; a
@@ -230,7 +250,9 @@ def reap(factory: sessionmaker[Session], *, stale_enqueue_seconds: float, now: d
     failed: list[uuid.UUID] = []
     with session_scope(factory) as session:
         expired = session.scalars(
-            select(Job).where(Job.status == JobStatus.running, Job.lease_expires_at < now).with_for_update(skip_locked=True)
+            select(Job)
+            .where(Job.status == JobStatus.running, Job.lease_expires_at < now)
+            .with_for_update(skip_locked=True)
         ).all()
         for job in expired:
             job.version += 1
@@ -238,7 +260,9 @@ def reap(factory: sessionmaker[Session], *, stale_enqueue_seconds: float, now: d
             if job.cancel_requested:
                 job.status = JobStatus.cancelled
                 job.finished_at = now
-                add_event(session, job.id, "cancelled", job.attempt, {"reason": "worker lost after cancel request"})
+                add_event(
+                    session, job.id, "cancelled", job.attempt, {"reason": "worker lost after cancel request"}
+                )
             elif job.attempt >= job.max_attempts:
                 job.status = JobStatus.failed
                 job.finished_at = now
@@ -254,6 +278,7 @@ def reap(factory: sessionmaker[Session], *, stale_enqueue_seconds: float, now: d
                 job.enqueued_at = None
                 add_event(session, job.id, "requeued", job.attempt, {"reason": "lease expired"})
                 requeued.append(job.id)
+        session.flush()  # the requeued jobs must be visible to the sweep below
         stale_before = now - timedelta(seconds=stale_enqueue_seconds)
         republish = list(
             session.scalars(
@@ -282,7 +307,9 @@ def mark_enqueued(factory: sessionmaker[Session], job_ids: Iterable[uuid.UUID]) 
 Publisher = Callable[[uuid.UUID], None]
 
 
-def publish_all(factory: sessionmaker[Session], publisher: Publisher, job_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+def publish_all(
+    factory: sessionmaker[Session], publisher: Publisher, job_ids: Iterable[uuid.UUID]
+) -> list[uuid.UUID]:
     """Publish each job; a broker failure leaves enqueued_at empty so the reaper retries later."""
     sent = []
     for job_id in job_ids:

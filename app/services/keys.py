@@ -8,7 +8,16 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.security import NewKey, Principal, Scope, effective_scopes, generate_key, hash_secret, parse_token, verify_secret
+from app.core.security import (
+    NewKey,
+    Principal,
+    Scope,
+    effective_scopes,
+    generate_key,
+    hash_secret,
+    parse_token,
+    verify_secret,
+)
 from app.models import ApiKey, Tenant
 from app.models.base import utcnow
 from app.services import audit
@@ -45,8 +54,13 @@ def create_key(
     session.add(row)
     session.flush()
     audit.record(
-        session, tenant_id=tenant.id, actor=actor, action="key.create", resource_type="api_key",
-        resource_id=new.key_id, details={"name": name, "scopes": row.scopes},
+        session,
+        tenant_id=tenant.id,
+        actor=actor,
+        action="key.create",
+        resource_type="api_key",
+        resource_id=new.key_id,
+        details={"name": name, "scopes": row.scopes},
     )
     return row, new
 

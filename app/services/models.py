@@ -23,7 +23,9 @@ def get_architecture(name: str) -> ArchitectureSpec:
     try:
         return ARCHITECTURES.get(name)
     except UnknownEntryError as exc:
-        raise Unprocessable(f"unknown architecture '{name}'; available: {ARCHITECTURES.names()}", code="unknown-architecture") from exc
+        raise Unprocessable(
+            f"unknown architecture '{name}'; available: {ARCHITECTURES.names()}", code="unknown-architecture"
+        ) from exc
 
 
 def _dataset_defaults(dataset: Dataset) -> dict[str, Any]:
@@ -36,7 +38,9 @@ def _dataset_defaults(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def validate_arch_config(spec: ArchitectureSpec, config: dict[str, Any], dataset: Dataset | None) -> BaseModel:
+def validate_arch_config(
+    spec: ArchitectureSpec, config: dict[str, Any], dataset: Dataset | None
+) -> BaseModel:
     """Validate a config; fields derivable from the dataset are filled in and must agree with it."""
     merged = dict(config)
     if dataset is not None:

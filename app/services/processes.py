@@ -20,9 +20,26 @@ STOP_GRACE_S = 20.0
 
 def worker_command(settings: Settings, queues: str, name: str, beat: bool = False) -> list[str]:
     cmd = [
-        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-        "-P", "prefork", "-c", "1", "-Q", queues, "--max-tasks-per-child", "1",
-        "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        "1",
+        "-Q",
+        queues,
+        "--max-tasks-per-child",
+        "1",
+        "-n",
+        f"{name}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
     ]
     if beat:
         cmd += ["-B", "-s", str(settings.home.resolve() / "celerybeat-schedule")]
@@ -30,7 +47,18 @@ def worker_command(settings: Settings, queues: str, name: str, beat: bool = Fals
 
 
 def api_command(host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port), "--log-level", "warning"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:app",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
 
 
 @dataclass
@@ -49,7 +77,11 @@ class ServiceGroup:
         return f"http://{self.host}:{self.port}"
 
     def _spawn(self, cmd: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "LETHE_HOME": str(self.settings.home.resolve()), "LETHE_PROFILE": self.settings.profile.value}
+        env = {
+            **os.environ,
+            "LETHE_HOME": str(self.settings.home.resolve()),
+            "LETHE_PROFILE": self.settings.profile.value,
+        }
         if self.settings.database_url:
             env["LETHE_DATABASE_URL"] = self.settings.database_url
         if self.settings.broker_url:
@@ -59,7 +91,9 @@ class ServiceGroup:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             stdout = open(self.log_dir / f"{log_name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-        proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None, start_new_session=True
+        )
         self.processes.append(proc)
         return proc
 
@@ -77,7 +111,9 @@ class ServiceGroup:
         while time.monotonic() < deadline:
             for proc in self.processes:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"a service process exited early with code {proc.returncode}: {proc.args}")
+                    raise RuntimeError(
+                        f"a service process exited early with code {proc.returncode}: {proc.args!r}"
+                    )
             try:
                 if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
                     return

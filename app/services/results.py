@@ -33,7 +33,9 @@ def _pick_reference(job: Job, retrains: list[Job]) -> Job | None:
     return max(candidates, key=lambda r: r.created_at) if candidates else None
 
 
-def compare(session: Session, tenant_id: uuid.UUID, forget_set_id: uuid.UUID, model_id: uuid.UUID | None) -> Comparison:
+def compare(
+    session: Session, tenant_id: uuid.UUID, forget_set_id: uuid.UUID, model_id: uuid.UUID | None
+) -> Comparison:
     query = select(Job).where(
         Job.tenant_id == tenant_id,
         Job.forget_set_id == forget_set_id,
@@ -49,7 +51,9 @@ def compare(session: Session, tenant_id: uuid.UUID, forget_set_id: uuid.UUID, mo
     for job in jobs:
         reference = _pick_reference(job, retrains)
         gap = None
-        if reference is not None and all(k in metrics[job.id] and k in metrics[reference.id] for k in GAP_KEYS):
+        if reference is not None and all(
+            k in metrics[job.id] and k in metrics[reference.id] for k in GAP_KEYS
+        ):
             gap = avg_gap(metrics[job.id], metrics[reference.id], keys=GAP_KEYS)
         rows.append(
             ComparisonRow(
@@ -68,4 +72,6 @@ def compare(session: Session, tenant_id: uuid.UUID, forget_set_id: uuid.UUID, mo
         )
     # Retrain rows first: they are the yardstick.
     rows.sort(key=lambda r: (r.kind is not JobKind.retrain, r.kind is not JobKind.evaluate))
-    return Comparison(forget_set_id=forget_set_id, columns=HEADLINE_COLUMNS + ["avg_gap", "rte_seconds"], rows=rows)
+    return Comparison(
+        forget_set_id=forget_set_id, columns=[*HEADLINE_COLUMNS, "avg_gap", "rte_seconds"], rows=rows
+    )

@@ -45,7 +45,9 @@ def _method(kind: JobKind, name: str | None) -> MethodSpec | None:
     expected = _KIND_METHOD.get(kind)
     if expected is not None:
         if name not in (None, expected):
-            raise Unprocessable(f"{kind.value} jobs run method '{expected}', not '{name}'", code="unexpected-method")
+            raise Unprocessable(
+                f"{kind.value} jobs run method '{expected}', not '{name}'", code="unexpected-method"
+            )
         name = expected
     if name is None:
         unlearn = [m.name for m in METHODS if m.job_kind == "unlearn"]
@@ -53,9 +55,13 @@ def _method(kind: JobKind, name: str | None) -> MethodSpec | None:
     try:
         spec = METHODS.get(name)
     except UnknownEntryError as exc:
-        raise Unprocessable(f"unknown method '{name}'; available: {METHODS.names()}", code="unknown-method") from exc
+        raise Unprocessable(
+            f"unknown method '{name}'; available: {METHODS.names()}", code="unknown-method"
+        ) from exc
     if spec.job_kind != kind.value:
-        raise Unprocessable(f"method '{name}' runs in {spec.job_kind} jobs, not {kind.value}", code="unexpected-method")
+        raise Unprocessable(
+            f"method '{name}' runs in {spec.job_kind} jobs, not {kind.value}", code="unexpected-method"
+        )
     return spec
 
 
@@ -101,10 +107,14 @@ def build_job(session: Session, principal: Principal, body: JobCreate, settings:
         _forbid(body, ("model_id", "forget_set_id"))
         dataset = get_dataset(session, tenant, _require(body.dataset_id, "dataset_id", body.kind))
         if body.architecture is None:
-            raise Unprocessable("train jobs need 'architecture' (see GET /v1/architectures)", code="missing-field")
+            raise Unprocessable(
+                "train jobs need 'architecture' (see GET /v1/architectures)", code="missing-field"
+            )
         arch = get_architecture(body.architecture)
         if dataset.task not in {t.value for t in arch.task_types}:
-            raise Unprocessable(f"architecture '{arch.name}' does not support {dataset.task} datasets", code="task-mismatch")
+            raise Unprocessable(
+                f"architecture '{arch.name}' does not support {dataset.task} datasets", code="task-mismatch"
+            )
         architecture = arch.name
         arch_config = validate_arch_config(arch, body.arch_config, dataset).model_dump(mode="json")
     else:
@@ -120,11 +130,18 @@ def build_job(session: Session, principal: Principal, body: JobCreate, settings:
         dataset = session.get(Dataset, forget_set.dataset_id)
         if body.kind is JobKind.retrain and params.get("recipe") is None and model.train_recipe is None:
             raise Unprocessable(
-                "this model has no recorded training recipe (it was uploaded): pass params.recipe for the retrain",
+                "this model has no recorded training recipe (it was uploaded):"
+                " pass params.recipe for the retrain",
                 code="missing-recipe",
             )
-        if spec is not None and dataset is not None and dataset.task not in {t.value for t in spec.task_types}:
-            raise Unprocessable(f"method '{spec.name}' does not support {dataset.task} tasks", code="task-mismatch")
+        if (
+            spec is not None
+            and dataset is not None
+            and dataset.task not in {t.value for t in spec.task_types}
+        ):
+            raise Unprocessable(
+                f"method '{spec.name}' does not support {dataset.task} tasks", code="task-mismatch"
+            )
 
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     return Job(

@@ -54,10 +54,18 @@ def trained(live_api: TestClient, worker_group, sessions, migrated) -> dict:
 
     tenant = make_tenant(sessions, migrated)
     dataset = create_digits(live_api, tenant)
-    job = run(live_api, tenant, {
-        "kind": "train", "dataset_id": dataset["id"], "architecture": "mlp", "arch_config": {"hidden": [64]},
-        "params": {"recipe": FAST_RECIPE}, "seed": 3,
-    })
+    job = run(
+        live_api,
+        tenant,
+        {
+            "kind": "train",
+            "dataset_id": dataset["id"],
+            "architecture": "mlp",
+            "arch_config": {"hidden": [64]},
+            "params": {"recipe": FAST_RECIPE},
+            "seed": 3,
+        },
+    )
     return {"tenant": tenant, "dataset": dataset, "train": job}
 
 
@@ -73,19 +81,35 @@ def test_train_produces_a_model_with_recorded_provenance(trained) -> None:
 def test_retrain_and_ft_give_a_comparison_with_avg_gap(live_api: TestClient, trained, sessions) -> None:
     tenant, dataset = trained["tenant"], trained["dataset"]
     original = trained["train"]["output_model_id"]
-    for spec, name in (({"kind": "random", "fraction": 0.1, "seed": 0}, "random"), ({"kind": "class", "class": 3}, "class")):
-        forget = live_api.post("/v1/forget-sets", json={"dataset_id": dataset["id"], "spec": spec}, headers=tenant.headers("submit")).json()
+    for spec, name in (
+        ({"kind": "random", "fraction": 0.1, "seed": 0}, "random"),
+        ({"kind": "class", "class": 3}, "class"),
+    ):
+        forget = live_api.post(
+            "/v1/forget-sets",
+            json={"dataset_id": dataset["id"], "spec": spec},
+            headers=tenant.headers("submit"),
+        ).json()
         common = {"model_id": original, "forget_set_id": forget["id"], "seed": 5}
         retrain = run(live_api, tenant, {"kind": "retrain", **common})
-        ft = run(live_api, tenant, {"kind": "unlearn", "method": "ft", "params": {"epochs": 2, "batch_size": 64}, **common})
+        ft = run(
+            live_api,
+            tenant,
+            {"kind": "unlearn", "method": "ft", "params": {"epochs": 2, "batch_size": 64}, **common},
+        )
         run(live_api, tenant, {"kind": "evaluate", **common})
-        comparison = live_api.get(f"/v1/forget-sets/{forget['id']}/comparison", headers=tenant.headers("read")).json()
+        comparison = live_api.get(
+            f"/v1/forget-sets/{forget['id']}/comparison", headers=tenant.headers("read")
+        ).json()
         rows = {r["job_id"]: r for r in comparison["rows"]}
         assert comparison["rows"][0]["kind"] == "retrain"
         assert rows[retrain["id"]]["avg_gap"] == pytest.approx(0.0)
         ft_row = rows[ft["id"]]
         assert ft_row["reference_job_id"] == retrain["id"] and ft_row["avg_gap"] is not None
-        expected_gap = sum(abs(ft_row["metrics"][k] - retrain["metrics"][k]) for k in ("UA", "MIA-Efficacy", "RA", "TA")) / 4
+        expected_gap = (
+            sum(abs(ft_row["metrics"][k] - retrain["metrics"][k]) for k in ("UA", "MIA-Efficacy", "RA", "TA"))
+            / 4
+        )
         assert ft_row["avg_gap"] == pytest.approx(expected_gap)
         assert ft_row["rte_seconds"] > 0
         if name == "class":
@@ -94,14 +118,22 @@ def test_retrain_and_ft_give_a_comparison_with_avg_gap(live_api: TestClient, tra
             test_error = 100.0 - retrain["metrics"]["TA"]
             assert abs(retrain["metrics"]["UA"] - test_error) < 8.0
         with sessions() as session:
-            count = session.scalar(select(func.count()).select_from(Metric).where(Metric.job_id == uuid.UUID(ft["id"])))
+            count = session.scalar(
+                select(func.count()).select_from(Metric).where(Metric.job_id == uuid.UUID(ft["id"]))
+            )
             assert count == len(ft["metrics"])
 
 
 def test_same_seed_gives_identical_metrics(live_api: TestClient, trained) -> None:
     tenant, dataset = trained["tenant"], trained["dataset"]
-    body = {"kind": "train", "dataset_id": dataset["id"], "architecture": "mlp", "arch_config": {"hidden": [64]},
-            "params": {"recipe": FAST_RECIPE}, "seed": 3}
+    body = {
+        "kind": "train",
+        "dataset_id": dataset["id"],
+        "architecture": "mlp",
+        "arch_config": {"hidden": [64]},
+        "params": {"recipe": FAST_RECIPE},
+        "seed": 3,
+    }
     again = run(live_api, tenant, body)
     assert again["metrics"] == trained["train"]["metrics"]
 
@@ -109,20 +141,38 @@ def test_same_seed_gives_identical_metrics(live_api: TestClient, trained) -> Non
 def test_events_stream_replays_and_ends(live_api: TestClient, trained) -> None:
     tenant = trained["tenant"]
     job_id = trained["train"]["id"]
-    with live_api.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers=tenant.headers("read")) as response:
+    with live_api.stream(
+        "GET", f"/v1/jobs/{job_id}/events/stream", headers=tenant.headers("read")
+    ) as response:
         assert response.status_code == 200
         body = "".join(response.iter_text())
     assert "event: queued" in body and "event: started" in body and "event: succeeded" in body
-    with live_api.stream("GET", f"/v1/jobs/{job_id}/events/stream",
-                         headers={**tenant.headers("read"), "Last-Event-ID": "999999999"}) as response:
+    with live_api.stream(
+        "GET",
+        f"/v1/jobs/{job_id}/events/stream",
+        headers={**tenant.headers("read"), "Last-Event-ID": "999999999"},
+    ) as response:
         assert "event: queued" not in "".join(response.iter_text())
 
 
-def test_cancel_running_job_stops_within_a_heartbeat(live_api: TestClient, trained, sessions, migrated) -> None:
+def test_cancel_running_job_stops_within_a_heartbeat(
+    live_api: TestClient, trained, sessions, migrated
+) -> None:
     tenant, dataset = trained["tenant"], trained["dataset"]
-    body = {"kind": "train", "dataset_id": dataset["id"], "architecture": "mlp", "params": {"recipe": LONG_RECIPE}, "seed": 1}
+    body = {
+        "kind": "train",
+        "dataset_id": dataset["id"],
+        "architecture": "mlp",
+        "params": {"recipe": LONG_RECIPE},
+        "seed": 1,
+    }
     job = live_api.post("/v1/jobs", json=body, headers=tenant.headers("submit")).json()
-    wait_for(live_api, tenant, job["id"], lambda j: j["status"] == "running" and (j["progress"].get("step") or 0) > 0)
+    wait_for(
+        live_api,
+        tenant,
+        job["id"],
+        lambda j: j["status"] == "running" and (j["progress"].get("step") or 0) > 0,
+    )
     requested = time.monotonic()
     assert live_api.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant.headers("submit")).status_code == 202
     done = wait_for(live_api, tenant, job["id"], finished, timeout=30)
@@ -132,12 +182,25 @@ def test_cancel_running_job_stops_within_a_heartbeat(live_api: TestClient, train
     assert elapsed < migrated.heartbeat_seconds + 5.0, elapsed
 
 
-def test_worker_sigkill_mid_job_resumes_and_finishes_once(live_api: TestClient, trained, worker_group, sessions) -> None:
+def test_worker_sigkill_mid_job_resumes_and_finishes_once(
+    live_api: TestClient, trained, worker_group, sessions
+) -> None:
     tenant, dataset = trained["tenant"], trained["dataset"]
     recipe = {**LONG_RECIPE, "epochs": 30}
-    body = {"kind": "train", "dataset_id": dataset["id"], "architecture": "mlp", "params": {"recipe": recipe}, "seed": 2}
+    body = {
+        "kind": "train",
+        "dataset_id": dataset["id"],
+        "architecture": "mlp",
+        "params": {"recipe": recipe},
+        "seed": 2,
+    }
     job = live_api.post("/v1/jobs", json=body, headers=tenant.headers("submit")).json()
-    wait_for(live_api, tenant, job["id"], lambda j: j["status"] == "running" and (j["progress"].get("info") or {}).get("epoch", 0) >= 3)
+    wait_for(
+        live_api,
+        tenant,
+        job["id"],
+        lambda j: j["status"] == "running" and (j["progress"].get("info") or {}).get("epoch", 0) >= 3,
+    )
     gpu_worker = worker_group.processes[0]
     os.killpg(gpu_worker.pid, signal.SIGKILL)  # the worker's main process and its prefork child
     gpu_worker.wait()
@@ -151,6 +214,8 @@ def test_worker_sigkill_mid_job_resumes_and_finishes_once(live_api: TestClient, 
         assert job_row is not None and job_row.checkpoint_epoch is not None and job_row.checkpoint_epoch >= 3
         attempts = set(session.scalars(select(Metric.attempt).where(Metric.job_id == job_id)))
         assert attempts == {2}
-        types = list(session.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+        types = list(
+            session.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+        )
     assert types.count("succeeded") == 1 and "requeued" in types and types.count("started") == 2
     assert done["result"].get("resumed_from_epoch", 0) >= 3

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from app.api.deps import Admin, SessionDep, SettingsDep, request_id
+from app.api.deps import Admin, SessionDep, SettingsDep
 from app.core.security import Scope
 from app.models import AuditEvent, Tenant
 from app.services.keys import create_key
@@ -45,11 +45,20 @@ class AuditEventOut(BaseModel):
 
 
 @router.post("/keys", response_model=KeyCreated, status_code=201)
-def create_api_key(body: KeyCreate, principal: Admin, session: SessionDep, settings: SettingsDep, request: Request) -> KeyCreated:
+def create_api_key(
+    body: KeyCreate, principal: Admin, session: SessionDep, settings: SettingsDep, request: Request
+) -> KeyCreated:
     """Create another key of the caller's tenant."""
     tenant = session.get(Tenant, principal.tenant_id)
     assert tenant is not None
-    row, new = create_key(session, tenant=tenant, name=body.name, scopes=body.scopes, pepper=settings.key_pepper, actor=principal.actor)
+    row, new = create_key(
+        session,
+        tenant=tenant,
+        name=body.name,
+        scopes=body.scopes,
+        pepper=settings.key_pepper,
+        actor=principal.actor,
+    )
     session.commit()
     return KeyCreated(key_id=row.key_id, name=row.name, scopes=row.scopes, token=new.token)
 
@@ -62,12 +71,22 @@ def list_audit_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[AuditEventOut]:
     rows = session.scalars(
-        select(AuditEvent).where(AuditEvent.tenant_id == principal.tenant_id, AuditEvent.id > after).order_by(AuditEvent.id).limit(limit)
+        select(AuditEvent)
+        .where(AuditEvent.tenant_id == principal.tenant_id, AuditEvent.id > after)
+        .order_by(AuditEvent.id)
+        .limit(limit)
     )
     return [
         AuditEventOut(
-            id=r.id, ts=r.ts.isoformat(), actor=r.actor, action=r.action, resource_type=r.resource_type,
-            resource_id=r.resource_id, request_id=r.request_id, details=r.details, hash=r.hash,
+            id=r.id,
+            ts=r.ts.isoformat(),
+            actor=r.actor,
+            action=r.action,
+            resource_type=r.resource_type,
+            resource_id=r.resource_id,
+            request_id=r.request_id,
+            details=r.details,
+            hash=r.hash,
         )
         for r in rows
     ]

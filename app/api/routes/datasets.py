@@ -28,9 +28,13 @@ def list_datasets(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> DatasetPage:
-    rows, next_cursor = paginate(session, select(Dataset).where(Dataset.tenant_id == principal.tenant_id), Dataset, cursor, limit)
+    rows, next_cursor = paginate(
+        session, select(Dataset).where(Dataset.tenant_id == principal.tenant_id), Dataset, cursor, limit
+    )
     return DatasetPage(
-        data=[DatasetOut.model_validate(r) for r in rows], next_cursor=next_cursor, has_more=next_cursor is not None,
+        data=[DatasetOut.model_validate(r) for r in rows],
+        next_cursor=next_cursor,
+        has_more=next_cursor is not None,
         builtins=builtin_datasets(),
     )
 
@@ -41,27 +45,53 @@ def _created(response: Response, row: Dataset, created: bool) -> DatasetOut:
     return DatasetOut.model_validate(row)
 
 
-@router.post("", response_model=DatasetOut, status_code=201, responses={200: {"description": "Identical data already stored"}})
+@router.post(
+    "",
+    response_model=DatasetOut,
+    status_code=201,
+    responses={200: {"description": "Identical data already stored"}},
+)
 def create_builtin_dataset(
-    body: BuiltinDatasetCreate, principal: Submitter, session: SessionDep, store: StoreDep, request: Request, response: Response
+    body: BuiltinDatasetCreate,
+    principal: Submitter,
+    session: SessionDep,
+    store: StoreDep,
+    request: Request,
+    response: Response,
 ) -> DatasetOut:
     """Materialise a built-in dataset (digits, procedural, …) with a config."""
     dataset, config = build_builtin(body.builtin, body.config)
     row, created = store_dataset(
-        session, store, tenant_id=principal.tenant_id, dataset=dataset, name=body.name or body.builtin,
-        source="builtin", builtin=body.builtin, config=config,
+        session,
+        store,
+        tenant_id=principal.tenant_id,
+        dataset=dataset,
+        name=body.name or body.builtin,
+        source="builtin",
+        builtin=body.builtin,
+        config=config,
     )
     if created:
         audit.record(
-            session, tenant_id=principal.tenant_id, actor=principal.actor, action="dataset.create",
-            resource_type="dataset", resource_id=str(row.id), request_id=request_id(request),
+            session,
+            tenant_id=principal.tenant_id,
+            actor=principal.actor,
+            action="dataset.create",
+            resource_type="dataset",
+            resource_id=str(row.id),
+            request_id=request_id(request),
             details={"builtin": body.builtin, "sha256": row.sha256},
         )
     session.commit()
     return _created(response, row, created)
 
 
-@router.post("/upload", response_model=DatasetOut, status_code=201, responses={200: {"description": "Identical data already stored"}})
+@router.post(
+    "/upload",
+    response_model=DatasetOut,
+    status_code=201,
+    responses={200: {"description": "Identical data already stored"}},
+)
 async def upload_dataset(
     principal: Submitter,
     session: SessionDep,
@@ -78,7 +108,9 @@ async def upload_dataset(
     try:
         reject_pickle(data, "dataset")
         parsed = validate_npz(
-            data, max_bytes=settings.max_upload_bytes, max_uncompressed_bytes=settings.max_dataset_uncompressed_bytes
+            data,
+            max_bytes=settings.max_upload_bytes,
+            max_uncompressed_bytes=settings.max_dataset_uncompressed_bytes,
         )
         dataset = ArrayDataset.from_arrays(
             parsed.x_train, parsed.y_train, parsed.x_test, parsed.y_test, num_classes=parsed.num_classes
@@ -88,13 +120,24 @@ async def upload_dataset(
     except InvalidInputError as exc:
         raise Unprocessable(str(exc), code="invalid-dataset") from exc
     row, created = store_dataset(
-        session, store, tenant_id=principal.tenant_id, dataset=dataset, name=name or (file.filename or "upload"),
-        source="upload", builtin=None, config={"upload_sha256": parsed.sha256},
+        session,
+        store,
+        tenant_id=principal.tenant_id,
+        dataset=dataset,
+        name=name or (file.filename or "upload"),
+        source="upload",
+        builtin=None,
+        config={"upload_sha256": parsed.sha256},
     )
     if created:
         audit.record(
-            session, tenant_id=principal.tenant_id, actor=principal.actor, action="dataset.upload",
-            resource_type="dataset", resource_id=str(row.id), request_id=request_id(request),
+            session,
+            tenant_id=principal.tenant_id,
+            actor=principal.actor,
+            action="dataset.upload",
+            resource_type="dataset",
+            resource_id=str(row.id),
+            request_id=request_id(request),
             details={"sha256": row.sha256, "upload_sha256": parsed.sha256, "bytes": len(data)},
         )
     session.commit()

@@ -18,7 +18,9 @@ router = APIRouter(tags=["discovery"])
 def builtin_datasets() -> list[dict[str, Any]]:
     return [
         RegistryEntry(
-            name=d.name, description=d.description, task_types=[d.task_type.value],
+            name=d.name,
+            description=d.description,
+            task_types=[d.task_type.value],
             params_schema=d.config_model.model_json_schema(),
         ).model_dump()
         for d in DATASETS
@@ -29,8 +31,11 @@ def builtin_datasets() -> list[dict[str, Any]]:
 def list_methods(_: Reader) -> list[RegistryEntry]:
     return [
         RegistryEntry(
-            name=m.name, description=m.description, task_types=[t.value for t in m.task_types],
-            params_schema=m.params_model.model_json_schema(), job_kind=m.job_kind,
+            name=m.name,
+            description=m.description,
+            task_types=[t.value for t in m.task_types],
+            params_schema=m.params_model.model_json_schema(),
+            job_kind=m.job_kind,
         )
         for m in METHODS
     ]
@@ -40,7 +45,9 @@ def list_methods(_: Reader) -> list[RegistryEntry]:
 def list_architectures(_: Reader) -> list[RegistryEntry]:
     return [
         RegistryEntry(
-            name=a.name, description=a.description, task_types=[t.value for t in a.task_types],
+            name=a.name,
+            description=a.description,
+            task_types=[t.value for t in a.task_types],
             params_schema=a.config_model.model_json_schema(),
         )
         for a in ARCHITECTURES

@@ -32,17 +32,33 @@ def list_forget_sets(
     if dataset_id is not None:
         query = query.where(ForgetSet.dataset_id == dataset_id)
     rows, next_cursor = paginate(session, query, ForgetSet, cursor, limit)
-    return Page[ForgetSetOut](data=[ForgetSetOut.model_validate(r) for r in rows], next_cursor=next_cursor, has_more=next_cursor is not None)
+    return Page[ForgetSetOut](
+        data=[ForgetSetOut.model_validate(r) for r in rows],
+        next_cursor=next_cursor,
+        has_more=next_cursor is not None,
+    )
 
 
 @router.post("", response_model=ForgetSetOut, status_code=201)
-def create(body: ForgetSetCreate, principal: Submitter, session: SessionDep, store: StoreDep, request: Request, response: Response) -> ForgetSetOut:
+def create(
+    body: ForgetSetCreate,
+    principal: Submitter,
+    session: SessionDep,
+    store: StoreDep,
+    request: Request,
+    response: Response,
+) -> ForgetSetOut:
     """Create a forget set from explicit indices, a class, or a random fraction with a seed."""
     dataset = get_dataset(session, principal.tenant_id, body.dataset_id)
     row = create_forget_set(session, store, principal.tenant_id, body, dataset)
     audit.record(
-        session, tenant_id=principal.tenant_id, actor=principal.actor, action="forget_set.create",
-        resource_type="forget_set", resource_id=str(row.id), request_id=request_id(request),
+        session,
+        tenant_id=principal.tenant_id,
+        actor=principal.actor,
+        action="forget_set.create",
+        resource_type="forget_set",
+        resource_id=str(row.id),
+        request_id=request_id(request),
         details={"kind": row.kind, "size": row.size, "sha256": row.sha256, "dataset_id": str(dataset.id)},
     )
     session.commit()

@@ -47,7 +47,9 @@ def etag(job: Job) -> str:
     return f'"{job.id}:{job.version}"'
 
 
-@router.post("", response_model=JobOut, status_code=202, responses={200: {"description": "Idempotent replay"}})
+@router.post(
+    "", response_model=JobOut, status_code=202, responses={200: {"description": "Idempotent replay"}}
+)
 def create_job(
     body: JobCreate,
     principal: Submitter,
@@ -57,10 +59,13 @@ def create_job(
     request: Request,
     response: Response,
     idempotency_key: Annotated[
-        str | None, Header(max_length=MAX_IDEMPOTENCY_KEY, description="Retries with the same key return the same job.")
+        str | None,
+        Header(max_length=MAX_IDEMPOTENCY_KEY, description="Retries with the same key return the same job."),
     ] = None,
 ) -> JobOut:
-    job, created = submit(session, principal, body, settings, idempotency_key=idempotency_key, request_id=request_id(request))
+    job, created = submit(
+        session, principal, body, settings, idempotency_key=idempotency_key, request_id=request_id(request)
+    )
     session.commit()
     if created:
         # Publish only after commit: the worker must never see an id whose row is not visible yet.
@@ -86,7 +91,13 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[JobOut]:
     query = select(Job).where(Job.tenant_id == principal.tenant_id)
-    for column, value in ((Job.status, status), (Job.kind, kind), (Job.method, method), (Job.model_id, model_id), (Job.forget_set_id, forget_set_id)):
+    for column, value in (
+        (Job.status, status),
+        (Job.kind, kind),
+        (Job.method, method),
+        (Job.model_id, model_id),
+        (Job.forget_set_id, forget_set_id),
+    ):
         if value is not None:
             query = query.where(column == value)
     rows, next_cursor = paginate(session, query, Job, cursor, limit)
@@ -99,7 +110,9 @@ def list_jobs(
     return Page[JobOut](data=data, next_cursor=next_cursor, has_more=next_cursor is not None)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses={304: {"description": "Not modified since the ETag"}})
+@router.get(
+    "/{job_id}", response_model=JobOut, responses={304: {"description": "Not modified since the ETag"}}
+)
 def read_job(
     job_id: uuid.UUID,
     principal: Reader,
@@ -127,8 +140,14 @@ def cancel_job(job_id: uuid.UUID, principal: Submitter, session: SessionDep, req
     if not job.cancel_requested and job.status is not JobStatus.cancelled:
         job_service.request_cancel(session, job)
         audit.record(
-            session, tenant_id=principal.tenant_id, actor=principal.actor, action="job.cancel", resource_type="job",
-            resource_id=str(job.id), request_id=request_id(request), details={"status": job.status.value},
+            session,
+            tenant_id=principal.tenant_id,
+            actor=principal.actor,
+            action="job.cancel",
+            resource_type="job",
+            resource_id=str(job.id),
+            request_id=request_id(request),
+            details={"status": job.status.value},
         )
         session.commit()
     return job_out(session, job)
@@ -150,7 +169,10 @@ def list_events(
 ) -> list[JobEventOut]:
     get_job(session, principal.tenant_id, job_id)
     events = session.scalars(
-        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id).limit(limit)
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.id > after)
+        .order_by(JobEvent.id)
+        .limit(limit)
     )
     return [JobEventOut.model_validate(e) for e in events]
 
@@ -178,7 +200,9 @@ async def stream_events(
             job = session.get(Job, job_id)
             if job is None or job.tenant_id != principal.tenant_id:
                 return [], True, False
-            events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id))
+            events = session.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id)
+            )
             return [JobEventOut.model_validate(e) for e in events], job.status in TERMINAL_STATUSES, True
 
     events, done, _ = await run_in_threadpool(_poll, last_event_id or 0)

@@ -28,8 +28,14 @@ def list_models(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[ModelOut]:
-    rows, next_cursor = paginate(session, select(Model).where(Model.tenant_id == principal.tenant_id), Model, cursor, limit)
-    return Page[ModelOut](data=[ModelOut.model_validate(r) for r in rows], next_cursor=next_cursor, has_more=next_cursor is not None)
+    rows, next_cursor = paginate(
+        session, select(Model).where(Model.tenant_id == principal.tenant_id), Model, cursor, limit
+    )
+    return Page[ModelOut](
+        data=[ModelOut.model_validate(r) for r in rows],
+        next_cursor=next_cursor,
+        has_more=next_cursor is not None,
+    )
 
 
 @router.post("", response_model=ModelOut, status_code=201)
@@ -49,18 +55,32 @@ async def upload_model(
     try:
         config_dict = json.loads(config)
     except json.JSONDecodeError as exc:
-        raise Unprocessable(f"config is not valid JSON: {exc.msg} at position {exc.pos}", code="invalid-json") from exc
+        raise Unprocessable(
+            f"config is not valid JSON: {exc.msg} at position {exc.pos}", code="invalid-json"
+        ) from exc
     if not isinstance(config_dict, dict):
         raise Unprocessable("config must be a JSON object", code="invalid-architecture-config")
     dataset = get_dataset(session, principal.tenant_id, dataset_id) if dataset_id else None
     data = await read_upload(weights, settings.max_upload_bytes)
     row = register_upload(
-        session, store, tenant_id=principal.tenant_id, name=name or architecture, architecture=architecture,
-        config=config_dict, weights=data, dataset=dataset, max_bytes=settings.max_upload_bytes,
+        session,
+        store,
+        tenant_id=principal.tenant_id,
+        name=name or architecture,
+        architecture=architecture,
+        config=config_dict,
+        weights=data,
+        dataset=dataset,
+        max_bytes=settings.max_upload_bytes,
     )
     audit.record(
-        session, tenant_id=principal.tenant_id, actor=principal.actor, action="model.upload", resource_type="model",
-        resource_id=str(row.id), request_id=request_id(request),
+        session,
+        tenant_id=principal.tenant_id,
+        actor=principal.actor,
+        action="model.upload",
+        resource_type="model",
+        resource_id=str(row.id),
+        request_id=request_id(request),
         details={"architecture": architecture, "sha256": row.sha256, "bytes": row.size_bytes},
     )
     session.commit()
@@ -78,7 +98,9 @@ def read_model(model_id: uuid.UUID, principal: Reader, session: SessionDep) -> M
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}, "description": "safetensors weights"}},
 )
-def download_weights(model_id: uuid.UUID, principal: Reader, session: SessionDep, store: StoreDep) -> Response:
+def download_weights(
+    model_id: uuid.UUID, principal: Reader, session: SessionDep, store: StoreDep
+) -> Response:
     row = get_model(session, principal.tenant_id, model_id)
     return Response(
         store.get(row.storage_key),

@@ -18,11 +18,16 @@ def resources(api: TestClient, tenant) -> dict[str, str]:
     dataset = create_digits(api, tenant)
     config = {"input_shape": [1, 8, 8], "hidden": [8], "num_classes": 10}
     model = api.post(
-        "/v1/models", data={"architecture": "mlp", "config": json.dumps(config), "dataset_id": dataset["id"]},
-        files={"weights": ("m.safetensors", model_weights("mlp", config))}, headers=tenant.headers("submit"),
+        "/v1/models",
+        data={"architecture": "mlp", "config": json.dumps(config), "dataset_id": dataset["id"]},
+        files={"weights": ("m.safetensors", model_weights("mlp", config))},
+        headers=tenant.headers("submit"),
     ).json()
-    forget = api.post("/v1/forget-sets", json={"dataset_id": dataset["id"], "spec": {"kind": "class", "class": 1}},
-                      headers=tenant.headers("submit")).json()
+    forget = api.post(
+        "/v1/forget-sets",
+        json={"dataset_id": dataset["id"], "spec": {"kind": "class", "class": 1}},
+        headers=tenant.headers("submit"),
+    ).json()
     job = api.post("/v1/jobs", json=train_body(dataset["id"]), headers=tenant.headers("submit")).json()
     return {"dataset": dataset["id"], "model": model["id"], "forget_set": forget["id"], "job": job["id"]}
 
@@ -57,14 +62,21 @@ def test_foreign_tenant_gets_404_on_every_resource(api: TestClient, resources, o
 
 def test_read_only_key_cannot_mutate(api: TestClient, resources, tenant) -> None:
     mutations = [(m, p, b) for m, p, b in foreign_requests(resources) if m == "POST"]
-    mutations += [("POST", "/v1/datasets", {"builtin": "digits"}), ("POST", "/v1/keys", {"name": "x", "scopes": ["read"]})]
+    mutations += [
+        ("POST", "/v1/datasets", {"builtin": "digits"}),
+        ("POST", "/v1/keys", {"name": "x", "scopes": ["read"]}),
+    ]
     for method, path, body in mutations:
-        assert_problem(api.request(method, path, json=body, headers=tenant.headers("read")), 403, "insufficient-scope")
+        assert_problem(
+            api.request(method, path, json=body, headers=tenant.headers("read")), 403, "insufficient-scope"
+        )
     assert api.get(f"/v1/jobs/{resources['job']}", headers=tenant.headers("read")).status_code == 200
 
 
 def test_submit_key_cannot_administer(api: TestClient, tenant) -> None:
-    assert_problem(api.post("/v1/keys", json={"name": "x", "scopes": ["admin"]}, headers=tenant.headers("submit")), 403)
+    assert_problem(
+        api.post("/v1/keys", json={"name": "x", "scopes": ["admin"]}, headers=tenant.headers("submit")), 403
+    )
     assert_problem(api.get("/v1/audit-events", headers=tenant.headers("submit")), 403)
 
 
@@ -82,7 +94,14 @@ def test_every_mutation_is_audited_with_an_intact_chain(api: TestClient, resourc
     assert created.status_code == 201 and created.json()["token"].startswith("lk_")
     events = api.get("/v1/audit-events", headers=tenant.headers("admin")).json()
     actions = [e["action"] for e in events]
-    for action in ("key.create", "dataset.create", "model.upload", "forget_set.create", "job.create", "job.cancel"):
+    for action in (
+        "key.create",
+        "dataset.create",
+        "model.upload",
+        "forget_set.create",
+        "job.create",
+        "job.cancel",
+    ):
         assert action in actions, actions
     assert all("indices" not in json.dumps(e["details"]) for e in events)  # personal data stays out
     with sessions() as session:
@@ -116,9 +135,19 @@ def test_importing_the_api_does_not_import_torch() -> None:
 
 def test_openapi_lists_every_route(api: TestClient) -> None:
     paths = api.get("/openapi.json").json()["paths"]
-    for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/events/stream",
-                 "/v1/methods", "/v1/architectures", "/v1/datasets", "/v1/datasets/upload", "/v1/models",
-                 "/v1/forget-sets", "/v1/forget-sets/{forget_set_id}/comparison"):
+    for path in (
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/jobs/{job_id}/events/stream",
+        "/v1/methods",
+        "/v1/architectures",
+        "/v1/datasets",
+        "/v1/datasets/upload",
+        "/v1/models",
+        "/v1/forget-sets",
+        "/v1/forget-sets/{forget_set_id}/comparison",
+    ):
         assert path in paths
 
 

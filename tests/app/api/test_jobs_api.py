@@ -13,8 +13,14 @@ RECIPE = {"epochs": 2, "batch_size": 64, "lr": 0.05}
 
 
 def train_body(dataset_id: str, **extra) -> dict:
-    return {"kind": "train", "dataset_id": dataset_id, "architecture": "mlp", "arch_config": {"hidden": [16]},
-            "params": {"recipe": RECIPE}, **extra}
+    return {
+        "kind": "train",
+        "dataset_id": dataset_id,
+        "architecture": "mlp",
+        "arch_config": {"hidden": [16]},
+        "params": {"recipe": RECIPE},
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -22,13 +28,17 @@ def dataset(api: TestClient, tenant) -> dict:
     return create_digits(api, tenant)
 
 
-def test_submit_returns_202_location_and_records_everything(api: TestClient, tenant, dataset, recording_publisher) -> None:
+def test_submit_returns_202_location_and_records_everything(
+    api: TestClient, tenant, dataset, recording_publisher
+) -> None:
     response = api.post("/v1/jobs", json=train_body(dataset["id"], seed=11), headers=tenant.headers("submit"))
     assert response.status_code == 202, response.text
     job = response.json()
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["seed"] == 11 and job["method"] == "train"
-    assert job["params"]["recipe"]["epochs"] == 2 and "momentum" in job["params"]["recipe"]  # defaults filled in
+    assert (
+        job["params"]["recipe"]["epochs"] == 2 and "momentum" in job["params"]["recipe"]
+    )  # defaults filled in
     assert job["arch_config"]["num_classes"] == 10  # derived from the dataset
     assert job["code_version"]
     assert uuid.UUID(job["id"]) in recording_publisher.published
@@ -73,7 +83,12 @@ def test_cancel_queued_job_is_immediate_and_idempotent(api: TestClient, tenant, 
 
 
 def test_cursor_pagination_and_filters(api: TestClient, tenant, dataset) -> None:
-    ids = [api.post("/v1/jobs", json=train_body(dataset["id"], seed=s), headers=tenant.headers("submit")).json()["id"] for s in range(5)]
+    ids = [
+        api.post("/v1/jobs", json=train_body(dataset["id"], seed=s), headers=tenant.headers("submit")).json()[
+            "id"
+        ]
+        for s in range(5)
+    ]
     api.post(f"/v1/jobs/{ids[0]}/cancel", headers=tenant.headers("submit"))
     seen, cursor = [], None
     while True:
@@ -87,7 +102,9 @@ def test_cursor_pagination_and_filters(api: TestClient, tenant, dataset) -> None
     assert seen == list(reversed(ids))
     cancelled = api.get("/v1/jobs", params={"status": "cancelled"}, headers=tenant.headers("read")).json()
     assert [j["id"] for j in cancelled["data"]] == [ids[0]]
-    assert_problem(api.get("/v1/jobs", params={"cursor": "!!!"}, headers=tenant.headers("read")), 400, "invalid-cursor")
+    assert_problem(
+        api.get("/v1/jobs", params={"cursor": "!!!"}, headers=tenant.headers("read")), 400, "invalid-cursor"
+    )
 
 
 @pytest.mark.parametrize(
@@ -109,23 +126,40 @@ def test_invalid_submissions(api: TestClient, tenant, body: dict, code: str) -> 
 
 @pytest.mark.parametrize(
     "recipe",
-    [{"epochs": 10**9}, {"lr": "NaN"}, {"lr": "Infinity"}, {"lr": -1}, {"batch_size": 0}, {"unknown_knob": 1}],
+    [
+        {"epochs": 10**9},
+        {"lr": "NaN"},
+        {"lr": "Infinity"},
+        {"lr": -1},
+        {"batch_size": 0},
+        {"unknown_knob": 1},
+    ],
 )
 def test_absurd_hyperparameters_rejected(api: TestClient, tenant, dataset, recipe: dict) -> None:
     body = train_body(dataset["id"])
     body["params"] = {"recipe": {**RECIPE, **recipe}}
-    problem = assert_problem(api.post("/v1/jobs", json=body, headers=tenant.headers("submit")), 422, "invalid-params")
+    problem = assert_problem(
+        api.post("/v1/jobs", json=body, headers=tenant.headers("submit")), 422, "invalid-params"
+    )
     assert problem["errors"]
 
 
 def test_architecture_must_match_dataset(api: TestClient, tenant, dataset) -> None:
     body = train_body(dataset["id"])
     body["arch_config"] = {"hidden": [16], "num_classes": 3}
-    assert_problem(api.post("/v1/jobs", json=body, headers=tenant.headers("submit")), 422, "architecture-dataset-mismatch")
+    assert_problem(
+        api.post("/v1/jobs", json=body, headers=tenant.headers("submit")),
+        422,
+        "architecture-dataset-mismatch",
+    )
 
 
 def test_malformed_json_is_problem(api: TestClient, tenant) -> None:
-    response = api.post("/v1/jobs", content=b"{not json", headers={**tenant.headers("submit"), "content-type": "application/json"})
+    response = api.post(
+        "/v1/jobs",
+        content=b"{not json",
+        headers={**tenant.headers("submit"), "content-type": "application/json"},
+    )
     assert_problem(response, 422, "validation-error")
 
 

@@ -66,14 +66,22 @@ class TestDatasets:
 
     def test_procedural_config_validated(self, api: TestClient, tenant) -> None:
         response = api.post(
-            "/v1/datasets", json={"builtin": "procedural", "config": {"n_train": -5}}, headers=tenant.headers("submit")
+            "/v1/datasets",
+            json={"builtin": "procedural", "config": {"n_train": -5}},
+            headers=tenant.headers("submit"),
         )
         assert_problem(response, 422, "invalid-dataset-config")
-        assert_problem(api.post("/v1/datasets", json={"builtin": "nope"}, headers=tenant.headers("submit")), 422, "unknown-dataset")
+        assert_problem(
+            api.post("/v1/datasets", json={"builtin": "nope"}, headers=tenant.headers("submit")),
+            422,
+            "unknown-dataset",
+        )
 
     def test_upload_npz(self, api: TestClient, tenant) -> None:
         data = npz_bytes(**small_arrays())
-        response = api.post("/v1/datasets/upload", files={"file": ("d.npz", data)}, headers=tenant.headers("submit"))
+        response = api.post(
+            "/v1/datasets/upload", files={"file": ("d.npz", data)}, headers=tenant.headers("submit")
+        )
         assert response.status_code == 201, response.text
         body = response.json()
         assert body["n_train"] == 40 and body["num_classes"] == 4 and body["source"] == "upload"
@@ -81,7 +89,9 @@ class TestDatasets:
     def test_upload_pickle_is_never_unpickled(self, api: TestClient, tenant, tmp_path: Path) -> None:
         marker = tmp_path / "pwned"
         payload = pickle.dumps(Exploit(str(marker)))
-        response = api.post("/v1/datasets/upload", files={"file": ("d.npz", payload)}, headers=tenant.headers("submit"))
+        response = api.post(
+            "/v1/datasets/upload", files={"file": ("d.npz", payload)}, headers=tenant.headers("submit")
+        )
         assert_problem(response, 422, "pickle-rejected")
         assert not marker.exists()
 
@@ -89,19 +99,29 @@ class TestDatasets:
         arrays = small_arrays()
         buffer = io.BytesIO()
         np.savez(buffer, **{**arrays, "x_train": np.array([{"a": 1}] * 40, dtype=object)})
-        response = api.post("/v1/datasets/upload", files={"file": ("d.npz", buffer.getvalue())}, headers=tenant.headers("submit"))
+        response = api.post(
+            "/v1/datasets/upload",
+            files={"file": ("d.npz", buffer.getvalue())},
+            headers=tenant.headers("submit"),
+        )
         body = assert_problem(response, 422)
         assert body["code"] in {"pickle-rejected", "dtype-not-allowed"}
 
     def test_upload_label_out_of_range_rejected(self, api: TestClient, tenant) -> None:
         arrays = small_arrays()
         arrays["y_train"] = np.full(40, -1)
-        response = api.post("/v1/datasets/upload", files={"file": ("d.npz", npz_bytes(**arrays))}, headers=tenant.headers("submit"))
+        response = api.post(
+            "/v1/datasets/upload",
+            files={"file": ("d.npz", npz_bytes(**arrays))},
+            headers=tenant.headers("submit"),
+        )
         assert_problem(response, 422)
 
     def test_oversized_upload_rejected(self, api: TestClient, tenant, settings) -> None:
         data = b"\0" * (settings.max_upload_bytes + 1)
-        response = api.post("/v1/datasets/upload", files={"file": ("d.npz", data)}, headers=tenant.headers("submit"))
+        response = api.post(
+            "/v1/datasets/upload", files={"file": ("d.npz", data)}, headers=tenant.headers("submit")
+        )
         assert_problem(response, 413)
 
 
@@ -147,7 +167,10 @@ class TestModels:
         torch.save({"w": torch.zeros(2), "evil": Exploit(str(marker))}, buffer)
         response = api.post(
             "/v1/models",
-            data={"architecture": "mlp", "config": json.dumps({"input_shape": [4], "hidden": [], "num_classes": 2})},
+            data={
+                "architecture": "mlp",
+                "config": json.dumps({"input_shape": [4], "hidden": [], "num_classes": 2}),
+            },
             files={"weights": ("m.pt", buffer.getvalue())},
             headers=tenant.headers("submit"),
         )
@@ -158,7 +181,10 @@ class TestModels:
         weights = model_weights("mlp", {"input_shape": [1, 8, 8], "hidden": [16], "num_classes": 10})
         response = api.post(
             "/v1/models",
-            data={"architecture": "mlp", "config": json.dumps({"input_shape": [1, 8, 8], "hidden": [32], "num_classes": 10})},
+            data={
+                "architecture": "mlp",
+                "config": json.dumps({"input_shape": [1, 8, 8], "hidden": [32], "num_classes": 10}),
+            },
             files={"weights": ("m.safetensors", weights)},
             headers=tenant.headers("submit"),
         )
@@ -167,9 +193,16 @@ class TestModels:
 
     def test_unknown_architecture_and_bad_config(self, api: TestClient, tenant) -> None:
         files = {"weights": ("m.safetensors", b"x")}
-        bad_arch = api.post("/v1/models", data={"architecture": "gpt5"}, files=files, headers=tenant.headers("submit"))
+        bad_arch = api.post(
+            "/v1/models", data={"architecture": "gpt5"}, files=files, headers=tenant.headers("submit")
+        )
         assert_problem(bad_arch, 422, "unknown-architecture")
-        bad_json = api.post("/v1/models", data={"architecture": "mlp", "config": "{nope"}, files=files, headers=tenant.headers("submit"))
+        bad_json = api.post(
+            "/v1/models",
+            data={"architecture": "mlp", "config": "{nope"},
+            files=files,
+            headers=tenant.headers("submit"),
+        )
         assert_problem(bad_json, 422, "invalid-json")
 
     def test_nan_weights_rejected(self, api: TestClient, tenant) -> None:
@@ -198,7 +231,11 @@ class TestForgetSets:
         return create_digits(api, tenant)
 
     def post(self, api: TestClient, tenant, dataset: dict, spec: dict):
-        return api.post("/v1/forget-sets", json={"dataset_id": dataset["id"], "spec": spec}, headers=tenant.headers("submit"))
+        return api.post(
+            "/v1/forget-sets",
+            json={"dataset_id": dataset["id"], "spec": spec},
+            headers=tenant.headers("submit"),
+        )
 
     def test_indices_sorted_and_hashed(self, api: TestClient, tenant, dataset) -> None:
         response = self.post(api, tenant, dataset, {"kind": "indices", "indices": [5, 3, 9]})
