@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from app.models.base import utcnow
 from app.services import jobs as job_service
+from workers import embedded
 from workers.celery_app import PURGE_BROKER_TASK, REAP_TASK, RUN_JOB_TASK, CeleryPublisher, celery_app
 from workers.runtime import get_runtime
 
@@ -49,15 +50,17 @@ def reap() -> dict[str, int]:
 
 @celery_app.task(name=PURGE_BROKER_TASK)
 def purge_broker() -> int:
-    """kombu's SQLAlchemy transport never deletes consumed messages; drop old ones."""
-    runtime = get_runtime()
-    url = runtime.settings.broker
-    if not url.startswith("lethesqla+"):
+    return purge_consumed_messages(get_runtime().settings.broker, CONSUMED_MESSAGE_RETENTION)
+
+
+def purge_consumed_messages(broker_url: str, older_than: timedelta) -> int:
+    """kombu's SQLAlchemy transport never deletes consumed messages; drop old ones (embedded broker only)."""
+    if not broker_url.startswith(f"{embedded.SCHEME}+"):
         return 0
     from sqlalchemy import create_engine
 
-    engine = create_engine(url.split("+", 1)[1])
-    cutoff = (utcnow() - CONSUMED_MESSAGE_RETENTION).replace(tzinfo=None)
+    engine = create_engine(broker_url.split("+", 1)[1])
+    cutoff = (utcnow() - older_than).replace(tzinfo=None)
     try:
         with engine.begin() as conn:
             result = conn.execute(

@@ -13,7 +13,7 @@ from app.models import Dataset, Model
 from app.storage import ArtifactStore
 from app.storage.local import content_key
 from workers.engine.architectures import ARCHITECTURES, ArchitectureSpec
-from workers.engine.errors import UnknownEntryError
+from workers.engine.errors import InvalidInputError, UnknownEntryError
 
 # Config fields an architecture may take from the dataset it is trained on.
 _DATASET_DERIVED_FIELDS = ("input_shape", "in_channels", "image_size", "num_classes")
@@ -56,6 +56,15 @@ def validate_arch_config(
             code="invalid-architecture-config",
             errors=[{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()],
         ) from exc
+    try:
+        spec.parse_config(parsed)  # the parameter budget
+    except InvalidInputError as exc:
+        raise Unprocessable(str(exc), code="invalid-architecture-config") from exc
+    if dataset is not None and spec.check_input is not None:
+        try:
+            spec.check_input(parsed, tuple(dataset.input_shape), dataset.num_classes)
+        except InvalidInputError as exc:
+            raise Unprocessable(str(exc), code="architecture-dataset-mismatch") from exc
     if dataset is not None:
         dumped = parsed.model_dump(mode="json")
         for key, expected in _dataset_defaults(dataset).items():

@@ -165,3 +165,10 @@ def test_malformed_json_is_problem(api: TestClient, tenant) -> None:
 
 def test_unknown_job_is_404(api: TestClient, tenant) -> None:
     assert_problem(api.get(f"/v1/jobs/{uuid.uuid4()}", headers=tenant.headers("read")), 404, "job-not-found")
+
+
+def test_oversized_architecture_rejected(api: TestClient, tenant, dataset) -> None:
+    body = train_body(dataset["id"])
+    body["arch_config"] = {"hidden": [16_384] * 3}  # ~540M parameters, within each field's range
+    problem = assert_problem(api.post("/v1/jobs", json=body, headers=tenant.headers("submit")), 422)
+    assert "parameters" in problem["detail"]

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from workers.engine.errors import EngineError, UnknownEntryError
+from workers.engine.registry import Registry
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    value: int = 0
+
+
+def test_register_get_names_iter_contains() -> None:
+    registry: Registry[Entry] = Registry("widget")
+    first = registry.register(Entry("b", 1))
+    registry.register(Entry("a", 2))
+    assert first == Entry("b", 1)
+    assert registry.get("a").value == 2
+    assert registry.names() == ["a", "b"]
+    assert [entry.name for entry in registry] == ["b", "a"]
+    assert "a" in registry and "c" not in registry
+    assert len(registry) == 2
+
+
+def test_duplicate_name_is_rejected() -> None:
+    registry: Registry[Entry] = Registry("widget")
+    registry.register(Entry("a"))
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(Entry("a", 5))
+    assert registry.get("a").value == 0
+
+
+def test_unknown_name_lists_available() -> None:
+    registry: Registry[Entry] = Registry("widget")
+    registry.register(Entry("alpha"))
+    registry.register(Entry("beta"))
+    with pytest.raises(UnknownEntryError, match=r"unknown widget 'gamma'; available: alpha, beta") as caught:
+        registry.get("gamma")
+    assert isinstance(caught.value, LookupError)
+    assert isinstance(caught.value, EngineError)
+
+
+def test_builtin_catalogs_are_registered() -> None:
+    from workers.engine.architectures import ARCHITECTURES
+    from workers.engine.datasets import DATASETS
+    from workers.engine.methods import METHODS
+
+    assert ARCHITECTURES.names() == ["mlp", "resnet18", "small_cnn"]
+    assert DATASETS.names() == ["digits", "procedural"]
+    assert METHODS.names() == ["ft", "retrain", "train"]
+    assert {spec.name: spec.job_kind for spec in METHODS} == {
+        "train": "train",
+        "retrain": "retrain",
+        "ft": "unlearn",
+    }
+
+
+def test_every_registered_implementation_resolves() -> None:
+    from workers.engine.architectures import ARCHITECTURES
+    from workers.engine.imports import import_by_path
+    from workers.engine.methods import METHODS
+
+    for architecture in ARCHITECTURES:
+        assert callable(import_by_path(architecture.builder))
+    for method in METHODS:
+        assert callable(import_by_path(method.impl))
+
+
+def test_import_by_path_rejects_malformed_paths() -> None:
+    from workers.engine.imports import import_by_path
+
+    with pytest.raises(ValueError, match="module:attribute"):
+        import_by_path("workers.engine.errors")
+    assert import_by_path("workers.engine.errors:EngineError") is EngineError

@@ -1,0 +1,57 @@
+"""The API process imports the catalog; it must never pull in torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+CATALOG_IMPORT = (
+    "import workers.engine, workers.engine.architectures, workers.engine.datasets, workers.engine.methods, "
+    "workers.engine.metrics; import sys; assert 'torch' not in sys.modules"
+)
+# Everything else the API may touch: params, errors, registry, hooks, plus real use of the catalog.
+CATALOG_USE = """
+import sys
+import numpy as np
+import workers.engine.errors, workers.engine.registry, workers.engine.tasks, workers.engine.hooks
+import workers.engine.methods.params, workers.engine.imports
+from workers.engine.architectures import ARCHITECTURES
+from workers.engine.datasets import build_dataset
+from workers.engine.methods import METHODS
+from workers.engine.metrics import accuracy, forgetting_report
+configs = {"mlp": {"input_shape": [4]}, "small_cnn": {}, "resnet18": {}}
+for spec in ARCHITECTURES:
+    spec.config_model.model_json_schema()
+    assert spec.expected_state(configs[spec.name])
+for spec in METHODS:
+    spec.params_model.model_json_schema()
+    spec.params_model.model_validate({})
+dataset = build_dataset("procedural", {"n_train": 50, "n_test": 20, "image_size": 8})
+probabilities = np.eye(10)[dataset.y_train]
+forgetting_report(probabilities, dataset.y_train, np.arange(5), np.eye(10)[dataset.y_test], dataset.y_test)
+assert 'torch' not in sys.modules, 'torch was imported'
+"""
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_catalog_imports_do_not_import_torch() -> None:
+    completed = _run(CATALOG_IMPORT)
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_catalog_use_does_not_import_torch() -> None:
+    completed = _run(CATALOG_USE)
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_the_check_itself_detects_torch() -> None:
+    completed = _run("import workers.engine.training; import sys; assert 'torch' not in sys.modules")
+    assert completed.returncode != 0

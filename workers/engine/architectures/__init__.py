@@ -1,0 +1,304 @@
+"""Torch-free catalog of model architectures.
+
+Each :class:`ArchitectureSpec` carries a pydantic config model, a pure-Python function that lists every
+``state_dict`` entry (parameters *and* buffers) the built model will have, and the import path of the torch
+builder. The API process uses the first two to validate uploads without importing torch; the worker calls
+:func:`workers.engine.architectures.build.build_model`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from workers.engine.errors import InvalidInputError
+from workers.engine.registry import Registry
+from workers.engine.tasks import TaskType
+
+FLOAT32 = "F32"
+INT64 = "I64"
+
+# (shape, safetensors dtype string) for every state_dict key.
+ShapeDict = dict[str, tuple[tuple[int, ...], str]]
+
+# Refuse configs whose model would not fit comfortably on one accelerator (1e8 float32 = 400 MB of weights,
+# several GB once gradients, momentum and activations are added).
+MAX_PARAMETER_COUNT = 100_000_000
+MAX_CLASSES = 10_000
+MAX_CHANNELS = 64
+CONV_KERNEL_SIZE = 3
+RESNET18_BLOCKS_PER_STAGE = (2, 2, 2, 2)
+RESNET18_STAGE_STRIDES = (1, 2, 2, 2)
+RESNET18_STAGE_WIDTH_FACTORS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """A registered architecture.
+
+    ``param_shapes(config)`` maps every ``state_dict`` key to ``(shape, dtype)`` with dtype a safetensors
+    dtype string. ``builder`` is ``"module:function"`` of a torch ``build(config) -> nn.Module``.
+    ``check_input(config, input_shape, num_classes)`` raises :class:`InvalidInputError` when a dataset with
+    that per-sample shape and class count cannot be fed to a model built from ``config``.
+    """
+
+    name: str
+    description: str
+    task_types: tuple[TaskType, ...]
+    config_model: type[BaseModel]
+    param_shapes: Callable[[Any], ShapeDict]
+    builder: str
+    check_input: Callable[[Any, tuple[int, ...], int], None] | None = None
+
+    def parse_config(self, config: BaseModel | Mapping[str, Any]) -> Any:
+        """Validate a raw config (or pass through a validated one) and enforce the parameter budget."""
+        if isinstance(config, self.config_model):
+            parsed = config
+        else:
+            try:
+                parsed = self.config_model.model_validate(config)
+            except ValidationError as error:
+                raise InvalidInputError(f"invalid {self.name} config: {_summarise(error)}") from None
+        count = parameter_count(self.param_shapes(parsed))
+        if count > MAX_PARAMETER_COUNT:
+            raise InvalidInputError(
+                f"{self.name} config has {count:,} parameters; the limit is {MAX_PARAMETER_COUNT:,}"
+            )
+        return parsed
+
+    def expected_state(self, config: BaseModel | Mapping[str, Any]) -> ShapeDict:
+        return self.param_shapes(self.parse_config(config))
+
+
+def parameter_count(shapes: ShapeDict) -> int:
+    return sum(math.prod(shape) for shape, _ in shapes.values())
+
+
+def _summarise(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False):
+        location = ".".join(str(part) for part in item["loc"]) or "config"
+        parts.append(f"{location}: {item['msg']}")
+    return "; ".join(parts)
+
+
+NumClasses = Annotated[int, Field(ge=2, le=MAX_CLASSES, description="Number of output classes.")]
+InChannels = Annotated[int, Field(ge=1, le=MAX_CHANNELS, description="Channels of the input images.")]
+
+
+def _require_classes(name: str, config_classes: int, num_classes: int) -> None:
+    if config_classes != num_classes:
+        raise InvalidInputError(
+            f"{name} config has num_classes={config_classes} but the dataset has {num_classes} classes"
+        )
+
+
+def _batch_norm_entries(prefix: str, channels: int) -> ShapeDict:
+    vector = ((channels,), FLOAT32)
+    return {
+        f"{prefix}.weight": vector,
+        f"{prefix}.bias": vector,
+        f"{prefix}.running_mean": vector,
+        f"{prefix}.running_var": vector,
+        f"{prefix}.num_batches_tracked": ((), INT64),
+    }
+
+
+def _linear_entries(prefix: str, in_features: int, out_features: int) -> ShapeDict:
+    return {
+        f"{prefix}.weight": ((out_features, in_features), FLOAT32),
+        f"{prefix}.bias": ((out_features,), FLOAT32),
+    }
+
+
+def _conv_entry(prefix: str, in_channels: int, out_channels: int, kernel: int) -> ShapeDict:
+    return {f"{prefix}.weight": ((out_channels, in_channels, kernel, kernel), FLOAT32)}
+
+
+# --------------------------------------------------------------------------------------------------- mlp
+class MLPConfig(BaseModel):
+    """Fully connected ReLU network; inputs of any shape are flattened first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_shape: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        min_length=1, max_length=3, description="Per-sample input shape, e.g. [1, 8, 8] or [64]."
+    )
+    hidden: list[Annotated[int, Field(ge=1, le=16_384)]] = Field(
+        default=[128], max_length=16, description="Width of each hidden layer (may be empty: a linear model)."
+    )
+    num_classes: NumClasses = 10
+    dropout: float = Field(
+        default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False, description="Dropout after every hidden ReLU."
+    )
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(self.input_shape)
+
+
+def mlp_param_shapes(config: MLPConfig) -> ShapeDict:
+    shapes: ShapeDict = {}
+    widths = [config.in_features, *config.hidden]
+    for index, (fan_in, fan_out) in enumerate(pairwise(widths)):
+        shapes.update(_linear_entries(f"layers.{index}", fan_in, fan_out))
+    shapes.update(_linear_entries("head", widths[-1], config.num_classes))
+    return shapes
+
+
+def mlp_check_input(config: MLPConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
+    if math.prod(input_shape) != config.in_features:
+        raise InvalidInputError(
+            f"mlp expects {config.in_features} input features (input_shape={config.input_shape}) "
+            f"but dataset samples have shape {list(input_shape)}"
+        )
+    _require_classes("mlp", config.num_classes, num_classes)
+
+
+# --------------------------------------------------------------------------------------------- small_cnn
+class SmallCNNConfig(BaseModel):
+    """Stack of conv3x3-BN-ReLU-maxpool(2) blocks, global average pool, linear head."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    in_channels: InChannels = 3
+    image_size: int = Field(default=32, ge=4, le=512, description="Height = width of the square inputs.")
+    channels: list[Annotated[int, Field(ge=1, le=2048)]] = Field(
+        default=[32, 64], min_length=1, max_length=6, description="Output channels of each conv block."
+    )
+    num_classes: NumClasses = 10
+
+    @model_validator(mode="after")
+    def _each_block_can_pool(self) -> SmallCNNConfig:
+        # Every block halves the spatial size, so the image must survive len(channels) halvings.
+        if self.image_size < 2 ** len(self.channels):
+            raise ValueError(
+                f"image_size {self.image_size} is too small for {len(self.channels)} pooling blocks "
+                f"(needs at least {2 ** len(self.channels)})"
+            )
+        return self
+
+
+def small_cnn_param_shapes(config: SmallCNNConfig) -> ShapeDict:
+    shapes: ShapeDict = {}
+    fan_in = config.in_channels
+    for index, width in enumerate(config.channels):
+        shapes.update(_conv_entry(f"blocks.{index}.conv", fan_in, width, CONV_KERNEL_SIZE))
+        shapes.update(_batch_norm_entries(f"blocks.{index}.bn", width))
+        fan_in = width
+    shapes.update(_linear_entries("head", fan_in, config.num_classes))
+    return shapes
+
+
+def small_cnn_check_input(config: SmallCNNConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
+    expected = (config.in_channels, config.image_size, config.image_size)
+    if tuple(input_shape) != expected:
+        raise InvalidInputError(
+            f"small_cnn expects inputs of shape {list(expected)} but dataset samples have shape "
+            f"{list(input_shape)}"
+        )
+    _require_classes("small_cnn", config.num_classes, num_classes)
+
+
+# ---------------------------------------------------------------------------------------------- resnet18
+class ResNet18Config(BaseModel):
+    """CIFAR-style ResNet-18 as in the reference code (optml.md §1.1): 3x3 stride-1 stem, no max-pool,
+    BasicBlocks [2, 2, 2, 2] with widths width x (1, 2, 4, 8). Parameter names follow torchvision
+    (conv1, bn1, layerN.M.*, downsample.0/1, fc) so reference checkpoints map across by name; the
+    reference's in-model ``normalize`` buffers are not part of this model (deviation: input scaling is the
+    dataset's job and the BN after the stem absorbs it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    in_channels: InChannels = 3
+    num_classes: NumClasses = 10
+    width: int = Field(
+        default=64, ge=1, le=256, description="Channels of the first stage (64 is the standard ResNet-18)."
+    )
+
+
+def resnet18_param_shapes(config: ResNet18Config) -> ShapeDict:
+    shapes: ShapeDict = {}
+    shapes.update(_conv_entry("conv1", config.in_channels, config.width, CONV_KERNEL_SIZE))
+    shapes.update(_batch_norm_entries("bn1", config.width))
+    fan_in = config.width
+    stages = zip(RESNET18_BLOCKS_PER_STAGE, RESNET18_STAGE_STRIDES, RESNET18_STAGE_WIDTH_FACTORS, strict=True)
+    for stage_index, (blocks, first_stride, factor) in enumerate(stages, start=1):
+        width = config.width * factor
+        for block_index in range(blocks):
+            stride = first_stride if block_index == 0 else 1
+            prefix = f"layer{stage_index}.{block_index}"
+            shapes.update(_conv_entry(f"{prefix}.conv1", fan_in, width, CONV_KERNEL_SIZE))
+            shapes.update(_batch_norm_entries(f"{prefix}.bn1", width))
+            shapes.update(_conv_entry(f"{prefix}.conv2", width, width, CONV_KERNEL_SIZE))
+            shapes.update(_batch_norm_entries(f"{prefix}.bn2", width))
+            if stride != 1 or fan_in != width:
+                shapes.update(_conv_entry(f"{prefix}.downsample.0", fan_in, width, 1))
+                shapes.update(_batch_norm_entries(f"{prefix}.downsample.1", width))
+            fan_in = width
+    shapes.update(_linear_entries("fc", fan_in, config.num_classes))
+    return shapes
+
+
+def resnet18_check_input(config: ResNet18Config, input_shape: tuple[int, ...], num_classes: int) -> None:
+    if len(input_shape) != 3 or input_shape[0] != config.in_channels:
+        raise InvalidInputError(
+            f"resnet18 expects images of shape [{config.in_channels}, H, W] but dataset samples have shape "
+            f"{list(input_shape)}"
+        )
+    _require_classes("resnet18", config.num_classes, num_classes)
+
+
+ARCHITECTURES: Registry[ArchitectureSpec] = Registry("architecture")
+
+ARCHITECTURES.register(
+    ArchitectureSpec(
+        name="mlp",
+        description="Fully connected ReLU network over flattened inputs (tabular data or tiny images).",
+        task_types=(TaskType.classification,),
+        config_model=MLPConfig,
+        param_shapes=mlp_param_shapes,
+        builder="workers.engine.architectures.mlp:build",
+        check_input=mlp_check_input,
+    )
+)
+ARCHITECTURES.register(
+    ArchitectureSpec(
+        name="small_cnn",
+        description="Small conv-BN-ReLU-pool network with global average pooling, for quick image runs.",
+        task_types=(TaskType.classification,),
+        config_model=SmallCNNConfig,
+        param_shapes=small_cnn_param_shapes,
+        builder="workers.engine.architectures.small_cnn:build",
+        check_input=small_cnn_check_input,
+    )
+)
+ARCHITECTURES.register(
+    ArchitectureSpec(
+        name="resnet18",
+        description="CIFAR-style ResNet-18 (3x3 stem, no max-pool), the reference unlearning model.",
+        task_types=(TaskType.classification,),
+        config_model=ResNet18Config,
+        param_shapes=resnet18_param_shapes,
+        builder="workers.engine.architectures.resnet:build",
+        check_input=resnet18_check_input,
+    )
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "FLOAT32",
+    "INT64",
+    "MAX_PARAMETER_COUNT",
+    "ArchitectureSpec",
+    "MLPConfig",
+    "ResNet18Config",
+    "ShapeDict",
+    "SmallCNNConfig",
+    "parameter_count",
+]

@@ -1,0 +1,183 @@
+"""In-memory datasets as plain numpy arrays (torch-free)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from workers.engine.errors import InvalidInputError
+from workers.engine.tasks import TaskType
+
+UINT8_MAX = 255.0
+# Channel counts recognised when guessing whether 4-D images are stored channels-last (N, H, W, C).
+IMAGE_CHANNEL_COUNTS = (1, 3, 4)
+MIN_CLASSES = 2
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "num_classes", "task")
+
+
+@dataclass
+class ArrayDataset:
+    """A train/test split held as numpy arrays.
+
+    Inputs are float32 with per-sample shape ``input_shape`` (images are channels-first, C x H x W);
+    labels are int64 class indices in ``[0, num_classes)``. Indices into ``x_train`` are the "original
+    indices" forget sets refer to.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    task: TaskType
+    input_shape: tuple[int, ...]
+
+    @property
+    def n_train(self) -> int:
+        return int(self.y_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.y_test.shape[0])
+
+    def validate(self) -> ArrayDataset:
+        """Raise :class:`InvalidInputError` unless every invariant above holds; return ``self``."""
+        if self.task is not TaskType.classification:
+            raise InvalidInputError(f"unsupported task type {self.task!r}")
+        if self.num_classes < MIN_CLASSES:
+            raise InvalidInputError(f"num_classes must be at least {MIN_CLASSES}, got {self.num_classes}")
+        for split, inputs, labels in (
+            ("train", self.x_train, self.y_train),
+            ("test", self.x_test, self.y_test),
+        ):
+            if inputs.dtype != np.float32:
+                raise InvalidInputError(f"x_{split} must be float32, got {inputs.dtype}")
+            if labels.dtype != np.int64 or labels.ndim != 1:
+                raise InvalidInputError(
+                    f"y_{split} must be a 1-D int64 array, got {labels.dtype} {labels.shape}"
+                )
+            if inputs.ndim < 2 or tuple(inputs.shape[1:]) != tuple(self.input_shape):
+                expected = ", ".join(["N", *map(str, self.input_shape)])
+                raise InvalidInputError(f"x_{split} has shape {list(inputs.shape)}; expected [{expected}]")
+            if inputs.shape[0] != labels.shape[0]:
+                raise InvalidInputError(
+                    f"x_{split} has {inputs.shape[0]} samples but y_{split} has {labels.shape[0]} labels"
+                )
+            if labels.shape[0] == 0:
+                raise InvalidInputError(f"the {split} split is empty")
+            if labels.min() < 0 or labels.max() >= self.num_classes:
+                raise InvalidInputError(
+                    f"y_{split} labels must lie in [0, {self.num_classes}), "
+                    f"found [{labels.min()}, {labels.max()}]"
+                )
+            if not np.all(np.isfinite(inputs)):
+                raise InvalidInputError(f"x_{split} contains NaN or infinite values")
+        return self
+
+    @classmethod
+    def from_arrays(
+        cls,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        x_test: np.ndarray,
+        y_test: np.ndarray,
+        num_classes: int | None = None,
+    ) -> ArrayDataset:
+        """Normalise user arrays and validate them.
+
+        - uint8 inputs are scaled to [0, 1]; other numeric inputs are cast to float32 unchanged;
+        - N x H x W grayscale images gain a channel axis (N x 1 x H x W);
+        - N x H x W x C images with C in {1, 3, 4} (and a non-channel-like second axis) are transposed to
+          channels-first;
+        - integer labels (or floats holding whole numbers) become int64;
+        - ``num_classes`` defaults to ``max(label) + 1`` over both splits.
+        """
+        train_inputs, test_inputs = _normalise_inputs(x_train, "x_train"), _normalise_inputs(x_test, "x_test")
+        train_labels, test_labels = _normalise_labels(y_train, "y_train"), _normalise_labels(y_test, "y_test")
+        if num_classes is None:
+            largest = max(int(train_labels.max(initial=-1)), int(test_labels.max(initial=-1)))
+            num_classes = largest + 1
+        dataset = cls(
+            x_train=train_inputs,
+            y_train=train_labels,
+            x_test=test_inputs,
+            y_test=test_labels,
+            num_classes=int(num_classes),
+            task=TaskType.classification,
+            input_shape=tuple(int(size) for size in train_inputs.shape[1:]),
+        )
+        return dataset.validate()
+
+    def to_npz_bytes(self) -> bytes:
+        """Serialise with ``np.savez`` (no pickled objects), readable by :meth:`from_npz_bytes`."""
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            x_train=self.x_train,
+            y_train=self.y_train,
+            x_test=self.x_test,
+            y_test=self.y_test,
+            num_classes=np.asarray(self.num_classes, dtype=np.int64),
+            task=np.asarray(self.task.value),
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_npz_bytes(cls, data: bytes) -> ArrayDataset:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                missing = [key for key in NPZ_KEYS if key not in archive.files]
+                if missing:
+                    raise InvalidInputError(f"dataset archive lacks {', '.join(missing)}")
+                arrays = {key: archive[key] for key in NPZ_KEYS}
+        except (ValueError, OSError, EOFError) as error:
+            raise InvalidInputError(f"not a readable dataset archive: {error}") from None
+        try:
+            task = TaskType(str(arrays["task"]))
+        except ValueError:
+            raise InvalidInputError(f"unknown task type {arrays['task']!s}") from None
+        dataset = cls(
+            x_train=arrays["x_train"],
+            y_train=arrays["y_train"],
+            x_test=arrays["x_test"],
+            y_test=arrays["y_test"],
+            num_classes=int(arrays["num_classes"]),
+            task=task,
+            input_shape=tuple(int(size) for size in arrays["x_train"].shape[1:]),
+        )
+        return dataset.validate()
+
+
+def _normalise_inputs(inputs: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(inputs)
+    if array.dtype.kind not in "uif":
+        raise InvalidInputError(f"{name} must be numeric, got {array.dtype}")
+    if array.ndim < 2:
+        raise InvalidInputError(f"{name} must have a sample axis and at least one feature axis")
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / np.float32(UINT8_MAX)
+    if array.ndim == 3:
+        array = array[:, np.newaxis]
+    elif (
+        array.ndim == 4
+        and array.shape[3] in IMAGE_CHANNEL_COUNTS
+        and array.shape[1] not in IMAGE_CHANNEL_COUNTS
+    ):
+        array = array.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _normalise_labels(labels: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(labels)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise InvalidInputError(f"{name} must be a 1-D array of class indices, got shape {list(array.shape)}")
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise InvalidInputError(f"{name} must hold whole-number class indices")
+    elif array.dtype.kind not in "iu":
+        raise InvalidInputError(f"{name} must hold integer class indices, got {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.int64)

@@ -1,0 +1,412 @@
+"""The engine's single entry point: run one train / retrain / unlearn / evaluate request.
+
+``execute`` validates the request (user mistakes become :class:`InvalidInputError` with a readable
+message), builds the model, runs the method while timing it alone (RTE, optml.md §3.2), evaluates the
+result in eval mode without augmentation, and returns CPU numpy weights plus flat metrics. Given the same
+request and seed on CPU, the metrics are bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import sklearn
+import torch
+from pydantic import BaseModel, ValidationError
+from torch import nn
+
+from workers.engine.architectures import ARCHITECTURES, ArchitectureSpec
+from workers.engine.architectures.build import build_model, load_weights, state_to_numpy
+from workers.engine.datasets import ArrayDataset
+from workers.engine.errors import EngineError, InvalidInputError
+from workers.engine.hooks import EngineHooks, NullHooks
+from workers.engine.imports import import_by_path
+from workers.engine.methods import METHODS, MethodSpec
+from workers.engine.methods.base import DeviceSplits, MethodContext, MethodOutput
+from workers.engine.methods.params import TrainRecipe
+from workers.engine.metrics import (
+    MIA_FEATURES,
+    PERCENT,
+    accuracy,
+    forgetting_report,
+    per_class_accuracy,
+    retain_indices,
+    select_members,
+    softmax,
+    used_test_indices,
+)
+from workers.engine.metrics.mia import MemberSelection
+from workers.engine.tasks import TaskType
+from workers.engine.training import IMAGE_TENSOR_DIMS, deterministic_algorithms
+
+__all__ = ["EngineHooks", "EngineRequest", "EngineResult", "execute", "resolve_device"]
+
+JobKindName = Literal["train", "retrain", "unlearn", "evaluate"]
+EVALUATE_PHASE = "evaluate"
+EVAL_BATCH_SIZE = 1024
+# Kinds whose model starts from the request's weights rather than a seeded random initialisation.
+KINDS_STARTING_FROM_WEIGHTS = ("unlearn", "evaluate")
+KINDS_NEEDING_FORGET_SET = ("retrain", "unlearn")
+# The reference's MIA member set: the first |D_test| retain samples (optml.md §3.1); the seed only matters
+# for "random" selection.
+MIA_MEMBER_SELECTION: MemberSelection = "first"
+MIA_SELECTION_SEED = 0
+
+
+@dataclass
+class EngineRequest:
+    kind: JobKindName
+    method: str | None  # "train" / "retrain" / "ft"; None for evaluate
+    params: dict[str, Any]  # raw; validated with the method's params_model
+    seed: int
+    device: str  # "auto" | "cpu" | "cuda"
+    dataset: ArrayDataset
+    architecture: str  # for train: the arch to build; otherwise the input model's arch
+    arch_config: dict[str, Any]
+    weights: dict[str, np.ndarray] | None = None  # the input (original) model for unlearn/evaluate
+    forget_indices: np.ndarray | None = None  # sorted unique int64 indices into the TRAIN split
+    forget_class: int | None = None  # class-wise forgetting: TA and the MIA exclude this test class
+    original_recipe: dict[str, Any] | None = None  # the original model's TrainRecipe, for retrain
+    resume: bytes | None = None  # last epoch checkpoint of a previous attempt
+
+
+@dataclass
+class EngineResult:
+    weights: dict[str, np.ndarray] | None  # output model state (CPU numpy float32/int64); None for evaluate
+    metrics: dict[str, float]
+    details: dict[str, Any]
+    timings: dict[str, float]
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; explicit names are checked."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise EngineError("device 'cuda' was requested but no CUDA device is available to this worker")
+        return "cuda"
+    raise InvalidInputError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'")
+
+
+# ------------------------------------------------------------------------------------------- validation
+@dataclass
+class _Plan:
+    method: MethodSpec | None
+    params: BaseModel | None
+    architecture: ArchitectureSpec
+    arch_config: Any
+    forget_indices: np.ndarray | None
+    original_recipe: TrainRecipe | None
+
+
+def _validation_message(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'params'}: {item['msg']}"
+        for item in error.errors(include_url=False)
+    )
+
+
+def _resolve_method(request: EngineRequest, task: TaskType) -> tuple[MethodSpec | None, BaseModel | None]:
+    if request.kind == "evaluate":
+        if request.method is not None:
+            raise InvalidInputError("evaluate requests take no method")
+        return None, None
+    if request.method is None:
+        raise InvalidInputError(f"a {request.kind} request needs a method")
+    spec = METHODS.get(request.method)
+    if spec.job_kind != request.kind:
+        raise InvalidInputError(
+            f"method {spec.name!r} is a {spec.job_kind} method, not a {request.kind} method"
+        )
+    if task not in spec.task_types:
+        raise InvalidInputError(f"method {spec.name!r} does not support {task.value} tasks")
+    try:
+        params = spec.params_model.model_validate(request.params or {})
+    except ValidationError as error:
+        raise InvalidInputError(f"invalid parameters for {spec.name}: {_validation_message(error)}") from None
+    return spec, params
+
+
+def _resolve_forget_set(request: EngineRequest, dataset: ArrayDataset) -> np.ndarray | None:
+    if request.forget_class is not None and not 0 <= request.forget_class < dataset.num_classes:
+        raise InvalidInputError(f"forget_class {request.forget_class} is not a class of this dataset")
+    if request.forget_indices is None:
+        if request.forget_class is None:
+            return None
+        # Class-wise forgetting given only by its class: forget every training sample of it.
+        indices = np.flatnonzero(dataset.y_train == request.forget_class).astype(np.int64)
+    else:
+        raw = np.asarray(request.forget_indices)
+        if raw.ndim != 1 or (raw.size and raw.dtype.kind not in "iu"):
+            raise InvalidInputError("forget_indices must be a 1-D array of integer indices")
+        indices = raw.astype(np.int64)
+    if indices.size == 0:
+        raise InvalidInputError("the forget set is empty")
+    if np.any(np.diff(indices) <= 0):
+        raise InvalidInputError("forget_indices must be sorted ascending without duplicates")
+    if indices[0] < 0 or indices[-1] >= dataset.n_train:
+        raise InvalidInputError(f"forget_indices must lie in [0, {dataset.n_train}) (the training split)")
+    if indices.size == dataset.n_train:
+        raise InvalidInputError("the forget set covers the whole training split; nothing would be retained")
+    return indices
+
+
+def _validate(request: EngineRequest) -> _Plan:
+    dataset = request.dataset.validate()
+    method, params = _resolve_method(request, dataset.task)
+    architecture = ARCHITECTURES.get(request.architecture)
+    if dataset.task not in architecture.task_types:
+        raise InvalidInputError(
+            f"architecture {architecture.name!r} does not support {dataset.task.value} tasks"
+        )
+    arch_config = architecture.parse_config(request.arch_config)
+    if architecture.check_input is not None:
+        architecture.check_input(arch_config, dataset.input_shape, dataset.num_classes)
+    if request.kind in KINDS_STARTING_FROM_WEIGHTS and request.weights is None:
+        raise InvalidInputError(f"a {request.kind} request needs the input model's weights")
+    forget_indices = _resolve_forget_set(request, dataset)
+    if request.kind in KINDS_NEEDING_FORGET_SET and forget_indices is None:
+        raise InvalidInputError(
+            f"a {request.kind} request needs a forget set (forget_indices or forget_class)"
+        )
+    original_recipe = None
+    if request.original_recipe is not None:
+        try:
+            original_recipe = TrainRecipe.model_validate(request.original_recipe)
+        except ValidationError as error:
+            raise InvalidInputError(f"invalid original_recipe: {_validation_message(error)}") from None
+    return _Plan(method, params, architecture, arch_config, forget_indices, original_recipe)
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+class EvaluationProgress:
+    """Counts evaluation steps (prediction batches, then one per MIA attack) against a single total."""
+
+    def __init__(self, hooks: EngineHooks, total: int) -> None:
+        self.hooks, self.total, self.step = hooks, total, 0
+
+    def advance(self, info: dict[str, Any]) -> None:
+        self.step += 1
+        self.hooks.progress(EVALUATE_PHASE, self.step, self.total, info)
+
+
+def prediction_batches(sample_count: int, batch_size: int = EVAL_BATCH_SIZE) -> int:
+    return math.ceil(sample_count / batch_size)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    progress: EvaluationProgress | None = None,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> np.ndarray:
+    """Eval-mode fp32 logits in batches (fp32 even on CUDA: MIA features need precise confidences)."""
+    model.eval()
+    channels_last = inputs.device.type == "cuda" and inputs.dim() == IMAGE_TENSOR_DIMS
+    outputs = []
+    for start in range(0, inputs.shape[0], batch_size):
+        batch = inputs[start : start + batch_size]
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        outputs.append(model(batch).float().cpu())
+        if progress is not None:
+            progress.advance({"predicted": min(start + batch_size, inputs.shape[0]), "of": inputs.shape[0]})
+    return torch.cat(outputs).numpy().astype(np.float64)
+
+
+def evaluate_classification(
+    model: nn.Module,
+    splits: DeviceSplits,
+    dataset: ArrayDataset,
+    forget_indices: np.ndarray | None,
+    forget_class: int | None,
+    hooks: EngineHooks,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    attacks = len(MIA_FEATURES) if forget_indices is not None else 0
+    progress = EvaluationProgress(
+        hooks, prediction_batches(dataset.n_train) + prediction_batches(dataset.n_test) + attacks
+    )
+    train_probabilities = softmax(predict_logits(model, splits.x_train, progress))
+    test_probabilities = softmax(predict_logits(model, splits.x_test, progress))
+    metrics = {
+        "train_accuracy": accuracy(train_probabilities, dataset.y_train),
+        "test_accuracy": accuracy(test_probabilities, dataset.y_test),
+    }
+    per_class = {
+        "train": per_class_accuracy(train_probabilities, dataset.y_train, dataset.num_classes),
+        "test": per_class_accuracy(test_probabilities, dataset.y_test, dataset.num_classes),
+    }
+    counts = {"n_train": dataset.n_train, "n_test": dataset.n_test}
+    if forget_indices is not None:
+        report = forgetting_report(
+            train_probabilities,
+            dataset.y_train,
+            forget_indices,
+            test_probabilities,
+            dataset.y_test,
+            forget_class,
+            member_selection=MIA_MEMBER_SELECTION,
+            seed=MIA_SELECTION_SEED,
+            on_feature_done=lambda name: progress.advance({"mia_feature": name}),
+        )
+        metrics.update(report)
+        metrics["forget_accuracy"] = PERCENT - report["UA"]
+        retained = retain_indices(dataset.n_train, forget_indices)
+        used_test = used_test_indices(dataset.y_test, forget_class)
+        per_class["forget"] = per_class_accuracy(
+            train_probabilities[forget_indices], dataset.y_train[forget_indices], dataset.num_classes
+        )
+        per_class["retain"] = per_class_accuracy(
+            train_probabilities[retained], dataset.y_train[retained], dataset.num_classes
+        )
+        members = select_members(retained.size, used_test.size, MIA_MEMBER_SELECTION, MIA_SELECTION_SEED)
+        counts.update(
+            n_forget=int(forget_indices.size),
+            n_retain=int(retained.size),
+            n_test_used=int(used_test.size),
+            n_mia_members=int(members.size),
+        )
+    return metrics, {"per_class_accuracy": per_class, "counts": counts}
+
+
+Evaluator = Callable[
+    [nn.Module, DeviceSplits, ArrayDataset, np.ndarray | None, int | None, EngineHooks],
+    tuple[dict[str, float], dict[str, Any]],
+]
+EVALUATORS: dict[TaskType, Evaluator] = {TaskType.classification: evaluate_classification}
+
+
+# -------------------------------------------------------------------------------------------- execution
+@contextmanager
+def _reproducible(device: torch.device) -> Iterator[bool]:
+    """Deterministic kernels on CPU (cheap there); on CUDA favour speed (cuDNN autotuning) instead."""
+    if device.type == "cuda":
+        previous = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield False
+        finally:
+            torch.backends.cudnn.benchmark = previous
+    else:
+        with deterministic_algorithms(True):
+            yield True
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_splits(
+    dataset: ArrayDataset, forget_indices: np.ndarray | None, device: torch.device
+) -> DeviceSplits:
+    forget = forget_indices if forget_indices is not None else np.zeros(0, dtype=np.int64)
+    return DeviceSplits(
+        x_train=torch.from_numpy(dataset.x_train).to(device),
+        y_train=torch.from_numpy(dataset.y_train).to(device),
+        x_test=torch.from_numpy(dataset.x_test).to(device),
+        y_test=torch.from_numpy(dataset.y_test).to(device),
+        forget_indices=torch.from_numpy(forget).to(device),
+        retain_indices=torch.from_numpy(retain_indices(dataset.n_train, forget)).to(device),
+    )
+
+
+def _environment(device: torch.device, deterministic: bool) -> dict[str, Any]:
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    )
+    return {
+        "device": device.type,
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "numpy": np.__version__,
+        "sklearn": sklearn.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "deterministic": deterministic,
+        "autocast": "bfloat16" if device.type == "cuda" else None,
+    }
+
+
+def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineResult:
+    """Run ``request``; ``hooks`` receives progress (may raise JobCancelled) and epoch checkpoints."""
+    started = time.perf_counter()
+    plan = _validate(request)
+    dataset = request.dataset
+    device = torch.device(resolve_device(request.device))
+    progress = hooks or NullHooks()
+    with _reproducible(device) as deterministic:
+        torch.manual_seed(request.seed)  # the random initialisation of train/retrain
+        model = build_model(plan.architecture.name, plan.arch_config)
+        if request.kind in KINDS_STARTING_FROM_WEIGHTS:
+            assert request.weights is not None
+            load_weights(model, request.weights, plan.architecture.param_shapes(plan.arch_config))
+        model.to(device)
+        splits = _device_splits(dataset, plan.forget_indices, device)
+
+        output: MethodOutput | None = None
+        method_seconds = 0.0
+        if plan.method is not None:
+            assert plan.params is not None
+            implementation = import_by_path(plan.method.impl)
+            context = MethodContext(
+                model=model,
+                params=plan.params,
+                data=splits,
+                seed=request.seed,
+                phase=plan.method.name,
+                hooks=hooks,
+                task=dataset.task,
+                num_classes=dataset.num_classes,
+                resume=request.resume,
+                original_recipe=plan.original_recipe,
+            )
+            _synchronize(device)
+            method_started = time.perf_counter()
+            output = implementation(context)
+            _synchronize(device)
+            method_seconds = time.perf_counter() - method_started
+            model = output.model
+
+        evaluation_started = time.perf_counter()
+        metrics, details = EVALUATORS[dataset.task](
+            model, splits, dataset, plan.forget_indices, request.forget_class, progress
+        )
+        evaluation_seconds = time.perf_counter() - evaluation_started
+        weights = state_to_numpy(model) if request.kind != "evaluate" else None
+
+    details.update(
+        kind=request.kind,
+        method=request.method,
+        architecture=plan.architecture.name,
+        arch_config=plan.arch_config.model_dump(mode="json"),
+        seed=request.seed,
+        forget_class=request.forget_class,
+        mia_member_selection=MIA_MEMBER_SELECTION,
+    )
+    if output is not None:
+        details.update(params=output.resolved_params, history=output.history, **output.details)
+    return EngineResult(
+        weights=weights,
+        metrics=metrics,
+        details=details,
+        timings={
+            "method_s": method_seconds,
+            "eval_s": evaluation_seconds,
+            "total_s": time.perf_counter() - started,
+        },
+        environment=_environment(device, deterministic),
+    )

@@ -1,0 +1,60 @@
+"""The torch-side interface every method implementation follows.
+
+An implementation is ``run(context: MethodContext) -> MethodOutput``. It receives the model already built,
+placed on the device and initialised (seeded random init for ``train``/``retrain``, the original weights for
+``unlearn`` methods) and returns the model it produced; the engine does timing, evaluation and export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from workers.engine.hooks import EngineHooks
+from workers.engine.methods.params import TrainRecipe
+from workers.engine.tasks import TaskType
+
+
+@dataclass
+class DeviceSplits:
+    """The dataset on the compute device. ``forget_indices``/``retain_indices`` index the train split and
+    are sorted ascending (empty forget set for plain training)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    forget_indices: torch.Tensor
+    retain_indices: torch.Tensor
+
+    def retain(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x_train[self.retain_indices], self.y_train[self.retain_indices]
+
+    def forget(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x_train[self.forget_indices], self.y_train[self.forget_indices]
+
+
+@dataclass
+class MethodContext:
+    model: nn.Module
+    params: BaseModel  # an instance of the method's params_model
+    data: DeviceSplits
+    seed: int
+    phase: str  # progress/checkpoint phase name (the method name)
+    hooks: EngineHooks | None
+    task: TaskType
+    num_classes: int
+    resume: bytes | None = None
+    original_recipe: TrainRecipe | None = None  # how the original model was trained, when known
+
+
+@dataclass
+class MethodOutput:
+    model: nn.Module
+    resolved_params: dict[str, Any]  # JSON-able params actually used, defaults filled in
+    history: list[dict[str, float]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,342 @@
+"""Device-resident SGD training loop shared by every training-style method.
+
+Design (after the fast loops in airbench / nanoGPT and /work/shared/anchors/gpu_anchor.py): the whole
+dataset lives on the device as tensors; each epoch draws one permutation plus all augmentation offsets from
+a seeded CPU ``torch.Generator`` and ships them to the device in one copy; crop + flip are batched gathers
+(no per-sample Python); on CUDA the forward/backward runs under bf16 autocast with channels_last. On CPU
+the loop is bit-for-bit deterministic, and an epoch checkpoint (safetensors: weights, momentum buffers,
+RNG states, metadata) resumes to exactly the same final weights as an uninterrupted run.
+
+Deviation from the reference loop (torch DataLoader, ``drop_last=False``): a trailing batch of a single
+sample is skipped for that epoch (BatchNorm cannot normalise one sample); shuffling puts that sample in a
+full batch in other epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.engine.errors import EngineError, InvalidInputError
+from workers.engine.hooks import EngineHooks, NullHooks
+from workers.engine.methods.params import TrainRecipe
+from workers.engine.tasks import TaskType
+
+LOSSES: dict[TaskType, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    TaskType.classification: F.cross_entropy,
+}
+IMAGE_TENSOR_DIMS = 4  # N x C x H x W
+MIN_AUGMENT_IMAGE_SIZE = 16
+# Crop padding as a fraction of the image side: 32 px -> 4 px, the reference's RandomCrop(32, padding=4).
+CROP_PADDING_DIVISOR = 8
+FLIP_PROBABILITY = 0.5
+CHECKPOINT_FORMAT = "lethe.fit-checkpoint/1"
+SAFETENSORS_HEADER_LENGTH_BYTES = 8
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(
+        default_factory=list
+    )  # one record per epoch: epoch/loss/lr/seconds
+    augment_applied: bool = False
+    steps_per_epoch: int = 0
+    samples_per_epoch: int = 0
+    resumed_from_epoch: int | None = None
+
+
+def augmentation_applies(recipe: TrainRecipe, inputs: torch.Tensor) -> bool:
+    """Crop/flip only makes sense for real images; tiny ones (8x8 digits) would lose too much."""
+    return (
+        recipe.augment
+        and inputs.dim() == IMAGE_TENSOR_DIMS
+        and min(inputs.shape[-2:]) >= MIN_AUGMENT_IMAGE_SIZE
+    )
+
+
+def batch_bounds(sample_count: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of each batch of one epoch; a trailing single-sample batch is dropped (see module doc)."""
+    bounds = [(start, min(start + batch_size, sample_count)) for start in range(0, sample_count, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds.pop()
+    return bounds
+
+
+def milestone_epoch(fraction: float, epochs: int) -> int:
+    return round(fraction * epochs)
+
+
+def learning_rate(recipe: TrainRecipe, epoch: int, step: int, total_steps: int) -> float:
+    """LR of global ``step`` (0-based) in 0-based ``epoch``; a pure function, so resuming needs no state."""
+    if recipe.schedule == "constant":
+        return recipe.lr
+    if recipe.schedule == "multistep":
+        drops = sum(epoch >= milestone_epoch(fraction, recipe.epochs) for fraction in recipe.milestones)
+        return float(recipe.lr * recipe.gamma**drops)
+    return 0.5 * recipe.lr * (1.0 + math.cos(math.pi * step / total_steps))
+
+
+def crop_and_flip(
+    images: torch.Tensor,
+    row_offsets: torch.Tensor,
+    col_offsets: torch.Tensor,
+    flips: torch.Tensor,
+    padding: int,
+) -> torch.Tensor:
+    """Zero-pad by ``padding``, crop back to the original size at per-sample offsets in [0, 2 * padding],
+    then mirror the samples where ``flips`` is set; all as batched gathers."""
+    count, channels, height, width = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    row_index = row_offsets.view(count, 1, 1, 1) + torch.arange(height, device=images.device).view(
+        1, 1, height, 1
+    )
+    rows = padded.gather(2, row_index.expand(count, channels, height, width + 2 * padding))
+    col_index = col_offsets.view(count, 1, 1, 1) + torch.arange(width, device=images.device).view(
+        1, 1, 1, width
+    )
+    cropped = rows.gather(3, col_index.expand(count, channels, height, width))
+    return torch.where(flips.view(count, 1, 1, 1), cropped.flip(3), cropped)
+
+
+@dataclass
+class EpochAugmentation:
+    """Per-sample crop offsets and flip decisions for one epoch, indexed by position in the epoch order."""
+
+    row_offsets: torch.Tensor
+    col_offsets: torch.Tensor
+    flips: torch.Tensor
+    padding: int
+
+    def apply(self, images: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        return crop_and_flip(
+            images,
+            self.row_offsets[start:end],
+            self.col_offsets[start:end],
+            self.flips[start:end],
+            self.padding,
+        )
+
+
+@dataclass
+class EpochPlan:
+    order: torch.Tensor
+    augmentation: EpochAugmentation | None
+
+
+def plan_epoch(
+    sample_count: int, padding: int | None, generator: torch.Generator, device: torch.device
+) -> EpochPlan:
+    """All randomness of one epoch, drawn on the CPU generator (device-independent) and moved once."""
+    order = torch.randperm(sample_count, generator=generator)
+    if padding is None:
+        return EpochPlan(order.to(device), None)
+    offsets = torch.randint(0, 2 * padding + 1, (2, sample_count), generator=generator)
+    flips = torch.rand(sample_count, generator=generator) < FLIP_PROBABILITY
+    augmentation = EpochAugmentation(offsets[0].to(device), offsets[1].to(device), flips.to(device), padding)
+    return EpochPlan(order.to(device), augmentation)
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """Turn torch's deterministic-algorithm check on for the block and restore the previous setting."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def fit(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: TrainRecipe,
+    *,
+    seed: int,
+    phase: str,
+    hooks: EngineHooks | None = None,
+    resume: bytes | None = None,
+    task: TaskType = TaskType.classification,
+) -> FitResult:
+    """Train ``model`` in place on ``inputs``/``labels`` (already on the model's device) with ``recipe``.
+
+    Calls ``hooks.progress`` after every step and at every epoch end (``info`` then holds ``epoch``,
+    ``loss``, ``lr``, ``seconds`` and ``epoch_end=True``) and ``hooks.checkpoint`` with a safetensors blob at
+    every epoch end. ``resume`` (such a blob) restores the state and continues with the next epoch.
+    """
+    device = inputs.device
+    on_cuda = device.type == "cuda"
+    progress = hooks or NullHooks()
+    loss_function = LOSSES[task]
+    augment = augmentation_applies(recipe, inputs)
+    padding = min(inputs.shape[-2:]) // CROP_PADDING_DIVISOR if augment else None
+    bounds = batch_bounds(inputs.shape[0], recipe.batch_size)
+    samples_per_epoch = bounds[-1][1] if bounds else 0
+    total_steps = recipe.epochs * len(bounds)
+    channels_last = on_cuda and inputs.dim() == IMAGE_TENSOR_DIMS
+    if channels_last:
+        # Supported at runtime (nn.Module.to forwards memory_format) but missing from torch's type stubs.
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
+    generator = torch.Generator().manual_seed(seed)
+    result = FitResult(
+        augment_applied=augment, steps_per_epoch=len(bounds), samples_per_epoch=samples_per_epoch
+    )
+    start_epoch = 0
+    if resume is None:
+        torch.manual_seed(seed)  # dropout and any other in-model randomness
+    else:
+        start_epoch, result.history = restore_checkpoint(
+            resume, model, optimizer, generator, phase, recipe, seed
+        )
+        result.resumed_from_epoch = start_epoch
+
+    model.train()
+    for epoch in range(start_epoch, recipe.epochs):
+        epoch_started = time.perf_counter()
+        plan = plan_epoch(inputs.shape[0], padding, generator, device)
+        loss_sum = torch.zeros((), device=device)  # summed on device: no per-step host sync
+        lr = recipe.lr
+        for batch_index, (start, end) in enumerate(bounds):
+            step = epoch * len(bounds) + batch_index
+            lr = learning_rate(recipe, epoch, step, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            indices = plan.order[start:end]
+            batch = inputs[indices]
+            if plan.augmentation is not None:
+                batch = plan.augmentation.apply(batch, start, end)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=on_cuda):
+                loss = loss_function(model(batch), labels[indices])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().float() * (end - start)
+            progress.progress(phase, step + 1, total_steps, {"epoch": epoch + 1, "lr": lr})
+
+        epoch_loss = loss_sum.item() / max(samples_per_epoch, 1)
+        if not math.isfinite(epoch_loss):
+            raise InvalidInputError(
+                f"{phase}: training diverged in epoch {epoch + 1} (loss is {epoch_loss}); "
+                "lower the learning rate"
+            )
+        record = {
+            "epoch": epoch + 1,
+            "loss": epoch_loss,
+            "lr": lr,
+            "seconds": time.perf_counter() - epoch_started,
+        }
+        result.history.append(record)
+        progress.progress(phase, (epoch + 1) * len(bounds), total_steps, {**record, "epoch_end": True})
+        if hooks is not None:
+            blob = checkpoint_blob(
+                model, optimizer, generator, phase, epoch + 1, recipe, seed, result.history
+            )
+            hooks.checkpoint(phase, epoch + 1, blob)
+    return result
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def checkpoint_blob(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    phase: str,
+    completed_epochs: int,
+    recipe: TrainRecipe,
+    seed: int,
+    history: list[dict[str, float]],
+) -> bytes:
+    """Everything needed to continue after ``completed_epochs`` as one safetensors blob (no pickle)."""
+    tensors = {
+        f"model/{key}": value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()
+    }
+    for index, parameter in enumerate(_parameters(optimizer)):
+        buffer = optimizer.state.get(parameter, {}).get("momentum_buffer")
+        if buffer is not None:
+            tensors[f"optimizer/{index}/momentum_buffer"] = buffer.detach().to("cpu").contiguous()
+    tensors["rng/generator"] = generator.get_state()
+    tensors["rng/torch_cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng/torch_cuda"] = torch.cuda.get_rng_state()
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "phase": phase,
+        "epoch": str(completed_epochs),
+        "seed": str(seed),
+        "recipe": recipe.model_dump_json(),
+        "history": json.dumps(history),
+    }
+    # state_dict() values may share storage with the live model; clone so serialisation sees a snapshot.
+    return safetensors.torch.save({key: value.clone() for key, value in tensors.items()}, metadata=metadata)
+
+
+def checkpoint_metadata(blob: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob (header = 8-byte little-endian length + JSON)."""
+    if len(blob) < SAFETENSORS_HEADER_LENGTH_BYTES:
+        raise EngineError("checkpoint blob is truncated")
+    (header_length,) = struct.unpack("<Q", blob[:SAFETENSORS_HEADER_LENGTH_BYTES])
+    header = json.loads(
+        blob[SAFETENSORS_HEADER_LENGTH_BYTES : SAFETENSORS_HEADER_LENGTH_BYTES + header_length]
+    )
+    metadata: dict[str, str] = header.get("__metadata__", {})
+    return metadata
+
+
+def restore_checkpoint(
+    blob: bytes,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    phase: str,
+    recipe: TrainRecipe,
+    seed: int,
+) -> tuple[int, list[dict[str, float]]]:
+    """Load a :func:`checkpoint_blob` into the live objects; return (completed epochs, history so far)."""
+    metadata = checkpoint_metadata(blob)
+    expected = {"format": CHECKPOINT_FORMAT, "phase": phase, "seed": str(seed)}
+    mismatched = [key for key, value in expected.items() if metadata.get(key) != value]
+    # Compare plain dicts: recipe subclasses (e.g. FinetuneParams) with equal fields are the same recipe.
+    if json.loads(metadata.get("recipe", "null")) != recipe.model_dump(mode="json"):
+        mismatched.append("recipe")
+    if mismatched:
+        raise EngineError(
+            f"resume checkpoint does not belong to this run (differs in: {', '.join(mismatched)})"
+        )
+    tensors = safetensors.torch.load(blob)
+    device = next(model.parameters()).device
+    model_state = {
+        key.removeprefix("model/"): value for key, value in tensors.items() if key.startswith("model/")
+    }
+    model.load_state_dict(model_state, strict=True)
+    for index, parameter in enumerate(_parameters(optimizer)):
+        buffer = tensors.get(f"optimizer/{index}/momentum_buffer")
+        if buffer is not None:
+            optimizer.state[parameter]["momentum_buffer"] = buffer.to(device)
+    generator.set_state(tensors["rng/generator"])
+    torch.set_rng_state(tensors["rng/torch_cpu"])
+    if "rng/torch_cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng/torch_cuda"])
+    history: list[dict[str, Any]] = json.loads(metadata["history"])
+    return int(metadata["epoch"]), history
+
+
+def _parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [parameter for group in optimizer.param_groups for parameter in group["params"]]
