@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 
 from app.api.routes import admin, datasets, discovery, forget_sets, health, jobs, models
 from app.core.config import Profile, Settings, get_settings
-from app.core.db import make_engine, make_session_factory
+from app.core.db import make_engine, make_session_factory, read_only
 from app.core.problems import install_problem_handlers, problem_response
 from app.services.jobs import Publisher
 from app.storage import LocalArtifactStore
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_session_factory(engine)
+    app.state.read_sessions = make_session_factory(read_only(engine))
     app.state.store = LocalArtifactStore(settings.artifacts)
     app.state.publisher = publisher or _default_publisher(settings)
     install_problem_handlers(app)

@@ -21,8 +21,14 @@ def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def get_session(request: Request) -> Iterator[Session]:
-    session: Session = request.app.state.sessions()
+    """A session per request; reads get a read-only one, which never holds SQLite's write lock."""
+    state = request.app.state
+    factory = state.read_sessions if request.method in READ_METHODS else state.sessions
+    session: Session = factory()
     try:
         yield session
     finally:

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY_OPTION = "lethe_read_only"
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -27,9 +28,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # IMMEDIATE takes the write lock up front so concurrent writers wait on busy_timeout
-        # instead of failing with "database is locked" when they upgrade a read lock.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writing transaction takes the write lock up front (IMMEDIATE), so concurrent writers wait on
+        # busy_timeout instead of failing when they upgrade a stale read snapshot. Read-only sessions
+        # (see read_only()) begin DEFERRED: under WAL they never block or wait for a writer.
+        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -50,6 +53,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine (and pool) for sessions that only read: on SQLite they begin DEFERRED."""
+    return engine.execution_options(**{READ_ONLY_OPTION: True})
 
 
 @contextmanager

@@ -179,9 +179,7 @@ def list_events(
 
 def _visible_job(job_id: uuid.UUID, principal: Reader, session: SessionDep) -> uuid.UUID:
     get_job(session, principal.tenant_id, job_id)
-    # The stream outlives this dependency's session: end its transaction now, or SQLite's writers
-    # (the worker's heartbeats) would wait on it for the whole stream.
-    session.rollback()
+    session.rollback()  # the stream outlives this dependency's session: do not hold a snapshot open
     return job_id
 
 
@@ -193,7 +191,7 @@ async def stream_events(
     last_event_id: Annotated[int | None, Header(ge=0)] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Server-sent events: replays from ``Last-Event-ID``, then follows until the job ends."""
-    sessions = request.app.state.sessions
+    sessions = request.app.state.read_sessions
 
     def _poll(after: int) -> tuple[list[JobEventOut], bool, bool]:
         with sessions() as session:
