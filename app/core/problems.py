@@ -111,16 +111,16 @@ def problem_response(
     )
 
 
-def _jsonable_errors(errors: Any) -> list[dict[str, Any]]:
-    cleaned = []
-    for err in errors:
-        item = {
-            "loc": list(err.get("loc", ())),
+def validation_errors(errors: Any, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Pydantic error items as JSON-able ``{loc, msg, type}`` (input values left out: they may be huge)."""
+    return [
+        {
+            "loc": [*prefix, *err.get("loc", ())],
             "msg": str(err.get("msg", "")),
             "type": str(err.get("type", "")),
         }
-        cleaned.append(item)
-    return cleaned
+        for err in errors
+    ]
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -138,7 +138,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _jsonable_errors(exc.errors())
+        errors = validation_errors(exc.errors())
         summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
         return problem_response(
             request, 422, "validation-error", f"The request is invalid: {summary}", errors=errors

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.problems import NotFound, Unprocessable
+from app.core.problems import NotFound, Unprocessable, validation_errors
 from app.models import Dataset
 from app.storage import ArtifactStore
 from app.storage.local import content_key
@@ -42,7 +42,7 @@ def build_builtin(name: str, config: dict[str, Any]) -> tuple[ArrayDataset, dict
         raise Unprocessable(
             f"invalid config for dataset '{name}'",
             code="invalid-dataset-config",
-            errors=[{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()],
+            errors=validation_errors(exc.errors()),
         ) from exc
     try:
         return spec.build(parsed), parsed.model_dump(mode="json")

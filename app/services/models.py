@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from app.core.problems import DomainError, NotFound, Unprocessable
+from app.core.problems import DomainError, NotFound, Unprocessable, validation_errors
 from app.models import Dataset, Model
 from app.storage import ArtifactStore
 from app.storage.local import content_key
@@ -54,7 +54,7 @@ def validate_arch_config(
         raise Unprocessable(
             f"invalid config for architecture '{spec.name}'",
             code="invalid-architecture-config",
-            errors=[{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()],
+            errors=validation_errors(exc.errors()),
         ) from exc
     try:
         spec.parse_config(parsed)  # the parameter budget

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings, code_version
-from app.core.problems import Unprocessable
+from app.core.problems import Unprocessable, validation_errors
 from app.core.security import Principal
 from app.models import Dataset, ForgetSet, Job, JobKind, JobStatus, Model
 from app.schemas.jobs import MAX_SEED, JobCreate
@@ -76,7 +76,7 @@ def _validate_params(spec: MethodSpec | None, params: dict[str, Any]) -> dict[st
         raise Unprocessable(
             f"invalid params for method '{spec.name}'",
             code="invalid-params",
-            errors=[{"loc": ["params", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()],
+            errors=validation_errors(exc.errors(), prefix=("params",)),
         ) from exc
     return parsed.model_dump(mode="json")
 

@@ -17,6 +17,7 @@ from torch import nn
 from workers.engine.hooks import EngineHooks
 from workers.engine.methods.params import TrainRecipe
 from workers.engine.tasks import TaskType
+from workers.engine.training import fit
 
 
 @dataclass
@@ -58,3 +59,30 @@ class MethodOutput:
     resolved_params: dict[str, Any]  # JSON-able params actually used, defaults filled in
     history: list[dict[str, float]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_method(
+    context: MethodContext,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: TrainRecipe,
+    resolved_params: dict[str, Any],
+) -> MethodOutput:
+    """Train ``context.model`` on (inputs, labels) with ``recipe``: the body of every fit-style method."""
+    result = fit(
+        context.model,
+        inputs,
+        labels,
+        recipe,
+        seed=context.seed,
+        phase=context.phase,
+        hooks=context.hooks,
+        resume=context.resume,
+        task=context.task,
+    )
+    return MethodOutput(
+        model=context.model,
+        resolved_params=resolved_params,
+        history=result.history,
+        details={"augment_applied": result.augment_applied, "resumed_from_epoch": result.resumed_from_epoch},
+    )
