@@ -28,6 +28,7 @@ from workers.engine.datasets import ArrayDataset
 from workers.engine.errors import EngineError, InvalidInputError
 from workers.engine.hooks import EngineHooks, NullHooks
 from workers.engine.imports import import_by_path
+from workers.engine.masks import apply_masks, masks_to_device, masks_to_numpy
 from workers.engine.methods import METHODS, MethodSpec
 from workers.engine.methods.base import DeviceSplits, MethodContext, MethodOutput
 from workers.engine.methods.params import TrainRecipe
@@ -75,6 +76,7 @@ class EngineRequest:
     forget_class: int | None = None  # class-wise forgetting: TA and the MIA exclude this test class
     original_recipe: dict[str, Any] | None = None  # the original model's TrainRecipe, for retrain
     resume: bytes | None = None  # last epoch checkpoint of a previous attempt
+    masks: dict[str, np.ndarray] | None = None  # sparsity masks of a pruned input model (nonzero = kept)
 
 
 @dataclass
@@ -84,6 +86,7 @@ class EngineResult:
     details: dict[str, Any]
     timings: dict[str, float]
     environment: dict[str, Any] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] | None = None  # the output model's sparsity masks (uint8), None if dense
 
 
 def resolve_device(name: str) -> str:
@@ -355,6 +358,10 @@ def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineR
             assert request.weights is not None
             load_weights(model, request.weights, plan.architecture.param_shapes(plan.arch_config))
         model.to(device)
+        masks = masks_to_device(request.masks, model, device) if request.masks is not None else None
+        # A pruned model stays pruned: retrain starts from a masked initialisation (the reference's
+        # sparse retrain), and loaded weights are re-masked in case the checkpoint drifted.
+        apply_masks(model, masks)
         splits = _device_splits(dataset, plan.forget_indices, device)
 
         output: MethodOutput | None = None
@@ -373,6 +380,7 @@ def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineR
                 num_classes=dataset.num_classes,
                 resume=request.resume,
                 original_recipe=plan.original_recipe,
+                masks=masks,
             )
             _synchronize(device)
             method_started = time.perf_counter()
@@ -380,6 +388,8 @@ def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineR
             _synchronize(device)
             method_seconds = time.perf_counter() - method_started
             model = output.model
+            if output.masks is not None:
+                masks = output.masks
 
         evaluation_started = time.perf_counter()
         metrics, details = EVALUATORS[dataset.task](
@@ -409,4 +419,5 @@ def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineR
             "total_s": time.perf_counter() - started,
         },
         environment=_environment(device, deterministic),
+        masks=masks_to_numpy(masks) if request.kind != "evaluate" else None,
     )

@@ -169,12 +169,14 @@ def fit(
     hooks: EngineHooks | None = None,
     resume: bytes | None = None,
     task: TaskType = TaskType.classification,
+    after_step: Callable[[], None] | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``inputs``/``labels`` (already on the model's device) with ``recipe``.
 
     Calls ``hooks.progress`` after every step and at every epoch end (``info`` then holds ``epoch``,
     ``loss``, ``lr``, ``seconds`` and ``epoch_end=True``) and ``hooks.checkpoint`` with a safetensors blob at
     every epoch end. ``resume`` (such a blob) restores the state and continues with the next epoch.
+    ``after_step`` runs after every optimiser step (constraints such as pruning masks).
     """
     device = inputs.device
     on_cuda = device.type == "cuda"
@@ -228,6 +230,8 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if after_step is not None:
+                after_step()
             loss_sum += loss.detach().float() * (end - start)
             progress.progress(phase, step + 1, total_steps, {"epoch": epoch + 1, "lr": lr})
 

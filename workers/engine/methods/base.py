@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from workers.engine.hooks import EngineHooks
+from workers.engine.masks import Masks, apply_masks
 from workers.engine.methods.params import TrainRecipe
 from workers.engine.tasks import TaskType
 from workers.engine.training import fit
@@ -51,6 +52,11 @@ class MethodContext:
     num_classes: int
     resume: bytes | None = None
     original_recipe: TrainRecipe | None = None  # how the original model was trained, when known
+    masks: Masks | None = None  # a pruned model's sparsity masks (bool, on the device)
+
+    def enforce_constraints(self) -> None:
+        """Call after every optimiser step: keeps pruned weights at exactly zero."""
+        apply_masks(self.model, self.masks)
 
 
 @dataclass
@@ -59,6 +65,7 @@ class MethodOutput:
     resolved_params: dict[str, Any]  # JSON-able params actually used, defaults filled in
     history: list[dict[str, float]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    masks: Masks | None = None  # new sparsity masks (prune); None keeps the input model's masks
 
 
 def fit_method(
@@ -79,6 +86,7 @@ def fit_method(
         hooks=context.hooks,
         resume=context.resume,
         task=context.task,
+        after_step=context.enforce_constraints,
     )
     return MethodOutput(
         model=context.model,

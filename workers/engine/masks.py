@@ -1,0 +1,55 @@
+"""Sparsity masks: which weights a pruned model keeps. Enforced after every optimiser step of every method,
+so a pruned weight stays exactly zero through unlearning, and applied at initialisation for the retrain of
+a pruned model (the reference's "sparse retrain" reuses the mask, optml.md §2.2 / §2.8)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.engine.errors import InvalidInputError
+
+Masks = dict[str, torch.Tensor]
+
+
+def masks_to_device(masks: Mapping[str, np.ndarray], model: nn.Module, device: torch.device) -> Masks:
+    """Validate numpy masks against the model's parameters and move them to ``device`` as bool tensors."""
+    parameters = dict(model.named_parameters())
+    unknown = sorted(set(masks) - set(parameters))
+    if unknown:
+        raise InvalidInputError(f"mask names that are not parameters of the model: {unknown[:5]}")
+    result: Masks = {}
+    for name, mask in masks.items():
+        array = np.asarray(mask)
+        if tuple(array.shape) != tuple(parameters[name].shape):
+            raise InvalidInputError(
+                f"mask {name!r} has shape {tuple(array.shape)}, the parameter {tuple(parameters[name].shape)}"
+            )
+        result[name] = torch.as_tensor(array != 0, device=device)
+    return result
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Masks | None) -> None:
+    """Zero every masked-out weight in place."""
+    if not masks:
+        return
+    parameters = dict(model.named_parameters())
+    for name, mask in masks.items():
+        parameters[name].mul_(mask.to(parameters[name].dtype))
+
+
+def masks_to_numpy(masks: Masks | None) -> dict[str, np.ndarray] | None:
+    if masks is None:
+        return None
+    return {name: mask.detach().cpu().numpy().astype(np.uint8) for name, mask in masks.items()}
+
+
+def sparsity(masks: Masks) -> float:
+    """Fraction of masked weights among the masked parameters."""
+    total = sum(int(mask.numel()) for mask in masks.values())
+    kept = sum(int(mask.sum().item()) for mask in masks.values())
+    return 1.0 - kept / total if total else 0.0
