@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request, Response
 
-from app.api.routes import admin, datasets, discovery, forget_sets, health, jobs, models
+from app.api.routes import admin, campaigns, datasets, discovery, forget_sets, health, jobs, models
 from app.core.config import Profile, Settings, get_settings
 from app.core.db import make_engine, make_session_factory, read_only
 from app.core.problems import install_problem_handlers, problem_response
@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         models.router,
         forget_sets.router,
         jobs.router,
+        campaigns.router,
         admin.router,
     ):
         v1.include_router(router)

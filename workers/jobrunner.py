@@ -100,6 +100,7 @@ def _load_inputs(runtime: WorkerRuntime, job: Job) -> dict[str, Any]:
             "forget_indices": np.asarray(forget_set.indices, dtype=np.int64) if forget_set else None,
             "forget_class": forget_set.forget_class if forget_set else None,
             "model_key": model.storage_key if model else None,
+            "mask_key": model.mask_key if model else None,
             "architecture": model.architecture if model else job.architecture,
             "arch_config": model.arch_config if model else job.arch_config,
             "original_recipe": model.train_recipe if model else None,
@@ -173,6 +174,7 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
     inputs = _load_inputs(runtime, job)
     dataset = ArrayDataset.from_npz_bytes(runtime.store.get(inputs["dataset_key"]))
     weights = _load_weights(runtime.store.get(inputs["model_key"])) if inputs["model_key"] else None
+    masks = _load_weights(runtime.store.get(inputs["mask_key"])) if inputs["mask_key"] else None
     resume = None
     if inputs["checkpoint_key"] and runtime.store.exists(inputs["checkpoint_key"]):
         resume = runtime.store.get(inputs["checkpoint_key"])
@@ -190,6 +192,7 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
         forget_class=inputs["forget_class"],
         original_recipe=inputs["original_recipe"],
         resume=resume,
+        masks=masks,
     )
     load_s = time.perf_counter() - started
     hooks = DbHooks(runtime, claim, job)
@@ -205,6 +208,16 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
         key = content_key("models", str(job.tenant_id), digest, ".safetensors")
         runtime.store.put(key, blob)
         recipe = (result.details.get("params") or {}).get("recipe")
+        mask_key = mask_digest = None
+        mask_sparsity = None
+        if result.masks is not None:
+            mask_blob = save_safetensors(result.masks)
+            mask_digest = sha256_hex(mask_blob)
+            mask_key = content_key("masks", str(job.tenant_id), mask_digest, ".safetensors")
+            runtime.store.put(mask_key, mask_blob)
+            kept = sum(int(m.sum()) for m in result.masks.values())
+            total = sum(int(m.size) for m in result.masks.values())
+            mask_sparsity = 1.0 - kept / total if total else 0.0
         output_model = Model(
             tenant_id=job.tenant_id,
             name=f"{job.kind.value}:{job.method}:{str(job.id)[:8]}",
@@ -219,6 +232,9 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
             storage_key=key,
             size_bytes=len(blob),
             num_params=int(sum(int(np.prod(v.shape)) for v in result.weights.values())),
+            mask_key=mask_key,
+            mask_sha256=mask_digest,
+            sparsity=mask_sparsity,
         )
     environment = {
         **_jsonable(result.environment),

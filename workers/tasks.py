@@ -10,6 +10,7 @@ from celery.signals import worker_init
 from sqlalchemy import text
 
 from app.models.base import utcnow
+from app.services import campaigns as campaign_service
 from app.services import jobs as job_service
 from workers import embedded
 from workers.celery_app import PURGE_BROKER_TASK, REAP_TASK, RUN_JOB_TASK, CeleryPublisher, celery_app
@@ -40,7 +41,14 @@ def run_job(job_id: str) -> None:
 def reap() -> dict[str, int]:
     runtime = get_runtime()
     report = job_service.reap(runtime.sessions, stale_enqueue_seconds=runtime.settings.lease_seconds * 5)
-    sent = job_service.publish_all(runtime.sessions, CeleryPublisher(celery_app), report.republish)
+    publisher = CeleryPublisher(celery_app)
+    sent = job_service.publish_all(runtime.sessions, publisher, report.republish)
+    for campaign_id in campaign_service.running_campaigns(runtime.sessions):
+        sent += job_service.publish_all(
+            runtime.sessions,
+            publisher,
+            campaign_service.advance(runtime.sessions, campaign_id, runtime.settings),
+        )
     if report.requeued or report.failed or sent:
         log.info(
             "reaper: requeued=%d failed=%d published=%d", len(report.requeued), len(report.failed), len(sent)

@@ -2,7 +2,7 @@
 
 from app.models.audit import AuditEvent
 from app.models.base import Base
-from app.models.job import Job, JobEvent, JobKind, JobStatus, Metric
+from app.models.job import Campaign, CampaignStatus, Job, JobEvent, JobKind, JobStatus, Metric
 from app.models.resources import Dataset, ForgetSet, Model
 from app.models.tenant import ApiKey, Tenant
 
@@ -10,6 +10,8 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
+    "Campaign",
+    "CampaignStatus",
     "Dataset",
     "ForgetSet",
     "Job",

@@ -29,6 +29,7 @@ class JobKind(StrEnum):
     retrain = "retrain"
     unlearn = "unlearn"
     evaluate = "evaluate"
+    prune = "prune"
 
 
 def _enum(cls: type[StrEnum]) -> Enum:
@@ -74,9 +75,41 @@ class Job(UUIDPrimaryKey, CreatedAt, Base):
     code_version: Mapped[str] = mapped_column(String(100))
     checkpoint_key: Mapped[str | None] = mapped_column(String(300))
     checkpoint_epoch: Mapped[int | None]
+    campaign_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("campaigns.id", ondelete="SET NULL"), index=True
+    )
+    # Content hash of everything that determines a reusable result (retrain oracle, evaluation of the
+    # original): a later job of the tenant with the same key reuses this one instead of running again.
+    cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     # Bumped on every change: the ETag of the job resource.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class CampaignStatus(StrEnum):
+    running = "running"
+    finished = "finished"
+    cancelled = "cancelled"
+
+
+class Campaign(UUIDPrimaryKey, CreatedAt, Base):
+    """A grid of methods x forget sets x seeds on one original model, with the retrain oracle per cell."""
+
+    __tablename__ = "campaigns"
+    __table_args__ = (Index("ix_campaigns_tenant_created", "tenant_id", "created_at", "id"),)
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
+    status: Mapped[CampaignStatus] = mapped_column(_enum(CampaignStatus), default=CampaignStatus.running)
+    stage: Mapped[str] = mapped_column(String(20))  # tuning | main | done
+    spec: Mapped[dict[str, Any]]
+    chosen_params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The grid: one entry per cell {job_id, stage, role, label, candidate, forget_set_id, seed}. Kept here
+    # rather than on jobs because a cached retrain serves the cells of several campaigns.
+    cells: Mapped[list[Any]] = mapped_column(default=list)
+    finished_at: Mapped[datetime | None]
     version: Mapped[int] = mapped_column(Integer, default=1)
 
 

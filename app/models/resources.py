@@ -57,6 +57,11 @@ class Model(UUIDPrimaryKey, CreatedAt, Base):
     storage_key: Mapped[str] = mapped_column(String(300))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     num_params: Mapped[int] = mapped_column(BigInteger)
+    # A pruned model's sparsity masks (safetensors, uint8, keyed by parameter): every job on this model
+    # keeps the pruned weights at zero, and its retrain reuses the mask.
+    mask_key: Mapped[str | None] = mapped_column(String(300))
+    mask_sha256: Mapped[str | None] = mapped_column(String(64))
+    sparsity: Mapped[float | None]
 
 
 class ForgetSet(UUIDPrimaryKey, CreatedAt, Base):

@@ -39,6 +39,11 @@ class JobCreate(BaseModel):
     forget_set_id: uuid.UUID | None = None
     architecture: str | None = Field(None, max_length=100)
     arch_config: dict[str, Any] = Field(default_factory=dict)
+    reuse_cached: bool = Field(
+        True,
+        description="Retrain and evaluate jobs: reuse the tenant's job with identical inputs (model and "
+        "mask, forget set, recipe, seed, device, code version) instead of running it again.",
+    )
 
 
 class JobProgress(BaseModel):
@@ -78,6 +83,8 @@ class JobOut(BaseModel):
     environment: dict[str, Any] | None
     timings: dict[str, Any] | None
     code_version: str
+    campaign_id: uuid.UUID | None = None
+    cache_key: str | None = None
     version: int
     metrics: dict[str, float] = Field(default_factory=dict)
 
@@ -107,6 +114,11 @@ class ComparisonRow(BaseModel):
     )
     reference_job_id: uuid.UUID | None = Field(
         None, description="The retrain job the gap is measured against."
+    )
+    flags: list[str] = Field(
+        default_factory=list,
+        description="Guardrail rules the result breaks (ra-collapse, ta-collapse, ua-overshoot, mia-overshoot, "
+        "single-class); utility rules need an evaluate job of the original on this forget set.",
     )
 
 

@@ -59,6 +59,8 @@ class ModelOut(BaseModel):
     sha256: str
     size_bytes: int
     num_params: int
+    mask_sha256: str | None = Field(None, description="Set for pruned models: their sparsity masks' hash.")
+    sparsity: float | None = Field(None, description="Fraction of prunable weights pruned (pruned models).")
     created_at: datetime
 
 

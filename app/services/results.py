@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.models import Job, JobKind, JobStatus, Metric
 from app.schemas.jobs import Comparison, ComparisonRow
+from app.services.guardrails import Guardrails, guardrail_flags
 from workers.engine.metrics import avg_gap
 
 HEADLINE_COLUMNS = ["UA", "RA", "TA", "MIA-Efficacy", "test_accuracy"]
@@ -34,8 +35,13 @@ def _pick_reference(job: Job, retrains: list[Job]) -> Job | None:
 
 
 def compare(
-    session: Session, tenant_id: uuid.UUID, forget_set_id: uuid.UUID, model_id: uuid.UUID | None
+    session: Session,
+    tenant_id: uuid.UUID,
+    forget_set_id: uuid.UUID,
+    model_id: uuid.UUID | None,
+    rails: Guardrails | None = None,
 ) -> Comparison:
+    rails = rails or Guardrails()
     query = select(Job).where(
         Job.tenant_id == tenant_id,
         Job.forget_set_id == forget_set_id,
@@ -47,6 +53,7 @@ def compare(
     jobs = list(session.scalars(query.order_by(Job.created_at, Job.id)))
     metrics = metrics_for(session, [j.id for j in jobs])
     retrains = [j for j in jobs if j.kind is JobKind.retrain]
+    originals = {j.model_id: metrics[j.id] for j in jobs if j.kind is JobKind.evaluate}
     rows = []
     for job in jobs:
         reference = _pick_reference(job, retrains)
@@ -55,8 +62,13 @@ def compare(
             k in metrics[job.id] and k in metrics[reference.id] for k in GAP_KEYS
         ):
             gap = avg_gap(metrics[job.id], metrics[reference.id], keys=GAP_KEYS)
+        flags: list[str] = []
+        if job.kind is JobKind.unlearn:
+            reference_metrics = metrics[reference.id] if reference else None
+            flags = guardrail_flags(metrics[job.id], originals.get(job.model_id), reference_metrics, rails)
         rows.append(
             ComparisonRow(
+                flags=flags,
                 job_id=job.id,
                 kind=job.kind,
                 method=job.method,

@@ -26,11 +26,51 @@ from workers.engine.errors import UnknownEntryError
 from workers.engine.methods import METHODS, MethodSpec
 
 # Which method each non-unlearn kind runs.
-_KIND_METHOD = {JobKind.train: "train", JobKind.retrain: "retrain"}
+_KIND_METHOD = {JobKind.train: "train", JobKind.retrain: "retrain", JobKind.prune: "prune"}
 
 
-class IdempotencyMismatch(Exception):
-    pass
+# Kinds whose result depends only on their inputs: the retrain oracle and evaluations of a model.
+CACHEABLE_KINDS = frozenset({JobKind.retrain, JobKind.evaluate})
+REUSABLE_STATUSES = (JobStatus.queued, JobStatus.running, JobStatus.succeeded)
+
+
+def result_cache_key(
+    kind: JobKind,
+    model: Model,
+    forget_set: ForgetSet,
+    dataset: Dataset,
+    params: dict[str, Any],
+    seed: int,
+    device: str,
+) -> str:
+    """Content hash of every input that determines the result; any change gives another key."""
+    if kind is JobKind.retrain and params.get("recipe") is None:
+        params = {**params, "recipe": model.train_recipe}  # retrain with the original's recipe
+    material = {
+        "kind": kind.value,
+        "model": model.sha256,
+        "architecture": model.architecture,
+        "arch_config": model.arch_config,
+        "mask": model.mask_sha256,
+        "dataset": dataset.sha256,
+        "forget_set": forget_set.sha256,
+        "forget_class": forget_set.forget_class,
+        "params": params,
+        # evaluate is deterministic given the weights; retrain depends on its seed
+        "seed": seed if kind is JobKind.retrain else None,
+        "device": device,
+        "code_version": code_version(),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def find_reusable(session: Session, tenant_id: uuid.UUID, cache_key: str) -> Job | None:
+    return session.scalar(
+        select(Job)
+        .where(Job.tenant_id == tenant_id, Job.cache_key == cache_key, Job.status.in_(REUSABLE_STATUSES))
+        .order_by(Job.created_at)
+        .limit(1)
+    )
 
 
 def request_fingerprint(body: JobCreate) -> str:
@@ -117,6 +157,15 @@ def build_job(session: Session, principal: Principal, body: JobCreate, settings:
             )
         architecture = arch.name
         arch_config = validate_arch_config(arch, body.arch_config, dataset).model_dump(mode="json")
+    elif body.kind is JobKind.prune:
+        _forbid(body, ("dataset_id", "architecture", "arch_config", "forget_set_id"))
+        model = get_model(session, tenant, _require(body.model_id, "model_id", body.kind))
+        if model.dataset_id is None:
+            raise Unprocessable(
+                "pruning fine-tunes on the model's training data: upload the model with its dataset_id",
+                code="missing-dataset",
+            )
+        dataset = session.get(Dataset, model.dataset_id)
     else:
         _forbid(body, ("dataset_id", "architecture", "arch_config"))
         model = get_model(session, tenant, _require(body.model_id, "model_id", body.kind))
@@ -144,7 +193,11 @@ def build_job(session: Session, principal: Principal, body: JobCreate, settings:
             )
 
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    cache_key = None
+    if body.kind in CACHEABLE_KINDS and model is not None and forget_set is not None and dataset is not None:
+        cache_key = result_cache_key(body.kind, model, forget_set, dataset, params, seed, body.device)
     return Job(
+        cache_key=cache_key,
         tenant_id=tenant,
         kind=body.kind,
         method=spec.name if spec else None,
@@ -188,6 +241,10 @@ def submit(
                 )
             return existing, False
     job = build_job(session, principal, body, settings)
+    if body.reuse_cached and job.cache_key is not None:
+        cached = find_reusable(session, principal.tenant_id, job.cache_key)
+        if cached is not None:
+            return cached, False
     job.idempotency_key = idempotency_key
     job.request_hash = fingerprint
     session.add(job)

@@ -18,10 +18,10 @@ import json
 import math
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import safetensors.torch
 import torch
@@ -158,6 +158,27 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
+# Per-batch loss (outputs, labels, 0-based epoch) -> scalar; the epoch lets a loss follow a schedule.
+BatchLoss = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+# Redraws a segment's labels at the start of every epoch from the loop's seeded CPU generator.
+Relabel = Callable[[torch.Generator], torch.Tensor]
+
+
+@dataclass
+class Segment:
+    """One shuffled pass over ``inputs``/``labels`` inside every epoch. An epoch runs its segments in order
+    (e.g. the forget set with random labels, then the retain set)."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    loss: BatchLoss | None = None  # None: the task's loss (cross-entropy)
+    relabel: Relabel | None = None  # None: the labels stay fixed
+    name: str = "train"
+
+
+Divergence = Literal["loss", "weights"]
+
+
 def fit(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -178,16 +199,58 @@ def fit(
     every epoch end. ``resume`` (such a blob) restores the state and continues with the next epoch.
     ``after_step`` runs after every optimiser step (constraints such as pruning masks).
     """
-    device = inputs.device
+    return train_epochs(
+        model,
+        [Segment(inputs, labels)],
+        recipe,
+        seed=seed,
+        phase=phase,
+        hooks=hooks,
+        resume=resume,
+        task=task,
+        after_step=None if after_step is None else (lambda _optimizer: after_step()),
+    )
+
+
+def train_epochs(
+    model: nn.Module,
+    segments: Sequence[Segment],
+    recipe: TrainRecipe,
+    *,
+    seed: int,
+    phase: str,
+    hooks: EngineHooks | None = None,
+    resume: bytes | None = None,
+    task: TaskType = TaskType.classification,
+    after_step: Callable[[torch.optim.Optimizer], None] | None = None,
+    epoch_record: Callable[[int], dict[str, float]] | None = None,
+    divergence: Divergence = "loss",
+) -> FitResult:
+    """The general loop behind :func:`fit`: every epoch makes one shuffled pass over each segment in turn.
+
+    ``recipe`` gives the optimiser (SGD over all parameters), the LR schedule (its step count covers all
+    segments), the batch size and augmentation; ``recipe.epochs`` epochs are run. ``after_step(optimizer)``
+    runs after every optimiser step. ``epoch_record(epoch)`` adds fields to each epoch's history record.
+    ``divergence`` says when to give up: ``"loss"`` raises :class:`InvalidInputError` when an epoch's mean
+    loss is not finite; ``"weights"`` (for losses that are meant to grow, such as gradient ascent) only
+    when a weight or buffer of the model is NaN/Inf. Progress, checkpoints and resume work as in :func:`fit`;
+    every random draw (order, augmentation, relabelling) comes from one seeded CPU generator whose state is
+    checkpointed, so a resumed run reproduces an uninterrupted one bit for bit on CPU.
+    """
+    if not segments:
+        raise ValueError("train_epochs needs at least one segment")
+    device = segments[0].inputs.device
     on_cuda = device.type == "cuda"
     progress = hooks or NullHooks()
-    loss_function = LOSSES[task]
-    augment = augmentation_applies(recipe, inputs)
-    padding = min(inputs.shape[-2:]) // CROP_PADDING_DIVISOR if augment else None
-    bounds = batch_bounds(inputs.shape[0], recipe.batch_size)
-    samples_per_epoch = bounds[-1][1] if bounds else 0
-    total_steps = recipe.epochs * len(bounds)
-    channels_last = on_cuda and inputs.dim() == IMAGE_TENSOR_DIMS
+    task_loss = LOSSES[task]
+    reference_inputs = segments[0].inputs
+    augment = augmentation_applies(recipe, reference_inputs)
+    padding = min(reference_inputs.shape[-2:]) // CROP_PADDING_DIVISOR if augment else None
+    segment_bounds = [batch_bounds(segment.inputs.shape[0], recipe.batch_size) for segment in segments]
+    steps_per_epoch = sum(len(bounds) for bounds in segment_bounds)
+    samples_per_epoch = sum(bounds[-1][1] for bounds in segment_bounds if bounds)
+    total_steps = recipe.epochs * steps_per_epoch
+    channels_last = on_cuda and reference_inputs.dim() == IMAGE_TENSOR_DIMS
     if channels_last:
         # Supported at runtime (nn.Module.to forwards memory_format) but missing from torch's type stubs.
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -197,7 +260,7 @@ def fit(
     )
     generator = torch.Generator().manual_seed(seed)
     result = FitResult(
-        augment_applied=augment, steps_per_epoch=len(bounds), samples_per_epoch=samples_per_epoch
+        augment_applied=augment, steps_per_epoch=steps_per_epoch, samples_per_epoch=samples_per_epoch
     )
     start_epoch = 0
     if resume is None:
@@ -211,50 +274,75 @@ def fit(
     model.train()
     for epoch in range(start_epoch, recipe.epochs):
         epoch_started = time.perf_counter()
-        plan = plan_epoch(inputs.shape[0], padding, generator, device)
         loss_sum = torch.zeros((), device=device)  # summed on device: no per-step host sync
         lr = recipe.lr
-        for batch_index, (start, end) in enumerate(bounds):
-            step = epoch * len(bounds) + batch_index
-            lr = learning_rate(recipe, epoch, step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            indices = plan.order[start:end]
-            batch = inputs[indices]
-            if plan.augmentation is not None:
-                batch = plan.augmentation.apply(batch, start, end)
-            if channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=on_cuda):
-                loss = loss_function(model(batch), labels[indices])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if after_step is not None:
-                after_step()
-            loss_sum += loss.detach().float() * (end - start)
-            progress.progress(phase, step + 1, total_steps, {"epoch": epoch + 1, "lr": lr})
+        step = epoch * steps_per_epoch
+        for segment, bounds in zip(segments, segment_bounds, strict=True):
+            labels = segment.labels if segment.relabel is None else segment.relabel(generator)
+            plan = plan_epoch(segment.inputs.shape[0], padding, generator, device)
+            for start, end in bounds:
+                lr = learning_rate(recipe, epoch, step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                indices = plan.order[start:end]
+                batch = segment.inputs[indices]
+                if plan.augmentation is not None:
+                    batch = plan.augmentation.apply(batch, start, end)
+                if channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=on_cuda):
+                    outputs = model(batch)
+                    if segment.loss is None:
+                        loss = task_loss(outputs, labels[indices])
+                    else:
+                        loss = segment.loss(outputs, labels[indices], epoch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if after_step is not None:
+                    after_step(optimizer)
+                loss_sum += loss.detach().float() * (end - start)
+                step += 1
+                progress.progress(phase, step, total_steps, {"epoch": epoch + 1, "lr": lr})
 
         epoch_loss = loss_sum.item() / max(samples_per_epoch, 1)
-        if not math.isfinite(epoch_loss):
+        if divergence == "loss" and not math.isfinite(epoch_loss):
             raise InvalidInputError(
                 f"{phase}: training diverged in epoch {epoch + 1} (loss is {epoch_loss}); "
                 "lower the learning rate"
             )
+        if divergence == "weights":
+            broken = non_finite_state(model)
+            if broken:
+                raise InvalidInputError(
+                    f"{phase}: the model's weights became non-finite (NaN/Inf) in epoch {epoch + 1} "
+                    f"(first: {broken[0]}); lower the learning rate or the number of epochs"
+                )
         record = {
             "epoch": epoch + 1,
             "loss": epoch_loss,
             "lr": lr,
             "seconds": time.perf_counter() - epoch_started,
+            **(epoch_record(epoch) if epoch_record is not None else {}),
         }
         result.history.append(record)
-        progress.progress(phase, (epoch + 1) * len(bounds), total_steps, {**record, "epoch_end": True})
+        progress.progress(phase, (epoch + 1) * steps_per_epoch, total_steps, {**record, "epoch_end": True})
         if hooks is not None:
             blob = checkpoint_blob(
                 model, optimizer, generator, phase, epoch + 1, recipe, seed, result.history
             )
             hooks.checkpoint(phase, epoch + 1, blob)
     return result
+
+
+@torch.no_grad()
+def non_finite_state(model: nn.Module) -> list[str]:
+    """Names of the model's floating-point parameters and buffers holding a NaN or Inf."""
+    return [
+        name
+        for name, value in model.state_dict().items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
 
 
 # ------------------------------------------------------------------------------------------- checkpoints

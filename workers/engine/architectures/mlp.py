@@ -18,11 +18,21 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(widths[-1], config.num_classes)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def activation_names(self) -> list[str]:
+        """Names of the activations :meth:`forward_with_activations` returns: each hidden layer's output."""
+        return [f"layers.{index}" for index in range(len(self.layers))]
+
+    def forward_with_activations(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits plus every hidden layer's output after ReLU and dropout (2-D: batch x width)."""
         hidden = inputs.flatten(1)
+        activations = []
         for layer in self.layers:
             hidden = self.dropout(torch.relu(layer(hidden)))
-        return self.head(hidden)
+            activations.append(hidden)
+        return self.head(hidden), activations
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_activations(inputs)[0]
 
 
 def build(config: MLPConfig) -> nn.Module:

@@ -1,6 +1,7 @@
 """Validated parameter models of the registered methods (pydantic only, torch-free).
 
-Defaults reproduce the OPTML-Group reference code (optml.md §1.3-§2.3); deviations are noted per field.
+Defaults reproduce the OPTML-Group reference code (optml.md §1.3-§2.8, §6); deviations are noted per field
+and in each model's docstring.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_EPOCHS = 1000
 MAX_BATCH_SIZE = 65_536
@@ -62,6 +63,12 @@ Optimizer = Annotated[Literal["sgd"], Field(description="Optimiser; SGD is the o
 REFERENCE_MILESTONES = [0.5, 0.75]
 
 
+def _check_strictly_increasing(milestones: list[float]) -> list[float]:
+    if any(later <= earlier for earlier, later in pairwise(milestones)):
+        raise ValueError("milestones must be strictly increasing")
+    return milestones
+
+
 class TrainRecipe(BaseModel):
     """How to train a model from its current weights: the reference original-model recipe by default
     (182 epochs, SGD lr 0.1, momentum 0.9, wd 5e-4, batch 256, x0.1 at epochs 91/136, crop+flip;
@@ -84,9 +91,7 @@ class TrainRecipe(BaseModel):
     @field_validator("milestones")
     @classmethod
     def _strictly_increasing(cls, milestones: list[float]) -> list[float]:
-        if any(later <= earlier for earlier, later in pairwise(milestones)):
-            raise ValueError("milestones must be strictly increasing")
-        return milestones
+        return _check_strictly_increasing(milestones)
 
 
 class TrainParams(BaseModel):
@@ -123,3 +128,201 @@ class FinetuneParams(TrainRecipe):
     epochs: Epochs = 10
     lr: LearningRate = 0.01
     schedule: Schedule = "constant"
+
+
+# ------------------------------------------------------------------------------------ unlearning methods
+MAX_L1_COEFFICIENT = 1.0
+
+
+class GradientAscentParams(TrainRecipe):
+    """Parameters of ``ga``: gradient ascent on the forget set, ``min_theta -E_{D_f} CE(theta; x, y)``.
+
+    Reference GA (Unlearn-Sparse unlearn/GA.py, README ``--unlearn GA --unlearn_lr 0.0001
+    --unlearn_epochs 5``; optml.md §2.4): SGD lr 1e-4, momentum 0.9, weight decay 5e-4, 5 epochs, batch 256,
+    constant LR, train mode (BatchNorm statistics are updated on the forget set), train augmentation, no
+    gradient clipping and no retain term. No deviations in the defaults. The reference lr is often too small
+    to forget anything (the SalUn maintainers suggest 5e-4 to 1e-3, SalUn#8); large values destroy the
+    model, which the service's guardrails flag. The run fails only if the weights become non-finite.
+    """
+
+    epochs: Epochs = 5
+    lr: LearningRate = 1e-4
+    schedule: Schedule = "constant"
+
+
+class L1SparseParams(TrainRecipe):
+    """Parameters of ``l1_sparse`` (the reference's ``FT_prune`` -> ``FT_l1``; optml.md §2.7).
+
+    Objective ``E_{D_r} CE(theta; x, y) + gamma_t ||theta||_1`` over ALL parameters (conv, linear, BN,
+    biases), added unscaled to every minibatch's mean loss, from theta_o; SGD lr 0.01, momentum 0.9, weight
+    decay 5e-4 (still on), 10 epochs, batch 256, constant LR, train augmentation. gamma_t decays linearly per
+    epoch: ``gamma_t = alpha * (1 - t / (E - E0))`` for the 0-based epoch ``t < E - E0`` and 0 afterwards,
+    with ``E = epochs`` and ``E0 = no_l1_epochs``; when ``E - E0 = 0`` gamma stays ``alpha`` (as the
+    reference). The reference leaves ``alpha`` to tuning (README ``${alpha}``); the default 1e-4 is the value
+    of several third-party reproduction scripts and of Unlearn-WorstCase's class-wise/configs/
+    evaluation_ft.json. Like the reference, this runs on the dense model and creates no exact zeros.
+    """
+
+    epochs: Epochs = 10
+    lr: LearningRate = 0.01
+    schedule: Schedule = "constant"
+    alpha: float = Field(
+        default=1e-4,
+        ge=0.0,
+        le=MAX_L1_COEFFICIENT,
+        allow_inf_nan=False,
+        description=(
+            "gamma, the initial l1 coefficient (the reference's --alpha; default 1e-4 from third-party "
+            "scripts and Unlearn-WorstCase's config, the reference README leaves it to tuning)."
+        ),
+    )
+    no_l1_epochs: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_EPOCHS,
+        description=(
+            "E0 (the reference's --no-l1-epochs): the last E0 epochs train without the l1 term; gamma decays "
+            "linearly to 0 over the first epochs - E0 epochs. Must not exceed epochs."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _no_l1_epochs_within_epochs(self) -> L1SparseParams:
+        if self.no_l1_epochs > self.epochs:
+            raise ValueError("no_l1_epochs must not exceed epochs")
+        return self
+
+    def l1_gamma(self, epoch: int) -> float:
+        """gamma_t of the 0-based ``epoch`` (optml.md §2.7)."""
+        decay_epochs = self.epochs - self.no_l1_epochs
+        if decay_epochs == 0:
+            return self.alpha
+        if epoch < decay_epochs:
+            return self.alpha * (1.0 - epoch / decay_epochs)
+        return 0.0
+
+
+RelabelMode = Annotated[
+    Literal["sequential", "shuffled"],
+    Field(
+        description=(
+            "How forget and retain data are combined in each epoch. 'sequential' (the reference's "
+            "CIFAR-10/SVHN path, SalUn#21): one pass over the forget set with random labels, then one pass "
+            "over the retain set with true labels, as separate optimiser steps. 'shuffled' (the reference's "
+            "CIFAR-100/TinyImageNet path): forget (random labels) and retain samples concatenated and "
+            "shuffled into common batches. Random labels are redrawn every epoch in both modes."
+        )
+    ),
+]
+ExcludeTrueLabel = Annotated[
+    bool,
+    Field(
+        description=(
+            "Draw each forget sample's random label uniformly from the C - 1 WRONG classes (the paper's "
+            "y' != y). Default false follows the reference code, which draws uniformly from all C classes, "
+            "so the true label is kept with probability 1/C."
+        )
+    ),
+]
+
+
+class RandomLabelParams(TrainRecipe):
+    """Parameters of ``rl``: random labelling (the RL baseline of SalUn and Unlearn-WorstCase; optml.md §6.2-
+    §6.3), i.e. SalUn's loss without the saliency mask: CE with random labels on the forget set plus CE with
+    true labels on the retain set (alpha = 1), from theta_o.
+
+    Defaults follow SalUn's README command for 10 % random forgetting on CIFAR-10 (``main_random.py --unlearn
+    RL --unlearn_epochs 10 --unlearn_lr 0.013``; optml.md §9): SGD lr 0.013, momentum 0.9, weight decay 5e-4,
+    10 epochs, batch 256, constant LR, train augmentation, 'sequential' mode, labels from all C classes. The
+    reference publishes no separate RL-only learning rate (Unlearn-WorstCase grid-searches it in
+    [1e-4, 1e-1], WC#4), so the RL family's SalUn value is used.
+    """
+
+    epochs: Epochs = 10
+    lr: LearningRate = 0.013
+    schedule: Schedule = "constant"
+    mode: RelabelMode = "sequential"
+    exclude_true_label: ExcludeTrueLabel = False
+
+
+class SalUnParams(RandomLabelParams):
+    """Parameters of ``salun`` (Saliency Unlearning, ICLR'24; optml.md §6.1-§6.2): the ``rl`` loss, updating
+    only the salient weights.
+
+    Saliency mask (SalUn Classification/generate_mask.py): in eval mode, sum the batch-mean gradients of the
+    forgetting loss -CE over the forget set (batches of ``batch_size``, train augmentation) at theta_o, take
+    |g|, rank it GLOBALLY over all parameters (conv, linear, BN affine, biases) and mark the top
+    ``mask_ratio`` fraction salient (exactly round(ratio * count) entries; ties broken by position). Pruned
+    weights of a sparse model get zero gradient (as under the reference's prune masks), so they rank last.
+
+    Non-salient weights stay bit-identical to theta_o: after every optimiser step they are restored and
+    their momentum buffers cleared, as the reference does since PR #33 (2026-02-28). Before that fix weight
+    decay and momentum still moved the "frozen" weights (SalUn#32), and the published numbers predate it;
+    Lethe implements only the fixed behaviour. BatchNorm running statistics are buffers, not weights, and are
+    updated in train mode as in the reference. Defaults: SalUn README (lr 0.013, 10 epochs, mask 0.5).
+    """
+
+    mask_ratio: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description=(
+            "Fraction of all parameter entries that are salient (updated): the top fraction by forget-loss "
+            "gradient magnitude, ranked globally. 0.5 is the reference's with_0.5.pt (threshold = median); "
+            "1.0 updates everything (plain rl)."
+        ),
+    )
+
+
+class PruneParams(BaseModel):
+    """Parameters of ``prune``: one-shot global unstructured magnitude pruning (OMP; optml.md §2.8).
+
+    Prunes the ``sparsity`` fraction of smallest-|w| entries among all Conv2d weights, globally (the
+    reference's ``global_unstructured(L1Unstructured)``; FC, BatchNorm and biases are never pruned). A model
+    without Conv2d layers (the MLP) has its hidden Linear weights pruned instead, never the classifier (the
+    last Linear layer) or biases. Then ``finetune_epochs`` epochs of masked training on the FULL training
+    set recover accuracy with the FT recipe (lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, constant,
+    train augmentation). Deviation: the reference (``--prune_type rewind_lt --rewind_epoch 8 --rate 0.95``)
+    rewinds the surviving weights to their epoch-8 values and retrains 182 epochs with the mask; Lethe has no
+    early-training snapshot and fine-tunes the pruned trained weights for a few epochs instead. A model that
+    is already pruned keeps its pruned weights pruned (they have the lowest magnitude, zero), so the target
+    sparsity must be at least its current one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    sparsity: float = Field(
+        default=0.95,
+        gt=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="Fraction of the prunable weights set to zero (the papers' 95 %: --rate 0.95).",
+    )
+    finetune_epochs: int = Field(
+        default=5,
+        ge=0,
+        le=MAX_EPOCHS,
+        description=(
+            "Epochs of masked fine-tuning on the full training set after pruning (0: prune only). Deviation: "
+            "the reference rewinds to epoch 8 and retrains 182 epochs."
+        ),
+    )
+    batch_size: BatchSize = 256
+    lr: LearningRate = 0.01
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 5e-4
+    schedule: Schedule = "constant"
+    milestones: Milestones = Field(default_factory=lambda: list(REFERENCE_MILESTONES))
+    gamma: Gamma = 0.1
+    augment: Augment = True
+
+    @field_validator("milestones")
+    @classmethod
+    def _strictly_increasing(cls, milestones: list[float]) -> list[float]:
+        return _check_strictly_increasing(milestones)
+
+    def finetune_recipe(self) -> TrainRecipe:
+        """The masked fine-tuning recipe (only meaningful when ``finetune_epochs`` > 0)."""
+        fields = self.model_dump(exclude={"sparsity", "finetune_epochs"})
+        return TrainRecipe(epochs=max(self.finetune_epochs, 1), **fields)

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+from app.schemas.jobs import MAX_SEED
+from app.schemas.resources import NAME_MAX, ForgetSpec
+from app.services.guardrails import Guardrails
+
+MAX_METHODS = 20
+MAX_FORGET_SETS = 20
+MAX_SEEDS = 10
+MAX_GRID_CANDIDATES = 50
+
+
+class MethodEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field(max_length=100, description="An unlearn method from GET /v1/methods.")
+    label: str | None = Field(
+        None, min_length=1, max_length=100, description="Row name; defaults to the method."
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Sweep mode: candidate values per parameter; their product is tried on the sweep "
+        "forget set "
+        "and the setting with the smallest Avg-Gap is used on every forget set.",
+    )
+
+    @property
+    def name(self) -> str:
+        return self.label or self.method
+
+
+class ForgetSetRef(BaseModel):
+    """An existing forget set, or a spec that creates one on the campaign model's dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    forget_set_id: uuid.UUID | None = None
+    spec: ForgetSpec | None = None
+    name: str | None = Field(None, min_length=1, max_length=NAME_MAX)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ForgetSetRef:
+        if (self.forget_set_id is None) == (self.spec is None):
+            raise ValueError("give exactly one of forget_set_id and spec")
+        return self
+
+
+class CampaignCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=NAME_MAX)
+    model_id: uuid.UUID = Field(description="The original model; its recipe drives the retrain oracle.")
+    methods: list[MethodEntry] = Field(min_length=1, max_length=MAX_METHODS)
+    forget_sets: list[ForgetSetRef] = Field(min_length=1, max_length=MAX_FORGET_SETS)
+    seeds: list[StrictInt] = Field(min_length=1, max_length=MAX_SEEDS)
+    retrain_params: dict[str, Any] = Field(
+        default_factory=dict, description="RetrainParams; empty = original recipe."
+    )
+    sweep_forget_set: ForgetSetRef | None = Field(
+        None,
+        description="Where grids are tuned (the worst-case paper's protocol tunes on a random forget set).",
+    )
+    guardrails: Guardrails = Field(default_factory=Guardrails)
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CampaignCreate:
+        if len(set(self.seeds)) != len(self.seeds) or any(not 0 <= s <= MAX_SEED for s in self.seeds):
+            raise ValueError(f"seeds must be distinct integers in [0, {MAX_SEED}]")
+        labels = [m.name for m in self.methods]
+        if len(set(labels)) != len(labels):
+            raise ValueError("method labels must be unique: give a label to repeated methods")
+        if any(m.grid for m in self.methods) and self.sweep_forget_set is None:
+            raise ValueError("a method has a grid: give sweep_forget_set to tune it on")
+        return self
+
+
+class Stat(BaseModel):
+    mean: float | None
+    std: float | None
+    n: int
+
+
+class TableRow(BaseModel):
+    forget_set_id: uuid.UUID
+    forget_set_name: str
+    row: str = Field(description="'original', 'retrain' or a method label.")
+    method: str | None
+    params: dict[str, Any] | None
+    metrics: dict[str, Stat]
+    avg_gap: Stat
+    rte_seconds: Stat
+    flags: list[str] = Field(description="Guardrail rules broken by any seed's result.")
+    jobs: list[dict[str, Any]] = Field(description="The cell jobs behind the row: id, seed, status, flags.")
+
+
+class CampaignTable(BaseModel):
+    campaign_id: uuid.UUID
+    columns: list[str]
+    rows: list[TableRow]
+
+
+class CampaignProgress(BaseModel):
+    total: int
+    by_status: dict[str, int]
+    fraction: float
+
+
+class CampaignOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    model_id: uuid.UUID
+    status: str
+    stage: str
+    spec: dict[str, Any]
+    chosen_params: dict[str, Any]
+    created_at: datetime
+    finished_at: datetime | None
+    version: int
+    progress: CampaignProgress | None = None

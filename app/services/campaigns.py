@@ -1,0 +1,564 @@
+"""Campaigns: a grid of methods x forget sets x seeds on one original model, run as ordinary jobs.
+
+Each forget set gets one evaluation of the original and, per seed, one retrain oracle; both are cached by
+content hash (app.services.submission.result_cache_key), so a later campaign of the tenant on the same
+inputs reuses them. Methods with a grid are first tuned on the sweep forget set; the setting with the
+smallest mean Avg-Gap is then used on every forget set. ``advance`` moves a campaign through its stages
+and is called by the reaper's periodic tick.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import statistics
+import uuid
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.config import Settings
+from app.core.db import session_scope
+from app.core.problems import NotFound, Unprocessable
+from app.core.security import Principal
+from app.models import Campaign, CampaignStatus, Job, JobKind, JobStatus, Model
+from app.models.base import utcnow
+from app.models.job import TERMINAL_STATUSES
+from app.schemas.campaigns import (
+    MAX_GRID_CANDIDATES,
+    CampaignCreate,
+    CampaignProgress,
+    CampaignTable,
+    ForgetSetRef,
+    MethodEntry,
+    Stat,
+    TableRow,
+)
+from app.schemas.jobs import JobCreate
+from app.schemas.resources import ForgetSetCreate
+from app.services import audit
+from app.services import jobs as job_service
+from app.services.datasets import get_dataset
+from app.services.forget_sets import create_forget_set, get_forget_set
+from app.services.guardrails import Guardrails, guardrail_flags
+from app.services.models import get_model
+from app.services.results import GAP_KEYS, metrics_for
+from app.services.submission import build_job, find_reusable
+from app.storage import ArtifactStore
+from workers.engine.metrics import avg_gap
+
+STAGE_TUNING = "tuning"
+STAGE_MAIN = "main"
+STAGE_DONE = "done"
+ROLE_ORIGINAL = "original"
+ROLE_RETRAIN = "retrain"
+ROLE_METHOD = "method"
+TABLE_METRICS = ("UA", "RA", "TA", "MIA-Efficacy")
+
+
+def candidates(entry: MethodEntry) -> list[dict[str, Any]]:
+    """The parameter settings a method entry stands for: its params, times its grid's product."""
+    if not entry.grid:
+        return [dict(entry.params)]
+    keys = sorted(entry.grid)
+    return [
+        {**entry.params, **dict(zip(keys, values, strict=True))}
+        for values in itertools.product(*(entry.grid[k] for k in keys))
+    ]
+
+
+def _resolve_forget_set(
+    session: Session, store: ArtifactStore, principal: Principal, model: Model, ref: ForgetSetRef
+) -> uuid.UUID:
+    if ref.forget_set_id is not None:
+        forget_set = get_forget_set(session, principal.tenant_id, ref.forget_set_id)
+        if model.dataset_id is not None and forget_set.dataset_id != model.dataset_id:
+            raise Unprocessable(
+                f"forget set {forget_set.id} is on another dataset than the model", code="dataset-mismatch"
+            )
+        return forget_set.id
+    assert ref.spec is not None
+    if model.dataset_id is None:
+        raise Unprocessable(
+            "the model has no dataset: reference existing forget sets by id", code="missing-dataset"
+        )
+    dataset = get_dataset(session, principal.tenant_id, model.dataset_id)
+    request = ForgetSetCreate(dataset_id=dataset.id, name=ref.name, spec=ref.spec)
+    return create_forget_set(session, store, principal.tenant_id, request, dataset).id
+
+
+class _Submitter:
+    """Builds (or reuses) the jobs of a campaign's cells inside the caller's transaction."""
+
+    def __init__(
+        self, session: Session, principal: Principal, settings: Settings, campaign: Campaign
+    ) -> None:
+        self.session = session
+        self.principal = principal
+        self.settings = settings
+        self.campaign = campaign
+        self.new_jobs: list[uuid.UUID] = []
+
+    def job(self, body: JobCreate) -> Job:
+        job = build_job(self.session, self.principal, body, self.settings)
+        if job.cache_key is not None:
+            cached = find_reusable(self.session, self.principal.tenant_id, job.cache_key)
+            if cached is not None:
+                return cached
+        job.campaign_id = self.campaign.id
+        self.session.add(job)
+        self.session.flush()
+        job_service.add_event(
+            self.session, job.id, "queued", 0, {"kind": job.kind.value, "campaign": str(self.campaign.id)}
+        )
+        self.new_jobs.append(job.id)
+        return job
+
+    def cell(
+        self,
+        job: Job,
+        stage: str,
+        role: str,
+        forget_set_id: uuid.UUID,
+        seed: int | None,
+        label: str | None = None,
+        candidate: int | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "job_id": str(job.id),
+            "stage": stage,
+            "role": role,
+            "label": label,
+            "candidate": candidate,
+            "forget_set_id": str(forget_set_id),
+            "seed": seed,
+        }
+
+    def oracle_cells(self, stage: str, forget_set_id: uuid.UUID, seeds: list[int]) -> list[dict[str, Any]]:
+        spec = self.campaign.spec
+        common = {
+            "model_id": self.campaign.model_id,
+            "forget_set_id": forget_set_id,
+            "device": spec["device"],
+        }
+        cells = [
+            self.cell(
+                self.job(JobCreate(kind=JobKind.evaluate, seed=0, **common)),
+                stage,
+                ROLE_ORIGINAL,
+                forget_set_id,
+                None,
+            )
+        ]
+        for seed in seeds:
+            retrain = self.job(
+                JobCreate(kind=JobKind.retrain, params=spec["retrain_params"], seed=seed, **common)
+            )
+            cells.append(self.cell(retrain, stage, ROLE_RETRAIN, forget_set_id, seed))
+        return cells
+
+    def method_cell(
+        self,
+        stage: str,
+        entry: MethodEntry,
+        params: dict[str, Any],
+        candidate: int | None,
+        forget_set_id: uuid.UUID,
+        seed: int,
+    ) -> dict[str, Any]:
+        body = JobCreate(
+            kind=JobKind.unlearn,
+            method=entry.method,
+            params=params,
+            seed=seed,
+            model_id=self.campaign.model_id,
+            forget_set_id=forget_set_id,
+            device=self.campaign.spec["device"],
+        )
+        return self.cell(self.job(body), stage, ROLE_METHOD, forget_set_id, seed, entry.name, candidate)
+
+
+def _entries(campaign: Campaign) -> list[MethodEntry]:
+    return [MethodEntry.model_validate(m) for m in campaign.spec["methods"]]
+
+
+def _submit_tuning(submitter: _Submitter) -> list[dict[str, Any]]:
+    campaign = submitter.campaign
+    sweep_set = uuid.UUID(campaign.spec["sweep_forget_set_id"])
+    seeds = campaign.spec["seeds"][:1]  # tune on the first seed, as the protocol tunes once
+    cells = submitter.oracle_cells(STAGE_TUNING, sweep_set, seeds)
+    for entry in _entries(campaign):
+        if not entry.grid:
+            continue
+        for index, params in enumerate(candidates(entry)):
+            for seed in seeds:
+                cells.append(submitter.method_cell(STAGE_TUNING, entry, params, index, sweep_set, seed))
+    return cells
+
+
+def _submit_main(submitter: _Submitter) -> list[dict[str, Any]]:
+    campaign = submitter.campaign
+    seeds = campaign.spec["seeds"]
+    cells: list[dict[str, Any]] = []
+    for forget_set_id in (uuid.UUID(f) for f in campaign.spec["forget_set_ids"]):
+        cells += submitter.oracle_cells(STAGE_MAIN, forget_set_id, seeds)
+        for entry in _entries(campaign):
+            params = campaign.chosen_params.get(entry.name, {}).get("params", entry.params)
+            for seed in seeds:
+                cells.append(submitter.method_cell(STAGE_MAIN, entry, params, None, forget_set_id, seed))
+    return cells
+
+
+def create(
+    session: Session,
+    store: ArtifactStore,
+    principal: Principal,
+    body: CampaignCreate,
+    settings: Settings,
+    request_id: str | None,
+) -> tuple[Campaign, list[uuid.UUID]]:
+    """Validate the whole grid, create the campaign and its first stage's jobs (not committed)."""
+    model = get_model(session, principal.tenant_id, body.model_id)
+    for entry in body.methods:
+        options = candidates(entry)
+        if len(options) > MAX_GRID_CANDIDATES:
+            raise Unprocessable(
+                f"method '{entry.name}' has {len(options)} grid candidates;"
+                f" the limit is {MAX_GRID_CANDIDATES}",
+                code="grid-too-large",
+            )
+    forget_set_ids = [_resolve_forget_set(session, store, principal, model, ref) for ref in body.forget_sets]
+    if len(set(forget_set_ids)) != len(forget_set_ids):
+        raise Unprocessable("the same forget set is listed twice", code="duplicate-forget-sets")
+    sweep_id = (
+        _resolve_forget_set(session, store, principal, model, body.sweep_forget_set)
+        if body.sweep_forget_set
+        else None
+    )
+    spec = body.model_dump(mode="json", exclude={"forget_sets", "sweep_forget_set"})
+    spec["forget_set_ids"] = [str(f) for f in forget_set_ids]
+    spec["sweep_forget_set_id"] = str(sweep_id) if sweep_id else None
+    tuning = any(entry.grid for entry in body.methods)
+    campaign = Campaign(
+        tenant_id=principal.tenant_id,
+        name=body.name,
+        model_id=model.id,
+        status=CampaignStatus.running,
+        stage=STAGE_TUNING if tuning else STAGE_MAIN,
+        spec=spec,
+        chosen_params={},
+        cells=[],
+        version=1,
+    )
+    session.add(campaign)
+    session.flush()
+    submitter = _Submitter(session, principal, settings, campaign)
+    # Validate every candidate of every method up front: a bad setting fails the request, not a cell.
+    for entry in body.methods:
+        for params in candidates(entry):
+            build_job(
+                session,
+                principal,
+                JobCreate(
+                    kind=JobKind.unlearn,
+                    method=entry.method,
+                    params=params,
+                    seed=0,
+                    model_id=model.id,
+                    forget_set_id=forget_set_ids[0],
+                    device=body.device,
+                ),
+                settings,
+            )
+    campaign.cells = _submit_tuning(submitter) if tuning else _submit_main(submitter)
+    audit.record(
+        session,
+        tenant_id=principal.tenant_id,
+        actor=principal.actor,
+        action="campaign.create",
+        resource_type="campaign",
+        resource_id=str(campaign.id),
+        request_id=request_id,
+        details={
+            "methods": [m.name for m in body.methods],
+            "forget_sets": spec["forget_set_ids"],
+            "seeds": body.seeds,
+            "jobs_created": len(submitter.new_jobs),
+            "cells": len(campaign.cells),
+        },
+    )
+    return campaign, submitter.new_jobs
+
+
+def get_campaign(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> Campaign:
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None or campaign.tenant_id != tenant_id:
+        raise NotFound(f"campaign {campaign_id} not found", code="campaign-not-found")
+    return campaign
+
+
+def _cell_jobs(session: Session, cells: list[dict[str, Any]]) -> dict[str, Job]:
+    ids = [uuid.UUID(c["job_id"]) for c in cells]
+    if not ids:
+        return {}
+    return {str(j.id): j for j in session.scalars(select(Job).where(Job.id.in_(ids)))}
+
+
+def progress(session: Session, campaign: Campaign) -> CampaignProgress:
+    jobs = _cell_jobs(session, campaign.cells)
+    counts = Counter(jobs[c["job_id"]].status.value for c in campaign.cells if c["job_id"] in jobs)
+    done = sum(counts[s.value] for s in TERMINAL_STATUSES)
+    running = sum(
+        float((jobs[c["job_id"]].progress or {}).get("fraction") or 0.0)
+        for c in campaign.cells
+        if jobs.get(c["job_id"]) and jobs[c["job_id"]].status is JobStatus.running
+    )
+    total = len(campaign.cells)
+    expected = total
+    if campaign.stage == STAGE_TUNING:
+        # the main stage is not submitted yet: count it so progress does not jump back
+        spec = campaign.spec
+        per_set = 1 + len(spec["seeds"]) * (1 + len(spec["methods"]))
+        expected += per_set * len(spec["forget_set_ids"])
+    fraction = (done + running) / expected if expected else 1.0
+    return CampaignProgress(total=expected, by_status=dict(counts), fraction=round(min(fraction, 1.0), 4))
+
+
+def _mean_gap(gaps: list[float]) -> float:
+    return statistics.fmean(gaps) if gaps else float("inf")
+
+
+def _choose(session: Session, campaign: Campaign) -> dict[str, Any]:
+    """Per tuned method, the candidate with the smallest mean Avg-Gap to the retrain of the same seed."""
+    cells = [c for c in campaign.cells if c["stage"] == STAGE_TUNING]
+    jobs = _cell_jobs(session, cells)
+    metrics = metrics_for(session, [j.id for j in jobs.values()])
+    retrain_by_seed = {
+        c["seed"]: metrics.get(uuid.UUID(c["job_id"]), {}) for c in cells if c["role"] == ROLE_RETRAIN
+    }
+    chosen: dict[str, Any] = {}
+    for entry in _entries(campaign):
+        if not entry.grid:
+            continue
+        options = candidates(entry)
+        gaps: dict[int, list[float]] = {i: [] for i in range(len(options))}
+        for cell in cells:
+            if cell["role"] != ROLE_METHOD or cell["label"] != entry.name:
+                continue
+            result = metrics.get(uuid.UUID(cell["job_id"]), {})
+            reference = retrain_by_seed.get(cell["seed"], {})
+            if all(k in result and k in reference for k in GAP_KEYS):
+                gaps[cell["candidate"]].append(avg_gap(result, reference, keys=GAP_KEYS))
+        best = min(gaps, key=lambda i: (_mean_gap(gaps[i]), i))
+        chosen[entry.name] = {
+            "params": options[best],
+            "candidate": best,
+            "avg_gap": None if not gaps[best] else _mean_gap(gaps[best]),
+            "tried": [
+                {"params": options[i], "avg_gap": None if not gaps[i] else _mean_gap(gaps[i])} for i in gaps
+            ],
+        }
+    return chosen
+
+
+def advance(factory: sessionmaker[Session], campaign_id: uuid.UUID, settings: Settings) -> list[uuid.UUID]:
+    """Move a campaign on when its current stage has finished; returns jobs to publish after commit."""
+    with session_scope(factory) as session:
+        campaign = session.get(Campaign, campaign_id)
+        if campaign is None or campaign.status is not CampaignStatus.running:
+            return []
+        jobs = _cell_jobs(session, campaign.cells)
+        if any(
+            jobs[c["job_id"]].status not in TERMINAL_STATUSES for c in campaign.cells if c["job_id"] in jobs
+        ):
+            return []
+        version = campaign.version
+        if campaign.stage == STAGE_TUNING:
+            campaign.chosen_params = _choose(session, campaign)
+            from app.core.security import Principal, Scope
+
+            principal = Principal(tenant_id=campaign.tenant_id, key_id="campaign", scopes=frozenset(Scope))
+            submitter = _Submitter(session, principal, settings, campaign)
+            cells = campaign.cells + _submit_main(submitter)
+            new_stage, status, new_jobs = STAGE_MAIN, CampaignStatus.running, submitter.new_jobs
+        else:
+            cells, new_stage, status, new_jobs = campaign.cells, STAGE_DONE, CampaignStatus.finished, []
+        # Conditional on the version so two concurrent ticks cannot both advance the stage.
+        changed = session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign.id, Campaign.version == version)
+            .values(
+                stage=new_stage,
+                status=status,
+                cells=cells,
+                chosen_params=campaign.chosen_params,
+                version=version + 1,
+                finished_at=utcnow() if status is CampaignStatus.finished else None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if changed.rowcount != 1:  # type: ignore[attr-defined]
+            session.rollback()
+            return []
+        return new_jobs
+
+
+def running_campaigns(factory: sessionmaker[Session]) -> list[uuid.UUID]:
+    with session_scope(factory) as session:
+        return list(session.scalars(select(Campaign.id).where(Campaign.status == CampaignStatus.running)))
+
+
+def cancel(session: Session, campaign: Campaign, job_ids: list[uuid.UUID] | None = None) -> int:
+    """Cancel the campaign's own unfinished cells (all, or the given ones); shared cached jobs of other
+    campaigns are left alone. Returns how many jobs were asked to stop."""
+    wanted = {str(j) for j in job_ids} if job_ids is not None else None
+    jobs = _cell_jobs(session, campaign.cells)
+    count = 0
+    for cell in campaign.cells:
+        job = jobs.get(cell["job_id"])
+        if job is None or job.status in TERMINAL_STATUSES or job.campaign_id != campaign.id:
+            continue
+        if wanted is not None and cell["job_id"] not in wanted:
+            continue
+        job_service.request_cancel(session, job)
+        count += 1
+    if wanted is None:
+        campaign.status = CampaignStatus.cancelled
+        campaign.finished_at = utcnow()
+        campaign.version += 1
+    return count
+
+
+def _stat(values: list[float]) -> Stat:
+    if not values:
+        return Stat(mean=None, std=None, n=0)
+    return Stat(
+        mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0, n=len(values)
+    )
+
+
+def table(session: Session, campaign: Campaign) -> CampaignTable:
+    """The papers' table: per forget set, original, retrain and every method, mean ± std over seeds."""
+    rails = Guardrails.model_validate(campaign.spec.get("guardrails") or {})
+    cells = [c for c in campaign.cells if c["stage"] == STAGE_MAIN]
+    jobs = _cell_jobs(session, cells)
+    metrics = metrics_for(session, [j.id for j in jobs.values()])
+    names = {}
+    from app.models import ForgetSet
+
+    for forget_set in session.scalars(
+        select(ForgetSet).where(ForgetSet.id.in_([uuid.UUID(f) for f in campaign.spec["forget_set_ids"]]))
+    ):
+        names[str(forget_set.id)] = forget_set.name
+    rows: list[TableRow] = []
+    for forget_set_id in campaign.spec["forget_set_ids"]:
+        here = [c for c in cells if c["forget_set_id"] == forget_set_id]
+
+        def result(cell: dict[str, Any]) -> dict[str, float] | None:
+            job = jobs.get(cell["job_id"])
+            return metrics.get(job.id) if job is not None and job.status is JobStatus.succeeded else None
+
+        original = next((result(c) for c in here if c["role"] == ROLE_ORIGINAL), None)
+        retrains = {c["seed"]: result(c) for c in here if c["role"] == ROLE_RETRAIN}
+        groups: list[tuple[str, str | None, dict[str, Any] | None, list[dict[str, Any]]]] = [
+            (ROLE_ORIGINAL, None, None, [c for c in here if c["role"] == ROLE_ORIGINAL]),
+            (
+                ROLE_RETRAIN,
+                "retrain",
+                campaign.spec["retrain_params"],
+                [c for c in here if c["role"] == ROLE_RETRAIN],
+            ),
+        ]
+        for entry in _entries(campaign):
+            params = campaign.chosen_params.get(entry.name, {}).get("params", entry.params)
+            groups.append(
+                (
+                    entry.name,
+                    entry.method,
+                    params,
+                    [c for c in here if c["role"] == ROLE_METHOD and c["label"] == entry.name],
+                )
+            )
+        for row_name, method, params, group in groups:
+            values: dict[str, list[float]] = {k: [] for k in TABLE_METRICS}
+            gaps: list[float] = []
+            rtes: list[float] = []
+            flags: set[str] = set()
+            job_rows = []
+            for cell in group:
+                job = jobs.get(cell["job_id"])
+                found = result(cell)
+                cell_flags: list[str] = []
+                if found is not None and job is not None:
+                    for key in TABLE_METRICS:
+                        if key in found:
+                            values[key].append(found[key])
+                    if row_name != ROLE_ORIGINAL:
+                        rtes.append(float((job.timings or {}).get("method_s", 0.0)))
+                    reference = retrains.get(cell["seed"]) if cell["seed"] is not None else None
+                    if row_name == ROLE_RETRAIN:
+                        gaps.append(0.0)
+                    elif reference and all(k in found and k in reference for k in GAP_KEYS):
+                        gaps.append(avg_gap(found, reference, keys=GAP_KEYS))
+                    if cell["role"] == ROLE_METHOD:
+                        cell_flags = guardrail_flags(found, original, reference, rails)
+                        flags.update(cell_flags)
+                job_rows.append(
+                    {
+                        "job_id": cell["job_id"],
+                        "seed": cell["seed"],
+                        "status": job.status.value if job else "missing",
+                        "flags": cell_flags,
+                    }
+                )
+            rows.append(
+                TableRow(
+                    forget_set_id=uuid.UUID(forget_set_id),
+                    forget_set_name=names.get(forget_set_id, forget_set_id),
+                    row=row_name,
+                    method=method,
+                    params=params,
+                    metrics={k: _stat(v) for k, v in values.items()},
+                    avg_gap=_stat(gaps),
+                    rte_seconds=_stat(rtes),
+                    flags=sorted(flags),
+                    jobs=job_rows,
+                )
+            )
+    columns = [*TABLE_METRICS, "avg_gap", "rte_seconds"]
+    return CampaignTable(campaign_id=campaign.id, columns=columns, rows=rows)
+
+
+def table_csv(result: CampaignTable) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    header = ["forget_set_id", "forget_set", "row", "method", "params", "seeds"]
+    for column in result.columns:
+        header += [f"{column}_mean", f"{column}_std"]
+    writer.writerow([*header, "flags"])
+    for row in result.rows:
+        stats = [*(row.metrics[k] for k in TABLE_METRICS), row.avg_gap, row.rte_seconds]
+        line: list[Any] = [
+            row.forget_set_id,
+            row.forget_set_name,
+            row.row,
+            row.method or "",
+            "" if row.params is None else _compact(row.params),
+            max(s.n for s in stats),
+        ]
+        for stat in stats:
+            line += [
+                "" if stat.mean is None else f"{stat.mean:.4f}",
+                "" if stat.std is None else f"{stat.std:.4f}",
+            ]
+        writer.writerow([*line, ";".join(row.flags)])
+    return buffer.getvalue()
+
+
+def _compact(params: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(params, sort_keys=True, separators=(",", ":"))
