@@ -1,9 +1,14 @@
-"""The engine's single entry point: run one train / retrain / unlearn / evaluate request.
+"""The engine's single entry point: run one train / retrain / unlearn / prune / evaluate request.
 
 ``execute`` validates the request (user mistakes become :class:`InvalidInputError` with a readable
 message), builds the model, runs the method while timing it alone (RTE, optml.md §3.2), evaluates the
 result in eval mode without augmentation, and returns CPU numpy weights plus flat metrics. Given the same
 request and seed on CPU, the metrics are bit-identical.
+
+Every evaluation reports ``max_class_fraction`` (percent of test predictions in the most predicted class,
+for the collapse guardrail) and, whenever the model has sparsity masks, ``sparsity`` (percent of the masked
+parameters' entries that are pruned). A ``prune`` request starts from the input weights, takes no forget set
+and returns the new masks.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from workers.engine.datasets import ArrayDataset
 from workers.engine.errors import EngineError, InvalidInputError
 from workers.engine.hooks import EngineHooks, NullHooks
 from workers.engine.imports import import_by_path
-from workers.engine.masks import apply_masks, masks_to_device, masks_to_numpy
+from workers.engine.masks import apply_masks, masks_to_device, masks_to_numpy, sparsity
 from workers.engine.methods import METHODS, MethodSpec
 from workers.engine.methods.base import DeviceSplits, MethodContext, MethodOutput
 from workers.engine.methods.params import TrainRecipe
@@ -38,6 +43,7 @@ from workers.engine.metrics import (
     accuracy,
     forgetting_report,
     per_class_accuracy,
+    predictions,
     retain_indices,
     select_members,
     softmax,
@@ -49,12 +55,14 @@ from workers.engine.training import IMAGE_TENSOR_DIMS, deterministic_algorithms
 
 __all__ = ["EngineHooks", "EngineRequest", "EngineResult", "execute", "resolve_device"]
 
-JobKindName = Literal["train", "retrain", "unlearn", "evaluate"]
+JobKindName = Literal["train", "retrain", "unlearn", "prune", "evaluate"]
 EVALUATE_PHASE = "evaluate"
 EVAL_BATCH_SIZE = 1024
 # Kinds whose model starts from the request's weights rather than a seeded random initialisation.
-KINDS_STARTING_FROM_WEIGHTS = ("unlearn", "evaluate")
+KINDS_STARTING_FROM_WEIGHTS = ("unlearn", "prune", "evaluate")
 KINDS_NEEDING_FORGET_SET = ("retrain", "unlearn")
+# Model modifiers (pruning) have no forget set; their evaluation reports train/test accuracy only.
+KINDS_WITHOUT_FORGET_SET = ("prune",)
 # The reference's MIA member set: the first |D_test| retain samples (optml.md §3.1); the seed only matters
 # for "random" selection.
 MIA_MEMBER_SELECTION: MemberSelection = "first"
@@ -64,14 +72,14 @@ MIA_SELECTION_SEED = 0
 @dataclass
 class EngineRequest:
     kind: JobKindName
-    method: str | None  # "train" / "retrain" / "ft"; None for evaluate
+    method: str | None  # "train" / "retrain" / an unlearning method / "prune"; None for evaluate
     params: dict[str, Any]  # raw; validated with the method's params_model
     seed: int
     device: str  # "auto" | "cpu" | "cuda"
     dataset: ArrayDataset
     architecture: str  # for train: the arch to build; otherwise the input model's arch
     arch_config: dict[str, Any]
-    weights: dict[str, np.ndarray] | None = None  # the input (original) model for unlearn/evaluate
+    weights: dict[str, np.ndarray] | None = None  # the input (original) model for unlearn/prune/evaluate
     forget_indices: np.ndarray | None = None  # sorted unique int64 indices into the TRAIN split
     forget_class: int | None = None  # class-wise forgetting: TA and the MIA exclude this test class
     original_recipe: dict[str, Any] | None = None  # the original model's TrainRecipe, for retrain
@@ -178,6 +186,10 @@ def _validate(request: EngineRequest) -> _Plan:
         architecture.check_input(arch_config, dataset.input_shape, dataset.num_classes)
     if request.kind in KINDS_STARTING_FROM_WEIGHTS and request.weights is None:
         raise InvalidInputError(f"a {request.kind} request needs the input model's weights")
+    if request.kind in KINDS_WITHOUT_FORGET_SET and (
+        request.forget_indices is not None or request.forget_class is not None
+    ):
+        raise InvalidInputError(f"a {request.kind} request takes no forget set")
     forget_indices = _resolve_forget_set(request, dataset)
     if request.kind in KINDS_NEEDING_FORGET_SET and forget_indices is None:
         raise InvalidInputError(
@@ -229,6 +241,15 @@ def predict_logits(
     return torch.cat(outputs).numpy().astype(np.float64)
 
 
+def max_class_fraction(probabilities: np.ndarray) -> float:
+    """Percent of samples predicted as the single most predicted class (100: the model predicts one class,
+    the collapse the guardrails look for). Ties in a row go to the lowest class index, as ``argmax``."""
+    if probabilities.shape[0] == 0:
+        return 0.0
+    counts = np.bincount(predictions(probabilities), minlength=probabilities.shape[1])
+    return float(PERCENT * counts.max() / probabilities.shape[0])
+
+
 def evaluate_classification(
     model: nn.Module,
     splits: DeviceSplits,
@@ -246,6 +267,7 @@ def evaluate_classification(
     metrics = {
         "train_accuracy": accuracy(train_probabilities, dataset.y_train),
         "test_accuracy": accuracy(test_probabilities, dataset.y_test),
+        "max_class_fraction": max_class_fraction(test_probabilities),
     }
     per_class = {
         "train": per_class_accuracy(train_probabilities, dataset.y_train, dataset.num_classes),
@@ -395,6 +417,8 @@ def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineR
         metrics, details = EVALUATORS[dataset.task](
             model, splits, dataset, plan.forget_indices, request.forget_class, progress
         )
+        if masks is not None:
+            metrics["sparsity"] = PERCENT * sparsity(masks)
         evaluation_seconds = time.perf_counter() - evaluation_started
         weights = state_to_numpy(model) if request.kind != "evaluate" else None
 

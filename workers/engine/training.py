@@ -274,10 +274,11 @@ def train_epochs(
     model.train()
     for epoch in range(start_epoch, recipe.epochs):
         epoch_started = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)  # summed on device: no per-step host sync
+        # Summed on device: no per-step host sync.
+        segment_loss_sums = [torch.zeros((), device=device) for _ in segments]
         lr = recipe.lr
         step = epoch * steps_per_epoch
-        for segment, bounds in zip(segments, segment_bounds, strict=True):
+        for segment, bounds, loss_sum in zip(segments, segment_bounds, segment_loss_sums, strict=True):
             labels = segment.labels if segment.relabel is None else segment.relabel(generator)
             plan = plan_epoch(segment.inputs.shape[0], padding, generator, device)
             for start, end in bounds:
@@ -305,7 +306,8 @@ def train_epochs(
                 step += 1
                 progress.progress(phase, step, total_steps, {"epoch": epoch + 1, "lr": lr})
 
-        epoch_loss = loss_sum.item() / max(samples_per_epoch, 1)
+        segment_losses = [float(total.item()) for total in segment_loss_sums]
+        epoch_loss = sum(segment_losses) / max(samples_per_epoch, 1)
         if divergence == "loss" and not math.isfinite(epoch_loss):
             raise InvalidInputError(
                 f"{phase}: training diverged in epoch {epoch + 1} (loss is {epoch_loss}); "
@@ -323,8 +325,12 @@ def train_epochs(
             "loss": epoch_loss,
             "lr": lr,
             "seconds": time.perf_counter() - epoch_started,
-            **(epoch_record(epoch) if epoch_record is not None else {}),
         }
+        if len(segments) > 1:  # each segment's own mean loss, e.g. forget_loss and retain_loss
+            for segment, bounds, total in zip(segments, segment_bounds, segment_losses, strict=True):
+                record[f"{segment.name}_loss"] = total / max(bounds[-1][1] if bounds else 0, 1)
+        if epoch_record is not None:
+            record.update(epoch_record(epoch))
         result.history.append(record)
         progress.progress(phase, (epoch + 1) * steps_per_epoch, total_steps, {**record, "epoch_end": True})
         if hooks is not None:

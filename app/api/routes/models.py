@@ -10,7 +10,7 @@ from sqlalchemy import select
 from app.api.deps import Reader, SessionDep, SettingsDep, StoreDep, Submitter, request_id
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.uploads import read_upload
-from app.core.problems import Unprocessable
+from app.core.problems import NotFound, Unprocessable
 from app.models import Model
 from app.schemas.common import Page
 from app.schemas.resources import NAME_MAX, ModelOut
@@ -109,5 +109,31 @@ def download_weights(
             "Content-Disposition": f'attachment; filename="{row.id}.safetensors"',
             "ETag": f'"{row.sha256}"',
             "Digest": f"sha-256={row.sha256}",
+        },
+    )
+
+
+@router.get(
+    "/{model_id}/mask",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "safetensors masks (uint8, 1 = kept)",
+        },
+        404: {"description": "Unknown model, or a dense model without masks"},
+    },
+)
+def download_mask(model_id: uuid.UUID, principal: Reader, session: SessionDep, store: StoreDep) -> Response:
+    """A pruned model's sparsity masks, keyed by parameter name."""
+    row = get_model(session, principal.tenant_id, model_id)
+    if row.mask_key is None or row.mask_sha256 is None:
+        raise NotFound(f"model {model_id} is dense: it has no sparsity masks", code="mask-not-found")
+    return Response(
+        store.get(row.mask_key),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{row.id}.mask.safetensors"',
+            "ETag": f'"{row.mask_sha256}"',
         },
     )

@@ -32,6 +32,7 @@ UNLEARNING_KEYS = {
     "mia.entropy",
     "mia.m_entropy",
     "mia.prob",
+    "max_class_fraction",
 }
 
 
@@ -70,7 +71,7 @@ class CancelAfter:
 
 
 def test_train_result_shape(trained: EngineResult) -> None:
-    assert set(trained.metrics) == {"train_accuracy", "test_accuracy"}
+    assert set(trained.metrics) == {"train_accuracy", "test_accuracy", "max_class_fraction"}
     assert trained.weights is not None
     expected = ARCHITECTURES.get("mlp").expected_state(MLP_CONFIG)
     assert {key: (value.shape, value.dtype.name) for key, value in trained.weights.items()} == {
@@ -212,7 +213,7 @@ def test_execute_resumes_from_a_checkpoint(digits: ArrayDataset, random_forget_i
         ),
         ({"params": {"recipe": {"epochs": 5000}}}, InvalidInputError, "recipe.epochs"),
         ({"method": "ft"}, InvalidInputError, "unlearn method, not a train method"),
-        ({"method": "gradient_ascent"}, UnknownEntryError, "available: ft, retrain, train"),
+        ({"method": "gradient_ascent"}, UnknownEntryError, "unknown method 'gradient_ascent'; available: "),
         ({"kind": "evaluate"}, InvalidInputError, "take no method"),
         (
             {"kind": "unlearn", "method": "ft", "params": {}},

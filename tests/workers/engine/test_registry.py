@@ -51,12 +51,19 @@ def test_builtin_catalogs_are_registered() -> None:
 
     assert ARCHITECTURES.names() == ["mlp", "resnet18", "small_cnn"]
     assert DATASETS.names() == ["digits", "procedural"]
-    assert METHODS.names() == ["ft", "retrain", "train"]
-    assert {spec.name: spec.job_kind for spec in METHODS} == {
+    assert METHODS.names() == sorted(METHODS.names())
+    job_kinds = {spec.name: spec.job_kind for spec in METHODS}
+    expected = {
         "train": "train",
         "retrain": "retrain",
         "ft": "unlearn",
+        "ga": "unlearn",
+        "rl": "unlearn",
+        "l1_sparse": "unlearn",
+        "salun": "unlearn",
+        "prune": "prune",
     }
+    assert {name: job_kinds.get(name) for name in expected} == expected
 
 
 def test_every_registered_implementation_resolves() -> None:

@@ -13,11 +13,29 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from workers.engine.methods.params import FinetuneParams, RetrainParams, TrainParams, TrainRecipe
+from workers.engine.methods.params import (
+    FinetuneParams,
+    GradientAscentParams,
+    L1SparseParams,
+    PruneParams,
+    RandomLabelParams,
+    RetrainParams,
+    SalUnParams,
+    TrainParams,
+    TrainRecipe,
+)
+from workers.engine.methods.params_distillation import (
+    BadTeacherParams,
+    BlindspotParams,
+    IUParams,
+    SCRUBParams,
+)
 from workers.engine.registry import Registry
 from workers.engine.tasks import TaskType
 
-JobKind = Literal["train", "retrain", "unlearn"]
+# "prune" turns a dense model into a sparse one (a model modifier, not unlearning): it starts from the input
+# weights and needs no forget set.
+JobKind = Literal["train", "retrain", "unlearn", "prune"]
 
 
 @dataclass(frozen=True)
@@ -66,12 +84,142 @@ METHODS.register(
     )
 )
 
+# --- influence and teacher-student methods (params: workers.engine.methods.params_distillation)
+METHODS.register(
+    MethodSpec(
+        name="iu",
+        job_kind="unlearn",
+        description=(
+            "Influence unlearning (IU, Unlearn-Sparse wfisher): one step theta + alpha * k with "
+            "k ~ F^-1 (G_f - n_f/n_r G_r) / n; the reference's rank-1 WoodFisher product or a CG/LiSSA "
+            "inverse of the damped retain Fisher/Gauss-Newton."
+        ),
+        task_types=(TaskType.classification,),
+        params_model=IUParams,
+        impl="workers.engine.methods.influence:run",
+    )
+)
+METHODS.register(
+    MethodSpec(
+        name="bad_teacher",
+        job_kind="unlearn",
+        description=(
+            "Bad teaching (Chundawat et al.; called 'blindspot' in its reference code): distil the "
+            "original (competent teacher) on retain samples and a random network (incompetent teacher) on "
+            "forget samples."
+        ),
+        task_types=(TaskType.classification,),
+        params_model=BadTeacherParams,
+        impl="workers.engine.methods.bad_teacher:run",
+    )
+)
+METHODS.register(
+    MethodSpec(
+        name="scrub",
+        job_kind="unlearn",
+        description=(
+            "SCRUB (Kurmanji et al., as in Unlearn-WorstCase): max passes pushing the student away from the "
+            "frozen original on D_f, min passes distilling it plus cross-entropy on D_r."
+        ),
+        task_types=(TaskType.classification,),
+        params_model=SCRUBParams,
+        impl="workers.engine.methods.scrub:run",
+    )
+)
+METHODS.register(
+    MethodSpec(
+        name="blindspot",
+        job_kind="unlearn",
+        description=(
+            "Blindspot unlearning (Tarun et al., Deep Regression Unlearning) for classifiers: pull forget "
+            "outputs and attention maps toward a model partially trained on D_r only, cross-entropy on D_r."
+        ),
+        task_types=(TaskType.classification,),
+        params_model=BlindspotParams,
+        impl="workers.engine.methods.blindspot:run",
+    )
+)
+METHODS.register(
+    MethodSpec(
+        name="ga",
+        job_kind="unlearn",
+        description=(
+            "Gradient ascent (GA): maximise the cross-entropy on the forget set, no retain term "
+            "(reference GA, lr 1e-4 x 5 epochs)."
+        ),
+        task_types=(TaskType.classification,),
+        params_model=GradientAscentParams,
+        impl="workers.engine.methods.gradient_ascent:run",
+    )
+)
+METHODS.register(
+    MethodSpec(
+        name="rl",
+        job_kind="unlearn",
+        description=(
+            "Random labelling (RL): train on the forget set with random labels and on the retain set with "
+            "true labels (SalUn's RL baseline, lr 0.013 x 10 epochs)."
+        ),
+        task_types=(TaskType.classification,),
+        params_model=RandomLabelParams,
+        impl="workers.engine.methods.random_labels:run",
+    )
+)
+METHODS.register(
+    MethodSpec(
+        name="l1_sparse",
+        job_kind="unlearn",
+        description=(
+            "l1-sparse unlearning: fine-tune on the retain set plus a linearly decaying l1 penalty on all "
+            "weights (Unlearn-Sparse FT_prune, lr 0.01 x 10 epochs)."
+        ),
+        task_types=(TaskType.classification,),
+        params_model=L1SparseParams,
+        impl="workers.engine.methods.l1_sparse:run",
+    )
+)
+METHODS.register(
+    MethodSpec(
+        name="salun",
+        job_kind="unlearn",
+        description=(
+            "Saliency unlearning (SalUn): random labelling that updates only the weights with the largest "
+            "forget-loss gradient (top 50 %); the others stay bit-identical."
+        ),
+        task_types=(TaskType.classification,),
+        params_model=SalUnParams,
+        impl="workers.engine.methods.salun:run",
+    )
+)
+METHODS.register(
+    MethodSpec(
+        name="prune",
+        job_kind="prune",
+        description=(
+            "One-shot global magnitude pruning (OMP) of the conv weights (hidden linear weights for the MLP) "
+            "to a target sparsity, then masked fine-tuning on the full training set; returns the masks."
+        ),
+        task_types=(TaskType.classification,),
+        params_model=PruneParams,
+        impl="workers.engine.methods.prune:run",
+    )
+)
+
 __all__ = [
     "METHODS",
+    "BadTeacherParams",
+    "BlindspotParams",
     "FinetuneParams",
+    "GradientAscentParams",
+    "IUParams",
     "JobKind",
+    "L1SparseParams",
     "MethodSpec",
+    "PruneParams",
+    "RandomLabelParams",
     "RetrainParams",
+    "SCRUBParams",
+    "SalUnParams",
     "TrainParams",
     "TrainRecipe",
 ]

@@ -74,10 +74,13 @@ def kl_to_target(
     """KL(target || softmax(student / T)); 'mean' divides the sum by batch x classes (torch's default),
     'batchmean' by the batch."""
     log_student = F.log_softmax(student_logits / temperature, dim=1)
-    return F.kl_div(log_student, target_probabilities, reduction=reduction)
+    summed = F.kl_div(log_student, target_probabilities, reduction="sum")
+    return summed / (student_logits.numel() if reduction == "mean" else student_logits.shape[0])
 
 
-def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def distill_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """SCRUB's ``DistillKL``: KL(softmax(t / T) || softmax(s / T)) summed over classes, averaged over the
     batch and multiplied by T^2 (Hinton et al.'s gradient-scale correction)."""
     target = F.softmax(teacher_logits / temperature, dim=1)

@@ -73,9 +73,9 @@ def run(context: MethodContext) -> MethodOutput:
         min_loss,
         context.enforce_constraints,
     )
-    total = params.msteps * pass_steps(forget_inputs.shape[0], params.batch_size) + params.epochs * pass_steps(
-        retain_inputs.shape[0], params.batch_size
-    )
+    total = params.msteps * pass_steps(
+        forget_inputs.shape[0], params.batch_size
+    ) + params.epochs * pass_steps(retain_inputs.shape[0], params.batch_size)
     progress = StepProgress(context.hooks, context.phase, total)
     generator = torch.Generator().manual_seed(context.seed)
     torch.manual_seed(context.seed)  # dropout
@@ -84,7 +84,9 @@ def run(context: MethodContext) -> MethodOutput:
         record: dict[str, float] = {"epoch": epoch}
         if epoch <= params.msteps:
             set_learning_rate(optimizer, max_lr)
-            record["max_loss"] = max_pass.run(generator, progress, {"epoch": epoch, "pass": "max", "lr": max_lr})
+            record["max_loss"] = max_pass.run(
+                generator, progress, {"epoch": epoch, "pass": "max", "lr": max_lr}
+            )
             record["max_lr"] = max_lr
         set_learning_rate(optimizer, params.lr)
         record["loss"] = min_pass.run(generator, progress, {"epoch": epoch, "pass": "min", "lr": params.lr})

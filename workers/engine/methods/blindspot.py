@@ -1,0 +1,168 @@
+"""``blindspot``: Blindspot unlearning (Tarun et al., "Deep Regression Unlearning", ICML 2023;
+blindspot_sfd.md §1.3), adapted to classification (§1.8).
+
+Not to be confused with ``bad_teacher``, which the bad-teaching code calls "blindspot".
+
+1. Blindspot model b: the same architecture freshly initialised (seeded), trained for ``blindspot_epochs``
+   on D_r only with cross-entropy (Adam, ``blindspot_lr``), then frozen (eval mode, no gradients). It has
+   never seen D_f.
+2. Unlearning from the original model f over the shuffled union D_f u D_r. For a batch B with forget part
+   B_f and retain part B_r and c = |B_f| / |B|:
+
+       L = c * L_f + (1 - c) * L_r
+       L_f = mean_{B_f} d_out(f(x), b(x)) + sum_l beta * AT(A_l^f(x), A_l^b(x))
+       L_r = CE(f(x), y) over B_r
+
+   (a term is 0 when its part of the batch is empty). AT is attention transfer over every block output
+   the architecture returns (``workers.engine.architectures.activations``): att(A) = L2-normalised
+   channel-mean of A^2 per sample, AT = mean over batch x positions of the squared map difference.
+
+Deviations (classification adaptation): CE instead of L1 as retain loss and to train b; d_out defaults to
+KL(softmax(b) || softmax(f)) (``output_distance`` also offers the reference's L1 and the STS-B MSE, on
+logits). The attention term applies to 4-D activations only: on the MLP's 2-D activations the reference's
+attention map is the constant 1, so AT is identically 0 and those layers are skipped (the result equals
+the reference's; an MLP therefore gets no attention term at all). The reference's one-cycle fitting routine
+is reduced to constant-LR Adam. Student in train mode, b in eval mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from workers.engine.architectures.activations import activation_names, collect_activations
+from workers.engine.methods.base import MethodContext, MethodOutput
+from workers.engine.methods.distillation import (
+    TEACHER_INIT_SEED_OFFSET,
+    StepProgress,
+    TrainingPass,
+    attention_map,
+    attention_transfer,
+    augmentation_padding,
+    frozen_copy,
+    pass_steps,
+    reinitialised_copy,
+)
+from workers.engine.methods.params_distillation import BlindspotParams
+
+BLINDSPOT_STAGE = "blindspot_model"
+
+
+def output_distance(kind: str, student_logits: torch.Tensor, blindspot_logits: torch.Tensor) -> torch.Tensor:
+    """Batch-mean distance between the student's and the blindspot model's outputs."""
+    if kind == "kl":
+        return F.kl_div(
+            F.log_softmax(student_logits, dim=1), F.softmax(blindspot_logits, dim=1), reduction="batchmean"
+        )
+    if kind == "mse":
+        return F.mse_loss(student_logits, blindspot_logits)
+    return F.l1_loss(student_logits, blindspot_logits)
+
+
+def run(context: MethodContext) -> MethodOutput:
+    params = context.params
+    assert isinstance(params, BlindspotParams)
+    model = context.model
+    device = context.data.x_train.device
+    forget_inputs, forget_labels = context.data.forget()
+    retain_inputs, retain_labels = context.data.retain()
+    generator = torch.Generator().manual_seed(context.seed)
+    torch.manual_seed(context.seed)  # dropout
+
+    # ---- step 1: the blindspot model, partially trained on D_r only
+    blindspot = reinitialised_copy(model, context.seed + TEACHER_INIT_SEED_OFFSET)
+    blindspot_optimizer = torch.optim.Adam(blindspot.parameters(), lr=params.blindspot_lr)
+
+    def blindspot_loss(batch: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(blindspot(batch), retain_labels[indices])
+
+    blindspot_training = TrainingPass(
+        blindspot,
+        blindspot_optimizer,
+        retain_inputs,
+        params.blindspot_batch_size,
+        augmentation_padding(retain_inputs, params.augment),
+        blindspot_loss,
+        lambda: None,  # an auxiliary model: the pruning masks constrain the unlearned model only
+    )
+    blindspot_progress = StepProgress(
+        context.hooks,
+        f"{context.phase}:{BLINDSPOT_STAGE}",
+        params.blindspot_epochs * pass_steps(retain_inputs.shape[0], params.blindspot_batch_size),
+    )
+    blindspot_history: list[dict[str, float]] = []
+    for epoch in range(1, params.blindspot_epochs + 1):
+        loss = blindspot_training.run(
+            generator, blindspot_progress, {"epoch": epoch, "lr": params.blindspot_lr}
+        )
+        record = {"epoch": epoch, "loss": loss, "lr": params.blindspot_lr}
+        blindspot_history.append(record)
+        blindspot_progress.epoch_end(record)
+    blindspot = frozen_copy(blindspot)
+
+    # ---- step 2: unlearning on D_f u D_r
+    inputs = torch.cat([forget_inputs, retain_inputs])
+    labels = torch.cat([forget_labels, retain_labels])
+    is_forget = torch.cat(
+        [
+            torch.ones(forget_inputs.shape[0], dtype=torch.bool, device=device),
+            torch.zeros(retain_inputs.shape[0], dtype=torch.bool, device=device),
+        ]
+    )
+
+    def batch_loss(batch: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        logits, activations = collect_activations(model, batch)
+        forget = is_forget[indices]
+        forget_count = int(forget.sum().item())
+        fraction = forget_count / batch.shape[0]
+        loss = logits.new_zeros(())
+        if forget_count:
+            with torch.no_grad():
+                blindspot_logits, blindspot_activations = collect_activations(blindspot, batch[forget])
+            forget_loss = output_distance(params.output_distance, logits[forget], blindspot_logits)
+            for own, reference in zip(activations, blindspot_activations, strict=True):
+                if attention_map(own) is not None:
+                    forget_loss = forget_loss + params.beta * attention_transfer(own[forget], reference)
+            loss = loss + fraction * forget_loss
+        if forget_count < batch.shape[0]:
+            retain = ~forget
+            loss = loss + (1.0 - fraction) * F.cross_entropy(logits[retain], labels[indices][retain])
+        return loss
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
+    training = TrainingPass(
+        model,
+        optimizer,
+        inputs,
+        params.batch_size,
+        augmentation_padding(inputs, params.augment),
+        batch_loss,
+        context.enforce_constraints,
+    )
+    progress = StepProgress(
+        context.hooks, context.phase, params.epochs * pass_steps(inputs.shape[0], params.batch_size)
+    )
+    history: list[dict[str, float]] = []
+    for epoch in range(1, params.epochs + 1):
+        loss = training.run(generator, progress, {"epoch": epoch, "lr": params.lr})
+        record = {"epoch": epoch, "loss": loss, "lr": params.lr}
+        history.append(record)
+        progress.epoch_end(record)
+
+    with torch.no_grad():
+        sample_activations = collect_activations(model.eval(), inputs[:1])[1]
+    attention_layers = [
+        name
+        for name, activation in zip(activation_names(model), sample_activations, strict=True)
+        if attention_map(activation) is not None
+    ]
+    return MethodOutput(
+        model=model,
+        resolved_params=params.model_dump(mode="json"),
+        history=history,
+        details={
+            "blindspot_history": blindspot_history,
+            "attention_layers": attention_layers,
+            "augment_applied": training.padding is not None,
+        },
+    )

@@ -1,0 +1,65 @@
+"""``l1_sparse``: fine-tuning on the retain set with a decaying l1 penalty (the reference's ``FT_prune`` ->
+``FT_l1``, "sparsity-aware unlearning"; optml.md §2.7).
+
+Every minibatch minimises ``mean CE on D_r + gamma_t * ||theta||_1`` where ``||theta||_1`` sums |theta| over
+ALL parameters (the reference's ``torch.linalg.norm(cat(params), ord=1)``; gradient ``gamma_t sign(theta)``)
+and ``gamma_t`` follows the per-epoch linear decay of ``L1SparseParams.l1_gamma``. Weight decay stays on.
+Each epoch's history record carries the ``l1_gamma`` used in it and the ``l1_norm`` at its end. Like the
+reference, no pruning happens afterwards (the model stays dense). Defaults: see ``L1SparseParams``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from workers.engine.methods.base import MethodContext, MethodOutput
+from workers.engine.methods.params import L1SparseParams
+from workers.engine.training import LOSSES, Segment, train_epochs
+
+
+def l1_norm(parameters: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([parameter.abs().sum() for parameter in parameters]).sum()
+
+
+def run(context: MethodContext) -> MethodOutput:
+    params = context.params
+    assert isinstance(params, L1SparseParams)
+    retain_inputs, retain_labels = context.data.retain()
+    task_loss = LOSSES[context.task]
+    parameters = list(context.model.parameters())
+
+    def penalised_loss(outputs: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
+        loss = task_loss(outputs, labels)
+        gamma = params.l1_gamma(epoch)
+        if gamma == 0.0:
+            return loss
+        return loss + gamma * l1_norm(parameters)
+
+    def epoch_record(epoch: int) -> dict[str, float]:
+        with torch.no_grad():
+            return {"l1_gamma": params.l1_gamma(epoch), "l1_norm": float(l1_norm(parameters).item())}
+
+    result = train_epochs(
+        context.model,
+        [Segment(retain_inputs, retain_labels, loss=penalised_loss, name="retain")],
+        params,
+        seed=context.seed,
+        phase=context.phase,
+        hooks=context.hooks,
+        resume=context.resume,
+        task=context.task,
+        after_step=lambda _optimizer: context.enforce_constraints(),
+        epoch_record=epoch_record,
+    )
+    return MethodOutput(
+        model=context.model,
+        resolved_params=params.model_dump(mode="json"),
+        history=result.history,
+        details={
+            "augment_applied": result.augment_applied,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "l1_gamma_schedule": [params.l1_gamma(epoch) for epoch in range(params.epochs)],
+        },
+    )
