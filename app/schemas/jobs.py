@@ -117,8 +117,8 @@ class ComparisonRow(BaseModel):
     )
     flags: list[str] = Field(
         default_factory=list,
-        description="Guardrail rules the result breaks (ra-collapse, ta-collapse, ua-overshoot, mia-overshoot, "
-        "single-class); utility rules need an evaluate job of the original on this forget set.",
+        description="Guardrail rules the result breaks (ra-collapse, ta-collapse, ua-overshoot, "
+        "mia-overshoot, single-class); utility rules need an evaluate job of the original here.",
     )
 
 

@@ -505,7 +505,9 @@ def table(session: Session, campaign: Campaign) -> CampaignTable:
                         gaps.append(avg_gap(found, reference, keys=GAP_KEYS))
                     if cell["role"] == ROLE_METHOD:
                         cell_flags = guardrail_flags(found, original, reference, rails)
-                        flags.update(cell_flags)
+                elif job is not None and job.status is JobStatus.failed:
+                    cell_flags = ["failed"]  # e.g. diverged to non-finite weights: no result to compare
+                flags.update(cell_flags)
                 job_rows.append(
                     {
                         "job_id": cell["job_id"],
