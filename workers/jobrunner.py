@@ -5,6 +5,7 @@ The engine knows nothing about Celery or the database; this module is the only b
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -18,6 +19,7 @@ from safetensors.numpy import save as save_safetensors
 from app.core.config import code_version
 from app.models import Dataset, ForgetSet, Job, JobKind, JobStatus, Model
 from app.services import jobs as job_service
+from app.services.forget_sets import indices_digest
 from app.services.jobs import Claim, JobOutcome, LeaseLost
 from app.storage import StorageError
 from app.storage.local import content_key, sha256_hex
@@ -96,6 +98,8 @@ def _load_inputs(runtime: WorkerRuntime, job: Job) -> dict[str, Any]:
             raise InvalidInputError("the job has no dataset")
         inputs: dict[str, Any] = {
             "dataset_key": dataset.storage_key,
+            "dataset_sha256": dataset.sha256,
+            "model_sha256": model.sha256 if model else None,
             "dataset_id": dataset.id,
             "forget_indices": np.asarray(forget_set.indices, dtype=np.int64) if forget_set else None,
             "forget_class": forget_set.forget_class if forget_set else None,
@@ -243,7 +247,11 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
         "attempt": claim.attempt,
     }
     timings = {**result.timings, "load_s": load_s, "wall_s": time.perf_counter() - started}
+    output_forget_set = None
+    if job.kind is JobKind.worst_case_search:
+        output_forget_set = _searched_forget_set(runtime, job, inputs, result)
     outcome = JobOutcome(
+        output_forget_set=output_forget_set,
         metrics=result.metrics,
         result=_jsonable(result.details),
         environment=environment,
@@ -252,6 +260,45 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
     )
     if not job_service.finish_succeeded(runtime.sessions, claim, job, outcome):
         log.warning("job %s: finished but no longer owned; results discarded", job.id)
+
+
+def _searched_forget_set(runtime: WorkerRuntime, job: Job, inputs: dict[str, Any], result: Any) -> ForgetSet:
+    """The search's output as a forget set, with its provenance and the per-item difficulty scores."""
+    indices = np.asarray(result.arrays["forget_indices"], dtype=np.int64)
+    details = _jsonable(result.details)
+    scores_blob = json.dumps(
+        {
+            "granularity": details.get("granularity"),
+            "scores": np.asarray(result.arrays["scores"], dtype=np.float64).tolist(),
+            "objective_history": np.asarray(
+                result.arrays.get("objective_history", []), dtype=np.float64
+            ).tolist(),
+        }
+    ).encode()
+    scores_key = content_key("scores", str(job.tenant_id), sha256_hex(scores_blob), ".json")
+    runtime.store.put(scores_key, scores_blob)
+    selected_classes = details.get("selected_classes") or []
+    return ForgetSet(
+        tenant_id=job.tenant_id,
+        dataset_id=inputs["dataset_id"],
+        name=f"worst-case {details.get('granularity', 'data')} {int(indices.size)} ({str(job.id)[:8]})",
+        kind="worst_case",
+        spec={
+            "search_params": job.params,
+            "seed": job.seed,
+            "job_id": str(job.id),
+            "model_sha256": inputs["model_sha256"],
+            "dataset_sha256": inputs["dataset_sha256"],
+            "granularity": details.get("granularity"),
+            "cost": details.get("cost"),
+        },
+        forget_class=int(selected_classes[0]) if len(selected_classes) == 1 else None,
+        size=int(indices.size),
+        indices=indices.tolist(),
+        sha256=indices_digest(indices),
+        job_id=job.id,
+        scores_key=scores_key,
+    )
 
 
 __all__ = ["run_claimed_job"]

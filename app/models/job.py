@@ -30,6 +30,7 @@ class JobKind(StrEnum):
     unlearn = "unlearn"
     evaluate = "evaluate"
     prune = "prune"
+    worst_case_search = "worst_case_search"
 
 
 def _enum(cls: type[StrEnum]) -> Enum:

@@ -79,3 +79,6 @@ class ForgetSet(UUIDPrimaryKey, CreatedAt, Base):
     size: Mapped[int]
     indices: Mapped[list[Any]]
     sha256: Mapped[str] = mapped_column(String(64))
+    # Searched forget sets: the producing job and the per-item difficulty scores (the final continuous w).
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid())
+    scores_key: Mapped[str | None] = mapped_column(String(300))

@@ -37,18 +37,22 @@ class MethodEntry(BaseModel):
 
 
 class ForgetSetRef(BaseModel):
-    """An existing forget set, or a spec that creates one on the campaign model's dataset."""
+    """An existing forget set, a spec that creates one on the campaign model's dataset, or a worst-case
+    search (its params, e.g. ``{"fraction": 0.1}``) whose output forget set the campaign then uses."""
 
     model_config = ConfigDict(extra="forbid")
 
     forget_set_id: uuid.UUID | None = None
     spec: ForgetSpec | None = None
+    worst_case: dict[str, Any] | None = Field(
+        None, description="WorstCaseSearchParams (see method 'worst_case_search' in GET /v1/methods)."
+    )
     name: str | None = Field(None, min_length=1, max_length=NAME_MAX)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ForgetSetRef:
-        if (self.forget_set_id is None) == (self.spec is None):
-            raise ValueError("give exactly one of forget_set_id and spec")
+        if sum(x is not None for x in (self.forget_set_id, self.spec, self.worst_case)) != 1:
+            raise ValueError("give exactly one of forget_set_id, spec and worst_case")
         return self
 
 
@@ -63,7 +67,7 @@ class CampaignCreate(BaseModel):
     retrain_params: dict[str, Any] = Field(
         default_factory=dict, description="RetrainParams; empty = original recipe."
     )
-    sweep_forget_set: ForgetSetRef | None = Field(
+    sweep_forget_set: ForgetSetRef | None = Field(  # a fixed or spec'd forget set (not a search)
         None,
         description="Where grids are tuned (the worst-case paper's protocol tunes on a random forget set).",
     )
@@ -79,6 +83,8 @@ class CampaignCreate(BaseModel):
             raise ValueError("method labels must be unique: give a label to repeated methods")
         if any(m.grid for m in self.methods) and self.sweep_forget_set is None:
             raise ValueError("a method has a grid: give sweep_forget_set to tune it on")
+        if self.sweep_forget_set is not None and self.sweep_forget_set.worst_case is not None:
+            raise ValueError("tune on a fixed or random forget set, not on a searched one")
         return self
 
 

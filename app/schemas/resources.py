@@ -112,6 +112,7 @@ class ForgetSetOut(BaseModel):
     forget_class: int | None
     size: int
     sha256: str
+    job_id: uuid.UUID | None = Field(None, description="The search job that produced this forget set.")
     created_at: datetime
 
 

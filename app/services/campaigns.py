@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.problems import NotFound, Unprocessable
-from app.core.security import Principal
+from app.core.security import Principal, Scope
 from app.models import Campaign, CampaignStatus, Job, JobKind, JobStatus, Model
 from app.models.base import utcnow
 from app.models.job import TERMINAL_STATUSES
@@ -46,16 +46,18 @@ from app.services.forget_sets import create_forget_set, get_forget_set
 from app.services.guardrails import Guardrails, guardrail_flags
 from app.services.models import get_model
 from app.services.results import GAP_KEYS, metrics_for
-from app.services.submission import build_job, find_reusable
+from app.services.submission import build_job, find_reusable, method_spec, validate_params
 from app.storage import ArtifactStore
 from workers.engine.metrics import avg_gap
 
+STAGE_SEARCH = "search"
 STAGE_TUNING = "tuning"
 STAGE_MAIN = "main"
 STAGE_DONE = "done"
 ROLE_ORIGINAL = "original"
 ROLE_RETRAIN = "retrain"
 ROLE_METHOD = "method"
+ROLE_SEARCH = "search"
 TABLE_METRICS = ("UA", "RA", "TA", "MIA-Efficacy")
 
 
@@ -122,7 +124,7 @@ class _Submitter:
         job: Job,
         stage: str,
         role: str,
-        forget_set_id: uuid.UUID,
+        forget_set_id: uuid.UUID | None,
         seed: int | None,
         label: str | None = None,
         candidate: int | None = None,
@@ -133,7 +135,7 @@ class _Submitter:
             "role": role,
             "label": label,
             "candidate": candidate,
-            "forget_set_id": str(forget_set_id),
+            "forget_set_id": str(forget_set_id) if forget_set_id else None,
             "seed": seed,
         }
 
@@ -230,7 +232,9 @@ def create(
                 f" the limit is {MAX_GRID_CANDIDATES}",
                 code="grid-too-large",
             )
-    forget_set_ids = [_resolve_forget_set(session, store, principal, model, ref) for ref in body.forget_sets]
+    fixed_refs = [ref for ref in body.forget_sets if ref.worst_case is None]
+    searches = [ref for ref in body.forget_sets if ref.worst_case is not None]
+    forget_set_ids = [_resolve_forget_set(session, store, principal, model, ref) for ref in fixed_refs]
     if len(set(forget_set_ids)) != len(forget_set_ids):
         raise Unprocessable("the same forget set is listed twice", code="duplicate-forget-sets")
     sweep_id = (
@@ -242,12 +246,13 @@ def create(
     spec["forget_set_ids"] = [str(f) for f in forget_set_ids]
     spec["sweep_forget_set_id"] = str(sweep_id) if sweep_id else None
     tuning = any(entry.grid for entry in body.methods)
+    first_stage = STAGE_SEARCH if searches else (STAGE_TUNING if tuning else STAGE_MAIN)
     campaign = Campaign(
         tenant_id=principal.tenant_id,
         name=body.name,
         model_id=model.id,
         status=CampaignStatus.running,
-        stage=STAGE_TUNING if tuning else STAGE_MAIN,
+        stage=first_stage,
         spec=spec,
         chosen_params={},
         cells=[],
@@ -258,22 +263,31 @@ def create(
     submitter = _Submitter(session, principal, settings, campaign)
     # Validate every candidate of every method up front: a bad setting fails the request, not a cell.
     for entry in body.methods:
+        method = method_spec(JobKind.unlearn, entry.method)
         for params in candidates(entry):
-            build_job(
-                session,
-                principal,
-                JobCreate(
-                    kind=JobKind.unlearn,
-                    method=entry.method,
-                    params=params,
-                    seed=0,
-                    model_id=model.id,
-                    forget_set_id=forget_set_ids[0],
-                    device=body.device,
+            validate_params(method, params)
+    if searches:
+        campaign.cells = [
+            submitter.cell(
+                submitter.job(
+                    JobCreate(
+                        kind=JobKind.worst_case_search,
+                        model_id=model.id,
+                        params=ref.worst_case or {},
+                        seed=body.seeds[0],
+                        device=body.device,
+                    )
                 ),
-                settings,
+                STAGE_SEARCH,
+                ROLE_SEARCH,
+                None,
+                body.seeds[0],
+                label=ref.name,
             )
-    campaign.cells = _submit_tuning(submitter) if tuning else _submit_main(submitter)
+            for ref in searches
+        ]
+    else:
+        campaign.cells = _submit_tuning(submitter) if tuning else _submit_main(submitter)
     audit.record(
         session,
         tenant_id=principal.tenant_id,
@@ -318,11 +332,13 @@ def progress(session: Session, campaign: Campaign) -> CampaignProgress:
     )
     total = len(campaign.cells)
     expected = total
-    if campaign.stage == STAGE_TUNING:
+    if campaign.stage in (STAGE_SEARCH, STAGE_TUNING):
         # the main stage is not submitted yet: count it so progress does not jump back
         spec = campaign.spec
         per_set = 1 + len(spec["seeds"]) * (1 + len(spec["methods"]))
-        expected += per_set * len(spec["forget_set_ids"])
+        searching = campaign.stage == STAGE_SEARCH
+        searches = sum(c["role"] == ROLE_SEARCH for c in campaign.cells) if searching else 0
+        expected += per_set * (len(spec["forget_set_ids"]) + searches)
     fraction = (done + running) / expected if expected else 1.0
     return CampaignProgress(total=expected, by_status=dict(counts), fraction=round(min(fraction, 1.0), 4))
 
@@ -376,12 +392,18 @@ def advance(factory: sessionmaker[Session], campaign_id: uuid.UUID, settings: Se
         ):
             return []
         version = campaign.version
-        if campaign.stage == STAGE_TUNING:
+        principal = Principal(tenant_id=campaign.tenant_id, key_id="campaign", scopes=frozenset(Scope))
+        submitter = _Submitter(session, principal, settings, campaign)
+        spec = dict(campaign.spec)
+        if campaign.stage == STAGE_SEARCH:
+            spec = _adopt_searched_sets(campaign, jobs)
+            campaign.spec = spec  # the submitters below read the searched forget sets from it
+            tuning = any(entry.grid for entry in _entries(campaign))
+            stage_cells = _submit_tuning(submitter) if tuning else _submit_main(submitter)
+            new_stage = STAGE_TUNING if tuning else STAGE_MAIN
+            cells, status, new_jobs = campaign.cells + stage_cells, CampaignStatus.running, submitter.new_jobs
+        elif campaign.stage == STAGE_TUNING:
             campaign.chosen_params = _choose(session, campaign)
-            from app.core.security import Principal, Scope
-
-            principal = Principal(tenant_id=campaign.tenant_id, key_id="campaign", scopes=frozenset(Scope))
-            submitter = _Submitter(session, principal, settings, campaign)
             cells = campaign.cells + _submit_main(submitter)
             new_stage, status, new_jobs = STAGE_MAIN, CampaignStatus.running, submitter.new_jobs
         else:
@@ -393,6 +415,7 @@ def advance(factory: sessionmaker[Session], campaign_id: uuid.UUID, settings: Se
             .values(
                 stage=new_stage,
                 status=status,
+                spec=spec,
                 cells=cells,
                 chosen_params=campaign.chosen_params,
                 version=version + 1,
@@ -404,6 +427,26 @@ def advance(factory: sessionmaker[Session], campaign_id: uuid.UUID, settings: Se
             session.rollback()
             return []
         return new_jobs
+
+
+def _adopt_searched_sets(campaign: Campaign, jobs: dict[str, Job]) -> dict[str, Any]:
+    """Add each finished search's forget set to the grid; a failed search is recorded and left out."""
+    spec = dict(campaign.spec)
+    ids = list(spec["forget_set_ids"])
+    failures = []
+    for cell in campaign.cells:
+        if cell["role"] != ROLE_SEARCH:
+            continue
+        job = jobs.get(cell["job_id"])
+        produced = (job.result or {}).get("forget_set_id") if job is not None else None
+        if job is not None and job.status is JobStatus.succeeded and produced:
+            if produced not in ids:
+                ids.append(produced)
+        else:
+            failures.append({"job_id": cell["job_id"], "status": job.status.value if job else "missing"})
+    spec["forget_set_ids"] = ids
+    spec["search_failures"] = failures
+    return spec
 
 
 def running_campaigns(factory: sessionmaker[Session]) -> list[uuid.UUID]:

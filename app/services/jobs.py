@@ -17,7 +17,7 @@ from sqlalchemy import CursorResult, Update, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.db import session_scope
-from app.models import Job, JobEvent, JobStatus, Metric, Model
+from app.models import ForgetSet, Job, JobEvent, JobStatus, Metric, Model
 from app.models.base import utcnow
 from app.models.job import TERMINAL_STATUSES
 
@@ -142,6 +142,7 @@ class JobOutcome:
     environment: dict[str, Any]
     timings: dict[str, Any]
     output_model: Model | None = None
+    output_forget_set: ForgetSet | None = None
 
 
 def finish_succeeded(factory: sessionmaker[Session], claim_: Claim, job: Job, outcome: JobOutcome) -> bool:
@@ -153,6 +154,11 @@ def finish_succeeded(factory: sessionmaker[Session], claim_: Claim, job: Job, ou
             session.add(outcome.output_model)
             session.flush()
             output_model_id = outcome.output_model.id
+        result = dict(outcome.result)
+        if outcome.output_forget_set is not None:
+            session.add(outcome.output_forget_set)
+            session.flush()
+            result["forget_set_id"] = str(outcome.output_forget_set.id)
         changed = _execute_update(
             session,
             update(Job)
@@ -162,7 +168,7 @@ def finish_succeeded(factory: sessionmaker[Session], claim_: Claim, job: Job, ou
                 finished_at=now,
                 lease_expires_at=None,
                 output_model_id=output_model_id,
-                result=outcome.result,
+                result=result,
                 environment=outcome.environment,
                 timings=outcome.timings,
                 progress={**(job.progress or {}), "phase": "done", "fraction": 1.0},

@@ -26,7 +26,14 @@ from workers.engine.errors import UnknownEntryError
 from workers.engine.methods import METHODS, MethodSpec
 
 # Which method each non-unlearn kind runs.
-_KIND_METHOD = {JobKind.train: "train", JobKind.retrain: "retrain", JobKind.prune: "prune"}
+_KIND_METHOD = {
+    JobKind.train: "train",
+    JobKind.retrain: "retrain",
+    JobKind.prune: "prune",
+    JobKind.worst_case_search: "worst_case_search",
+}
+# The engine's name for a job kind, where it differs.
+_ENGINE_KIND = {JobKind.worst_case_search: "search"}
 
 
 # Kinds whose result depends only on their inputs: the retrain oracle and evaluations of a model.
@@ -77,7 +84,7 @@ def request_fingerprint(body: JobCreate) -> str:
     return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
-def _method(kind: JobKind, name: str | None) -> MethodSpec | None:
+def method_spec(kind: JobKind, name: str | None) -> MethodSpec | None:
     if kind is JobKind.evaluate:
         if name is not None:
             raise Unprocessable("evaluate jobs take no method", code="unexpected-method")
@@ -98,14 +105,14 @@ def _method(kind: JobKind, name: str | None) -> MethodSpec | None:
         raise Unprocessable(
             f"unknown method '{name}'; available: {METHODS.names()}", code="unknown-method"
         ) from exc
-    if spec.job_kind != kind.value:
+    if spec.job_kind != _ENGINE_KIND.get(kind, kind.value):
         raise Unprocessable(
             f"method '{name}' runs in {spec.job_kind} jobs, not {kind.value}", code="unexpected-method"
         )
     return spec
 
 
-def _validate_params(spec: MethodSpec | None, params: dict[str, Any]) -> dict[str, Any]:
+def validate_params(spec: MethodSpec | None, params: dict[str, Any]) -> dict[str, Any]:
     if spec is None:
         if params:
             raise Unprocessable("evaluate jobs take no params", code="invalid-params")
@@ -135,8 +142,8 @@ def _forbid(body: JobCreate, fields: tuple[str, ...]) -> None:
 
 def build_job(session: Session, principal: Principal, body: JobCreate, settings: Settings) -> Job:
     tenant = principal.tenant_id
-    spec = _method(body.kind, body.method)
-    params = _validate_params(spec, body.params)
+    spec = method_spec(body.kind, body.method)
+    params = validate_params(spec, body.params)
     dataset: Dataset | None = None
     model: Model | None = None
     forget_set: ForgetSet | None = None
@@ -157,12 +164,12 @@ def build_job(session: Session, principal: Principal, body: JobCreate, settings:
             )
         architecture = arch.name
         arch_config = validate_arch_config(arch, body.arch_config, dataset).model_dump(mode="json")
-    elif body.kind is JobKind.prune:
+    elif body.kind in (JobKind.prune, JobKind.worst_case_search):
         _forbid(body, ("dataset_id", "architecture", "arch_config", "forget_set_id"))
         model = get_model(session, tenant, _require(body.model_id, "model_id", body.kind))
         if model.dataset_id is None:
             raise Unprocessable(
-                "pruning fine-tunes on the model's training data: upload the model with its dataset_id",
+                f"{body.kind.value} works on the model's training data: upload the model with its dataset_id",
                 code="missing-dataset",
             )
         dataset = session.get(Dataset, model.dataset_id)

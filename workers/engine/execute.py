@@ -50,19 +50,27 @@ from workers.engine.metrics import (
     used_test_indices,
 )
 from workers.engine.metrics.mia import MemberSelection
+from workers.engine.search.worst_case import SearchOutput
 from workers.engine.tasks import TaskType
 from workers.engine.training import IMAGE_TENSOR_DIMS, deterministic_algorithms
 
 __all__ = ["EngineHooks", "EngineRequest", "EngineResult", "execute", "resolve_device"]
 
-JobKindName = Literal["train", "retrain", "unlearn", "prune", "evaluate"]
+JobKindName = Literal["train", "retrain", "unlearn", "prune", "evaluate", "worst_case_search"]
+# Request kinds whose methods are registered under another job kind (workers.engine.methods.JobKind), and the
+# method such a request runs when it names none.
+REQUEST_JOB_KINDS: dict[str, str] = {"worst_case_search": "search"}
+DEFAULT_METHODS: dict[str, str] = {"worst_case_search": "worst_case_search"}
+# Kinds that produce no model: their result carries no weights or masks.
+KINDS_WITHOUT_OUTPUT_MODEL = ("evaluate", "worst_case_search")
 EVALUATE_PHASE = "evaluate"
 EVAL_BATCH_SIZE = 1024
 # Kinds whose model starts from the request's weights rather than a seeded random initialisation.
-KINDS_STARTING_FROM_WEIGHTS = ("unlearn", "prune", "evaluate")
+KINDS_STARTING_FROM_WEIGHTS = ("unlearn", "prune", "evaluate", "worst_case_search")
 KINDS_NEEDING_FORGET_SET = ("retrain", "unlearn")
-# Model modifiers (pruning) have no forget set; their evaluation reports train/test accuracy only.
-KINDS_WITHOUT_FORGET_SET = ("prune",)
+# Model modifiers (pruning) and the forget-set search have no forget set; their evaluation reports train/test
+# accuracy only (for the search: of the input model, which it leaves unchanged).
+KINDS_WITHOUT_FORGET_SET = ("prune", "worst_case_search")
 # The reference's MIA member set: the first |D_test| retain samples (optml.md §3.1); the seed only matters
 # for "random" selection.
 MIA_MEMBER_SELECTION: MemberSelection = "first"
@@ -95,6 +103,9 @@ class EngineResult:
     timings: dict[str, float]
     environment: dict[str, Any] = field(default_factory=dict)
     masks: dict[str, np.ndarray] | None = None  # the output model's sparsity masks (uint8), None if dense
+    # Array outputs of methods that produce data rather than a model. worst_case_search: forget_indices
+    # (int64, sorted train indices), scores (float64, final w per item), objective_history (float64).
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> str:
@@ -133,10 +144,11 @@ def _resolve_method(request: EngineRequest, task: TaskType) -> tuple[MethodSpec 
         if request.method is not None:
             raise InvalidInputError("evaluate requests take no method")
         return None, None
-    if request.method is None:
+    method = request.method if request.method is not None else DEFAULT_METHODS.get(request.kind)
+    if method is None:
         raise InvalidInputError(f"a {request.kind} request needs a method")
-    spec = METHODS.get(request.method)
-    if spec.job_kind != request.kind:
+    spec = METHODS.get(method)
+    if spec.job_kind != REQUEST_JOB_KINDS.get(request.kind, request.kind):
         raise InvalidInputError(
             f"method {spec.name!r} is a {spec.job_kind} method, not a {request.kind} method"
         )
@@ -419,12 +431,14 @@ def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineR
         )
         if masks is not None:
             metrics["sparsity"] = PERCENT * sparsity(masks)
+        if isinstance(output, SearchOutput):
+            metrics.update(output.metrics)
         evaluation_seconds = time.perf_counter() - evaluation_started
-        weights = state_to_numpy(model) if request.kind != "evaluate" else None
+        weights = state_to_numpy(model) if request.kind not in KINDS_WITHOUT_OUTPUT_MODEL else None
 
     details.update(
         kind=request.kind,
-        method=request.method,
+        method=plan.method.name if plan.method is not None else None,
         architecture=plan.architecture.name,
         arch_config=plan.arch_config.model_dump(mode="json"),
         seed=request.seed,
@@ -443,5 +457,6 @@ def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineR
             "total_s": time.perf_counter() - started,
         },
         environment=_environment(device, deterministic),
-        masks=masks_to_numpy(masks) if request.kind != "evaluate" else None,
+        masks=masks_to_numpy(masks) if request.kind not in KINDS_WITHOUT_OUTPUT_MODEL else None,
+        arrays=dict(output.arrays) if isinstance(output, SearchOutput) else {},
     )

@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from app.api.deps import Reader, SessionDep, StoreDep, Submitter, request_id
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
+from app.core.problems import NotFound
 from app.models import ForgetSet
 from app.schemas.common import Page
 from app.schemas.jobs import Comparison
@@ -75,6 +76,26 @@ def read(forget_set_id: uuid.UUID, principal: Reader, session: SessionDep) -> Fo
 def read_indices(forget_set_id: uuid.UUID, principal: Reader, session: SessionDep) -> ForgetSetIndices:
     row = get_forget_set(session, principal.tenant_id, forget_set_id)
     return ForgetSetIndices(id=row.id, sha256=row.sha256, indices=row.indices)
+
+
+@router.get(
+    "/{forget_set_id}/scores", responses={404: {"description": "Unknown, or not a searched forget set"}}
+)
+def read_scores(
+    forget_set_id: uuid.UUID, principal: Reader, session: SessionDep, store: StoreDep
+) -> Response:
+    """A searched forget set's per-item difficulty scores (the search's final continuous weights: one per
+    train sample, or per class for a class-wise search) and the upper objective per outer iteration."""
+    row = get_forget_set(session, principal.tenant_id, forget_set_id)
+    if row.scores_key is None:
+        raise NotFound(
+            f"forget set {forget_set_id} was not searched: it has no scores", code="scores-not-found"
+        )
+    return Response(
+        store.get(row.scores_key),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{row.id}.scores.json"'},
+    )
 
 
 @router.get("/{forget_set_id}/comparison", response_model=Comparison, tags=["results"])

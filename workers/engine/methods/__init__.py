@@ -31,11 +31,13 @@ from workers.engine.methods.params_distillation import (
     SCRUBParams,
 )
 from workers.engine.registry import Registry
+from workers.engine.search.params import WorstCaseSearchParams
 from workers.engine.tasks import TaskType
 
 # "prune" turns a dense model into a sparse one (a model modifier, not unlearning): it starts from the input
-# weights and needs no forget set.
-JobKind = Literal["train", "retrain", "unlearn", "prune"]
+# weights and needs no forget set. "search" finds a forget set (no model comes out): it starts from the input
+# weights, needs no forget set and runs as the engine's "worst_case_search" request kind.
+JobKind = Literal["train", "retrain", "unlearn", "prune", "search"]
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,22 @@ METHODS.register(
     )
 )
 
+METHODS.register(
+    MethodSpec(
+        name="worst_case_search",
+        job_kind="search",
+        description=(
+            "Worst-case forget-set search (Unlearn-WorstCase, 'Challenging Forgets'): a bi-level search over "
+            "a relaxed selection w of samples or classes. The lower level is sign-SGD unlearning from the "
+            "input weights and the upper level a projected gradient step on w. It returns the m items "
+            "hardest (or easiest) to unlearn and a score for each item."
+        ),
+        task_types=(TaskType.classification,),
+        params_model=WorstCaseSearchParams,
+        impl="workers.engine.search.worst_case:run",
+    )
+)
+
 __all__ = [
     "METHODS",
     "BadTeacherParams",
@@ -222,4 +240,5 @@ __all__ = [
     "SalUnParams",
     "TrainParams",
     "TrainRecipe",
+    "WorstCaseSearchParams",
 ]
