@@ -38,8 +38,12 @@ def test_search_job_produces_a_forget_set_with_provenance_and_scores(live_api: T
     assert abs(sum(scores["scores"]) - forget_set["size"]) < 1e-3
     assert len(scores["objective_history"]) >= 3
     indices = live_api.get(f"/v1/forget-sets/{forget_set_id}/indices", headers=tenant.headers("read")).json()
-    top = sorted(range(len(scores["scores"])), key=lambda i: -scores["scores"][i])[: forget_set["size"]]
-    assert set(indices["indices"]) == set(top)
+    selected = set(indices["indices"])
+    assert len(selected) == forget_set["size"]
+    # the read-off is the top-m of the final weights (ties broken by the last loss)
+    chosen = [s for i, s in enumerate(scores["scores"]) if i in selected]
+    others = [s for i, s in enumerate(scores["scores"]) if i not in selected]
+    assert min(chosen) >= max(others)
     events = live_api.get(f"/v1/jobs/{job['id']}/events", headers=tenant.headers("read")).json()
     search_epochs = [e for e in events if e["type"] == "progress" and e["data"].get("phase") == "search"]
     assert len(search_epochs) >= 3

@@ -149,8 +149,8 @@ class WorstCaseSearchParams(BaseModel):
         description=(
             "How the per-sample losses of the upper gradient are computed. 'eval' (default): eval mode "
             "without augmentation, so BatchNorm uses running statistics and the losses are deterministic. "
-            "'train': the reference's pass, in train mode (batch statistics) on a shuffled, augmented pass "
-            "over the training split."
+            "'train': the reference's pass, in train mode (batch statistics, batches of batch_size) over the "
+            "training split in a seeded shuffled order, with crop+flip when augment applies."
         ),
     )
     batch_size: int = Field(

@@ -20,7 +20,7 @@ from workers.engine.datasets import ArrayDataset
 from workers.engine.errors import InvalidInputError, JobCancelled
 from workers.engine.execute import EngineRequest, EngineResult, execute
 from workers.engine.hooks import RecordingHooks
-from workers.engine.masks import masks_to_device
+from workers.engine.masks import apply_masks, masks_to_device
 from workers.engine.methods.base import DeviceSplits, MethodContext
 from workers.engine.search.params import WorstCaseSearchParams
 from workers.engine.search.worst_case import run
@@ -316,6 +316,8 @@ def _context(
         forget_indices=empty,
         retain_indices=torch.arange(digits.n_train),
     )
+    device_masks = None if masks is None else masks_to_device(masks, model, torch.device("cpu"))
+    apply_masks(model, device_masks)  # as execute does: a pruned input model is re-masked at load
     return MethodContext(
         model=model,
         params=WorstCaseSearchParams.model_validate(params),
@@ -325,7 +327,7 @@ def _context(
         hooks=hooks,
         task=TaskType.classification,
         num_classes=digits.num_classes,
-        masks=None if masks is None else masks_to_device(masks, model, torch.device("cpu")),
+        masks=device_masks,
     )
 
 
@@ -394,4 +396,4 @@ def test_cancelled_search_restores_the_input_weights(
     context.model.zero_grad()
     context.model(torch.from_numpy(digits.x_train[:8])).sum().backward()
     gradient = next(context.model.parameters()).grad
-    assert gradient is not None and not torch.all(gradient.abs().isin(torch.tensor([0.0, 1.0])))
+    assert gradient is not None and not torch.all(torch.isin(gradient.abs(), torch.tensor([0.0, 1.0])))
