@@ -147,7 +147,25 @@ def run_claimed_job(runtime: WorkerRuntime, job_id: uuid.UUID) -> None:
         job_service.finish_unsuccessful(
             runtime.sessions, claim, JobStatus.failed, {"code": "storage-error", "detail": str(exc)}
         )
-    except SoftTimeLimitExceeded:
+    except Exception as exc:
+        _finish_after_error(runtime, claim, exc)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``kind`` is anywhere in the chain: the time-limit signal can land inside a database call,
+    where SQLAlchemy / the driver wrap it in their own error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__ or getattr(current, "orig", None)
+    return False
+
+
+def _finish_after_error(runtime: WorkerRuntime, claim: Claim, exc: Exception) -> None:
+    if _caused_by(exc, SoftTimeLimitExceeded):
         job_service.finish_unsuccessful(
             runtime.sessions,
             claim,
@@ -157,18 +175,18 @@ def run_claimed_job(runtime: WorkerRuntime, job_id: uuid.UUID) -> None:
                 "detail": f"the job exceeded its time limit of {runtime.settings.task_soft_time_limit} s",
             },
         )
-    except Exception as exc:
-        log.exception("job %s failed", job_id)
-        job_service.finish_unsuccessful(
-            runtime.sessions,
-            claim,
-            JobStatus.failed,
-            {
-                "code": "internal-error",
-                "detail": f"{type(exc).__name__}: {exc}",
-                "trace": traceback.format_exc(limit=8),
-            },
-        )
+        return
+    log.error("job %s failed", claim.job_id, exc_info=exc)
+    job_service.finish_unsuccessful(
+        runtime.sessions,
+        claim,
+        JobStatus.failed,
+        {
+            "code": "internal-error",
+            "detail": f"{type(exc).__name__}: {exc}",
+            "trace": "".join(traceback.format_exception(exc, limit=8)),
+        },
+    )
 
 
 def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:

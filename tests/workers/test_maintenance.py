@@ -82,7 +82,7 @@ def test_soft_time_limit_fails_the_job_with_a_reason(migrated: Settings, session
             job = api.post("/v1/jobs", json=body, headers=tenant.headers("submit")).json()
             started = time.monotonic()
             done = wait_for(api, tenant, job["id"], finished, timeout=120)
-            assert done["status"] == "failed" and done["error"]["code"] == "time-limit", done
+            assert done["status"] == "failed" and done["error"]["code"] == "time-limit", done["error"]
             assert done["attempt"] == 1 and done["metrics"] == {}
             assert time.monotonic() - started < HARD_LIMIT_S
     finally:
