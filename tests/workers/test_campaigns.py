@@ -14,8 +14,7 @@ from safetensors.numpy import load as load_safetensors
 from sqlalchemy import func, select
 
 from app.models import Job, JobKind
-from tests.app.api.test_resources import create_digits
-from tests.workers.test_job_flow import FAST_RECIPE, finished, run, wait_for
+from tests.workers.test_job_flow import FAST_RECIPE, finished, run, train_original, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -47,22 +46,7 @@ def wait_campaign(api: TestClient, tenant, campaign_id: str) -> dict:
 
 @pytest.fixture(scope="module")
 def setup(live_api: TestClient, worker_group, sessions, migrated) -> dict:
-    from tests.conftest import make_tenant
-
-    tenant = make_tenant(sessions, migrated)
-    dataset = create_digits(live_api, tenant)
-    train = run(
-        live_api,
-        tenant,
-        {
-            "kind": "train",
-            "dataset_id": dataset["id"],
-            "architecture": "mlp",
-            "arch_config": {"hidden": [64]},
-            "params": {"recipe": FAST_RECIPE},
-            "seed": 3,
-        },
-    )
+    tenant, dataset, train = train_original(live_api, sessions, migrated)
     return {"tenant": tenant, "dataset": dataset, "model": train["output_model_id"]}
 
 

@@ -49,8 +49,8 @@ def run(api: TestClient, tenant, body: dict) -> dict:
     return job
 
 
-@pytest.fixture(scope="module")
-def trained(live_api: TestClient, worker_group, sessions, migrated) -> dict:
+def train_original(live_api: TestClient, sessions, migrated) -> tuple[object, dict, dict]:
+    """A fresh tenant, the digits dataset and an MLP trained on it: (tenant, dataset, train job)."""
     from tests.conftest import make_tenant
 
     tenant = make_tenant(sessions, migrated)
@@ -67,6 +67,12 @@ def trained(live_api: TestClient, worker_group, sessions, migrated) -> dict:
             "seed": 3,
         },
     )
+    return tenant, dataset, job
+
+
+@pytest.fixture(scope="module")
+def trained(live_api: TestClient, worker_group, sessions, migrated) -> dict:
+    tenant, dataset, job = train_original(live_api, sessions, migrated)
     return {"tenant": tenant, "dataset": dataset, "train": job}
 
 
