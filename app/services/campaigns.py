@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import statistics
 import uuid
 from collections import Counter
@@ -24,7 +25,7 @@ from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.problems import NotFound, Unprocessable
 from app.core.security import Principal, Scope
-from app.models import Campaign, CampaignStatus, Job, JobKind, JobStatus, Model
+from app.models import Campaign, CampaignStatus, ForgetSet, Job, JobKind, JobStatus, Model
 from app.models.base import utcnow
 from app.models.job import TERMINAL_STATUSES
 from app.schemas.campaigns import (
@@ -490,8 +491,6 @@ def table(session: Session, campaign: Campaign) -> CampaignTable:
     jobs = _cell_jobs(session, cells)
     metrics = metrics_for(session, [j.id for j in jobs.values()])
     names = {}
-    from app.models import ForgetSet
-
     for forget_set in session.scalars(
         select(ForgetSet).where(ForgetSet.id.in_([uuid.UUID(f) for f in campaign.spec["forget_set_ids"]]))
     ):
@@ -604,6 +603,4 @@ def table_csv(result: CampaignTable) -> str:
 
 
 def _compact(params: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(params, sort_keys=True, separators=(",", ":"))

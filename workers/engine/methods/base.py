@@ -7,6 +7,7 @@ placed on the device and initialised (seeded random init for ``train``/``retrain
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from workers.engine.hooks import EngineHooks
 from workers.engine.masks import Masks, apply_masks
 from workers.engine.methods.params import TrainRecipe
 from workers.engine.tasks import TaskType
-from workers.engine.training import fit
+from workers.engine.training import Segment, train_epochs
 
 
 @dataclass
@@ -68,6 +69,43 @@ class MethodOutput:
     masks: Masks | None = None  # new sparsity masks (prune); None keeps the input model's masks
 
 
+def train_method(
+    context: MethodContext,
+    segments: Sequence[Segment],
+    recipe: TrainRecipe,
+    resolved_params: dict[str, Any],
+    *,
+    after_step: Callable[[torch.optim.Optimizer], None] | None = None,
+    details: dict[str, Any] | None = None,
+    **options: Any,
+) -> MethodOutput:
+    """Run ``train_epochs`` on ``context.model`` with the context's seed, phase, hooks and resume state: the
+    body of every training-style method. ``after_step`` defaults to the pruning-mask constraint; ``options``
+    go to ``train_epochs`` (e.g. ``epoch_record``, ``divergence``)."""
+    result = train_epochs(
+        context.model,
+        segments,
+        recipe,
+        seed=context.seed,
+        phase=context.phase,
+        hooks=context.hooks,
+        resume=context.resume,
+        task=context.task,
+        after_step=after_step or (lambda _optimizer: context.enforce_constraints()),
+        **options,
+    )
+    return MethodOutput(
+        model=context.model,
+        resolved_params=resolved_params,
+        history=result.history,
+        details={
+            "augment_applied": result.augment_applied,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            **(details or {}),
+        },
+    )
+
+
 def fit_method(
     context: MethodContext,
     inputs: torch.Tensor,
@@ -75,22 +113,5 @@ def fit_method(
     recipe: TrainRecipe,
     resolved_params: dict[str, Any],
 ) -> MethodOutput:
-    """Train ``context.model`` on (inputs, labels) with ``recipe``: the body of every fit-style method."""
-    result = fit(
-        context.model,
-        inputs,
-        labels,
-        recipe,
-        seed=context.seed,
-        phase=context.phase,
-        hooks=context.hooks,
-        resume=context.resume,
-        task=context.task,
-        after_step=context.enforce_constraints,
-    )
-    return MethodOutput(
-        model=context.model,
-        resolved_params=resolved_params,
-        history=result.history,
-        details={"augment_applied": result.augment_applied, "resumed_from_epoch": result.resumed_from_epoch},
-    )
+    """Train ``context.model`` on (inputs, labels) with ``recipe`` and the task's loss."""
+    return train_method(context, [Segment(inputs, labels)], recipe, resolved_params)

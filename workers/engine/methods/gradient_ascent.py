@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from workers.engine.methods.base import MethodContext, MethodOutput
+from workers.engine.methods.base import MethodContext, MethodOutput, train_method
 from workers.engine.methods.params import GradientAscentParams
-from workers.engine.training import LOSSES, Segment, train_epochs
+from workers.engine.training import LOSSES, Segment
 
 
 def run(context: MethodContext) -> MethodOutput:
@@ -26,21 +26,10 @@ def run(context: MethodContext) -> MethodOutput:
     def ascent_loss(outputs: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
         return -task_loss(outputs, labels)
 
-    result = train_epochs(
-        context.model,
+    return train_method(
+        context,
         [Segment(forget_inputs, forget_labels, loss=ascent_loss, name="forget")],
         params,
-        seed=context.seed,
-        phase=context.phase,
-        hooks=context.hooks,
-        resume=context.resume,
-        task=context.task,
-        after_step=lambda _optimizer: context.enforce_constraints(),
+        params.model_dump(mode="json"),
         divergence="weights",
-    )
-    return MethodOutput(
-        model=context.model,
-        resolved_params=params.model_dump(mode="json"),
-        history=result.history,
-        details={"augment_applied": result.augment_applied, "resumed_from_epoch": result.resumed_from_epoch},
     )

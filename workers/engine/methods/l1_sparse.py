@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
-from workers.engine.methods.base import MethodContext, MethodOutput
+from workers.engine.methods.base import MethodContext, MethodOutput, train_method
 from workers.engine.methods.params import L1SparseParams
-from workers.engine.training import LOSSES, Segment, train_epochs
+from workers.engine.training import LOSSES, Segment
 
 
 def l1_norm(parameters: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -41,25 +41,11 @@ def run(context: MethodContext) -> MethodOutput:
         with torch.no_grad():
             return {"l1_gamma": params.l1_gamma(epoch), "l1_norm": float(l1_norm(parameters).item())}
 
-    result = train_epochs(
-        context.model,
+    return train_method(
+        context,
         [Segment(retain_inputs, retain_labels, loss=penalised_loss, name="retain")],
         params,
-        seed=context.seed,
-        phase=context.phase,
-        hooks=context.hooks,
-        resume=context.resume,
-        task=context.task,
-        after_step=lambda _optimizer: context.enforce_constraints(),
+        params.model_dump(mode="json"),
         epoch_record=epoch_record,
-    )
-    return MethodOutput(
-        model=context.model,
-        resolved_params=params.model_dump(mode="json"),
-        history=result.history,
-        details={
-            "augment_applied": result.augment_applied,
-            "resumed_from_epoch": result.resumed_from_epoch,
-            "l1_gamma_schedule": [params.l1_gamma(epoch) for epoch in range(params.epochs)],
-        },
+        details={"l1_gamma_schedule": [params.l1_gamma(epoch) for epoch in range(params.epochs)]},
     )

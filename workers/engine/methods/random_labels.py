@@ -16,9 +16,9 @@ from collections.abc import Callable
 import torch
 
 from workers.engine.errors import InvalidInputError
-from workers.engine.methods.base import MethodContext, MethodOutput
+from workers.engine.methods.base import MethodContext, MethodOutput, train_method
 from workers.engine.methods.params import RandomLabelParams
-from workers.engine.training import Segment, train_epochs
+from workers.engine.training import Segment
 
 MIN_CLASSES_FOR_WRONG_LABELS = 2
 
@@ -75,26 +75,13 @@ def run_relabel(
     details: dict[str, object] | None = None,
 ) -> MethodOutput:
     """The random-label loop; ``after_step`` defaults to the pruning-mask constraint."""
-    result = train_epochs(
-        context.model,
+    return train_method(
+        context,
         relabel_segments(context, params),
         params,
-        seed=context.seed,
-        phase=context.phase,
-        hooks=context.hooks,
-        resume=context.resume,
-        task=context.task,
-        after_step=after_step or (lambda _optimizer: context.enforce_constraints()),
-    )
-    return MethodOutput(
-        model=context.model,
-        resolved_params=params.model_dump(mode="json"),
-        history=result.history,
-        details={
-            "augment_applied": result.augment_applied,
-            "resumed_from_epoch": result.resumed_from_epoch,
-            **(details or {}),
-        },
+        params.model_dump(mode="json"),
+        after_step=after_step,
+        details=details,
     )
 
 
