@@ -3,21 +3,65 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.routes import admin, campaigns, datasets, discovery, forget_sets, health, jobs, models
+from app.api.routes import (
+    admin,
+    campaigns,
+    datasets,
+    discovery,
+    forget_sets,
+    health,
+    jobs,
+    models,
+    shadow_models,
+)
 from app.core.config import Profile, Settings, get_settings
 from app.core.db import make_engine, make_session_factory, read_only
-from app.core.problems import install_problem_handlers, problem_response
+from app.core.problems import PROBLEM_RESPONSES, install_problem_handlers, problem_response
 from app.services.jobs import Publisher
 from app.storage import LocalArtifactStore
 
 log = logging.getLogger(__name__)
 BODY_OVERHEAD_BYTES = 1024 * 1024  # multipart framing and form fields beside the upload itself
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+class BodyLimit:
+    """Refuses a request body beyond ``limit`` bytes while it is read, whatever its Content-Length says.
+
+    The route reading the body gets a 413 HTTPException, rendered as problem+json ``payload-too-large``.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise StarletteHTTPException(
+                        413, detail=f"the request body exceeds the limit of {self.limit} bytes"
+                    )
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 def _default_publisher(settings: Settings) -> Publisher:
@@ -62,11 +106,17 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app.state.publisher = publisher or _default_publisher(settings)
     install_problem_handlers(app)
 
+    # Bodies sent without Content-Length (chunked) are counted as they are read. Added first, so it sits
+    # inside request_context: its 413 then reaches the route's exception handlers unwrapped.
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + BODY_OVERHEAD_BYTES)
+
     @app.middleware("http")
     async def request_context(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        # A client's X-Request-ID is kept only when it fits the audit column and is plain ASCII.
+        client_id = request.headers.get("x-request-id") or ""
+        request.state.request_id = client_id if REQUEST_ID.fullmatch(client_id) else uuid.uuid4().hex
         length = request.headers.get("content-length")
         limit = settings.max_upload_bytes + BODY_OVERHEAD_BYTES
         if length is not None and (not length.isdigit() or int(length) > limit):
@@ -77,7 +127,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         response.headers["X-Request-ID"] = request.state.request_id
         return response
 
-    v1 = APIRouter(prefix="/v1")
+    v1 = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
     for router in (
         discovery.router,
         datasets.router,
@@ -85,11 +135,12 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         forget_sets.router,
         jobs.router,
         campaigns.router,
+        shadow_models.router,
         admin.router,
     ):
         v1.include_router(router)
     app.include_router(v1)
-    app.include_router(health.router)
+    app.include_router(health.router, responses=PROBLEM_RESPONSES)
     return app
 
 

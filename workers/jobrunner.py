@@ -5,8 +5,10 @@ The engine knows nothing about Celery or the database; this module is the only b
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import platform
 import time
 import traceback
 import uuid
@@ -103,6 +105,7 @@ def _load_inputs(runtime: WorkerRuntime, job: Job) -> dict[str, Any]:
             "dataset_id": dataset.id,
             "forget_indices": np.asarray(forget_set.indices, dtype=np.int64) if forget_set else None,
             "forget_class": forget_set.forget_class if forget_set else None,
+            "forget_kind": forget_set.kind if forget_set else None,
             "model_key": model.storage_key if model else None,
             "mask_key": model.mask_key if model else None,
             "architecture": model.architecture if model else job.architecture,
@@ -200,6 +203,9 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
     resume = None
     if inputs["checkpoint_key"] and runtime.store.exists(inputs["checkpoint_key"]):
         resume = runtime.store.get(inputs["checkpoint_key"])
+    if job.kind is JobKind.audit:
+        _run_audit(runtime, claim, job, inputs, dataset, weights, started)
+        return
     request = EngineRequest(
         kind=job.kind.value,  # type: ignore[arg-type]
         method=job.method,
@@ -275,6 +281,69 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
         environment=environment,
         timings=timings,
         output_model=output_model,
+    )
+    if not job_service.finish_succeeded(runtime.sessions, claim, job, outcome):
+        log.warning("job %s: finished but no longer owned; results discarded", job.id)
+
+
+def _run_audit(
+    runtime: WorkerRuntime,
+    claim: Claim,
+    job: Job,
+    inputs: dict[str, Any],
+    dataset: ArrayDataset,
+    weights: dict[str, np.ndarray] | None,
+    started: float,
+) -> None:
+    """An audit: shadows come from (and go to) the tenant's shadow store; per-example scores are stored as
+    one npz artifact referenced from the result."""
+    from workers.engine.audit.pipeline import AuditRequest, run_audit
+    from workers.engine.execute import resolve_device
+    from workers.shadow_store import DbShadowStore
+
+    if weights is None or inputs["forget_indices"] is None:
+        raise InvalidInputError("an audit needs a model and a forget set")
+    request = AuditRequest(
+        params=job.params,
+        seed=job.seed,
+        device=job.device_requested,
+        dataset=dataset,
+        dataset_sha256=inputs["dataset_sha256"],
+        architecture=inputs["architecture"],
+        arch_config=inputs["arch_config"],
+        original_weights=weights,
+        original_recipe=inputs["original_recipe"],
+        forget_indices=inputs["forget_indices"],
+        forget_kind=inputs["forget_kind"] or "indices",
+    )
+    load_s = time.perf_counter() - started
+    hooks = DbHooks(runtime, claim, job)
+    hooks.progress("load", 1, 1, {})
+    result = run_audit(request, DbShadowStore(runtime, job.tenant_id, job.id), hooks)
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **result.arrays)
+    arrays_blob = buffer.getvalue()
+    arrays_key = content_key("audits", str(job.tenant_id), sha256_hex(arrays_blob), ".npz")
+    runtime.store.put(arrays_key, arrays_blob)
+    import torch
+
+    device = resolve_device(job.device_requested)
+    environment = {
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "code_version": code_version(),
+        "worker": claim.worker,
+        "attempt": claim.attempt,
+    }
+    details = _jsonable({**result.details, "arrays_key": arrays_key, "arrays": sorted(result.arrays)})
+    outcome = JobOutcome(
+        metrics=result.metrics,
+        result=details,
+        environment=environment,
+        timings={**result.timings, "load_s": load_s, "wall_s": time.perf_counter() - started},
     )
     if not job_service.finish_succeeded(runtime.sessions, claim, job, outcome):
         log.warning("job %s: finished but no longer owned; results discarded", job.id)

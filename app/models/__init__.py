@@ -3,7 +3,7 @@
 from app.models.audit import AuditEvent
 from app.models.base import Base
 from app.models.job import Campaign, CampaignStatus, Job, JobEvent, JobKind, JobStatus, Metric
-from app.models.resources import Dataset, ForgetSet, Model
+from app.models.resources import Dataset, ForgetSet, Model, ShadowModel
 from app.models.tenant import ApiKey, Tenant
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "JobStatus",
     "Metric",
     "Model",
+    "ShadowModel",
     "Tenant",
 ]

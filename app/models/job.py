@@ -31,6 +31,7 @@ class JobKind(StrEnum):
     evaluate = "evaluate"
     prune = "prune"
     worst_case_search = "worst_case_search"
+    audit = "audit"
 
 
 def _enum(cls: type[StrEnum]) -> Enum:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint, Uuid
@@ -82,3 +83,28 @@ class ForgetSet(UUIDPrimaryKey, CreatedAt, Base):
     # Searched forget sets: the producing job and the per-item difficulty scores (the final continuous w).
     job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid())
     scores_key: Mapped[str | None] = mapped_column(String(300))
+
+
+class ShadowModel(UUIDPrimaryKey, CreatedAt, Base):
+    """A model an audit trained or unlearned, stored once per tenant under the content hash of everything
+    that determines it (workers.engine.audit.store) and reused by later audits with the same inputs."""
+
+    __tablename__ = "shadow_models"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "key"),
+        Index("ix_shadow_models_tenant_created", "tenant_id", "created_at", "id"),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(20))  # base | retrain | unlearned | pool
+    architecture: Mapped[str] = mapped_column(String(100))
+    dataset_sha256: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]]  # the key's material: recipe, subset digest, seed, method, ...
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(300))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # The audit job that produced it (no FK: a deleted job must not take reusable models with it).
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid())
+    use_count: Mapped[int] = mapped_column(default=0)
+    last_used_at: Mapped[datetime | None]

@@ -19,6 +19,9 @@ class JobCreate(BaseModel):
       original's recipe.
     - ``unlearn``: ``model_id``, ``forget_set_id``, ``method`` (see GET /v1/methods), ``params``.
     - ``evaluate``: ``model_id``, ``forget_set_id``.
+    - ``prune`` / ``worst_case_search``: ``model_id`` (trained on a stored dataset), ``params``.
+    - ``audit``: ``model_id`` (the original), ``forget_set_id``, ``params`` (GET /v1/audit-params:
+      the audited method and its params, shadows K, forget sets per shadow F, attacks).
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -4,10 +4,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 NAME_MAX = 200
+# Names are shown in tables, CSV exports and logs: no control characters (C0, DEL, C1), which would
+# also be rejected by Postgres (NUL) or break terminals and CSV readers.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 MAX_FORGET_INDICES = 10_000_000
+# Indices are stored as int64: anything beyond that range can only be out of range anyway.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class DatasetOut(BaseModel):
@@ -23,7 +28,7 @@ class DatasetOut(BaseModel):
     n_train: int
     n_test: int
     input_shape: list[int]
-    class_counts: list[int]
+    class_counts: list[int] = Field(description="Train samples per class; empty for regression datasets.")
     sha256: str
     size_bytes: int
     created_at: datetime
@@ -41,7 +46,7 @@ class BuiltinDatasetCreate(BaseModel):
 
     builtin: str = Field(description="Name from GET /v1/datasets/builtins, e.g. 'digits' or 'procedural'.")
     config: dict[str, Any] = Field(default_factory=dict)
-    name: str | None = Field(None, min_length=1, max_length=NAME_MAX)
+    name: str | None = Field(None, min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
 
 
 class ModelOut(BaseModel):
@@ -68,7 +73,7 @@ class IndicesSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["indices"]
-    indices: list[StrictInt] = Field(
+    indices: list[Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]] = Field(
         max_length=MAX_FORGET_INDICES, description="Train-split indices; no duplicates."
     )
 
@@ -90,14 +95,37 @@ class RandomSpec(BaseModel):
     seed: StrictInt = Field(0, ge=0, le=2**32 - 1)
 
 
-ForgetSpec = Annotated[IndicesSpec | ClassSpec | RandomSpec, Field(discriminator="kind")]
+class TargetRangeSpec(BaseModel):
+    """Regression datasets: forget every training sample whose target lies in [low, high] (both inclusive;
+    a missing bound is open), e.g. ``{"kind": "target_range", "high": 30}`` for "every target <= 30"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["target_range"]
+    low: float | None = Field(
+        None, allow_inf_nan=False, description="Smallest target forgotten (inclusive); null = no lower bound."
+    )
+    high: float | None = Field(
+        None, allow_inf_nan=False, description="Largest target forgotten (inclusive); null = no upper bound."
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> TargetRangeSpec:
+        if self.low is None and self.high is None:
+            raise ValueError("give low, high or both")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError("low must not exceed high")
+        return self
+
+
+ForgetSpec = Annotated[IndicesSpec | ClassSpec | RandomSpec | TargetRangeSpec, Field(discriminator="kind")]
 
 
 class ForgetSetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: uuid.UUID
-    name: str | None = Field(None, min_length=1, max_length=NAME_MAX)
+    name: str | None = Field(None, min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
     spec: ForgetSpec
 
 
@@ -120,3 +148,22 @@ class ForgetSetIndices(BaseModel):
     id: uuid.UUID
     sha256: str
     indices: list[int]
+
+
+class ShadowModelOut(BaseModel):
+    """A model an audit trained or unlearned, kept for reuse by later audits of this tenant."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    key: str = Field(description="SHA-256 of everything that determines the model (its inputs).")
+    role: str = Field(description="base | retrain | unlearned | pool")
+    architecture: str
+    dataset_sha256: str
+    spec: dict[str, Any] = Field(description="The key's material: recipe, subset digest, seed, method, ...")
+    sha256: str
+    size_bytes: int
+    job_id: uuid.UUID | None = Field(description="The audit job that produced it.")
+    use_count: int = Field(description="How many later audits reused it.")
+    last_used_at: datetime | None
+    created_at: datetime

@@ -17,11 +17,12 @@ from app.core.problems import Unprocessable, validation_errors
 from app.core.security import Principal
 from app.models import Dataset, ForgetSet, Job, JobKind, JobStatus, Model
 from app.schemas.jobs import MAX_SEED, JobCreate
-from app.services import audit
+from app.services import audit, quotas
 from app.services.datasets import get_dataset
 from app.services.forget_sets import get_forget_set
 from app.services.jobs import add_event
 from app.services.models import get_architecture, get_model, validate_arch_config
+from workers.engine.audit.params import AuditParams
 from workers.engine.errors import UnknownEntryError
 from workers.engine.methods import METHODS, MethodSpec
 
@@ -140,10 +141,50 @@ def _forbid(body: JobCreate, fields: tuple[str, ...]) -> None:
             raise Unprocessable(f"{body.kind.value} jobs do not take '{field}'", code="unexpected-field")
 
 
+def validate_audit_params(params: dict[str, Any]) -> AuditParams:
+    try:
+        return AuditParams.model_validate(params)
+    except ValidationError as exc:
+        raise Unprocessable(
+            "invalid params for an audit",
+            code="invalid-params",
+            errors=validation_errors(exc.errors(), prefix=("params",)),
+        ) from exc
+
+
+def _check_audit(
+    audit_params: AuditParams, model: Model, forget_set: ForgetSet, dataset: Dataset | None
+) -> None:
+    if dataset is not None and dataset.task != "classification":
+        raise Unprocessable("audits support classification models only", code="task-mismatch")
+    if audit_params.recipe is None and model.train_recipe is None:
+        raise Unprocessable(
+            "this model has no recorded training recipe (it was uploaded): pass params.recipe, the recipe"
+            " every shadow model is trained with",
+            code="missing-recipe",
+        )
+    if audit_params.forget_sets_per_shadow > 1 and forget_set.kind != "random":
+        raise Unprocessable(
+            "params.forget_sets_per_shadow > 1 redraws random forget sets of the same size: it needs a random"
+            f" forget set, this one is '{forget_set.kind}'",
+            code="invalid-params",
+        )
+
+
 def build_job(session: Session, principal: Principal, body: JobCreate, settings: Settings) -> Job:
     tenant = principal.tenant_id
-    spec = method_spec(body.kind, body.method)
-    params = validate_params(spec, body.params)
+    audit_params: AuditParams | None = None
+    if body.kind is JobKind.audit:
+        if body.method is not None:
+            raise Unprocessable(
+                "audit jobs name the audited method in params.method", code="unexpected-method"
+            )
+        spec = None
+        audit_params = validate_audit_params(body.params)
+        params = audit_params.model_dump(mode="json")
+    else:
+        spec = method_spec(body.kind, body.method)
+        params = validate_params(spec, body.params)
     dataset: Dataset | None = None
     model: Model | None = None
     forget_set: ForgetSet | None = None
@@ -184,6 +225,8 @@ def build_job(session: Session, principal: Principal, body: JobCreate, settings:
                 code="dataset-mismatch",
             )
         dataset = session.get(Dataset, forget_set.dataset_id)
+        if audit_params is not None:
+            _check_audit(audit_params, model, forget_set, dataset)
         if body.kind is JobKind.retrain and params.get("recipe") is None and model.train_recipe is None:
             raise Unprocessable(
                 "this model has no recorded training recipe (it was uploaded):"
@@ -199,6 +242,7 @@ def build_job(session: Session, principal: Principal, body: JobCreate, settings:
                 f"method '{spec.name}' does not support {dataset.task} tasks", code="task-mismatch"
             )
 
+    quotas.check_job_limits(settings, body.kind, params, model)
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     cache_key = None
     if body.kind in CACHEABLE_KINDS and model is not None and forget_set is not None and dataset is not None:
@@ -207,7 +251,7 @@ def build_job(session: Session, principal: Principal, body: JobCreate, settings:
         cache_key=cache_key,
         tenant_id=tenant,
         kind=body.kind,
-        method=spec.name if spec else None,
+        method=spec.name if spec else (audit_params.method if audit_params else None),
         status=JobStatus.queued,
         params=params,
         seed=seed,
@@ -256,6 +300,7 @@ def submit(
     job.request_hash = fingerprint
     session.add(job)
     session.flush()
+    quotas.check_active_jobs(session, principal.tenant_id, settings)
     add_event(session, job.id, "queued", 0, {"kind": job.kind.value, "method": job.method})
     audit.record(
         session,

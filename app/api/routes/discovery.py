@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from app.api.deps import Reader
 from app.schemas.common import RegistryEntry
 from workers.engine.architectures import ARCHITECTURES
+from workers.engine.audit.params import AuditParams
 from workers.engine.datasets import DATASETS
 from workers.engine.methods import METHODS
 
@@ -57,3 +58,9 @@ def list_architectures(_: Reader) -> list[RegistryEntry]:
 @router.get("/datasets/builtins", response_model=list[RegistryEntry])
 def list_builtin_datasets(_: Reader) -> list[dict[str, Any]]:
     return builtin_datasets()
+
+
+@router.get("/audit-params")
+def audit_params_schema(_: Reader) -> dict[str, Any]:
+    """JSON schema of an audit job's ``params`` (the audited method, K, F, attacks, ...)."""
+    return AuditParams.model_json_schema()

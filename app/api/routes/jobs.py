@@ -1,25 +1,29 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.deps import PublisherDep, Reader, SessionDep, SettingsDep, Submitter, request_id
+from app.api.deps import PublisherDep, Reader, SessionDep, SettingsDep, StoreDep, Submitter, request_id
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.core.problems import DomainError, NotFound
 from app.models import Job, JobEvent, JobKind, JobStatus
 from app.models.job import TERMINAL_STATUSES
 from app.schemas.common import Page
 from app.schemas.jobs import JobCreate, JobEventOut, JobOut
+from app.schemas.resources import INT64_MAX
 from app.services import audit
 from app.services import jobs as job_service
+from app.services.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
 from app.services.results import metrics_for
 from app.services.submission import submit
 
@@ -48,7 +52,13 @@ def etag(job: Job) -> str:
 
 
 @router.post(
-    "", response_model=JobOut, status_code=202, responses={200: {"description": "Idempotent replay"}}
+    "",
+    response_model=JobOut,
+    status_code=202,
+    responses={
+        200: {"description": "Idempotent replay"},
+        429: {"description": "too-many-active-jobs: the tenant's queued + running jobs are at the limit"},
+    },
 )
 def create_job(
     body: JobCreate,
@@ -159,12 +169,38 @@ def read_metrics(job_id: uuid.UUID, principal: Reader, session: SessionDep) -> d
     return metrics_for(session, [job.id]).get(job.id, {})
 
 
+@router.get(
+    "/{job_id}/arrays",
+    response_model=dict[str, list[float]],
+    tags=["results"],
+    responses={410: {"description": "arrays-purged: removed by the retention policy"}},
+)
+def read_arrays(
+    job_id: uuid.UUID, principal: Reader, session: SessionDep, store: StoreDep
+) -> dict[str, list[float]]:
+    """Per-example outputs of an audit (attack scores per trial, Kaggle ε per forget example, the forget
+    sets drawn), by name. Other kinds of job have none."""
+    job = get_job(session, principal.tenant_id, job_id)
+    key = (job.result or {}).get("arrays_key")
+    if (job.result or {}).get("arrays_purged_at"):
+        raise DomainError(
+            f"the per-example arrays of job {job_id} were purged by the retention policy"
+            " (LETHE_RETENTION_DAYS_INTERMEDIATE); its metrics remain",
+            code="arrays-purged",
+            status=410,
+        )
+    if job.status is not JobStatus.succeeded or not key:
+        raise NotFound(f"job {job_id} has no per-example arrays", code="arrays-not-found")
+    with np.load(io.BytesIO(store.get(key)), allow_pickle=False) as arrays:
+        return {name: [float(v) for v in arrays[name].ravel()] for name in arrays.files}
+
+
 @router.get("/{job_id}/events", response_model=list[JobEventOut])
 def list_events(
     job_id: uuid.UUID,
     principal: Reader,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger id.")] = 0,
+    after: Annotated[int, Query(ge=0, le=INT64_MAX, description="Only events with a larger id.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[JobEventOut]:
     get_job(session, principal.tenant_id, job_id)
@@ -188,7 +224,7 @@ async def stream_events(
     job_id: Annotated[uuid.UUID, Depends(_visible_job)],
     principal: Reader,
     request: Request,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=INT64_MAX)] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Server-sent events: replays from ``Last-Event-ID``, then follows until the job ends."""
     sessions = request.app.state.read_sessions
@@ -213,3 +249,28 @@ async def stream_events(
             return
         await asyncio.sleep(SSE_POLL_SECONDS)
         events, done, _ = await run_in_threadpool(_poll, after)
+
+
+@router.delete("/{job_id}", response_model=DeletionReport, responses=DELETE_RESPONSES)
+def delete_job(
+    job_id: uuid.UUID,
+    principal: Submitter,
+    session: SessionDep,
+    store: StoreDep,
+    request: Request,
+    cascade: Annotated[bool, Query(description=CASCADE_DESCRIPTION)] = False,
+) -> DeletionReport:
+    """Delete a finished job with its events, metrics, epoch checkpoint and per-example arrays.
+
+    Refused (409) while it is queued or running (cancel it first), and, without ``cascade``, while its output
+    model, its searched forget set (and what depends on them) or a campaign that has it as a cell exist."""
+    return delete_resource(
+        session,
+        request.app.state.sessions,
+        store,
+        principal,
+        "job",
+        job_id,
+        cascade=cascade,
+        request_id=request_id(request),
+    )

@@ -1,0 +1,106 @@
+"""Audit jobs through the API with real workers: K = 16 on digits with an MLP, then the same audit again,
+which must reuse every stored shadow (visibly faster, counted in the result)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app.models import ShadowModel
+from tests.workers.test_job_flow import run, train_original
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+QUICK_FT = {"epochs": 2, "lr": 0.01, "batch_size": 64}
+SHADOWS = 16
+
+
+@pytest.fixture(scope="module")
+def setup(live_api: TestClient, worker_group, sessions, migrated) -> dict:
+    tenant, dataset, train = train_original(live_api, sessions, migrated)
+    response = live_api.post(
+        "/v1/forget-sets",
+        json={"dataset_id": dataset["id"], "spec": {"kind": "random", "fraction": 0.1, "seed": 0}},
+        headers=tenant.headers("submit"),
+    )
+    assert response.status_code == 201, response.text
+    return {
+        "tenant": tenant,
+        "model": train["output_model_id"],
+        "train_job": train["id"],
+        "forget_set": response.json()["id"],
+    }
+
+
+def test_audit_runs_reuses_its_shadows_and_stores_per_example_scores(
+    live_api: TestClient, setup, sessions
+) -> None:
+    tenant = setup["tenant"]
+    body = {
+        "kind": "audit",
+        "model_id": setup["model"],
+        "forget_set_id": setup["forget_set"],
+        "params": {"method": "ft", "method_params": QUICK_FT, "shadows": SHADOWS, "n_bootstrap": 50},
+        "seed": 5,
+    }
+    first = run(live_api, tenant, body)
+    assert first["status"] == "succeeded", first.get("error")
+    assert first["method"] == "ft" and first["kind"] == "audit"
+    metrics = first["metrics"]
+    assert metrics["models_trained"] == 4 * SHADOWS and metrics["models_reused"] == 0
+    for name in ("ulira_auc", "ulira_accuracy", "kaggle_score", "lira_unlearned_auc", "rmia_unlearned_auc"):
+        assert name in metrics, name
+    assert 0.0 <= metrics["ulira_auc_ci_low"] <= metrics["ulira_auc"] <= metrics["ulira_auc_ci_high"] <= 1.0
+    result = first["result"]
+    assert result["store"]["base"] == {"reused": 0, "trained": SHADOWS}
+    tpr = result["attacks"]["ulira"]["tpr_at_fpr"]
+    # 16 pipelines x 144 forget examples = 2304 non-member trials: enough for 1 %, not for 0.1 %.
+    assert tpr["0.01"]["value"] is not None and tpr["0.001"]["value"] is None
+    assert "non-members" in tpr["0.001"]["reason"]
+    assert result["arrays_key"] and "ulira_member_scores" in result["arrays"]
+    arrays = live_api.get(f"/v1/jobs/{first['id']}/arrays", headers=tenant.headers("read")).json()
+    assert len(arrays["ulira_member_scores"]) == len(arrays["ulira_nonmember_scores"]) == SHADOWS * 144
+    assert len(arrays["kaggle_epsilons_0"]) == len(arrays["forget_indices_0"]) == 144
+    with sessions() as session:
+        stored = session.scalar(select(func.count()).select_from(ShadowModel))
+    assert stored is not None and stored >= 4 * SHADOWS
+
+    second = run(live_api, tenant, body)
+    assert second["status"] == "succeeded", second.get("error")
+    assert second["metrics"]["models_trained"] == 0
+    assert second["metrics"]["models_reused"] == 4 * SHADOWS
+    assert second["metrics"]["ulira_auc"] == metrics["ulira_auc"]
+    assert second["timings"]["wall_s"] < first["timings"]["wall_s"] / 2
+    listed = live_api.get(
+        "/v1/shadow-models", params={"role": "base", "limit": 100}, headers=tenant.headers("read")
+    ).json()["data"]
+    assert len(listed) == SHADOWS
+    assert all(row["job_id"] == first["id"] and row["use_count"] >= 1 for row in listed)
+    assert len({row["spec"]["seed"] for row in listed}) == SHADOWS
+    events = live_api.get(f"/v1/jobs/{first['id']}/events", headers=tenant.headers("read")).json()
+    stages = {e["data"].get("info", {}).get("stage") for e in events if e["type"] == "progress"}
+    assert {"base", "retrain", "pool", "unlearned"} <= stages
+
+
+def test_audit_submission_errors_are_problems(live_api: TestClient, setup) -> None:
+    tenant = setup["tenant"]
+    base = {"kind": "audit", "model_id": setup["model"], "forget_set_id": setup["forget_set"]}
+    cases = [
+        ({**base, "params": {"method": "train"}}, "invalid-params"),
+        ({**base, "params": {"method": "ft", "shadows": 1}}, "invalid-params"),
+        ({**base, "method": "ft", "params": {"method": "ft"}}, "unexpected-method"),
+        ({"kind": "audit", "model_id": setup["model"], "params": {"method": "ft"}}, "missing-field"),
+    ]
+    for body, code in cases:
+        response = live_api.post("/v1/jobs", json=body, headers=tenant.headers("submit"))
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["code"] == code
+
+
+def test_jobs_without_per_example_arrays_answer_404(live_api: TestClient, setup) -> None:
+    tenant = setup["tenant"]
+    response = live_api.get(f"/v1/jobs/{setup['train_job']}/arrays", headers=tenant.headers("read"))
+    assert response.status_code == 404
+    assert response.json()["code"] == "arrays-not-found"
