@@ -16,7 +16,8 @@ Rules:
   same per-sample shape in both splits; all values finite. They are returned as float32 (uint8
   scaled to [0, 1]); NxHxW becomes Nx1xHxW.
 * labels ``y_*``: 1-D, one per sample, any integer dtype or a float dtype holding whole numbers;
-  returned as int64.
+  returned as int64 (regression uploads, ``task="regression"``: any finite integer or float targets,
+  returned as float32, with ``num_classes`` 1);
 * classes: ``num_classes`` is the ``num_classes`` member when present (an integer scalar, which lets
   a split omit the highest classes), otherwise the largest label + 1. Every label must be in
   ``[0, num_classes)``, ``num_classes`` must be at least 2 and the training split must contain at
@@ -82,7 +83,8 @@ NPZ_FORMAT_HINT = (
 
 @dataclass(frozen=True, eq=False)
 class NpzDataset:
-    """A validated dataset with normalised dtypes: x float32 (NxF or NxCxHxW), y int64."""
+    """A validated dataset with normalised dtypes: x float32 (NxF or NxCxHxW), y int64 (float32 targets
+    for a regression upload)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -549,14 +551,54 @@ def _resolve_num_classes(labels: Mapping[str, np.ndarray], explicit: np.ndarray 
     return num_classes
 
 
+REGRESSION_TASK = "regression"
+REGRESSION_OUTPUTS = 1
+
+
+def _regression_targets(raw: Mapping[str, np.ndarray], has_num_classes: bool) -> dict[str, np.ndarray]:
+    """Continuous targets as float32, after checking they are finite (and that no class count was sent)."""
+    if has_num_classes:
+        raise IntakeError(
+            IntakeErrorCode.NPZ_UNEXPECTED_ARRAY,
+            f"A regression dataset has no classes: drop the {NUM_CLASSES_ARRAY!r} array.",
+        )
+    with np.errstate(over="ignore"):
+        targets = {name: np.ascontiguousarray(values, dtype=np.float32) for name, values in raw.items()}
+    findings: list[dict[str, Any]] = []
+    for name, values in targets.items():
+        counts = count_non_finite(values)
+        if counts.total:
+            findings.append(
+                finding(
+                    IntakeErrorCode.NON_FINITE_VALUES,
+                    f"Array {name!r} contains {counts.nan} NaN and {counts.inf} infinite target(s) "
+                    "(values beyond float32's range count as infinite).",
+                    array=name,
+                    nan_count=counts.nan,
+                    inf_count=counts.inf,
+                )
+            )
+    raise_findings(
+        findings,
+        mixed_code=IntakeErrorCode.NON_FINITE_VALUES,
+        summary="Regression targets must be finite; drop the affected samples.",
+    )
+    return targets
+
+
 def validate_npz(
     data: bytes,
     *,
     max_bytes: int,
     max_uncompressed_bytes: int,
     max_entries: int = 16,
+    task: str = "classification",
 ) -> NpzDataset:
-    """Validate an uploaded dataset archive and return it normalised; raise IntakeError if unusable."""
+    """Validate an uploaded dataset archive and return it normalised; raise IntakeError if unusable.
+
+    ``task="regression"``: ``y_*`` are continuous targets (any integer or float dtype, all finite), cast to
+    float32; ``num_classes`` is 1 (one scalar output) and a ``num_classes`` member is refused.
+    """
     check_upload_size(data, max_bytes, "dataset")
     reject_pickle(data, "dataset", hint=NPZ_FORMAT_HINT)
     members = _read_members(data)
@@ -578,10 +620,14 @@ def validate_npz(
     features = {name: _to_float32_features(arrays[name]) for name in FEATURE_ARRAYS}
     _check_finite_features(features, {name: arrays[name].dtype for name in FEATURE_ARRAYS})
     raw_labels = {name: arrays[name] for name in LABEL_ARRAYS}
-    _check_labels_integral(raw_labels)
-    num_classes = _resolve_num_classes(raw_labels, arrays.get(NUM_CLASSES_ARRAY))
-    # Every label is now a whole number in [0, num_classes), so the cast is exact.
-    labels = {name: values.astype(np.int64) for name, values in raw_labels.items()}
+    if task == REGRESSION_TASK:
+        labels = _regression_targets(raw_labels, NUM_CLASSES_ARRAY in arrays)
+        num_classes = REGRESSION_OUTPUTS
+    else:
+        _check_labels_integral(raw_labels)
+        num_classes = _resolve_num_classes(raw_labels, arrays.get(NUM_CLASSES_ARRAY))
+        # Every label is now a whole number in [0, num_classes), so the cast is exact.
+        labels = {name: values.astype(np.int64) for name, values in raw_labels.items()}
 
     if features["x_train"].ndim == IMAGE_WITHOUT_CHANNEL_NDIM:
         # Image models expect NxCxHxW; a grayscale NxHxW upload gets its single channel made explicit.

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from app.schemas.jobs import MAX_SEED
-from app.schemas.resources import NAME_MAX, ForgetSpec
+from app.schemas.resources import NAME_MAX, NAME_PATTERN, ForgetSpec
 from app.services.guardrails import Guardrails
 
 MAX_METHODS = 20
@@ -21,7 +21,11 @@ class MethodEntry(BaseModel):
 
     method: str = Field(max_length=100, description="An unlearn method from GET /v1/methods.")
     label: str | None = Field(
-        None, min_length=1, max_length=100, description="Row name; defaults to the method."
+        None,
+        min_length=1,
+        max_length=100,
+        pattern=NAME_PATTERN,
+        description="Row name; defaults to the method.",
     )
     params: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(
@@ -47,7 +51,7 @@ class ForgetSetRef(BaseModel):
     worst_case: dict[str, Any] | None = Field(
         None, description="WorstCaseSearchParams (see method 'worst_case_search' in GET /v1/methods)."
     )
-    name: str | None = Field(None, min_length=1, max_length=NAME_MAX)
+    name: str | None = Field(None, min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ForgetSetRef:
@@ -59,7 +63,7 @@ class ForgetSetRef(BaseModel):
 class CampaignCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=NAME_MAX)
+    name: str = Field(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
     model_id: uuid.UUID = Field(description="The original model; its recipe drives the retrain oracle.")
     methods: list[MethodEntry] = Field(min_length=1, max_length=MAX_METHODS)
     forget_sets: list[ForgetSetRef] = Field(min_length=1, max_length=MAX_FORGET_SETS)

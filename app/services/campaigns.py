@@ -46,10 +46,17 @@ from app.services.datasets import get_dataset
 from app.services.forget_sets import create_forget_set, get_forget_set
 from app.services.guardrails import Guardrails, guardrail_flags
 from app.services.models import get_model
-from app.services.results import GAP_KEYS, metrics_for
+from app.services.results import (
+    REGRESSION,
+    forget_set_task,
+    gap_keys,
+    metrics_for,
+    with_comparison_metrics,
+)
 from app.services.submission import build_job, find_reusable, method_spec, validate_params
 from app.storage import ArtifactStore
 from workers.engine.metrics import avg_gap
+from workers.engine.metrics.regression import REGRESSION_COLUMNS
 
 STAGE_SEARCH = "search"
 STAGE_TUNING = "tuning"
@@ -60,6 +67,18 @@ ROLE_RETRAIN = "retrain"
 ROLE_METHOD = "method"
 ROLE_SEARCH = "search"
 TABLE_METRICS = ("UA", "RA", "TA", "MIA-Efficacy")
+# Regression campaigns (the model's dataset is a regression dataset): Deep Regression Unlearning's metrics;
+# W1 and AIN are computed per cell against the retrain of the same seed (the original row: against every
+# seed's retrain), see app.services.results.with_comparison_metrics.
+REGRESSION_TABLE_METRICS = REGRESSION_COLUMNS
+_PER_REFERENCE = ("W1", "AIN")
+
+
+def _campaign_task(session: Session, campaign: Campaign) -> str:
+    forget_sets = campaign.spec.get("forget_set_ids") or []
+    sweep = campaign.spec.get("sweep_forget_set_id")
+    first = forget_sets[0] if forget_sets else sweep
+    return forget_set_task(session, uuid.UUID(first)) if first else "classification"
 
 
 def candidates(entry: MethodEntry) -> list[dict[str, Any]]:
@@ -353,6 +372,7 @@ def _choose(session: Session, campaign: Campaign) -> dict[str, Any]:
     cells = [c for c in campaign.cells if c["stage"] == STAGE_TUNING]
     jobs = _cell_jobs(session, cells)
     metrics = metrics_for(session, [j.id for j in jobs.values()])
+    keys = gap_keys(forget_set_task(session, uuid.UUID(campaign.spec["sweep_forget_set_id"])))
     retrain_by_seed = {
         c["seed"]: metrics.get(uuid.UUID(c["job_id"]), {}) for c in cells if c["role"] == ROLE_RETRAIN
     }
@@ -367,8 +387,8 @@ def _choose(session: Session, campaign: Campaign) -> dict[str, Any]:
                 continue
             result = metrics.get(uuid.UUID(cell["job_id"]), {})
             reference = retrain_by_seed.get(cell["seed"], {})
-            if all(k in result and k in reference for k in GAP_KEYS):
-                gaps[cell["candidate"]].append(avg_gap(result, reference, keys=GAP_KEYS))
+            if all(k in result and k in reference for k in keys):
+                gaps[cell["candidate"]].append(avg_gap(result, reference, keys=keys))
         best = min(gaps, key=lambda i: (_mean_gap(gaps[i]), i))
         chosen[entry.name] = {
             "params": options[best],
@@ -484,9 +504,31 @@ def _stat(values: list[float]) -> Stat:
     )
 
 
+def _cell_versions(
+    task: str,
+    job: Job,
+    found: dict[str, float],
+    seed: int | None,
+    retrains: dict[Any, dict[str, float] | None],
+    retrain_jobs: dict[Any, Job | None],
+) -> list[dict[str, float]]:
+    """A cell's metrics with W1/AIN against its seed's retrain (the original, seed None: one version per
+    seed's retrain); just the stored metrics when there is nothing to compare with."""
+    seeds = list(retrains) if seed is None else [seed]
+    versions = [
+        with_comparison_metrics(task, job, found, retrain_jobs.get(s), retrains.get(s))
+        for s in seeds
+        if retrains.get(s) is not None
+    ]
+    return versions or [found]
+
+
 def table(session: Session, campaign: Campaign) -> CampaignTable:
     """The papers' table: per forget set, original, retrain and every method, mean ± std over seeds."""
     rails = Guardrails.model_validate(campaign.spec.get("guardrails") or {})
+    task = _campaign_task(session, campaign)
+    keys = gap_keys(task)
+    table_metrics = REGRESSION_TABLE_METRICS if task == REGRESSION else TABLE_METRICS
     cells = [c for c in campaign.cells if c["stage"] == STAGE_MAIN]
     jobs = _cell_jobs(session, cells)
     metrics = metrics_for(session, [j.id for j in jobs.values()])
@@ -505,6 +547,8 @@ def table(session: Session, campaign: Campaign) -> CampaignTable:
 
         original = next((result(c) for c in here if c["role"] == ROLE_ORIGINAL), None)
         retrains = {c["seed"]: result(c) for c in here if c["role"] == ROLE_RETRAIN}
+        retrain_jobs = {c["seed"]: jobs.get(c["job_id"]) for c in here if c["role"] == ROLE_RETRAIN}
+
         groups: list[tuple[str, str | None, dict[str, Any] | None, list[dict[str, Any]]]] = [
             (ROLE_ORIGINAL, None, None, [c for c in here if c["role"] == ROLE_ORIGINAL]),
             (
@@ -525,7 +569,7 @@ def table(session: Session, campaign: Campaign) -> CampaignTable:
                 )
             )
         for row_name, method, params, group in groups:
-            values: dict[str, list[float]] = {k: [] for k in TABLE_METRICS}
+            values: dict[str, list[float]] = {k: [] for k in table_metrics}
             gaps: list[float] = []
             rtes: list[float] = []
             flags: set[str] = set()
@@ -535,16 +579,18 @@ def table(session: Session, campaign: Campaign) -> CampaignTable:
                 found = result(cell)
                 cell_flags: list[str] = []
                 if found is not None and job is not None:
-                    for key in TABLE_METRICS:
-                        if key in found:
-                            values[key].append(found[key])
+                    versions = _cell_versions(task, job, found, cell["seed"], retrains, retrain_jobs)
+                    for key in table_metrics:
+                        # the stored metrics are the same in every version; W1/AIN differ per retrain seed
+                        per_version = [v[key] for v in versions if key in v]
+                        values[key].extend(per_version if key in _PER_REFERENCE else per_version[:1])
                     if row_name != ROLE_ORIGINAL:
                         rtes.append(float((job.timings or {}).get("method_s", 0.0)))
                     reference = retrains.get(cell["seed"]) if cell["seed"] is not None else None
                     if row_name == ROLE_RETRAIN:
                         gaps.append(0.0)
-                    elif reference and all(k in found and k in reference for k in GAP_KEYS):
-                        gaps.append(avg_gap(found, reference, keys=GAP_KEYS))
+                    elif reference and all(k in found and k in reference for k in keys):
+                        gaps.append(avg_gap(found, reference, keys=keys))
                     if cell["role"] == ROLE_METHOD:
                         cell_flags = guardrail_flags(found, original, reference, rails)
                 elif job is not None and job.status is JobStatus.failed:
@@ -572,7 +618,7 @@ def table(session: Session, campaign: Campaign) -> CampaignTable:
                     jobs=job_rows,
                 )
             )
-    columns = [*TABLE_METRICS, "avg_gap", "rte_seconds"]
+    columns = [*table_metrics, "avg_gap", "rte_seconds"]
     return CampaignTable(campaign_id=campaign.id, columns=columns, rows=rows)
 
 
@@ -584,7 +630,8 @@ def table_csv(result: CampaignTable) -> str:
         header += [f"{column}_mean", f"{column}_std"]
     writer.writerow([*header, "flags"])
     for row in result.rows:
-        stats = [*(row.metrics[k] for k in TABLE_METRICS), row.avg_gap, row.rte_seconds]
+        metric_columns = [c for c in result.columns if c in row.metrics]
+        stats = [*(row.metrics[k] for k in metric_columns), row.avg_gap, row.rte_seconds]
         line: list[Any] = [
             row.forget_set_id,
             row.forget_set_name,

@@ -20,6 +20,7 @@ from app.storage import ArtifactStore
 from app.storage.local import content_key
 from workers.engine.datasets import DATASETS, ArrayDataset
 from workers.engine.errors import InvalidInputError, UnknownEntryError
+from workers.engine.tasks import TaskType
 
 
 def array_digest(dataset: ArrayDataset) -> str:
@@ -69,7 +70,11 @@ def store_dataset(
     blob = dataset.to_npz_bytes()
     key = content_key("datasets", str(tenant_id), digest, ".npz")
     store.put(key, blob)
-    counts = np.bincount(dataset.y_train, minlength=dataset.num_classes).tolist()
+    counts = (
+        []  # regression: continuous targets, no classes
+        if dataset.task is TaskType.regression
+        else np.bincount(dataset.y_train, minlength=dataset.num_classes).tolist()
+    )
     row = Dataset(
         tenant_id=tenant_id,
         name=name,

@@ -1,4 +1,5 @@
-"""Forget sets: explicit indices, a whole class, or a seeded random fraction, stored sorted with a hash."""
+"""Forget sets: explicit indices, a whole class, a seeded random fraction or (regression) a target range,
+stored sorted with a hash."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from sqlalchemy.orm import Session
 
 from app.core.problems import NotFound, Unprocessable
 from app.models import Dataset, ForgetSet
-from app.schemas.resources import ClassSpec, ForgetSetCreate, IndicesSpec, RandomSpec
+from app.schemas.resources import ClassSpec, ForgetSetCreate, IndicesSpec, RandomSpec, TargetRangeSpec
 from app.services.datasets import load_train_labels
 from app.storage import ArtifactStore
+
+REGRESSION = "regression"
 
 
 def indices_digest(indices: np.ndarray) -> str:
@@ -46,6 +49,12 @@ def resolve_indices(
             )
         indices = unique
     elif isinstance(spec, ClassSpec):
+        if dataset.task == REGRESSION:
+            raise Unprocessable(
+                "a regression dataset has no classes: forget a target range instead"
+                ' ({"kind": "target_range", "low": ..., "high": ...})',
+                code="task-mismatch",
+            )
         forget_class = spec.class_
         if forget_class >= dataset.num_classes or dataset.class_counts[forget_class] == 0:
             raise Unprocessable(
@@ -64,6 +73,8 @@ def resolve_indices(
             )
         rng = np.random.default_rng(spec.seed)
         indices = np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
+    elif isinstance(spec, TargetRangeSpec):
+        indices = _target_range_indices(spec, dataset, store)
     else:  # pragma: no cover - the discriminated union admits nothing else
         raise Unprocessable("unknown forget-set kind")
     if indices.size >= n:
@@ -72,6 +83,29 @@ def resolve_indices(
             code="whole-dataset",
         )
     return indices, forget_class
+
+
+def _target_range_indices(spec: TargetRangeSpec, dataset: Dataset, store: ArtifactStore) -> np.ndarray:
+    """Train samples whose target lies in [low, high] (a missing bound is open)."""
+    if dataset.task != REGRESSION:
+        raise Unprocessable(
+            f"target_range forget sets need a regression dataset; this one is {dataset.task}",
+            code="task-mismatch",
+        )
+    targets = load_train_labels(store, dataset).astype(np.float64)
+    inside = np.ones(targets.shape[0], dtype=bool)
+    if spec.low is not None:
+        inside &= targets >= spec.low
+    if spec.high is not None:
+        inside &= targets <= spec.high
+    indices = np.flatnonzero(inside).astype(np.int64)
+    if indices.size == 0:
+        raise Unprocessable(
+            f"no train target lies in [{spec.low}, {spec.high}] (targets span"
+            f" {float(targets.min()):g}..{float(targets.max()):g})",
+            code="empty-forget-set",
+        )
+    return indices
 
 
 def create_forget_set(

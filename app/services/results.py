@@ -1,4 +1,12 @@
-"""Results: a job's metrics, and the per-forget-set comparison with the retrain row and Avg-Gap."""
+"""Results: a job's metrics, and the per-forget-set comparison with the retrain row and Avg-Gap.
+
+Regression forget sets (their dataset's task is ``regression``) get their own columns
+(``workers.engine.metrics.regression.REGRESSION_COLUMNS``: forget/retain/test MAE, the forget-test and
+retain-test MAE of a target range, MIA-Efficacy, W1 and AIN) and an Avg-Gap over
+``REGRESSION_GAP_KEYS``. W1 and AIN compare two jobs, so they are computed here, at comparison time, from
+what each evaluation stored: the forget-set predictions in the job's result and its ``relearn_steps`` metric,
+against the row's retrain reference; they are added to the row's ``metrics``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +16,40 @@ from collections import defaultdict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Job, JobKind, JobStatus, Metric
+from app.models import Dataset, ForgetSet, Job, JobKind, JobStatus, Metric
 from app.schemas.jobs import Comparison, ComparisonRow
 from app.services.guardrails import Guardrails, guardrail_flags
 from workers.engine.metrics import avg_gap
+from workers.engine.metrics.regression import REGRESSION_COLUMNS, REGRESSION_GAP_KEYS, comparison_metrics
 
 HEADLINE_COLUMNS = ["UA", "RA", "TA", "MIA-Efficacy", "test_accuracy"]
 GAP_KEYS = ("UA", "MIA-Efficacy", "RA", "TA")
+REGRESSION = "regression"
+
+
+def forget_set_task(session: Session, forget_set_id: uuid.UUID) -> str:
+    """The task type (``classification`` / ``regression``) of the dataset a forget set belongs to."""
+    forget_set = session.get(ForgetSet, forget_set_id)
+    dataset = session.get(Dataset, forget_set.dataset_id) if forget_set is not None else None
+    return dataset.task if dataset is not None else "classification"
+
+
+def gap_keys(task: str) -> tuple[str, ...]:
+    return REGRESSION_GAP_KEYS if task == REGRESSION else GAP_KEYS
+
+
+def with_comparison_metrics(
+    task: str,
+    job: Job,
+    job_metrics: dict[str, float],
+    reference: Job | None,
+    reference_metrics: dict[str, float] | None,
+) -> dict[str, float]:
+    """The job's stored metrics plus, for regression, W1 and AIN against ``reference`` (its retrain)."""
+    if task != REGRESSION or reference is None:
+        return dict(job_metrics)
+    extra = comparison_metrics(job_metrics, job.result, reference_metrics, reference.result)
+    return {**job_metrics, **extra}
 
 
 def metrics_for(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, float]]:
@@ -42,6 +77,8 @@ def compare(
     rails: Guardrails | None = None,
 ) -> Comparison:
     rails = rails or Guardrails()
+    task = forget_set_task(session, forget_set_id)
+    keys = gap_keys(task)
     query = select(Job).where(
         Job.tenant_id == tenant_id,
         Job.forget_set_id == forget_set_id,
@@ -58,10 +95,8 @@ def compare(
     for job in jobs:
         reference = _pick_reference(job, retrains)
         gap = None
-        if reference is not None and all(
-            k in metrics[job.id] and k in metrics[reference.id] for k in GAP_KEYS
-        ):
-            gap = avg_gap(metrics[job.id], metrics[reference.id], keys=GAP_KEYS)
+        if reference is not None and all(k in metrics[job.id] and k in metrics[reference.id] for k in keys):
+            gap = avg_gap(metrics[job.id], metrics[reference.id], keys=keys)
         flags: list[str] = []
         if job.kind is JobKind.unlearn:
             reference_metrics = metrics[reference.id] if reference else None
@@ -76,7 +111,9 @@ def compare(
                 output_model_id=job.output_model_id,
                 seed=job.seed,
                 device=(job.environment or {}).get("device"),
-                metrics=metrics[job.id],
+                metrics=with_comparison_metrics(
+                    task, job, metrics[job.id], reference, metrics[reference.id] if reference else None
+                ),
                 rte_seconds=(job.timings or {}).get("method_s"),
                 avg_gap=gap,
                 reference_job_id=reference.id if reference else None,
@@ -84,6 +121,5 @@ def compare(
         )
     # Retrain rows first: they are the yardstick.
     rows.sort(key=lambda r: (r.kind is not JobKind.retrain, r.kind is not JobKind.evaluate))
-    return Comparison(
-        forget_set_id=forget_set_id, columns=[*HEADLINE_COLUMNS, "avg_gap", "rte_seconds"], rows=rows
-    )
+    headline = list(REGRESSION_COLUMNS) if task == REGRESSION else HEADLINE_COLUMNS
+    return Comparison(forget_set_id=forget_set_id, columns=[*headline, "avg_gap", "rte_seconds"], rows=rows)

@@ -1,7 +1,9 @@
 """Task types: every catalog entry (architecture, dataset, method) and every evaluator is keyed by one.
 
-Only classification exists today; regression and generative tasks are added by extending this enum and
-registering entries/evaluators for them, without touching the classification code paths.
+``classification``: integer class labels, logits out, cross-entropy. ``regression``: one continuous float32
+target per sample, a scalar prediction out (shape ``(N,)``), the L1 loss (Deep Regression Unlearning,
+blindspot_sfd.md §1). Further task types are added by extending this enum and registering entries and an
+evaluator for them, without touching the existing code paths.
 """
 
 from __future__ import annotations
@@ -11,3 +13,4 @@ from enum import StrEnum
 
 class TaskType(StrEnum):
     classification = "classification"
+    regression = "regression"

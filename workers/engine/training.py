@@ -33,8 +33,11 @@ from workers.engine.hooks import EngineHooks, NullHooks
 from workers.engine.methods.params import TrainRecipe
 from workers.engine.tasks import TaskType
 
+# Regression: L1 on the scalar output, the Deep Regression Unlearning reference's training loss for AgeDB
+# (blindspot_sfd.md §1.2; its STS-B notebook uses MSE instead).
 LOSSES: dict[TaskType, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     TaskType.classification: F.cross_entropy,
+    TaskType.regression: F.l1_loss,
 }
 IMAGE_TENSOR_DIMS = 4  # N x C x H x W
 MIN_AUGMENT_IMAGE_SIZE = 16

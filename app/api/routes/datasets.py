@@ -6,17 +6,19 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from sqlalchemy import select
 
-from app.api.deps import Reader, SessionDep, SettingsDep, StoreDep, Submitter, request_id
+from app.api.deps import Admin, Reader, SessionDep, SettingsDep, StoreDep, Submitter, request_id
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.routes.discovery import builtin_datasets
 from app.api.uploads import read_upload
 from app.core.problems import DomainError, Unprocessable
 from app.models import Dataset
-from app.schemas.resources import NAME_MAX, BuiltinDatasetCreate, DatasetOut, DatasetPage
-from app.services import audit
+from app.schemas.resources import NAME_MAX, NAME_PATTERN, BuiltinDatasetCreate, DatasetOut, DatasetPage
+from app.services import audit, quotas
 from app.services.datasets import build_builtin, get_dataset, store_dataset
+from app.services.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
 from workers.engine.datasets import ArrayDataset
 from workers.engine.errors import InvalidInputError
+from workers.engine.tasks import TaskType
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -56,10 +58,12 @@ def create_builtin_dataset(
     principal: Submitter,
     session: SessionDep,
     store: StoreDep,
+    settings: SettingsDep,
     request: Request,
     response: Response,
 ) -> DatasetOut:
     """Materialise a built-in dataset (digits, procedural, …) with a config."""
+    quotas.check_builtin_dataset(body.builtin, body.config, settings)
     dataset, config = build_builtin(body.builtin, body.config)
     row, created = store_dataset(
         session,
@@ -86,6 +90,12 @@ def create_builtin_dataset(
     return _created(response, row, created)
 
 
+def _name_from_filename(filename: str | None) -> str:
+    """A default name from the client's file name: printable characters only, at most NAME_MAX."""
+    cleaned = "".join(ch for ch in filename or "" if ch.isprintable())[:NAME_MAX].strip()
+    return cleaned or "upload"
+
+
 @router.post(
     "/upload",
     response_model=DatasetOut,
@@ -100,7 +110,11 @@ async def upload_dataset(
     request: Request,
     response: Response,
     file: Annotated[UploadFile, File(description=".npz with x_train, y_train, x_test, y_test")],
-    name: Annotated[str | None, Form(min_length=1, max_length=NAME_MAX)] = None,
+    name: Annotated[str | None, Form(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)] = None,
+    task: Annotated[
+        TaskType,
+        Form(description="'classification' (integer class labels) or 'regression' (continuous targets)."),
+    ] = TaskType.classification,
 ) -> DatasetOut:
     from app.intake import IntakeError, reject_pickle, validate_npz
 
@@ -111,9 +125,15 @@ async def upload_dataset(
             data,
             max_bytes=settings.max_upload_bytes,
             max_uncompressed_bytes=settings.max_dataset_uncompressed_bytes,
+            task=task.value,
         )
         dataset = ArrayDataset.from_arrays(
-            parsed.x_train, parsed.y_train, parsed.x_test, parsed.y_test, num_classes=parsed.num_classes
+            parsed.x_train,
+            parsed.y_train,
+            parsed.x_test,
+            parsed.y_test,
+            num_classes=parsed.num_classes,
+            task=task,
         )
     except IntakeError as exc:
         raise DomainError(exc.detail, code=exc.code, status=exc.status, errors=exc.errors or None) from exc
@@ -124,7 +144,7 @@ async def upload_dataset(
         store,
         tenant_id=principal.tenant_id,
         dataset=dataset,
-        name=name or (file.filename or "upload"),
+        name=name or _name_from_filename(file.filename),
         source="upload",
         builtin=None,
         config={"upload_sha256": parsed.sha256},
@@ -147,3 +167,28 @@ async def upload_dataset(
 @router.get("/{dataset_id}", response_model=DatasetOut)
 def read_dataset(dataset_id: uuid.UUID, principal: Reader, session: SessionDep) -> DatasetOut:
     return DatasetOut.model_validate(get_dataset(session, principal.tenant_id, dataset_id))
+
+
+@router.delete("/{dataset_id}", response_model=DeletionReport, responses=DELETE_RESPONSES)
+def delete_dataset(
+    dataset_id: uuid.UUID,
+    principal: Admin,
+    session: SessionDep,
+    store: StoreDep,
+    request: Request,
+    cascade: Annotated[bool, Query(description=CASCADE_DESCRIPTION)] = False,
+) -> DeletionReport:
+    """Delete the dataset, its stored arrays and the audit shadow models trained on it (admin scope).
+
+    Refused (409) while a queued or running job uses it, and, without ``cascade``, while models, forget sets,
+    jobs or campaigns depend on it. Audited; the files go once no other row references the same content."""
+    return delete_resource(
+        session,
+        request.app.state.sessions,
+        store,
+        principal,
+        "dataset",
+        dataset_id,
+        cascade=cascade,
+        request_id=request_id(request),
+    )

@@ -49,8 +49,15 @@ def test_builtin_catalogs_are_registered() -> None:
     from workers.engine.datasets import DATASETS
     from workers.engine.methods import METHODS
 
-    assert ARCHITECTURES.names() == ["mlp", "resnet18", "small_cnn"]
-    assert DATASETS.names() == ["digits", "procedural"]
+    assert ARCHITECTURES.names() == [
+        "mlp",
+        "mlp_regressor",
+        "resnet18",
+        "resnet18_regressor",
+        "small_cnn",
+        "small_cnn_regressor",
+    ]
+    assert DATASETS.names() == ["diabetes", "digits", "procedural", "procedural_regression"]
     assert METHODS.names() == sorted(METHODS.names())
     job_kinds = {spec.name: spec.job_kind for spec in METHODS}
     expected = {

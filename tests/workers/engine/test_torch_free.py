@@ -22,7 +22,9 @@ from workers.engine.architectures import ARCHITECTURES
 from workers.engine.datasets import build_dataset
 from workers.engine.methods import METHODS
 from workers.engine.metrics import accuracy, forgetting_report
+from workers.engine.metrics.regression import comparison_metrics, target_range
 configs = {"mlp": {"input_shape": [4]}, "small_cnn": {}, "resnet18": {}}
+configs.update({f"{name}_regressor": config for name, config in configs.items()})
 for spec in ARCHITECTURES:
     spec.config_model.model_json_schema()
     assert spec.expected_state(configs[spec.name])
@@ -32,6 +34,9 @@ for spec in METHODS:
 dataset = build_dataset("procedural", {"n_train": 50, "n_test": 20, "image_size": 8})
 probabilities = np.eye(10)[dataset.y_train]
 forgetting_report(probabilities, dataset.y_train, np.arange(5), np.eye(10)[dataset.y_test], dataset.y_test)
+regression = build_dataset("diabetes")
+target_range(regression.y_train, np.flatnonzero(regression.y_train <= 100))
+comparison_metrics({}, {"forget_predictions": [1.0]}, {}, {"forget_predictions": [2.0]})
 assert 'torch' not in sys.modules, 'torch was imported'
 """
 

@@ -254,6 +254,35 @@ def resnet18_check_input(config: ResNet18Config, input_shape: tuple[int, ...], n
     _require_classes("resnet18", config.num_classes, num_classes)
 
 
+# ------------------------------------------------------------------------------------------ regressors
+# Scalar-head variants for regression (blindspot_sfd.md §1.2: the reference models end in one output). They
+# keep the classifiers' state_dict layout with a head of one output (``num_classes`` is fixed at 1, which
+# is also what a regression dataset reports), and their modules return predictions of shape (N,).
+RegressionOutputs = Annotated[
+    int, Field(ge=1, le=1, description="Outputs of the scalar head: always 1 for regression.")
+]
+
+
+class MLPRegressorConfig(MLPConfig):
+    """Fully connected ReLU network with one scalar output (inputs flattened first)."""
+
+    num_classes: RegressionOutputs = 1
+
+
+class SmallCNNRegressorConfig(SmallCNNConfig):
+    """Conv3x3-BN-ReLU-maxpool(2) blocks, global average pool, one scalar output."""
+
+    num_classes: RegressionOutputs = 1
+
+
+class ResNet18RegressorConfig(ResNet18Config):
+    """CIFAR-style ResNet-18 (as ``resnet18``) whose ``fc`` has one output, as the reference's torchvision
+    ResNet18 with ``fc -> 1`` (blindspot_sfd.md §1.2; deviation: the CIFAR 3x3 stem instead of torchvision's
+    7x7 stem + max-pool, so small images keep their resolution)."""
+
+    num_classes: RegressionOutputs = 1
+
+
 ARCHITECTURES: Registry[ArchitectureSpec] = Registry("architecture")
 
 ARCHITECTURES.register(
@@ -290,6 +319,43 @@ ARCHITECTURES.register(
     )
 )
 
+ARCHITECTURES.register(
+    ArchitectureSpec(
+        name="mlp_regressor",
+        description="Fully connected ReLU network with a scalar output (tabular regression).",
+        task_types=(TaskType.regression,),
+        config_model=MLPRegressorConfig,
+        param_shapes=mlp_param_shapes,
+        builder="workers.engine.architectures.regressors:build_mlp",
+        check_input=mlp_check_input,
+    )
+)
+ARCHITECTURES.register(
+    ArchitectureSpec(
+        name="small_cnn_regressor",
+        description="Small conv-BN-ReLU-pool network with global average pooling and a scalar output.",
+        task_types=(TaskType.regression,),
+        config_model=SmallCNNRegressorConfig,
+        param_shapes=small_cnn_param_shapes,
+        builder="workers.engine.architectures.regressors:build_small_cnn",
+        check_input=small_cnn_check_input,
+    )
+)
+ARCHITECTURES.register(
+    ArchitectureSpec(
+        name="resnet18_regressor",
+        description=(
+            "CIFAR-style ResNet-18 with a scalar output; exposes the stem and all 8 BasicBlocks' outputs "
+            "(the Deep Regression Unlearning reference's 9 attention layers)."
+        ),
+        task_types=(TaskType.regression,),
+        config_model=ResNet18RegressorConfig,
+        param_shapes=resnet18_param_shapes,
+        builder="workers.engine.architectures.regressors:build_resnet18",
+        check_input=resnet18_check_input,
+    )
+)
+
 __all__ = [
     "ARCHITECTURES",
     "FLOAT32",
@@ -297,8 +363,11 @@ __all__ = [
     "MAX_PARAMETER_COUNT",
     "ArchitectureSpec",
     "MLPConfig",
+    "MLPRegressorConfig",
     "ResNet18Config",
+    "ResNet18RegressorConfig",
     "ShapeDict",
     "SmallCNNConfig",
+    "SmallCNNRegressorConfig",
     "parameter_count",
 ]

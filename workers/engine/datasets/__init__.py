@@ -9,8 +9,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from workers.engine.datasets.arrays import ArrayDataset
+from workers.engine.datasets.diabetes import DiabetesConfig, build_diabetes
 from workers.engine.datasets.digits import DigitsConfig, build_digits
 from workers.engine.datasets.procedural import ProceduralConfig, build_procedural
+from workers.engine.datasets.procedural_regression import (
+    ProceduralRegressionConfig,
+    build_procedural_regression,
+)
 from workers.engine.errors import InvalidInputError
 from workers.engine.registry import Registry
 from workers.engine.tasks import TaskType
@@ -63,4 +68,38 @@ DATASETS.register(
     )
 )
 
-__all__ = ["DATASETS", "ArrayDataset", "DatasetSpec", "DigitsConfig", "ProceduralConfig", "build_dataset"]
+DATASETS.register(
+    DatasetSpec(
+        name="diabetes",
+        description=(
+            "scikit-learn's diabetes data (442 patients, 10 standardised features, disease progression "
+            "target 25..346), random split: tabular regression."
+        ),
+        task_type=TaskType.regression,
+        config_model=DiabetesConfig,
+        build=build_diabetes,
+    )
+)
+DATASETS.register(
+    DatasetSpec(
+        name="procedural_regression",
+        description=(
+            "Generated images whose continuous target (0..100 by default, noisy on train) sets the blend of "
+            "an identity prototype with a shared pattern: image regression, forget by target range."
+        ),
+        task_type=TaskType.regression,
+        config_model=ProceduralRegressionConfig,
+        build=build_procedural_regression,
+    )
+)
+
+__all__ = [
+    "DATASETS",
+    "ArrayDataset",
+    "DatasetSpec",
+    "DiabetesConfig",
+    "DigitsConfig",
+    "ProceduralConfig",
+    "ProceduralRegressionConfig",
+    "build_dataset",
+]

@@ -14,6 +14,8 @@ UINT8_MAX = 255.0
 # Channel counts recognised when guessing whether 4-D images are stored channels-last (N, H, W, C).
 IMAGE_CHANNEL_COUNTS = (1, 3, 4)
 MIN_CLASSES = 2
+# A regression dataset has one continuous target per sample; its ``num_classes`` is the model's output count.
+REGRESSION_OUTPUTS = 1
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "num_classes", "task")
 
 
@@ -21,8 +23,9 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "num_classes", "task")
 class ArrayDataset:
     """A train/test split held as numpy arrays.
 
-    Inputs are float32 with per-sample shape ``input_shape`` (images are channels-first, C x H x W);
-    labels are int64 class indices in ``[0, num_classes)``. Indices into ``x_train`` are the "original
+    Inputs are float32 with per-sample shape ``input_shape`` (images are channels-first, C x H x W).
+    Classification: labels are int64 class indices in ``[0, num_classes)``. Regression: labels are finite
+    float32 targets and ``num_classes`` is 1 (one scalar output). Indices into ``x_train`` are the "original
     indices" forget sets refer to.
     """
 
@@ -44,9 +47,12 @@ class ArrayDataset:
 
     def validate(self) -> ArrayDataset:
         """Raise :class:`InvalidInputError` unless every invariant above holds; return ``self``."""
-        if self.task is not TaskType.classification:
+        if self.task not in (TaskType.classification, TaskType.regression):
             raise InvalidInputError(f"unsupported task type {self.task!r}")
-        if self.num_classes < MIN_CLASSES:
+        regression = self.task is TaskType.regression
+        if regression and self.num_classes != REGRESSION_OUTPUTS:
+            raise InvalidInputError(f"a regression dataset has num_classes={REGRESSION_OUTPUTS} (one output)")
+        if not regression and self.num_classes < MIN_CLASSES:
             raise InvalidInputError(f"num_classes must be at least {MIN_CLASSES}, got {self.num_classes}")
         for split, inputs, labels in (
             ("train", self.x_train, self.y_train),
@@ -54,9 +60,11 @@ class ArrayDataset:
         ):
             if inputs.dtype != np.float32:
                 raise InvalidInputError(f"x_{split} must be float32, got {inputs.dtype}")
-            if labels.dtype != np.int64 or labels.ndim != 1:
+            label_dtype = np.float32 if regression else np.int64
+            if labels.dtype != label_dtype or labels.ndim != 1:
                 raise InvalidInputError(
-                    f"y_{split} must be a 1-D int64 array, got {labels.dtype} {labels.shape}"
+                    f"y_{split} must be a 1-D {np.dtype(label_dtype).name} array, "
+                    f"got {labels.dtype} {labels.shape}"
                 )
             if inputs.ndim < 2 or tuple(inputs.shape[1:]) != tuple(self.input_shape):
                 expected = ", ".join(["N", *map(str, self.input_shape)])
@@ -67,7 +75,10 @@ class ArrayDataset:
                 )
             if labels.shape[0] == 0:
                 raise InvalidInputError(f"the {split} split is empty")
-            if labels.min() < 0 or labels.max() >= self.num_classes:
+            if regression:
+                if not np.all(np.isfinite(labels)):
+                    raise InvalidInputError(f"y_{split} contains NaN or infinite targets")
+            elif labels.min() < 0 or labels.max() >= self.num_classes:
                 raise InvalidInputError(
                     f"y_{split} labels must lie in [0, {self.num_classes}), "
                     f"found [{labels.min()}, {labels.max()}]"
@@ -84,6 +95,7 @@ class ArrayDataset:
         x_test: np.ndarray,
         y_test: np.ndarray,
         num_classes: int | None = None,
+        task: TaskType = TaskType.classification,
     ) -> ArrayDataset:
         """Normalise user arrays and validate them.
 
@@ -92,9 +104,20 @@ class ArrayDataset:
         - N x H x W x C images with C in {1, 3, 4} (and a non-channel-like second axis) are transposed to
           channels-first;
         - integer labels (or floats holding whole numbers) become int64;
-        - ``num_classes`` defaults to ``max(label) + 1`` over both splits.
+        - ``num_classes`` defaults to ``max(label) + 1`` over both splits;
+        - regression (``task``): targets of any real dtype become float32 and ``num_classes`` is 1.
         """
         train_inputs, test_inputs = _normalise_inputs(x_train, "x_train"), _normalise_inputs(x_test, "x_test")
+        if task is TaskType.regression:
+            return cls(
+                x_train=train_inputs,
+                y_train=_normalise_targets(y_train, "y_train"),
+                x_test=test_inputs,
+                y_test=_normalise_targets(y_test, "y_test"),
+                num_classes=REGRESSION_OUTPUTS,
+                task=TaskType.regression,
+                input_shape=tuple(int(size) for size in train_inputs.shape[1:]),
+            ).validate()
         train_labels, test_labels = _normalise_labels(y_train, "y_train"), _normalise_labels(y_test, "y_test")
         if num_classes is None:
             largest = max(int(train_labels.max(initial=-1)), int(test_labels.max(initial=-1)))
@@ -181,3 +204,17 @@ def _normalise_labels(labels: np.ndarray, name: str) -> np.ndarray:
     elif array.dtype.kind not in "iu":
         raise InvalidInputError(f"{name} must hold integer class indices, got {array.dtype}")
     return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _normalise_targets(targets: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(targets)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise InvalidInputError(f"{name} must be a 1-D array of targets, got shape {list(array.shape)}")
+    if array.dtype.kind not in "iuf":
+        raise InvalidInputError(f"{name} must hold real-valued targets, got {array.dtype}")
+    converted = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.all(np.isfinite(converted)):
+        raise InvalidInputError(f"{name} contains NaN or infinite targets (or values beyond float32)")
+    return converted

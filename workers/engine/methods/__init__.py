@@ -30,6 +30,7 @@ from workers.engine.methods.params_distillation import (
     IUParams,
     SCRUBParams,
 )
+from workers.engine.methods.params_regression import GaussianFinetuneParams
 from workers.engine.registry import Registry
 from workers.engine.search.params import WorstCaseSearchParams
 from workers.engine.tasks import TaskType
@@ -57,7 +58,7 @@ METHODS.register(
         name="train",
         job_kind="train",
         description="Train the original model from a seeded random initialisation on the full training set.",
-        task_types=(TaskType.classification,),
+        task_types=(TaskType.classification, TaskType.regression),
         params_model=TrainParams,
         impl="workers.engine.methods.training_methods:run_train",
     )
@@ -70,7 +71,7 @@ METHODS.register(
             "Exact unlearning (the gold standard): train from a seeded random initialisation on the retain "
             "set with the original model's recipe."
         ),
-        task_types=(TaskType.classification,),
+        task_types=(TaskType.classification, TaskType.regression),
         params_model=RetrainParams,
         impl="workers.engine.methods.training_methods:run_retrain",
     )
@@ -80,7 +81,7 @@ METHODS.register(
         name="ft",
         job_kind="unlearn",
         description="Fine-tune (FT): keep training the original model on the retain set only (reference FT).",
-        task_types=(TaskType.classification,),
+        task_types=(TaskType.classification, TaskType.regression),
         params_model=FinetuneParams,
         impl="workers.engine.methods.finetune:run",
     )
@@ -133,10 +134,11 @@ METHODS.register(
         name="blindspot",
         job_kind="unlearn",
         description=(
-            "Blindspot unlearning (Tarun et al., Deep Regression Unlearning) for classifiers: pull forget "
-            "outputs and attention maps toward a model partially trained on D_r only, cross-entropy on D_r."
+            "Blindspot unlearning (Tarun et al., Deep Regression Unlearning): pull forget outputs and "
+            "attention maps toward a model partially trained on D_r only; the task loss (L1 for regression, "
+            "cross-entropy for classifiers) on D_r."
         ),
-        task_types=(TaskType.classification,),
+        task_types=(TaskType.classification, TaskType.regression),
         params_model=BlindspotParams,
         impl="workers.engine.methods.blindspot:run",
     )
@@ -146,12 +148,26 @@ METHODS.register(
         name="ga",
         job_kind="unlearn",
         description=(
-            "Gradient ascent (GA): maximise the cross-entropy on the forget set, no retain term "
-            "(reference GA, lr 1e-4 x 5 epochs)."
+            "Gradient ascent (GA): maximise the task loss (cross-entropy; L1 for regression) on the forget "
+            "set, no retain term (reference GA, lr 1e-4 x 5 epochs)."
         ),
-        task_types=(TaskType.classification,),
+        task_types=(TaskType.classification, TaskType.regression),
         params_model=GradientAscentParams,
         impl="workers.engine.methods.gradient_ascent:run",
+    )
+)
+METHODS.register(
+    MethodSpec(
+        name="gaussian_ft",
+        job_kind="unlearn",
+        description=(
+            "Gaussian fine-tuning (Deep Regression Unlearning's 'Gaussian amnesiac'): replace every forget "
+            "target by a draw from the normal fitted to all training targets, then fine-tune on the whole "
+            "relabelled training set (Adam lr 1e-3 x 1 epoch, L1)."
+        ),
+        task_types=(TaskType.regression,),
+        params_model=GaussianFinetuneParams,
+        impl="workers.engine.methods.gaussian_ft:run",
     )
 )
 METHODS.register(
@@ -228,6 +244,7 @@ __all__ = [
     "BadTeacherParams",
     "BlindspotParams",
     "FinetuneParams",
+    "GaussianFinetuneParams",
     "GradientAscentParams",
     "IUParams",
     "JobKind",

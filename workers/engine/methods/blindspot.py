@@ -1,5 +1,5 @@
 """``blindspot``: Blindspot unlearning (Tarun et al., "Deep Regression Unlearning", ICML 2023;
-blindspot_sfd.md §1.3), adapted to classification (§1.8).
+blindspot_sfd.md §1.3) for regression, as the reference, and adapted to classification (§1.8).
 
 Not to be confused with ``bad_teacher``, which the bad-teaching code calls "blindspot".
 
@@ -16,6 +16,15 @@ Not to be confused with ``bad_teacher``, which the bad-teaching code calls "blin
    (a term is 0 when its part of the batch is empty). AT is attention transfer over every block output
    the architecture returns (``workers.engine.architectures.activations``): att(A) = L2-normalised
    channel-mean of A^2 per sample, AT = mean over batch x positions of the squared map difference.
+
+Regression (the reference): d_out, L_r and the blindspot model's training loss are all
+``regression_loss`` (L1 by default, the AgeDB code; MSE is the STS-B notebook), each a mean over the samples
+of its part of the batch. The AT sum runs over every activation the regressor returns (``resnet18_regressor``:
+stem + 8 BasicBlocks, as the reference's ResNet18; ``small_cnn_regressor``: its conv blocks). Deviations:
+the MLP regressor's 2-D activations get no attention term - faithful to the reference, whose AT is
+identically 0 on 2-D activations (§1.3 quirk), so for an MLP L_f is the output distance alone; the
+reference's one-cycle fitting of b is constant-LR Adam here, and b is not checkpointed or selected on a
+validation split (the reference's AgeDB run also uses the in-memory weights after epoch 2).
 
 Deviations (classification adaptation): CE instead of L1 as retain loss and to train b; d_out defaults to
 KL(softmax(b) || softmax(f)) (``output_distance`` also offers the reference's L1 and the STS-B MSE, on
@@ -44,8 +53,10 @@ from workers.engine.methods.distillation import (
     reinitialised_copy,
 )
 from workers.engine.methods.params_distillation import BlindspotParams
+from workers.engine.tasks import TaskType
 
 BLINDSPOT_STAGE = "blindspot_model"
+REGRESSION_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 
 
 def output_distance(kind: str, student_logits: torch.Tensor, blindspot_logits: torch.Tensor) -> torch.Tensor:
@@ -68,13 +79,25 @@ def run(context: MethodContext) -> MethodOutput:
     retain_inputs, retain_labels = context.data.retain()
     generator = torch.Generator().manual_seed(context.seed)
     torch.manual_seed(context.seed)  # dropout
+    regression = context.task is TaskType.regression
+    regression_loss = REGRESSION_LOSSES[params.regression_loss]
+
+    def supervised_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Trains b and is L_r: the regression loss, or cross-entropy for classifiers."""
+        return regression_loss(outputs, targets) if regression else F.cross_entropy(outputs, targets)
+
+    def distance_to_blindspot(student: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """d_out on forget samples: the regression loss, or ``output_distance`` for classifiers."""
+        if regression:
+            return regression_loss(student, reference)
+        return output_distance(params.output_distance, student, reference)
 
     # ---- step 1: the blindspot model, partially trained on D_r only
     blindspot = reinitialised_copy(model, context.seed + TEACHER_INIT_SEED_OFFSET)
     blindspot_optimizer = torch.optim.Adam(blindspot.parameters(), lr=params.blindspot_lr)
 
     def blindspot_loss(batch: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(blindspot(batch), retain_labels[indices])
+        return supervised_loss(blindspot(batch), retain_labels[indices])
 
     blindspot_training = TrainingPass(
         blindspot,
@@ -119,14 +142,14 @@ def run(context: MethodContext) -> MethodOutput:
         if forget_count:
             with torch.no_grad():
                 blindspot_logits, blindspot_activations = collect_activations(blindspot, batch[forget])
-            forget_loss = output_distance(params.output_distance, logits[forget], blindspot_logits)
+            forget_loss = distance_to_blindspot(logits[forget], blindspot_logits)
             for own, reference in zip(activations, blindspot_activations, strict=True):
                 if attention_map(own) is not None:
                     forget_loss = forget_loss + params.beta * attention_transfer(own[forget], reference)
             loss = loss + fraction * forget_loss
         if forget_count < batch.shape[0]:
             retain = ~forget
-            loss = loss + (1.0 - fraction) * F.cross_entropy(logits[retain], labels[indices][retain])
+            loss = loss + (1.0 - fraction) * supervised_loss(logits[retain], labels[indices][retain])
         return loss
 
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)

@@ -219,11 +219,15 @@ class SCRUBParams(BaseModel):
 
 class BlindspotParams(BaseModel):
     """Parameters of ``blindspot`` (Tarun et al., Deep Regression Unlearning, ICML 2023; blindspot_sfd.md
-    §1.3), adapted to classification. Reference values: blindspot model trained for 2 epochs on D_r with
-    Adam lr 0.01, batch 256 (AgeDB); unlearning 1 epoch, Adam lr 1e-3, batch 256, attention weight
-    beta = 50 on every returned layer. Deviations (classification adaptation, §1.8): the retain loss is
-    cross-entropy instead of L1, the output distance defaults to KL(softmax(b) || softmax(f)) instead of
-    L1 on the regression output, and the blindspot model is trained with cross-entropy."""
+    §1.3), for regression (the reference) and classification (an adaptation). Reference values: blindspot
+    model trained for 2 epochs on D_r with Adam lr 0.01, batch 256 (AgeDB); unlearning 1 epoch, Adam lr
+    1e-3, batch 256, attention weight beta = 50 on every returned layer.
+
+    Regression tasks use ``regression_loss`` (L1 by default, the AgeDB code; 'mse' is the STS-B notebook)
+    for all three of the reference's losses: training the blindspot model, the output distance to it on
+    D_f and the retain loss; ``output_distance`` is not used. Classification tasks (§1.8 adaptation): the
+    retain loss and the blindspot model's training loss are cross-entropy and the output distance is
+    ``output_distance`` (KL(softmax(b) || softmax(f)) by default); ``regression_loss`` is not used."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -248,6 +252,14 @@ class BlindspotParams(BaseModel):
             "Forget-sample output distance to the blindspot model: 'kl' = KL(softmax(b) || softmax(f)) "
             "(classification adaptation), 'mse' / 'l1' = mean squared / absolute logit difference (the "
             "reference's regression distances applied to logits)."
+        ),
+    )
+    regression_loss: Literal["l1", "mse"] = Field(
+        default="l1",
+        description=(
+            "Regression tasks only: the loss of the blindspot model's training, of the output distance on "
+            "forget samples and of the retain term ('l1' = the reference's AgeDB code, 'mse' = its STS-B "
+            "notebook)."
         ),
     )
     augment: Augment = False

@@ -67,5 +67,7 @@ def test_bad_weights_are_rejected_with_a_reason(mutate, message: str) -> None:  
 
 
 def test_unknown_architecture() -> None:
-    with pytest.raises(UnknownEntryError, match="available: mlp, resnet18, small_cnn"):
+    with pytest.raises(
+        UnknownEntryError, match="available: mlp, mlp_regressor, resnet18, resnet18_regressor"
+    ):
         build_model("vgg16", {})
