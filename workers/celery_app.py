@@ -18,6 +18,8 @@ DEFAULT_QUEUE = "default"
 RUN_JOB_TASK = "lethe.run_job"
 REAP_TASK = "lethe.reap"
 PURGE_BROKER_TASK = "lethe.purge_broker"
+SWEEP_ORPHANS_TASK = "lethe.sweep_orphans"
+RETENTION_TASK = "lethe.retention"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -58,6 +60,14 @@ def make_celery(settings: Settings) -> Celery:
         beat_schedule={
             "reap-expired-leases": {"task": REAP_TASK, "schedule": settings.reaper_interval_seconds},
             "purge-consumed-broker-messages": {"task": PURGE_BROKER_TASK, "schedule": 3600.0},
+            "sweep-orphan-artifacts": {
+                "task": SWEEP_ORPHANS_TASK,
+                "schedule": settings.orphan_sweep_interval_seconds,
+            },
+            "retention-intermediates": {
+                "task": RETENTION_TASK,
+                "schedule": settings.retention_interval_seconds,
+            },
         },
         timezone="UTC",
     )

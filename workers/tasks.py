@@ -10,10 +10,20 @@ from celery.signals import worker_init
 from sqlalchemy import text
 
 from app.models.base import utcnow
+from app.services import artifacts as artifact_service
 from app.services import campaigns as campaign_service
 from app.services import jobs as job_service
+from app.services import quotas, retention
 from workers import embedded
-from workers.celery_app import PURGE_BROKER_TASK, REAP_TASK, RUN_JOB_TASK, CeleryPublisher, celery_app
+from workers.celery_app import (
+    PURGE_BROKER_TASK,
+    REAP_TASK,
+    RETENTION_TASK,
+    RUN_JOB_TASK,
+    SWEEP_ORPHANS_TASK,
+    CeleryPublisher,
+    celery_app,
+)
 from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -40,6 +50,7 @@ def run_job(job_id: str) -> None:
 @celery_app.task(name=REAP_TASK)
 def reap() -> dict[str, int]:
     runtime = get_runtime()
+    over_budget = quotas.enforce_time_budget(runtime.sessions, runtime.settings)
     report = job_service.reap(runtime.sessions, stale_enqueue_seconds=runtime.settings.lease_seconds * 5)
     publisher = CeleryPublisher(celery_app)
     sent = job_service.publish_all(runtime.sessions, publisher, report.republish)
@@ -49,11 +60,45 @@ def reap() -> dict[str, int]:
             publisher,
             campaign_service.advance(runtime.sessions, campaign_id, runtime.settings),
         )
-    if report.requeued or report.failed or sent:
+    if report.requeued or report.failed or sent or over_budget:
         log.info(
-            "reaper: requeued=%d failed=%d published=%d", len(report.requeued), len(report.failed), len(sent)
+            "reaper: requeued=%d failed=%d over_budget=%d published=%d",
+            len(report.requeued),
+            len(report.failed),
+            len(over_budget),
+            len(sent),
         )
-    return {"requeued": len(report.requeued), "failed": len(report.failed), "published": len(sent)}
+    return {
+        "requeued": len(report.requeued),
+        "failed": len(report.failed),
+        "over_budget": len(over_budget),
+        "published": len(sent),
+    }
+
+
+@celery_app.task(name=SWEEP_ORPHANS_TASK)
+def sweep_orphans() -> dict[str, int]:
+    """Artifact files no row references (a deletion interrupted between its commit and its file deletion,
+    a job attempt that wrote its output and lost its lease), once older than the grace period."""
+    runtime = get_runtime()
+    report = artifact_service.sweep_orphans(
+        runtime.sessions, runtime.store, grace_seconds=runtime.settings.orphan_grace_seconds
+    )
+    return {
+        "deleted": len(report.deleted),
+        "temporary": len(report.temp_deleted),
+        "bytes": report.bytes_freed,
+    }
+
+
+@celery_app.task(name=RETENTION_TASK)
+def purge_intermediates() -> dict[str, int]:
+    """Retention of regenerable intermediates (off unless LETHE_RETENTION_DAYS_INTERMEDIATE is set)."""
+    runtime = get_runtime()
+    report = retention.purge_intermediates(runtime.sessions, runtime.store, runtime.settings)
+    if report.purged:
+        log.info("retention: purged %d intermediates, %d files", report.purged, len(report.files.deleted))
+    return {"purged": report.purged, "files": len(report.files.deleted), "bytes": report.files.bytes_freed}
 
 
 @celery_app.task(name=PURGE_BROKER_TASK)

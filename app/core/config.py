@@ -52,6 +52,44 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(256 * 1024 * 1024, gt=0)
     max_dataset_uncompressed_bytes: int = Field(1024 * 1024 * 1024, gt=0)
 
+    # Quotas (app.services.quotas): every refusal is problem+json with a stable code.
+    max_active_jobs_per_tenant: int | None = Field(
+        100,
+        ge=1,
+        description="Queued + running jobs a tenant may have; POST /v1/jobs beyond it answers 429. "
+        "Campaign cells count towards it. Unset: no limit.",
+    )
+    max_job_epochs: int = Field(
+        1000,
+        ge=1,
+        description="Ceiling on every epochs field of a job's params (epochs, finetune_epochs, lower_epochs, "
+        "...) and on an inherited recipe; beyond it a submission answers 422 epochs-over-limit.",
+    )
+    job_time_budget_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Wall-clock budget of a running attempt; the reaper fails a job past it "
+        "(time-budget-exceeded) and its worker stops at the next heartbeat. Unset: only the Celery "
+        "soft time limit (task_soft_time_limit) applies.",
+    )
+
+    # Data lifecycle (app.services.deletion, app.services.retention, app.services.artifacts).
+    retention_days_intermediate: float | None = Field(
+        None,
+        ge=0,
+        description="Purge regenerable intermediates older than this: audit shadow models unused for "
+        "this long, epoch checkpoints and per-example arrays/scores of jobs that ended this long ago. "
+        "Unset: keep them.",
+    )
+    retention_interval_seconds: float = Field(3600.0, gt=0, description="How often retention runs.")
+    orphan_grace_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="The orphan sweep deletes artifact files no row references once they are this old "
+        "(younger files may belong to a write whose row is not committed yet).",
+    )
+    orphan_sweep_interval_seconds: float = Field(3600.0, gt=0, description="How often the sweep runs.")
+
     # Auth.
     bootstrap_key_file: Path | None = Field(None, description="Where the embedded admin key is written.")
     key_pepper: str = Field("lethe-embedded-pepper", description="HMAC pepper for API-key hashes.")

@@ -30,8 +30,10 @@ def record(
     details: dict[str, Any] | None = None,
     request_id: str | None = None,
 ) -> AuditEvent:
-    # Lock the tenant row so concurrent writers of one tenant chain their hashes in order.
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    # Lock the tenant row so concurrent writers of one tenant chain their hashes in order. NO KEY UPDATE
+    # (Postgres): every insert of a tenant's row holds KEY SHARE on the tenant (its foreign key), which a
+    # plain FOR UPDATE waits for, so two writers that had both inserted would deadlock.
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
     prev_hash = session.scalar(
         select(AuditEvent.hash)
         .where(AuditEvent.tenant_id == tenant_id)

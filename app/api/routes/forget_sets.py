@@ -8,13 +8,14 @@ from sqlalchemy import select
 
 from app.api.deps import Reader, SessionDep, StoreDep, Submitter, request_id
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
-from app.core.problems import NotFound
+from app.core.problems import DomainError, NotFound
 from app.models import ForgetSet
 from app.schemas.common import Page
 from app.schemas.jobs import Comparison
 from app.schemas.resources import ForgetSetCreate, ForgetSetIndices, ForgetSetOut
 from app.services import audit
 from app.services.datasets import get_dataset
+from app.services.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
 from app.services.forget_sets import create_forget_set, get_forget_set
 from app.services.results import compare
 
@@ -79,7 +80,11 @@ def read_indices(forget_set_id: uuid.UUID, principal: Reader, session: SessionDe
 
 
 @router.get(
-    "/{forget_set_id}/scores", responses={404: {"description": "Unknown, or not a searched forget set"}}
+    "/{forget_set_id}/scores",
+    responses={
+        404: {"description": "Unknown, or not a searched forget set"},
+        410: {"description": "scores-purged: removed by the retention policy"},
+    },
 )
 def read_scores(
     forget_set_id: uuid.UUID, principal: Reader, session: SessionDep, store: StoreDep
@@ -88,6 +93,13 @@ def read_scores(
     train sample, or per class for a class-wise search) and the upper objective per outer iteration."""
     row = get_forget_set(session, principal.tenant_id, forget_set_id)
     if row.scores_key is None:
+        if row.kind == "worst_case":
+            raise DomainError(
+                f"the scores of forget set {forget_set_id} were purged by the retention policy"
+                " (LETHE_RETENTION_DAYS_INTERMEDIATE); run the search again to regenerate them",
+                code="scores-purged",
+                status=410,
+            )
         raise NotFound(
             f"forget set {forget_set_id} was not searched: it has no scores", code="scores-not-found"
         )
@@ -108,3 +120,29 @@ def comparison(
     """Every method's metrics on this forget set, side by side with the retrain row and the Avg-Gap."""
     get_forget_set(session, principal.tenant_id, forget_set_id)
     return compare(session, principal.tenant_id, forget_set_id, model_id)
+
+
+@router.delete("/{forget_set_id}", response_model=DeletionReport, responses=DELETE_RESPONSES)
+def delete_forget_set(
+    forget_set_id: uuid.UUID,
+    principal: Submitter,
+    session: SessionDep,
+    store: StoreDep,
+    request: Request,
+    cascade: Annotated[bool, Query(description=CASCADE_DESCRIPTION)] = False,
+) -> DeletionReport:
+    """Delete the forget set (its indices live in the row) and a searched set's scores.
+
+    Refused (409) while a queued or running job uses it, and, without ``cascade``, while jobs (and through
+    them their output models) or campaigns depend on it. Audited with its hash and size, never its
+    contents."""
+    return delete_resource(
+        session,
+        request.app.state.sessions,
+        store,
+        principal,
+        "forget_set",
+        forget_set_id,
+        cascade=cascade,
+        request_id=request_id(request),
+    )

@@ -13,9 +13,10 @@ from app.api.uploads import read_upload
 from app.core.problems import NotFound, Unprocessable
 from app.models import Model
 from app.schemas.common import Page
-from app.schemas.resources import NAME_MAX, ModelOut
+from app.schemas.resources import NAME_MAX, NAME_PATTERN, ModelOut
 from app.services import audit
 from app.services.datasets import get_dataset
+from app.services.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
 from app.services.models import get_model, register_upload
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -49,7 +50,7 @@ async def upload_model(
     architecture: Annotated[str, Form(max_length=100, description="Name from GET /v1/architectures.")],
     weights: Annotated[UploadFile, File(description="safetensors state_dict; pickles are rejected.")],
     config: Annotated[str, Form(max_length=100_000, description="Architecture config as JSON.")] = "{}",
-    name: Annotated[str | None, Form(min_length=1, max_length=NAME_MAX)] = None,
+    name: Annotated[str | None, Form(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)] = None,
     dataset_id: Annotated[uuid.UUID | None, Form()] = None,
 ) -> ModelOut:
     try:
@@ -136,4 +137,31 @@ def download_mask(model_id: uuid.UUID, principal: Reader, session: SessionDep, s
             "Content-Disposition": f'attachment; filename="{row.id}.mask.safetensors"',
             "ETag": f'"{row.mask_sha256}"',
         },
+    )
+
+
+@router.delete("/{model_id}", response_model=DeletionReport, responses=DELETE_RESPONSES)
+def delete_model(
+    model_id: uuid.UUID,
+    principal: Submitter,
+    session: SessionDep,
+    store: StoreDep,
+    request: Request,
+    cascade: Annotated[bool, Query(description=CASCADE_DESCRIPTION)] = False,
+) -> DeletionReport:
+    """Delete the model, its weights and masks, and the epoch checkpoint of the job that produced it (that job
+    stays, its output_model_id cleared).
+
+    Refused (409) while a queued or running job uses it, and, without ``cascade``, while jobs (and through
+    them their output models) or campaigns depend on it. Audited; the files go once no other row references
+    the same content."""
+    return delete_resource(
+        session,
+        request.app.state.sessions,
+        store,
+        principal,
+        "model",
+        model_id,
+        cascade=cascade,
+        request_id=request_id(request),
     )

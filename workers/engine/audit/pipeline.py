@@ -114,8 +114,9 @@ class AuditProgress:
 
     def report(self, info: dict[str, Any] | None = None) -> None:
         scale = 1000
+        # One phase per stage: the job's event log then records every stage change.
         self.hooks.progress(
-            AUDIT_PHASE,
+            f"{AUDIT_PHASE}/{self.stage}",
             round(self.done * scale),
             self.total * scale,
             {"stage": self.stage, "store": self.counts, **(info or {})},

@@ -1,0 +1,181 @@
+"""Per-tenant and per-job limits (Settings, env prefix ``LETHE_``), each refused with its own problem code.
+
+* queued + running jobs of a tenant, ``max_active_jobs_per_tenant``: ``POST /v1/jobs`` answers 429
+  ``too-many-active-jobs`` with Retry-After (campaign cells count towards it; idempotent replays and cached
+  results that create no job are never refused);
+* every epochs field of a job's params and of an inherited recipe, ``max_job_epochs``: job submission and
+  campaign creation answer 422 ``epochs-over-limit``;
+* wall-clock time of a running attempt, ``job_time_budget_seconds``: the reaper beat fails the job with
+  ``time-budget-exceeded`` and its worker stops at the next heartbeat;
+* the size of a generated built-in dataset, ``max_dataset_uncompressed_bytes``: ``POST /v1/datasets``
+  answers 422 ``dataset-too-large`` before generating anything.
+
+Uploads are bounded elsewhere with the same settings: request bodies and uploaded files by
+``max_upload_bytes`` (413 ``payload-too-large`` / ``upload-too-large``), dataset archives' declared
+uncompressed size by ``max_dataset_uncompressed_bytes`` (422 ``zip-bomb``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.config import Settings
+from app.core.db import session_scope
+from app.core.problems import DomainError, Unprocessable
+from app.models import Job, JobKind, JobStatus, Model, Tenant
+from app.models.base import utcnow
+from app.services.jobs import add_event
+
+ACTIVE = (JobStatus.queued, JobStatus.running)
+RETRY_AFTER_SECONDS = 30
+FLOAT32_BYTES = 4
+
+
+class TooManyRequests(DomainError):
+    status, code, title = 429, "too-many-requests", "Too many requests"
+
+
+def active_jobs(session: Session, tenant_id: uuid.UUID) -> int:
+    return int(
+        session.scalar(select(func.count(Job.id)).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE)))
+        or 0
+    )
+
+
+def check_active_jobs(session: Session, tenant_id: uuid.UUID, settings: Settings) -> None:
+    """Refuse when the tenant's queued + running jobs exceed the limit. Call it after the new jobs were
+    flushed: they count themselves, and the refusal rolls them back with the rest of the transaction.
+
+    The tenant row is locked before counting (FOR NO KEY UPDATE, as audit.record does: it does not wait for
+    the KEY SHARE that inserted rows hold on their tenant; SQLite serialises writers anyway), so of two
+    concurrent submissions for the last slot the second counts the first's job. Taking it after the inserts
+    keeps every writer's lock order (referenced rows, then the tenant row, as audit.record and DELETE do)."""
+    limit = settings.max_active_jobs_per_tenant
+    if limit is None:
+        return
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
+    current = active_jobs(session, tenant_id)
+    if current > limit:
+        raise TooManyRequests(
+            f"this tenant already has {current - 1} queued or running jobs and the limit is {limit}"
+            " (LETHE_MAX_ACTIVE_JOBS_PER_TENANT): wait for some to finish or cancel them, then retry",
+            code="too-many-active-jobs",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+
+def _epoch_fields(
+    value: Any, path: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], int]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = str(key)
+            if (name == "epochs" or name.endswith("_epochs")) and isinstance(item, int):
+                yield (*path, name), item
+            else:
+                yield from _epoch_fields(item, (*path, name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _epoch_fields(item, (*path, index))
+
+
+def check_job_limits(settings: Settings, kind: JobKind, params: dict[str, Any], model: Model | None) -> None:
+    """The epochs ceiling, on the validated params and, for kinds that train with the original model's
+    recipe when none is given (retrain, audit), on that recipe."""
+    ceiling = settings.max_job_epochs
+    found = [(("params", *path), value) for path, value in _epoch_fields(params)]
+    if kind in (JobKind.retrain, JobKind.audit) and params.get("recipe") is None and model is not None:
+        found += [
+            (("model", "train_recipe", *path), v) for path, v in _epoch_fields(model.train_recipe or {})
+        ]
+    over = [(path, value) for path, value in found if value > ceiling]
+    if over:
+        raise Unprocessable(
+            f"{len(over)} epochs setting(s) exceed the ceiling of {ceiling} epochs per job"
+            " (LETHE_MAX_JOB_EPOCHS): " + ", ".join(f"{'.'.join(map(str, p))}={v}" for p, v in over),
+            code="epochs-over-limit",
+            errors=[
+                {"loc": list(path), "msg": f"at most {ceiling} epochs", "type": "epochs_over_limit"}
+                for path, _ in over
+            ],
+        )
+
+
+def estimated_dataset_bytes(config: BaseModel) -> int | None:
+    """float32 bytes of a generated image dataset's inputs, from its config (None: no size knobs)."""
+    fields = config.model_dump()
+    if not {"n_train", "n_test", "channels", "image_size"} <= fields.keys():
+        return None
+    samples = int(fields["n_train"]) + int(fields["n_test"])
+    return samples * int(fields["channels"]) * int(fields["image_size"]) ** 2 * FLOAT32_BYTES
+
+
+def check_builtin_dataset(name: str, config: dict[str, Any], settings: Settings) -> None:
+    """Refuse a built-in dataset whose arrays would exceed the dataset size limit, before generating it
+    (the API process would otherwise allocate them). Unknown names and bad configs are left to the builder's
+    own 422s."""
+    from workers.engine.datasets import DATASETS
+    from workers.engine.errors import UnknownEntryError
+
+    try:
+        spec = DATASETS.get(name)
+        parsed = spec.config_model.model_validate(config)
+    except (UnknownEntryError, ValidationError):
+        return
+    size = estimated_dataset_bytes(parsed)
+    limit = settings.max_dataset_uncompressed_bytes
+    if size is not None and size > limit:
+        raise Unprocessable(
+            f"this config of dataset '{name}' would generate about {size} bytes of inputs; the limit is"
+            f" {limit} bytes (LETHE_MAX_DATASET_UNCOMPRESSED_BYTES): lower n_train, n_test, channels or"
+            " image_size",
+            code="dataset-too-large",
+        )
+
+
+def enforce_time_budget(
+    factory: sessionmaker[Session], settings: Settings, *, now: datetime | None = None
+) -> list[uuid.UUID]:
+    """Fail running jobs whose current attempt has run longer than the budget.
+
+    One conditional UPDATE per job (still running, still over budget); the worker's next heartbeat finds
+    the job no longer running and stops without writing results (LeaseLost). Returns the failed jobs."""
+    budget = settings.job_time_budget_seconds
+    if budget is None:
+        return []
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=budget)
+    failed: list[uuid.UUID] = []
+    with session_scope(factory) as session:
+        over = session.execute(
+            select(Job.id, Job.attempt).where(Job.status == JobStatus.running, Job.started_at < cutoff)
+        ).all()
+        for job_id, attempt in over:
+            error = {
+                "code": "time-budget-exceeded",
+                "detail": f"the job ran longer than its time budget of {budget:g} s"
+                " (LETHE_JOB_TIME_BUDGET_SECONDS) and was stopped",
+            }
+            changed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.running, Job.started_at < cutoff)
+                .values(
+                    status=JobStatus.failed,
+                    finished_at=now,
+                    lease_expires_at=None,
+                    error=error,
+                    version=Job.version + 1,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if changed.rowcount == 1:  # type: ignore[attr-defined]
+                add_event(session, job_id, "failed", attempt, error)
+                failed.append(job_id)
+    return failed
