@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PG_TEST_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/lethe_test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: demo test test-sqlite test-postgres lint up clean
+.PHONY: demo test test-sqlite test-postgres lint up clean bench-shadows
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test-postgres: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check app workers tests bench migrations
 	$(BIN)/mypy app workers
+
+# K shadow models at once vs one after another (prints ratios; `--device cuda` on a GPU).
+bench-shadows: $(STAMP)
+	$(BIN)/python bench/vmap_shadows.py --threads 1
 
 clean:
 	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache

@@ -33,6 +33,8 @@ UNLEARNING_KEYS = {
     "mia.m_entropy",
     "mia.prob",
     "max_class_fraction",
+    "mia_auc",
+    "mia_balanced_accuracy",
 }
 
 
@@ -133,6 +135,21 @@ def test_evaluate_with_and_without_forget_set(
     assert counts["n_forget"] + counts["n_retain"] == digits.n_train
     assert counts["n_test_used"] == digits.n_test
     assert counts["n_mia_members"] == min(counts["n_retain"], digits.n_test)
+    # Population attacks: forget set (members) vs test split (non-members), every score and attacker.
+    population = full.details["attacks"]["population"]
+    assert population["counts"]["members"] == counts["n_forget"]
+    assert population["counts"]["nonmembers"] == digits.n_test
+    threshold = population["attacks"]["logit_confidence"]["threshold"]
+    assert full.metrics["mia_auc"] == threshold["auc"]["value"]
+    assert threshold["auc"]["ci_low"] <= threshold["auc"]["value"] <= threshold["auc"]["ci_high"]
+    # ~360 non-members cannot resolve TPR at 1 % FPR (needs 1000): reported as missing, with the reason.
+    assert threshold["tpr_at_fpr"]["0.01"] == {
+        "value": None,
+        "reason": f"needs >= 1000 non-members for TPR@1%FPR, have {digits.n_test}",
+    }
+    assert set(population["attacks"]["loss"]) == {"threshold", "svc", "logreg"}
+    # (On this well-generalising model the population AUC is near 0.5: why per-example audits exist.)
+    assert 0.0 <= full.metrics["mia_auc"] <= 1.0
 
 
 def test_forget_class_alone_selects_the_whole_class(digits: ArrayDataset, trained: EngineResult) -> None:
@@ -174,6 +191,7 @@ def test_evaluation_progress_counts_batches_and_attacks(
     assert all(call[2] == total for call in calls)
     attacked = [call[3]["mia_feature"] for call in calls if "mia_feature" in call[3]]
     assert attacked == ["correctness", "confidence", "entropy", "m_entropy", "prob"]
+    assert calls[-1][3] == {"attacks": "population"}
 
 
 def test_execute_resumes_from_a_checkpoint(digits: ArrayDataset, random_forget_indices: np.ndarray) -> None:

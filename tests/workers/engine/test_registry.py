@@ -69,6 +69,7 @@ def test_builtin_catalogs_are_registered() -> None:
         "l1_sparse": "unlearn",
         "salun": "unlearn",
         "prune": "prune",
+        "identity": "unlearn",
     }
     assert {name: job_kinds.get(name) for name in expected} == expected
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from workers.engine.methods.params import (
     FinetuneParams,
     GradientAscentParams,
+    IdentityParams,
     L1SparseParams,
     PruneParams,
     RandomLabelParams,
@@ -239,6 +240,20 @@ METHODS.register(
     )
 )
 
+METHODS.register(
+    MethodSpec(
+        name="identity",
+        job_kind="unlearn",
+        description=(
+            "A control, not an unlearning method: returns the original model unchanged. An audit must "
+            "catch it (U-LiRA accuracy well above 50 %); one that does not lacks the power to judge others."
+        ),
+        task_types=(TaskType.classification, TaskType.regression),
+        params_model=IdentityParams,
+        impl="workers.engine.methods.identity:run",
+    )
+)
+
 __all__ = [
     "METHODS",
     "BadTeacherParams",
@@ -247,6 +262,7 @@ __all__ = [
     "GaussianFinetuneParams",
     "GradientAscentParams",
     "IUParams",
+    "IdentityParams",
     "JobKind",
     "L1SparseParams",
     "MethodSpec",

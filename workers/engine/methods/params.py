@@ -102,6 +102,12 @@ class TrainParams(BaseModel):
     recipe: TrainRecipe = Field(default_factory=TrainRecipe, description="Training recipe.")
 
 
+class IdentityParams(BaseModel):
+    """``identity`` takes no parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class RetrainParams(BaseModel):
     """Parameters of ``retrain``, the exact-unlearning gold standard: train from a seeded random init on the
     retain set only (optml.md §2.2). ``recipe=None`` means "the original model's recipe", which the caller

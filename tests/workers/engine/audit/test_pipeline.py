@@ -6,7 +6,6 @@ are the ones the issue names (U-LiRA accuracy, AUC intervals, LiRA TPR at 1 % FP
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -24,28 +23,10 @@ from workers.engine.audit.store import MemoryShadowStore
 from workers.engine.datasets import ArrayDataset, build_dataset
 from workers.engine.errors import InvalidInputError
 from workers.engine.hooks import RecordingHooks
-from workers.engine.methods import METHODS, MethodSpec
-from workers.engine.methods.params import RetrainParams
 
 # Short shadow training: the audit's cost is K + 2 K F models.
 AUDIT_RECIPE: dict[str, Any] = {**DIGITS_RECIPE, "epochs": 12}
 QUICK_FT = {"epochs": 2, "lr": 0.01, "batch_size": 64, "augment": False}
-
-
-@pytest.fixture
-def identity_method() -> Iterator[str]:
-    """A no-op "unlearner" that returns the original model unchanged: every audit must catch it."""
-    spec = MethodSpec(
-        name="test_identity",
-        job_kind="unlearn",
-        description="returns the original model",
-        task_types=METHODS.get("ft").task_types,
-        params_model=RetrainParams,  # any params model with defaults; ignored
-        impl="tests.workers.engine.audit.identity:run",
-    )
-    METHODS.register(spec)
-    yield spec.name
-    METHODS._entries.pop(spec.name)
 
 
 def _request(
@@ -103,7 +84,7 @@ def test_extra_forget_sets_are_random_draws_of_the_same_size(digits: ArrayDatase
 
 
 def test_noop_unlearner_is_caught_by_ulira_and_kaggle_while_retrain_is_not(
-    digits: ArrayDataset, original_digits_model: Any, random_forget_indices: np.ndarray, identity_method: str
+    digits: ArrayDataset, original_digits_model: Any, random_forget_indices: np.ndarray
 ) -> None:
     store = MemoryShadowStore()
     common = {"shadows": 8, "attacks": ["ulira", "kaggle"], "n_bootstrap": 100}
@@ -112,7 +93,7 @@ def test_noop_unlearner_is_caught_by_ulira_and_kaggle_while_retrain_is_not(
             digits,
             original_digits_model.weights,
             random_forget_indices,
-            {"method": identity_method, **common},
+            {"method": "identity", **common},
         ),
         store,
     )

@@ -1,4 +1,5 @@
-"""A test-only "unlearning method" that changes nothing (the no-op control)."""
+"""``identity``: the no-op control. Returns the original model unchanged, so evaluations and audits can show
+they would notice a method that forgets nothing."""
 
 from __future__ import annotations
 
