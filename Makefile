@@ -31,7 +31,8 @@ test-sqlite: $(STAMP)
 
 test-postgres: $(STAMP)
 	LETHE_TEST_DATABASE_URL=$(PG_TEST_URL) LETHE_TEST_BROKER_URL=$(REDIS_TEST_URL) \
-		$(BIN)/python -m pytest -q tests/app tests/workers tests/migrations --ignore=tests/workers/engine --ignore=tests/app/intake
+		$(BIN)/python -m pytest -q tests/app tests/workers tests/migrations --ignore=tests/workers/engine --ignore=tests/app/intake \
+		-m "not browser"
 
 lint: $(STAMP)
 	$(BIN)/ruff check app workers tests bench migrations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -51,6 +52,9 @@ def up(
 
     settings = get_settings()
     created = _prepare(settings)
+    from app.services.signing import key_path, signing_key
+
+    console.print(f"report signing key {signing_key(settings).key_id} ({key_path(settings)})")
     if created:
         console.print(f"[bold]Created the local admin API key[/bold]; it is stored in {created}")
     elif settings.profile is Profile.embedded:
@@ -153,6 +157,237 @@ def follow(
         data={"status": job["status"], "metrics": job.get("metrics"), "error": job.get("error")}
     )
     raise typer.Exit(0 if job["status"] == "succeeded" else 1)
+
+
+def _client(url: str, api_key: str | None) -> Any:
+    from app.client import LetheClient
+
+    settings = get_settings()
+    key = api_key or (
+        settings.bootstrap_key_file.read_text().strip()
+        if settings.bootstrap_key_file and settings.bootstrap_key_file.exists()
+        else None
+    )
+    if not key:
+        raise typer.BadParameter("pass --api-key or set LETHE_API_KEY")
+    return LetheClient(url, key)
+
+
+UrlOption = Annotated[str, typer.Option(envvar="LETHE_URL", help="Lethe API base URL.")]
+KeyOption = Annotated[str | None, typer.Option(envvar="LETHE_API_KEY", help="API key (lk_...).")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+deletion_cli = typer.Typer(help="Deletion requests: submit, follow, fetch their signed reports.")
+report_cli = typer.Typer(help="Compliance reports: fetch, re-issue, show the signing key.")
+cli.add_typer(deletion_cli, name="deletion-request")
+cli.add_typer(report_cli, name="report")
+
+
+def follow_request(client: Any, request_id: str) -> Any:
+    """Follow a deletion request with a progress bar (mean progress of its jobs) until it ends."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[phase]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"request {request_id[:8]}", total=1.0, phase="running")
+
+        def update(current: Any) -> None:
+            jobs = " ".join(f"{role}:{status}" for role, status in current.progress.jobs.items())
+            progress.update(task, completed=current.progress.fraction, phase=f"{current.status.value} {jobs}")
+
+        return client.follow_deletion_request(request_id, on_update=update)
+
+
+def _save_reports(client: Any, report_id: str, out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"lethe-report-{report_id}.json"
+    html_path = out / f"lethe-report-{report_id}.html"
+    json_path.write_bytes(client.report_bytes(report_id, "json"))
+    html_path.write_bytes(client.report_bytes(report_id, "html"))
+    return json_path, html_path
+
+
+def _check_saved(client: Any, path: Path, public_key: Path | None) -> bool:
+    from app.services import reports, signing
+
+    if public_key is not None:
+        public = signing.load_public_key(public_key.read_bytes())
+    else:  # trust on first use: pin `lethe report-public-key` output (or the served key) for later checks
+        public = signing.load_public_key(client.signing_key().public_key.encode())
+    result = reports.verify_file(path.read_bytes(), public)
+    console.print(
+        f"{'[green]valid[/green]' if result.ok else '[red]INVALID[/red]'}: {path} — {result.reason}"
+    )
+    return result.ok
+
+
+@deletion_cli.command("submit")
+def deletion_submit(
+    model_id: Annotated[str, typer.Option("--model", help="The model to unlearn from.")],
+    method: Annotated[str, typer.Option(help="Unlearning method (GET /v1/methods).")],
+    policy: Annotated[str, typer.Option(help="Policy NAME, NAME@VERSION, or a policy id.")],
+    forget_file: Annotated[
+        Path | None, typer.Option(help="Indices to forget: .json list, .csv column or .npy array.")
+    ] = None,
+    forget_set_id: Annotated[
+        str | None, typer.Option(help="An existing forget set instead of a file.")
+    ] = None,
+    params: Annotated[str, typer.Option(help="Method params as JSON.")] = "{}",
+    retrain_params: Annotated[
+        str, typer.Option(help="Retrain params as JSON (default: original's recipe).")
+    ] = "{}",
+    audit: Annotated[
+        str | None, typer.Option(help="Audit settings as JSON, e.g. '{\"shadows\": 8}'.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the unlearning and the retrain.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    name: Annotated[str | None, typer.Option(help="A label for the request.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Default: derived from the request, so a rerun returns the same one.")
+    ] = None,
+    follow: Annotated[bool, typer.Option(help="Follow it and fetch the report when issued.")] = True,
+    out: Annotated[Path, typer.Option(help="Where the report files go.")] = Path("."),
+    public_key: Annotated[Path | None, typer.Option(help="Pinned public key to verify the report.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Submit a deletion request (the forget set from a file), follow it, fetch and verify its report."""
+    import hashlib
+    import uuid as uuid_module
+
+    from app.client import read_indices
+
+    if (forget_file is None) == (forget_set_id is None):
+        raise typer.BadParameter("give exactly one of --forget-file, --forget-set-id")
+    client = _client(url, api_key)
+    body: dict[str, Any] = {
+        "model_id": model_id,
+        "method": method,
+        "params": json.loads(params),
+        "retrain_params": json.loads(retrain_params),
+        "device": device,
+        "name": name,
+    }
+    if audit is not None:
+        body["audit"] = json.loads(audit)
+    if seed is not None:
+        body["seed"] = seed
+    try:
+        uuid_module.UUID(policy)
+        body["policy_id"] = policy
+    except ValueError:
+        policy_name, _, version = policy.partition("@")
+        body["policy_name"] = policy_name
+        if version:
+            body["policy_version"] = int(version)
+    if forget_file is not None:
+        indices = read_indices(forget_file)
+        model = client.get(f"/v1/models/{model_id}")
+        if not model.get("dataset_id"):
+            raise typer.BadParameter("the model has no dataset: create the forget set yourself, pass its id")
+        digest = hashlib.sha256(json.dumps(indices).encode()).hexdigest()[:12]
+        forget_set = client.forget_set_from_indices(model["dataset_id"], indices, name or f"request {digest}")
+        forget_set_id = forget_set["id"]
+        console.print(f"forget set {forget_set_id}: {len(indices)} indices, sha256 {forget_set['sha256']}")
+    body["forget_set_id"] = forget_set_id
+    key = idempotency_key or hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+    request = client.submit_deletion_request(body, idempotency_key=key)
+    console.print(f"deletion request {request.id} ({request.status.value}); jobs: {request.jobs}")
+    if not follow:
+        return
+    _finish(client, str(request.id), out, public_key)
+
+
+def _finish(client: Any, request_id: str, out: Path, public_key: Path | None) -> None:
+    done = follow_request(client, request_id)
+    if done.status.value != "issued" or done.report_id is None:
+        console.print_json(data={"status": done.status.value, "error": done.error})
+        raise typer.Exit(1)
+    json_path, html_path = _save_reports(client, str(done.report_id), out)
+    console.print(
+        f"report {done.report_id}: verdict [bold]{done.verdict}[/bold]; saved {json_path}, {html_path}"
+    )
+    ok = _check_saved(client, json_path, public_key)
+    raise typer.Exit(0 if ok else 2)
+
+
+@deletion_cli.command("follow")
+def deletion_follow(
+    request_id: str,
+    out: Annotated[Path, typer.Option(help="Where the report files go.")] = Path("."),
+    public_key: Annotated[Path | None, typer.Option(help="Pinned public key to verify the report.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Follow a deletion request; when issued, fetch its report (JSON + HTML) and verify it."""
+    _finish(_client(url, api_key), request_id, out, public_key)
+
+
+@report_cli.command("fetch")
+def report_fetch(
+    request_id: Annotated[str, typer.Argument(help="The deletion request.")],
+    out: Annotated[Path, typer.Option(help="Directory for the JSON and HTML files.")] = Path("."),
+    public_key: Annotated[Path | None, typer.Option(help="Pinned public key to verify the report.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Fetch the latest report of a deletion request (JSON + HTML) and verify it."""
+    client = _client(url, api_key)
+    current = client.deletion_request(request_id)
+    if current.report_id is None:
+        console.print(f"deletion request {request_id} is {current.status.value}: no report yet")
+        raise typer.Exit(1)
+    json_path, html_path = _save_reports(client, str(current.report_id), out)
+    console.print(f"saved {json_path}, {html_path}")
+    raise typer.Exit(0 if _check_saved(client, json_path, public_key) else 2)
+
+
+@report_cli.command("reissue")
+def report_reissue(request_id: str, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """Issue a request's report again (same content, new issue time and signature)."""
+    report = _client(url, api_key).reissue_report(request_id)
+    console.print_json(data=report.model_dump(mode="json"))
+
+
+@cli.command("report-public-key")
+def report_public_key() -> None:
+    """Print the PEM public key of this installation's report signing key (created if missing)."""
+    from app.services.signing import signing_key
+
+    typer.echo(signing_key(get_settings()).public_info()["pem"], nl=False)
+
+
+@cli.command("verify-report")
+def verify_report(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A report: .json or .html.")],
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM public key (or raw base64, or the JSON of GET /v1/report-signing-key). "
+            "Default: this installation's signing key file."
+        ),
+    ] = None,
+) -> None:
+    """Check a report's signature offline. Exit 0 when valid, 1 when not."""
+    from app.services import reports, signing
+
+    if public_key is not None:
+        public = signing.load_public_key(public_key.read_bytes())
+    else:
+        path = signing.key_path(get_settings())
+        if not path.exists():
+            raise typer.BadParameter(f"no signing key at {path}: pass --public-key")
+        public = signing.load_public_key(path.read_bytes())
+    result = reports.verify_file(file.read_bytes(), public)
+    if result.ok:
+        console.print(f"[green]valid[/green]: {result.reason}")
+        raise typer.Exit(0)
+    console.print(f"[red]INVALID[/red]: {result.reason}")
+    raise typer.Exit(1)
 
 
 @cli.command()

@@ -1,15 +1,32 @@
-"""A small synchronous HTTP client for Lethe (used by the CLI and the demo)."""
+"""A synchronous HTTP client for Lethe (used by the CLI, the demo and compliance tooling).
+
+Every request is retried with exponential backoff (honouring ``Retry-After``) on 429, 503 and connection
+errors; every POST carries an ``Idempotency-Key`` (generated per call and kept across its retries), so a
+retried submission never runs twice. Compliance calls return typed models (``app.schemas.compliance``).
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from app.schemas.compliance import DeletionRequestOut, PolicyOut, ReportOut, SigningKeyOut
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
+REQUEST_TERMINAL = {"issued", "failed", "cancelled"}
 DEFAULT_TIMEOUT_S = 60.0
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+DEFAULT_RETRIES = 5
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 30.0
 
 
 class LetheError(RuntimeError):
@@ -27,16 +44,71 @@ class LetheClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff_s: float = BACKOFF_BASE_S,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.http = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=timeout,
-            transport=transport,
-        )
+        """``http``: an existing client to send through (e.g. a FastAPI TestClient); else one is made."""
+        auth = {"Authorization": f"Bearer {api_key}"}
+        if http is not None:
+            self.http = http
+            self._headers = auth
+        else:
+            self.http = httpx.Client(
+                base_url=base_url.rstrip("/"), headers=auth, timeout=timeout, transport=transport
+            )
+            self._headers = {}
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._sleep = sleep
+
+    def __enter__(self) -> LetheClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self.http.close()
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None:
+            after = response.headers.get("Retry-After")
+            if after is not None:
+                try:
+                    return min(max(float(after), 0.0), BACKOFF_MAX_S)
+                except ValueError:
+                    pass
+        return min(self.backoff_s * 2**attempt, BACKOFF_MAX_S)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> httpx.Response:
+        """Send with retries. POSTs get an Idempotency-Key (``idempotency_key`` or a fresh one)."""
+        sent = {**self._headers, **(headers or {})}
+        if method.upper() == "POST":
+            sent.setdefault("Idempotency-Key", idempotency_key or uuid.uuid4().hex)
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.http.request(method, path, json=json_body, params=params, headers=sent)
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.TimeoutException):
+                if attempt >= self.retries:
+                    raise
+                self._sleep(self._delay(attempt, None))
+                continue
+            if response.status_code in RETRY_STATUSES and attempt < self.retries:
+                self._sleep(self._delay(attempt, response))
+                continue
+            return response
+        raise AssertionError("unreachable")
 
     def _check(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
@@ -48,12 +120,12 @@ class LetheClient:
         return response.json() if response.content else None
 
     def get(self, path: str, **params: Any) -> Any:
-        return self._check(self.http.get(path, params=params or None))
+        return self._check(self.request("GET", path, params=params or None))
 
     def post(
         self, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
     ) -> Any:
-        return self._check(self.http.post(path, json=body or {}, headers=headers))
+        return self._check(self.request("POST", path, json_body=body or {}, headers=headers))
 
     def create_builtin_dataset(self, builtin: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.post("/v1/datasets", {"builtin": builtin, "config": config or {}})
@@ -86,7 +158,9 @@ class LetheClient:
         tag: str | None = None
         job: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            response = self.http.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": tag} if tag else None)
+            response = self.request(
+                "GET", f"/v1/jobs/{job_id}", headers={"If-None-Match": tag} if tag else None
+            )
             if response.status_code != 304:
                 job = self._check(response)
                 tag = response.headers.get("ETag")
@@ -96,3 +170,110 @@ class LetheClient:
                     return job
             time.sleep(poll_seconds)
         raise TimeoutError(f"job {job_id} did not finish within {timeout_s} s")
+
+    # ------------------------------------------------------------------------------ compliance
+    def create_policy(
+        self, name: str, rules: list[dict[str, Any]], description: str | None = None
+    ) -> PolicyOut:
+        body = {"name": name, "rules": rules, "description": description}
+        return PolicyOut.model_validate(self.post("/v1/policies", body))
+
+    def policies(self, name: str | None = None) -> list[PolicyOut]:
+        params = {"name": name} if name else {}
+        return [PolicyOut.model_validate(p) for p in self.get("/v1/policies", **params)["data"]]
+
+    def forget_set_from_indices(
+        self, dataset_id: str, indices: list[int], name: str | None = None
+    ) -> dict[str, Any]:
+        return self.create_forget_set(dataset_id, {"kind": "indices", "indices": indices}, name)
+
+    def submit_deletion_request(
+        self, body: dict[str, Any], idempotency_key: str | None = None
+    ) -> DeletionRequestOut:
+        """POST /v1/deletion-requests; pass a stable ``idempotency_key`` to make resubmissions safe."""
+        response = self.request(
+            "POST", "/v1/deletion-requests", json_body=body, idempotency_key=idempotency_key
+        )
+        return DeletionRequestOut.model_validate(self._check(response))
+
+    def deletion_request(self, request_id: str) -> DeletionRequestOut:
+        return DeletionRequestOut.model_validate(self.get(f"/v1/deletion-requests/{request_id}"))
+
+    def cancel_deletion_request(self, request_id: str) -> DeletionRequestOut:
+        return DeletionRequestOut.model_validate(self.post(f"/v1/deletion-requests/{request_id}/cancel"))
+
+    def follow_deletion_request(
+        self,
+        request_id: str,
+        on_update: Callable[[DeletionRequestOut], None] | None = None,
+        poll_seconds: float = 0.5,
+        timeout_s: float = 3600.0,
+    ) -> DeletionRequestOut:
+        """Poll until the request is issued, failed or cancelled; ``on_update`` sees every poll."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            current = self.deletion_request(request_id)
+            if on_update:
+                on_update(current)
+            if current.status.value in REQUEST_TERMINAL:
+                return current
+            time.sleep(poll_seconds)
+        raise TimeoutError(f"deletion request {request_id} did not finish within {timeout_s} s")
+
+    def reports(self, request_id: str) -> list[ReportOut]:
+        return [ReportOut.model_validate(r) for r in self.get(f"/v1/deletion-requests/{request_id}/reports")]
+
+    def reissue_report(self, request_id: str) -> ReportOut:
+        return ReportOut.model_validate(self.post(f"/v1/deletion-requests/{request_id}/reports"))
+
+    def report_bytes(self, report_id: str, fmt: str = "json") -> bytes:
+        """The report exactly as signed (``json``) or its HTML rendering (``html``)."""
+        path = f"/v1/reports/{report_id}" + ("/html" if fmt == "html" else "")
+        response = self.request("GET", path)
+        self._check_status(response)
+        return response.content
+
+    def signing_key(self) -> SigningKeyOut:
+        return SigningKeyOut.model_validate(self.get("/v1/report-signing-key"))
+
+    def _check_status(self, response: httpx.Response) -> None:
+        if response.status_code >= 400:
+            self._check(response)
+
+
+def read_indices(path: Path) -> list[int]:
+    """Forget-set indices from a file: ``.json`` (a list, or an object with ``indices``), ``.csv`` (one
+    index per row, first column; a non-numeric header row is skipped) or ``.npy`` (a 1-D integer array)."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        import numpy as np
+
+        array = np.load(path, allow_pickle=False)
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise ValueError(
+                f"{path}: expected a 1-D integer array, got {array.dtype} with shape {array.shape}"
+            )
+        return [int(v) for v in array]
+    text = path.read_text()
+    if suffix == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict):
+            data = data.get("indices")
+        if not isinstance(data, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in data
+        ):
+            raise ValueError(f"{path}: expected a JSON list of integers (or {{'indices': [...]}})")
+        return list(data)
+    if suffix == ".csv":
+        values = []
+        for number, row in enumerate(csv.reader(io.StringIO(text))):
+            if not row or not row[0].strip():
+                continue
+            try:
+                values.append(int(row[0].strip()))
+            except ValueError as exc:
+                if number == 0:
+                    continue  # header
+                raise ValueError(f"{path}: row {number + 1} is not an integer index: {row[0]!r}") from exc
+        return values
+    raise ValueError(f"{path}: unsupported forget-set file type {suffix!r} (use .json, .csv or .npy)")

@@ -15,17 +15,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.routes import (
     admin,
     campaigns,
+    compliance,
     datasets,
     discovery,
     forget_sets,
     health,
     jobs,
     models,
+    ops,
+    plots,
     shadow_models,
 )
 from app.core.config import Profile, Settings, get_settings
 from app.core.db import make_engine, make_session_factory, read_only
 from app.core.problems import PROBLEM_RESPONSES, install_problem_handlers, problem_response
+from app.dashboard import mount_dashboard
 from app.services.jobs import Publisher
 from app.storage import LocalArtifactStore
 
@@ -137,10 +141,14 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         campaigns.router,
         shadow_models.router,
         admin.router,
+        compliance.router,
+        plots.router,
     ):
         v1.include_router(router)
     app.include_router(v1)
     app.include_router(health.router, responses=PROBLEM_RESPONSES)
+    app.include_router(ops.router, responses=PROBLEM_RESPONSES)
+    mount_dashboard(app)  # `/` and `/dashboard/...`, outside the OpenAPI document
     return app
 
 

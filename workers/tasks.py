@@ -12,6 +12,7 @@ from sqlalchemy import text
 from app.models.base import utcnow
 from app.services import artifacts as artifact_service
 from app.services import campaigns as campaign_service
+from app.services import deletion_requests as deletion_request_service
 from app.services import jobs as job_service
 from app.services import quotas, retention
 from workers import embedded
@@ -39,6 +40,10 @@ def _preload_engine(**_: object) -> None:
     """
     import workers.engine.execute  # noqa: F401
 
+    # torch.use_deterministic_algorithms (entered by every CPU job) lazily imports torch._inductor.config,
+    # which pulls in dynamo: 3-6 s of imports that every job child (one task per child) would repeat.
+    import torch._inductor.config  # noqa: F401
+
 
 @celery_app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
 def run_job(job_id: str) -> None:
@@ -60,6 +65,12 @@ def reap() -> dict[str, int]:
             publisher,
             campaign_service.advance(runtime.sessions, campaign_id, runtime.settings),
         )
+    for request_id in deletion_request_service.running_requests(runtime.sessions):
+        # Issues the signed report (or marks the request failed) once all of its jobs have ended.
+        try:
+            deletion_request_service.advance(runtime.sessions, request_id, runtime.settings)
+        except Exception:  # one broken request must not stop the reaper's other work
+            log.exception("reaper: could not advance deletion request %s", request_id)
     if report.requeued or report.failed or sent or over_budget:
         log.info(
             "reaper: requeued=%d failed=%d over_budget=%d published=%d",

@@ -2,6 +2,7 @@
 
 from app.models.audit import AuditEvent
 from app.models.base import Base
+from app.models.compliance import ComplianceReport, DeletionRequest, DeletionRequestStatus, Policy
 from app.models.job import Campaign, CampaignStatus, Job, JobEvent, JobKind, JobStatus, Metric
 from app.models.resources import Dataset, ForgetSet, Model, ShadowModel
 from app.models.tenant import ApiKey, Tenant
@@ -12,7 +13,10 @@ __all__ = [
     "Base",
     "Campaign",
     "CampaignStatus",
+    "ComplianceReport",
     "Dataset",
+    "DeletionRequest",
+    "DeletionRequestStatus",
     "ForgetSet",
     "Job",
     "JobEvent",
@@ -20,6 +24,7 @@ __all__ = [
     "JobStatus",
     "Metric",
     "Model",
+    "Policy",
     "ShadowModel",
     "Tenant",
 ]

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import text
 
 from app.core.problems import DomainError
+from app.services.metrics_export import broker_problem
 
 router = APIRouter(tags=["health"])
 
@@ -14,11 +15,20 @@ def liveness() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readiness(request: Request) -> dict[str, str]:
-    """Ready when the database answers."""
+def readiness(request: Request) -> dict[str, object]:
+    """Ready when the database answers and the broker accepts a connection (503 problem+json otherwise:
+    ``database-unavailable`` or ``broker-unavailable``)."""
     try:
         with request.app.state.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:
         raise DomainError("the database is unavailable", code="database-unavailable", status=503) from exc
-    return {"status": "ready"}
+    problem = broker_problem(request.app.state.settings.broker)
+    if problem is not None:
+        raise DomainError(
+            f"the broker is unavailable: {problem}",
+            code="broker-unavailable",
+            status=503,
+            headers={"Retry-After": "5"},
+        )
+    return {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}

@@ -1,0 +1,30 @@
+// Notices shared by the views: a toast line and problem+json errors in words.
+
+import { ApiError } from "./api.js";
+
+export function toast(message, kind = "info") {
+  const el = document.getElementById("toast");
+  if (!el) return;
+  el.textContent = message;
+  el.className = `toast toast-${kind}`;
+  el.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => {
+    el.hidden = true;
+  }, 6000);
+}
+
+export function describeError(error) {
+  if (error instanceof ApiError) {
+    const p = error.problem || {};
+    const parts = [`${error.status} ${p.title || ""}`.trim(), p.detail, p.code ? `(${p.code})` : null];
+    for (const item of p.errors || []) parts.push(`${(item.loc || []).join(".")}: ${item.msg}`);
+    return parts.filter(Boolean).join(" — ");
+  }
+  return error && error.message ? error.message : String(error);
+}
+
+export function showError(error) {
+  if (error && error.name === "AbortError") return;
+  toast(describeError(error), "error");
+}

@@ -1,0 +1,378 @@
+"""Deletion requests: run the unlearning and the evaluations a policy needs, then issue a signed report.
+
+Submitting one adds, in the caller's transaction, the jobs it needs (by role):
+
+* ``unlearn``: the chosen method on the model and forget set, with the request's params and seed;
+* ``retrain``: the retrain oracle with the same seed (reused when the tenant has it: content-hash cache);
+* ``original``: an evaluation of the original model on the forget set (cached likewise, seed 0 as campaigns);
+* ``audit``: only when a policy rule names an audit metric (``ulira_*``, ``kaggle_*``, ``lira_*``,
+  ``rmia_*``): the method audited with the request's params and ``audit`` settings.
+
+The reaper's periodic tick calls :func:`advance`: once every job has ended the request is ``issued`` with a
+signed report (whatever its verdict), or ``failed`` when a job it needs failed or was cancelled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.config import Settings
+from app.core.db import session_scope
+from app.core.problems import DomainError, NotFound, Unprocessable
+from app.core.security import Principal
+from app.models import (
+    ComplianceReport,
+    DeletionRequest,
+    DeletionRequestStatus,
+    Job,
+    JobKind,
+    JobStatus,
+    Policy,
+)
+from app.models.base import utcnow
+from app.models.job import TERMINAL_STATUSES
+from app.schemas.compliance import (
+    DeletionRequestCreate,
+    DeletionRequestOut,
+    DeletionRequestProgress,
+    PolicyRef,
+    PolicyRule,
+    is_audit_metric,
+)
+from app.schemas.jobs import MAX_SEED, JobCreate
+from app.services import audit, quotas, reports
+from app.services import jobs as job_service
+from app.services.forget_sets import get_forget_set
+from app.services.models import get_model
+from app.services.policies import find_policy, get_policy
+from app.services.signing import signing_key
+from app.services.submission import build_job, find_reusable
+
+ROLE_UNLEARN = "unlearn"
+ROLE_RETRAIN = "retrain"
+ROLE_ORIGINAL = "original"
+ROLE_AUDIT = "audit"
+ACTOR = "deletion-request"
+
+
+def needs_audit(policy: Policy) -> bool:
+    return any(is_audit_metric(PolicyRule.model_validate(rule).metric) for rule in policy.rules)
+
+
+def _fingerprint(body: DeletionRequestCreate) -> str:
+    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def get_request(session: Session, tenant_id: uuid.UUID, request_id: uuid.UUID) -> DeletionRequest:
+    row = session.get(DeletionRequest, request_id)
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound(f"deletion request {request_id} not found", code="deletion-request-not-found")
+    return row
+
+
+def _add_job(
+    session: Session, principal: Principal, settings: Settings, body: JobCreate, new_jobs: list[uuid.UUID]
+) -> dict[str, Any]:
+    job = build_job(session, principal, body, settings)
+    if job.cache_key is not None:
+        cached = find_reusable(session, principal.tenant_id, job.cache_key)
+        if cached is not None:
+            return {"job_id": str(cached.id), "reused": True}
+    session.add(job)
+    session.flush()
+    job_service.add_event(session, job.id, "queued", 0, {"kind": job.kind.value, "method": job.method})
+    new_jobs.append(job.id)
+    return {"job_id": str(job.id), "reused": False}
+
+
+def submit(
+    session: Session,
+    principal: Principal,
+    body: DeletionRequestCreate,
+    settings: Settings,
+    *,
+    idempotency_key: str | None,
+    request_id: str | None,
+) -> tuple[DeletionRequest, bool, list[uuid.UUID]]:
+    """Validate and add the request and its jobs (not committed): (request, created, jobs to publish)."""
+    fingerprint = _fingerprint(body)
+    if idempotency_key is not None:
+        existing = session.scalar(
+            select(DeletionRequest).where(
+                DeletionRequest.tenant_id == principal.tenant_id,
+                DeletionRequest.idempotency_key == idempotency_key,
+            )
+        )
+        if existing is not None:
+            if existing.request_hash != fingerprint:
+                raise Unprocessable(
+                    "this Idempotency-Key was already used with a different request body",
+                    code="idempotency-key-reused",
+                )
+            return existing, False, []
+    tenant = principal.tenant_id
+    if body.policy_id is not None:
+        policy = get_policy(session, tenant, body.policy_id)
+    else:
+        assert body.policy_name is not None
+        policy = find_policy(session, tenant, body.policy_name, body.policy_version)
+    model = get_model(session, tenant, body.model_id)
+    forget_set = get_forget_set(session, tenant, body.forget_set_id)
+    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    common = {"model_id": model.id, "forget_set_id": forget_set.id, "device": body.device}
+    new_jobs: list[uuid.UUID] = []
+    jobs = {
+        ROLE_UNLEARN: _add_job(
+            session,
+            principal,
+            settings,
+            JobCreate(kind=JobKind.unlearn, method=body.method, params=body.params, seed=seed, **common),
+            new_jobs,
+        ),
+        ROLE_RETRAIN: _add_job(
+            session,
+            principal,
+            settings,
+            JobCreate(kind=JobKind.retrain, params=body.retrain_params, seed=seed, **common),
+            new_jobs,
+        ),
+        ROLE_ORIGINAL: _add_job(
+            session, principal, settings, JobCreate(kind=JobKind.evaluate, seed=0, **common), new_jobs
+        ),
+    }
+    audit_params = None
+    if needs_audit(policy):
+        options = body.audit.model_dump(mode="json") if body.audit is not None else {}
+        audit_params = {**options, "method": body.method, "method_params": body.params}
+        jobs[ROLE_AUDIT] = _add_job(
+            session,
+            principal,
+            settings,
+            JobCreate(kind=JobKind.audit, params=audit_params, seed=seed, **common),
+            new_jobs,
+        )
+    row = DeletionRequest(
+        tenant_id=tenant,
+        name=body.name,
+        model_id=model.id,
+        forget_set_id=forget_set.id,
+        policy_id=policy.id,
+        method=body.method,
+        params=body.params,
+        seed=seed,
+        device_requested=body.device,
+        audit_params=audit_params,
+        status=DeletionRequestStatus.running,
+        jobs=jobs,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+        version=1,
+    )
+    session.add(row)
+    session.flush()
+    quotas.check_active_jobs(session, tenant, settings)
+    audit.record(
+        session,
+        tenant_id=tenant,
+        actor=principal.actor,
+        action="deletion_request.create",
+        resource_type="deletion_request",
+        resource_id=str(row.id),
+        request_id=request_id,
+        details={
+            "model_id": str(model.id),
+            "forget_set_id": str(forget_set.id),
+            "forget_set_sha256": forget_set.sha256,
+            "forget_set_size": forget_set.size,
+            "method": body.method,
+            "policy": {"id": str(policy.id), "name": policy.name, "version": policy.version},
+            "jobs": {role: entry["job_id"] for role, entry in jobs.items()},
+        },
+    )
+    return row, True, new_jobs
+
+
+def _jobs(session: Session, row: DeletionRequest) -> dict[str, Job | None]:
+    return {role: session.get(Job, uuid.UUID(entry["job_id"])) for role, entry in row.jobs.items()}
+
+
+def latest_report(session: Session, row: DeletionRequest) -> ComplianceReport | None:
+    return session.scalar(
+        select(ComplianceReport)
+        .where(ComplianceReport.deletion_request_id == row.id)
+        .order_by(ComplianceReport.created_at.desc(), ComplianceReport.id.desc())
+        .limit(1)
+    )
+
+
+def to_out(session: Session, row: DeletionRequest) -> DeletionRequestOut:
+    policy = session.get(Policy, row.policy_id)
+    assert policy is not None
+    jobs = _jobs(session, row)
+    statuses = {role: job.status.value if job else "missing" for role, job in jobs.items()}
+    fractions = []
+    for job in jobs.values():
+        if job is None or job.status in TERMINAL_STATUSES:
+            fractions.append(1.0)
+        else:
+            fractions.append(float((job.progress or {}).get("fraction") or 0.0))
+    fraction = sum(fractions) / len(fractions) if fractions else 1.0
+    # the report is the last step
+    fraction = min(fraction, 0.99) if row.status is DeletionRequestStatus.running else 1.0
+    report = latest_report(session, row)
+    return DeletionRequestOut(
+        id=row.id,
+        name=row.name,
+        status=row.status,
+        model_id=row.model_id,
+        forget_set_id=row.forget_set_id,
+        method=row.method,
+        params=row.params,
+        seed=row.seed,
+        device=row.device_requested,
+        policy=PolicyRef(id=policy.id, name=policy.name, version=policy.version),
+        jobs=row.jobs,
+        progress=DeletionRequestProgress(fraction=round(fraction, 4), jobs=statuses),
+        error=row.error,
+        report_id=report.id if report else None,
+        verdict=report.verdict if report else None,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        version=row.version,
+    )
+
+
+def running_requests(factory: sessionmaker[Session]) -> list[uuid.UUID]:
+    with session_scope(factory) as session:
+        return list(
+            session.scalars(
+                select(DeletionRequest.id).where(DeletionRequest.status == DeletionRequestStatus.running)
+            )
+        )
+
+
+def _transition(session: Session, row: DeletionRequest, status: DeletionRequestStatus, **values: Any) -> bool:
+    """Conditional on the version, so two concurrent ticks cannot both finish the request."""
+    changed = session.execute(
+        update(DeletionRequest)
+        .where(DeletionRequest.id == row.id, DeletionRequest.version == row.version)
+        .values(status=status, version=row.version + 1, finished_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    return changed.rowcount == 1  # type: ignore[attr-defined]
+
+
+def advance(factory: sessionmaker[Session], request_id: uuid.UUID, settings: Settings) -> str | None:
+    """Finish the request once all its jobs have ended; returns the new status, None while it waits."""
+    with session_scope(factory) as session:
+        row = session.get(DeletionRequest, request_id)
+        if row is None or row.status is not DeletionRequestStatus.running:
+            return None
+        jobs = _jobs(session, row)
+        if any(job is not None and job.status not in TERMINAL_STATUSES for job in jobs.values()):
+            return None
+        unsuccessful = {
+            role: job.status.value if job else "missing"
+            for role, job in jobs.items()
+            if job is None or job.status is not JobStatus.succeeded
+        }
+        report = None
+        if not unsuccessful:
+            try:
+                report = reports.issue(session, row, signing_key(settings))
+            except DomainError as exc:  # e.g. an input was deleted meanwhile: nothing to certify
+                session.rollback()
+                row = session.get(DeletionRequest, request_id)
+                assert row is not None
+                unsuccessful = {"report": exc.code}
+        if report is None:
+            error = {
+                "code": "job-unsuccessful" if "report" not in unsuccessful else "report-failed",
+                "detail": "a job this request needs did not succeed: no report was issued",
+                "jobs": unsuccessful,
+            }
+            if not _transition(session, row, DeletionRequestStatus.failed, error=error):
+                session.rollback()
+                return None
+            details: dict[str, Any] = {"status": "failed", "jobs": unsuccessful}
+            status = DeletionRequestStatus.failed
+        else:
+            if not _transition(session, row, DeletionRequestStatus.issued):
+                session.rollback()
+                return None
+            details = {
+                "status": "issued",
+                "report_id": str(report.id),
+                "sha256": report.sha256,
+                "verdict": report.verdict,
+            }
+            status = DeletionRequestStatus.issued
+        audit.record(
+            session,
+            tenant_id=row.tenant_id,
+            actor=ACTOR,
+            action="deletion_request.finish",
+            resource_type="deletion_request",
+            resource_id=str(row.id),
+            details=details,
+        )
+        return status.value
+
+
+def reissue(
+    session: Session, principal: Principal, row: DeletionRequest, settings: Settings, request_id: str | None
+) -> ComplianceReport:
+    if row.status is not DeletionRequestStatus.issued:
+        raise DomainError(
+            f"deletion request {row.id} is {row.status.value}: only an issued request's report can be"
+            " re-issued",
+            code="report-not-available",
+            status=409,
+        )
+    report = reports.issue(session, row, signing_key(settings))
+    audit.record(
+        session,
+        tenant_id=principal.tenant_id,
+        actor=principal.actor,
+        action="report.issue",
+        resource_type="deletion_request",
+        resource_id=str(row.id),
+        request_id=request_id,
+        details={"report_id": str(report.id), "sha256": report.sha256, "verdict": report.verdict},
+    )
+    return report
+
+
+def cancel(session: Session, principal: Principal, row: DeletionRequest, request_id: str | None) -> int:
+    """Cancel a running request and the jobs it started itself (reused cached jobs are left alone)."""
+    if row.status is not DeletionRequestStatus.running:
+        raise DomainError(
+            f"deletion request {row.id} already {row.status.value}", code="not-cancellable", status=409
+        )
+    count = 0
+    for role, job in _jobs(session, row).items():
+        if job is None or row.jobs[role].get("reused") or job.status in TERMINAL_STATUSES:
+            continue
+        job_service.request_cancel(session, job)
+        count += 1
+    row.status = DeletionRequestStatus.cancelled
+    row.finished_at = utcnow()
+    row.version += 1
+    audit.record(
+        session,
+        tenant_id=principal.tenant_id,
+        actor=principal.actor,
+        action="deletion_request.cancel",
+        resource_type="deletion_request",
+        resource_id=str(row.id),
+        request_id=request_id,
+        details={"jobs_cancelled": count},
+    )
+    return count

@@ -1,0 +1,517 @@
+"""Compliance reports: built from a finished deletion request, signed, stored once, exported as JSON/HTML.
+
+Document (``format: lethe.compliance-report/1``), every key sorted, canonical JSON (app.services.signing):
+
+* ``deletion_request``: id, name, tenant, created_at; ``policy``: id, name, version, sha256, rules;
+* ``inputs``: dataset, model (with its mask hash), forget set and output model, each identified by SHA-256;
+* ``method``: name, resolved params, seed; ``jobs``: per role (unlearn, retrain, original, audit) the job's
+  id, kind, seed, params, status, code version, environment (device, torch/numpy/sklearn/python versions),
+  timings and start/end times, and every metric as ``{value, ci_low, ci_high}`` (the interval when the job
+  recorded one: ``<name>_ci_low``/``<name>_ci_high`` metrics, or the population attack's bootstrap);
+* ``verdicts``: one per policy rule with the numbers compared; ``verdict``: pass | fail | inconclusive;
+* ``issued_at`` and ``issuer``; ``signature``: {algorithm, key_id, value} over the canonical JSON of the
+  document without ``signature``.
+
+Everything but ``issued_at`` and ``signature`` is a function of stored, immutable rows (finished jobs, their
+metrics, content hashes), so re-issuing a request's report gives the same bytes apart from those two.
+The HTML export is rendered deterministically from the document and embeds it, so it verifies too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.orm import Session
+
+from app.core.problems import Conflict
+from app.models import ComplianceReport, Dataset, DeletionRequest, ForgetSet, Job, Model, Policy
+from app.models.base import utcnow
+from app.schemas.compliance import PolicyRule, is_audit_metric
+from app.services.results import metrics_for
+from app.services.signing import ALGORITHM, SigningKey, canonical_json, key_id, verify
+
+FORMAT = "lethe.compliance-report/1"
+ROLES = ("unlearn", "retrain", "original", "audit")
+# The population attack whose AUC and balanced accuracy are the flat mia_* metrics (workers.engine.execute).
+HEADLINE_POPULATION = ("logit_confidence", "threshold")
+_POPULATION_METRICS = {"mia_auc": "auc", "mia_balanced_accuracy": "balanced_accuracy"}
+_CI_SUFFIXES = ("_ci_low", "_ci_high")
+DATA_ELEMENT_ID = "lethe-report"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _clean(value: Any) -> Any:
+    """JSON-able with finite numbers only (non-finite become null: canonical JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
+def _population_intervals(job: Job) -> dict[str, dict[str, Any]]:
+    population = ((job.result or {}).get("attacks") or {}).get("population") or {}
+    attacks = population.get("attacks", population)
+    score, attacker = HEADLINE_POPULATION
+    report = (attacks.get(score) or {}).get(attacker) or {}
+    out = {}
+    for metric, key in _POPULATION_METRICS.items():
+        entry = report.get(key)
+        if isinstance(entry, dict):
+            out[metric] = entry
+    return out
+
+
+def metric_table(job: Job, values: dict[str, float]) -> dict[str, dict[str, float | None]]:
+    """Every metric of a job as {value, ci_low, ci_high}; interval metrics fold into their base metric."""
+    intervals = _population_intervals(job)
+    table: dict[str, dict[str, float | None]] = {}
+    for name in sorted(values):
+        if name.endswith(_CI_SUFFIXES) and name.rsplit("_ci_", 1)[0] in values:
+            continue
+        entry: dict[str, float | None] = {
+            "value": _number(values[name]),
+            "ci_low": _number(values.get(f"{name}_ci_low")),
+            "ci_high": _number(values.get(f"{name}_ci_high")),
+        }
+        if entry["ci_low"] is None and name in intervals:
+            entry["ci_low"] = _number(intervals[name].get("ci_low"))
+            entry["ci_high"] = _number(intervals[name].get("ci_high"))
+        table[name] = entry
+    return table
+
+
+def _job_section(job: Job, values: dict[str, float], reused: bool) -> dict[str, Any]:
+    return _clean(
+        {
+            "id": str(job.id),
+            "kind": job.kind.value,
+            "method": job.method,
+            "status": job.status.value,
+            "seed": job.seed,
+            "params": job.params,
+            "device_requested": job.device_requested,
+            "reused_cached_result": reused,
+            "code_version": job.code_version,
+            "environment": job.environment or {},
+            "timings": job.timings or {},
+            "started_at": _iso(job.started_at),
+            "finished_at": _iso(job.finished_at),
+            "attempt": job.attempt,
+            "metrics": metric_table(job, values),
+        }
+    )
+
+
+def _statistic(table: dict[str, dict[str, float | None]], metric: str, use: str) -> float | None:
+    entry = table.get(metric)
+    return None if entry is None else entry.get(use)
+
+
+def evaluate_rule(
+    index: int, rule: PolicyRule, tables: dict[str, dict[str, dict[str, float | None]]]
+) -> dict[str, Any]:
+    """The verdict of one rule with the numbers it compared; ``passed`` is None when a number is missing."""
+    source = "audit" if is_audit_metric(rule.metric) else "unlearn"
+    observed = _statistic(tables.get(source, {}), rule.metric, rule.use)
+    verdict: dict[str, Any] = {
+        "index": index,
+        "rule": rule.model_dump(mode="json", exclude_none=True),
+        "metric": rule.metric,
+        "source": source,
+        "statistic": rule.use,
+        "observed": observed,
+    }
+    if observed is None:
+        return {**verdict, "passed": None, "reason": f"{rule.metric} ({rule.use}) was not measured"}
+    if rule.max_abs_gap is not None:
+        assert rule.relative_to is not None
+        reference = _statistic(tables.get(rule.relative_to, {}), rule.metric, "value")
+        verdict.update(reference_role=rule.relative_to, reference=reference, limit=rule.max_abs_gap)
+        if reference is None:
+            return {
+                **verdict,
+                "passed": None,
+                "reason": f"{rule.metric} of the {rule.relative_to} is missing",
+            }
+        gap = abs(observed - reference)
+        passed = gap <= rule.max_abs_gap
+        comparison = (
+            f"|{observed:.6g} - {reference:.6g}| = {gap:.6g} {'<=' if passed else '>'} {rule.max_abs_gap:g}"
+        )
+        return {**verdict, "quantity": "abs_gap", "computed": gap, "passed": passed, "comparison": comparison}
+    if rule.max_drop_from_original is not None:
+        reference = _statistic(tables.get("original", {}), rule.metric, "value")
+        verdict.update(reference_role="original", reference=reference, limit=rule.max_drop_from_original)
+        if reference is None:
+            return {**verdict, "passed": None, "reason": f"{rule.metric} of the original is missing"}
+        drop = reference - observed
+        passed = drop <= rule.max_drop_from_original
+        comparison = (
+            f"{reference:.6g} - {observed:.6g} = {drop:.6g} {'<=' if passed else '>'} "
+            f"{rule.max_drop_from_original:g}"
+        )
+        return {**verdict, "quantity": "drop", "computed": drop, "passed": passed, "comparison": comparison}
+    checks = []
+    passed = True
+    if rule.max is not None:
+        ok = observed <= rule.max
+        passed = passed and ok
+        checks.append(f"{observed:.6g} {'<=' if ok else '>'} {rule.max:g}")
+    if rule.min is not None:
+        ok = observed >= rule.min
+        passed = passed and ok
+        checks.append(f"{observed:.6g} {'>=' if ok else '<'} {rule.min:g}")
+    return {
+        **verdict,
+        "quantity": "value",
+        "computed": observed,
+        "limit": {"max": rule.max, "min": rule.min},
+        "passed": passed,
+        "comparison": " and ".join(checks),
+    }
+
+
+def overall(verdicts: list[dict[str, Any]]) -> str:
+    if any(v["passed"] is False for v in verdicts):
+        return "fail"
+    if any(v["passed"] is None for v in verdicts):
+        return "inconclusive"
+    return "pass"
+
+
+def _require(row: Any, what: str) -> Any:
+    if row is None:
+        raise Conflict(
+            f"the {what} this report names no longer exists: the report cannot be rebuilt",
+            code="report-inputs-missing",
+        )
+    return row
+
+
+def build_document(session: Session, request: DeletionRequest, issued_at: datetime) -> dict[str, Any]:
+    """The unsigned document; deterministic in the stored rows except for ``issued_at``."""
+    policy = _require(session.get(Policy, request.policy_id), "policy")
+    model = _require(session.get(Model, request.model_id), "model")
+    forget_set = _require(session.get(ForgetSet, request.forget_set_id), "forget set")
+    dataset = _require(session.get(Dataset, forget_set.dataset_id), "dataset")
+    jobs: dict[str, Job] = {}
+    reused: dict[str, bool] = {}
+    for role in ROLES:
+        entry = request.jobs.get(role)
+        if entry:
+            jobs[role] = _require(session.get(Job, uuid.UUID(entry["job_id"])), f"{role} job")
+            reused[role] = bool(entry.get("reused"))
+    values = metrics_for(session, [j.id for j in jobs.values()])
+    sections = {role: _job_section(job, values.get(job.id, {}), reused[role]) for role, job in jobs.items()}
+    tables = {role: section["metrics"] for role, section in sections.items()}
+    unlearn = jobs["unlearn"]
+    output = session.get(Model, unlearn.output_model_id) if unlearn.output_model_id else None
+    rules = [PolicyRule.model_validate(r) for r in policy.rules]
+    verdicts = [evaluate_rule(i, rule, tables) for i, rule in enumerate(rules)]
+    document = {
+        "format": FORMAT,
+        "issued_at": _iso(issued_at),
+        "issuer": {"service": "lethe", "code_version": unlearn.code_version},
+        "deletion_request": {
+            "id": str(request.id),
+            "name": request.name,
+            "tenant_id": str(request.tenant_id),
+            "created_at": _iso(request.created_at),
+        },
+        "policy": {
+            "id": str(policy.id),
+            "name": policy.name,
+            "version": policy.version,
+            "sha256": policy.sha256,
+            "rules": policy.rules,
+        },
+        "inputs": {
+            "dataset": {
+                "id": str(dataset.id),
+                "name": dataset.name,
+                "sha256": dataset.sha256,
+                "source": dataset.source,
+                "builtin": dataset.builtin,
+                "config": dataset.config,
+                "n_train": dataset.n_train,
+                "n_test": dataset.n_test,
+            },
+            "model": {
+                "id": str(model.id),
+                "name": model.name,
+                "sha256": model.sha256,
+                "mask_sha256": model.mask_sha256,
+                "architecture": model.architecture,
+                "arch_config": model.arch_config,
+                "seed": model.seed,
+                "train_recipe": model.train_recipe,
+            },
+            "forget_set": {
+                "id": str(forget_set.id),
+                "name": forget_set.name,
+                "sha256": forget_set.sha256,
+                "kind": forget_set.kind,
+                "size": forget_set.size,
+                "forget_class": forget_set.forget_class,
+            },
+            "output_model": None
+            if output is None
+            else {"id": str(output.id), "sha256": output.sha256, "mask_sha256": output.mask_sha256},
+        },
+        "method": {
+            "name": request.method,
+            "params": unlearn.params,
+            "seed": unlearn.seed,
+            "device": (unlearn.environment or {}).get("device"),
+        },
+        "jobs": sections,
+        "verdicts": verdicts,
+        "verdict": overall(verdicts),
+    }
+    return _clean(document)
+
+
+def sign_document(document: dict[str, Any], key: SigningKey) -> bytes:
+    unsigned = {k: v for k, v in document.items() if k != "signature"}
+    signature = {"algorithm": ALGORITHM, "key_id": key.key_id, "value": key.sign(canonical_json(unsigned))}
+    return canonical_json({**unsigned, "signature": signature})
+
+
+def issue(session: Session, request: DeletionRequest, key: SigningKey) -> ComplianceReport:
+    """Build, sign and add (not commit) a report row for a request whose jobs all succeeded."""
+    issued_at = utcnow()
+    document = build_document(session, request, issued_at)
+    signed = sign_document(document, key)
+    report = ComplianceReport(
+        tenant_id=request.tenant_id,
+        deletion_request_id=request.id,
+        issued_at=issued_at,
+        verdict=document["verdict"],
+        document=signed.decode("utf-8"),
+        sha256=hashlib.sha256(signed).hexdigest(),
+        key_id=key.key_id,
+        algorithm=ALGORITHM,
+    )
+    session.add(report)
+    session.flush()
+    return report
+
+
+# ------------------------------------------------------------------------------------------ verification
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    reason: str
+    document: dict[str, Any] | None = None
+
+
+def verify_json(data: bytes, public: Ed25519PublicKey) -> Verification:
+    """A report file is valid when it is exactly the canonical JSON of a document whose signature verifies
+    with ``public`` over the canonical JSON of the document without its signature."""
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return Verification(False, f"not a JSON document: {exc}")
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        return Verification(False, f"not a {FORMAT} document")
+    try:
+        canonical = canonical_json(document)
+    except ValueError as exc:
+        return Verification(False, f"not canonical JSON: {exc}")
+    if canonical != data:
+        return Verification(False, "the bytes are not the canonical encoding of the document (altered?)")
+    return _verify_signature(document, public)
+
+
+def _verify_signature(document: dict[str, Any], public: Ed25519PublicKey) -> Verification:
+    signature = document.get("signature")
+    if not isinstance(signature, dict) or not isinstance(signature.get("value"), str):
+        return Verification(False, "the document has no signature")
+    if signature.get("algorithm") != ALGORITHM:
+        return Verification(False, f"unsupported signature algorithm {signature.get('algorithm')!r}")
+    if signature.get("key_id") != key_id(public):
+        return Verification(
+            False,
+            f"signed with key {signature.get('key_id')}, but the public key given is {key_id(public)}",
+        )
+    unsigned = {k: v for k, v in document.items() if k != "signature"}
+    if not verify(public, canonical_json(unsigned), signature["value"]):
+        return Verification(False, "the signature does not match the document (altered?)")
+    return Verification(
+        True, f"signature valid (key {signature['key_id']}), verdict {document.get('verdict')}", document
+    )
+
+
+_EMBEDDED = re.compile(rf'<script type="application/json" id="{DATA_ELEMENT_ID}">(.*?)</script>', re.DOTALL)
+
+
+def verify_html(data: bytes, public: Ed25519PublicKey) -> Verification:
+    """The HTML export embeds the signed document; it is valid when that document verifies and the page is
+    byte for byte the rendering of it (so the visible text cannot be changed either)."""
+    text = data.decode("utf-8", errors="replace")
+    match = _EMBEDDED.search(text)
+    if match is None:
+        return Verification(False, "no embedded report in this HTML file")
+    try:
+        document = json.loads(match.group(1))
+    except json.JSONDecodeError as exc:
+        return Verification(False, f"the embedded report is not JSON: {exc}")
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        return Verification(False, f"the embedded report is not a {FORMAT} document")
+    result = _verify_signature(document, public)
+    if not result.ok:
+        return result
+    if render_html(canonical_json(document)).encode("utf-8") != data:
+        return Verification(False, "the HTML differs from the rendering of the signed report (altered?)")
+    return result
+
+
+def verify_file(data: bytes, public: Ed25519PublicKey) -> Verification:
+    if data.lstrip()[:1] == b"<":
+        return verify_html(data, public)
+    return verify_json(data, public)
+
+
+# ------------------------------------------------------------------------------------------ HTML
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:70rem;
+color:#1d2330;padding:0 1rem}
+h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid
+#d6dae3}
+table{border-collapse:collapse;width:100%;margin:.5rem 0;font-size:.9rem}th,td{border:1px solid #d6dae3;
+padding:.3rem .5rem;text-align:left;vertical-align:top}th{background:#f3f5f9}code{font-size:.85rem;
+word-break:break-all}.pass{color:#14722f;font-weight:600}.fail{color:#b3261e;font-weight:600}
+.inconclusive{color:#8a5a00;font-weight:600}.verdict{font-size:1.3rem;padding:.6rem 1rem;border-radius:.4rem;
+background:#f3f5f9;display:inline-block}.num{text-align:right;font-variant-numeric:tabular-nums}
+footer{margin-top:2rem;font-size:.8rem;color:#5b6475}
+""".strip()
+
+
+def _e(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return html.escape(f"{value:.6g}")
+    if isinstance(value, dict | list):
+        return f"<code>{html.escape(json.dumps(value, sort_keys=True, separators=(', ', ': ')))}</code>"
+    return html.escape(str(value))
+
+
+def _rows(pairs: list[tuple[str, Any]]) -> str:
+    return "".join(f"<tr><th>{html.escape(k)}</th><td>{_e(v)}</td></tr>" for k, v in pairs)
+
+
+def _verdict_class(passed: Any) -> str:
+    return "pass" if passed is True else "fail" if passed is False else "inconclusive"
+
+
+def render_html(canonical: bytes) -> str:
+    """A self-contained page (inline CSS, no scripts or external assets) with the signed JSON embedded."""
+    doc = json.loads(canonical)
+    inputs = doc["inputs"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Compliance report {html.escape(doc['deletion_request']['id'])}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>Lethe compliance report</h1>",
+        f'<p class="verdict">Verdict: <span class="{html.escape(doc["verdict"])}">'
+        f"{html.escape(doc['verdict'].upper())}</span></p>",
+        "<table>",
+        _rows(
+            [
+                ("Deletion request", doc["deletion_request"]["id"]),
+                ("Name", doc["deletion_request"].get("name")),
+                ("Requested at", doc["deletion_request"]["created_at"]),
+                ("Issued at", doc["issued_at"]),
+                ("Policy", f"{doc['policy']['name']} v{doc['policy']['version']} ({doc['policy']['id']})"),
+                ("Policy SHA-256", doc["policy"]["sha256"]),
+                ("Method", doc["method"]["name"]),
+                ("Method params", doc["method"]["params"]),
+                ("Seed", doc["method"]["seed"]),
+                ("Device", doc["method"].get("device")),
+            ]
+        ),
+        "</table>",
+        "<h2>Policy rules</h2><table><tr><th>#</th><th>Rule</th><th>Compared</th><th>Result</th></tr>",
+    ]
+    for verdict in doc["verdicts"]:
+        compared = verdict.get("comparison") or verdict.get("reason") or ""
+        label = _verdict_class(verdict["passed"])
+        parts.append(
+            f"<tr><td>{verdict['index']}</td><td>{_e(verdict['rule'])}</td><td>{html.escape(compared)}</td>"
+            f'<td class="{label}">{label}</td></tr>'
+        )
+    parts.append("</table><h2>Inputs</h2><table><tr><th>Input</th><th>SHA-256</th><th>Details</th></tr>")
+    for name in ("dataset", "model", "forget_set", "output_model"):
+        item = inputs.get(name)
+        if item is None:
+            parts.append(f"<tr><td>{name}</td><td>—</td><td>—</td></tr>")
+            continue
+        details = {k: v for k, v in item.items() if k != "sha256"}
+        parts.append(
+            f"<tr><td>{name}</td><td><code>{_e(item['sha256'])}</code></td><td>{_e(details)}</td></tr>"
+        )
+    parts.append("</table>")
+    for role, job in doc["jobs"].items():
+        parts.append(f"<h2>Job: {html.escape(role)}</h2><table>")
+        env = job.get("environment") or {}
+        parts.append(
+            _rows(
+                [
+                    ("Job", job["id"]),
+                    ("Kind / method", f"{job['kind']} / {job.get('method') or '—'}"),
+                    ("Seed", job["seed"]),
+                    ("Reused cached result", job["reused_cached_result"]),
+                    ("Params", job["params"]),
+                    ("Code version", job["code_version"]),
+                    ("Device", f"{env.get('device')} ({env.get('device_name')})"),
+                    ("Libraries", {k: env.get(k) for k in ("python", "torch", "cuda", "numpy", "sklearn")}),
+                    ("Timings (s)", job.get("timings")),
+                    ("Started / finished", f"{job.get('started_at')} / {job.get('finished_at')}"),
+                ]
+            )
+        )
+        parts.append('</table><table><tr><th>Metric</th><th class="num">Value</th>')
+        parts.append('<th class="num">CI low</th><th class="num">CI high</th></tr>')
+        for metric, entry in job["metrics"].items():
+            parts.append(
+                f'<tr><td>{html.escape(metric)}</td><td class="num">{_e(entry["value"])}</td>'
+                f'<td class="num">{_e(entry["ci_low"])}</td><td class="num">{_e(entry["ci_high"])}</td></tr>'
+            )
+        parts.append("</table>")
+    signature = doc.get("signature") or {}
+    embedded = canonical.decode("utf-8").replace("<", "\\u003c")
+    parts += [
+        "<footer>",
+        f"<p>Signed with {html.escape(str(signature.get('algorithm')))} key "
+        f"<code>{html.escape(str(signature.get('key_id')))}</code>. Check with "
+        "<code>lethe verify-report FILE</code>; the signed JSON is embedded below.</p>",
+        "</footer>",
+        f'<script type="application/json" id="{DATA_ELEMENT_ID}">{embedded}</script>',
+        "</body></html>",
+        "",
+    ]
+    return "\n".join(parts)

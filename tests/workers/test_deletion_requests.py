@@ -1,0 +1,116 @@
+"""A deletion request end to end with real workers, driven by the Python client and then by the CLI:
+forget set from a file → unlearn + retrain + evaluation of the original → the reaper issues a signed report →
+fetch it (JSON and HTML) and verify it offline. No audit (it would train shadow models): the audit path is
+covered in tests/app/api/test_compliance.py with results written directly."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from app.client import LetheClient, read_indices
+from app.services import reports, signing
+from tests.workers.test_job_flow import train_original
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+RULES = [
+    {"metric": "MIA-Efficacy", "relative_to": "retrain", "max_abs_gap": 100},
+    {"metric": "TA", "max_drop_from_original": 100},
+    {"metric": "RA", "min": 0},
+]
+TIMEOUT_S = 300.0
+
+
+@pytest.fixture(scope="module")
+def setup(live_api: TestClient, worker_group, sessions, migrated) -> dict:
+    tenant, dataset, train = train_original(live_api, sessions, migrated)
+    return {"tenant": tenant, "dataset": dataset, "model": train["output_model_id"]}
+
+
+def test_client_drives_a_deletion_request_end_to_end(live_api: TestClient, setup: dict, tmp_path) -> None:
+    tenant = setup["tenant"]
+    client = LetheClient(str(live_api.base_url), tenant.admin, http=live_api)
+    policy = client.create_policy("e2e", RULES, description="loose bounds: the flow, not the method")
+    indices_file = tmp_path / "forget.npy"
+    np.save(indices_file, np.arange(0, 300, 3, dtype=np.int64))
+    indices = read_indices(indices_file)
+    forget_set = client.forget_set_from_indices(setup["dataset"]["id"], indices, "e2e forget")
+    body = {
+        "model_id": setup["model"],
+        "forget_set_id": forget_set["id"],
+        "method": "ft",
+        "params": {"epochs": 1, "batch_size": 64},
+        "seed": 5,
+        "policy_id": str(policy.id),
+    }
+    submitted = client.submit_deletion_request(body, idempotency_key="e2e-1")
+    assert client.submit_deletion_request(body, idempotency_key="e2e-1").id == submitted.id
+    seen: list[float] = []
+    done = client.follow_deletion_request(
+        str(submitted.id),
+        on_update=lambda r: seen.append(r.progress.fraction),
+        poll_seconds=0.2,
+        timeout_s=TIMEOUT_S,
+    )
+    assert done.status.value == "issued", done.error
+    assert done.verdict == "pass" and seen[-1] == 1.0 and 0.0 < max(seen[:-1], default=0.5) < 1.0
+    data = client.report_bytes(str(done.report_id))
+    public = signing.load_public_key(client.signing_key().pem.encode())
+    result = reports.verify_json(data, public)
+    assert result.ok, result.reason
+    document = json.loads(data)
+    unlearn_job = client.get(f"/v1/jobs/{done.jobs['unlearn']['job_id']}")
+    output = client.get(f"/v1/models/{unlearn_job['output_model_id']}")
+    assert document["inputs"]["output_model"]["sha256"] == output["sha256"]
+    assert document["inputs"]["forget_set"]["size"] == len(indices)
+    assert document["jobs"]["unlearn"]["environment"]["device"] == "cpu"
+    assert document["jobs"]["retrain"]["seed"] == 5 and "TA" in document["jobs"]["original"]["metrics"]
+    assert reports.verify_html(client.report_bytes(str(done.report_id), "html"), public).ok
+
+    # Re-issued: the same bytes but for issued_at and the signature.
+    again = client.reissue_report(str(done.id))
+    second = client.report_bytes(str(again.id))
+    first_doc, second_doc = json.loads(data), json.loads(second)
+    for doc in (first_doc, second_doc):
+        doc.pop("issued_at"), doc.pop("signature")
+    assert signing.canonical_json(first_doc) == signing.canonical_json(second_doc)
+    assert [r.id for r in client.reports(str(done.id))] == [done.report_id, again.id]
+
+
+def test_cli_submits_from_a_csv_follows_and_verifies(
+    live_api: TestClient, setup: dict, tmp_path, monkeypatch
+) -> None:
+    import app.cli as cli_module
+
+    tenant = setup["tenant"]
+    client = LetheClient(str(live_api.base_url), tenant.admin, http=live_api)
+    client.create_policy("e2e-cli", RULES)
+    monkeypatch.setattr(cli_module, "_client", lambda url, api_key: client)
+    forget_file = tmp_path / "forget.csv"
+    forget_file.write_text("index\n" + "\n".join(str(i) for i in range(0, 300, 3)) + "\n")
+    pem = tmp_path / "public.pem"
+    pem.write_text(client.signing_key().pem)
+    out = tmp_path / "reports"
+    args = [
+        "deletion-request", "submit", "--model", setup["model"], "--method", "ga",
+        "--params", json.dumps({"epochs": 1, "lr": 1e-4, "batch_size": 64}), "--policy", "e2e-cli@1",
+        "--forget-file", str(forget_file), "--seed", "5", "--out", str(out), "--public-key", str(pem),
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli_module.cli, args)
+    assert result.exit_code == 0, result.output
+    saved = sorted(p.name for p in out.iterdir())
+    assert len(saved) == 2 and saved[0].endswith(".html") and saved[1].endswith(".json")
+    report_file = out / saved[1]
+    ok = CliRunner().invoke(cli_module.cli, ["verify-report", str(report_file), "--public-key", str(pem)])
+    assert ok.exit_code == 0, ok.output
+    document = json.loads(report_file.read_bytes())
+    # Same indices, model and seed as the first test: its retrain and evaluation are reused (content hash).
+    assert document["method"]["name"] == "ga" and document["jobs"]["retrain"]["reused_cached_result"] is True
+    assert document["jobs"]["original"]["reused_cached_result"] is True
+    assert uuid.UUID(document["deletion_request"]["id"])
