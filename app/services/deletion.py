@@ -39,6 +39,7 @@ from app.models import (
     Campaign,
     CampaignStatus,
     Dataset,
+    DeletionRequest,
     ForgetSet,
     Job,
     JobEvent,
@@ -235,6 +236,31 @@ def _refuse_if_active(closure: _Closure, kind: str, root_id: uuid.UUID) -> None:
     raise Conflict(detail, code="resource-in-use", errors=active[:MAX_LISTED])
 
 
+def _refuse_if_evidence(session: Session, closure: _Closure, kind: str, root_id: uuid.UUID) -> None:
+    """Compliance records are kept with their inputs: nothing a deletion request used (its model, forget set
+    or jobs, nor anything those depend on) may go, not even with ``?cascade=true``."""
+    job_ids = {str(job_id) for job_id in closure.jobs}
+    held = []
+    requests = session.scalars(select(DeletionRequest).where(DeletionRequest.tenant_id == closure.tenant_id))
+    for request in requests:
+        used_jobs = {str(entry.get("job_id")) for entry in (request.jobs or {}).values()}
+        if (
+            request.model_id in closure.models
+            or request.forget_set_id in closure.forget_sets
+            or used_jobs & job_ids
+        ):
+            held.append(
+                {"resource_type": "deletion_request", "id": str(request.id), "status": request.status}
+            )
+    if held:
+        raise Conflict(
+            f"{_LABEL[kind]} {root_id} is evidence for {len(held)} deletion request(s): compliance records"
+            " keep their inputs and jobs, so it cannot be deleted (not even with ?cascade=true)",
+            code="resource-held-by-compliance-record",
+            errors=held[:MAX_LISTED],
+        )
+
+
 def _refuse_dependents(closure: _Closure, kind: str, root_id: uuid.UUID) -> None:
     if not closure.dependents:
         return
@@ -341,6 +367,7 @@ def delete_resource(
     root = _lock_root(session, kind, principal.tenant_id, root_id)
     closure = _collect(session, principal.tenant_id, kind, root)
     _refuse_if_active(closure, kind, root_id)
+    _refuse_if_evidence(session, closure, kind, root_id)
     if not cascade:
         _refuse_dependents(closure, kind, root_id)
     keys = _artifact_keys(closure)

@@ -438,3 +438,23 @@ def test_signing_key_is_created_once(tmp_path) -> None:
     first = signing.load_or_create(path)
     again = signing.load_or_create(path)
     assert first.key_id == again.key_id and oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_inputs_of_a_deletion_request_cannot_be_deleted(
+    api: TestClient, world: dict, sessions, migrated
+) -> None:
+    tenant = world["tenant"]
+    done = issued_request(api, world, sessions, migrated, [{"metric": "TA", "max_drop_from_original": 5}])
+    unlearn_job = done["jobs"]["unlearn"]["job_id"]
+    for path in (
+        f"/v1/models/{world['model']['id']}?cascade=true",
+        f"/v1/forget-sets/{world['forget_set']['id']}?cascade=true",
+        f"/v1/jobs/{unlearn_job}",
+    ):
+        response = api.delete(path, headers=tenant.headers("admin"))
+        assert response.status_code == 409, (path, response.text)
+        problem = response.json()
+        assert problem["code"] == "resource-held-by-compliance-record"
+        assert problem["errors"][0]["id"] == done["id"]
+    report = api.get(f"/v1/reports/{done['report_id']}", headers=tenant.headers("read"))
+    assert report.status_code == 200
