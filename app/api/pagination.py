@@ -28,7 +28,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
         return datetime.fromisoformat(created), uuid.UUID(row_id)
-    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+    except (ValueError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        # AttributeError: a well-formed JSON pair of the wrong types, e.g. [1, 2].
         raise DomainError(
             "the cursor is malformed; pass next_cursor from a previous page", code="invalid-cursor"
         ) from exc

@@ -31,6 +31,21 @@ class Problem(BaseModel):
     request_id: str | None = None
 
 
+# Documented on every route (app.main): any of them can answer a 4xx problem (auth, scope, validation,
+# body size, not found, conflict, ...) or a 503 while the database is unreachable.
+PROBLEM_SCHEMA_REF = {"$ref": "#/components/schemas/Problem"}
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {
+        "description": "Client error: RFC 9457 problem details; `code` says which.",
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA_REF}},
+    },
+    503: {
+        "description": "The database is unavailable; retry after `Retry-After` seconds.",
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA_REF}},
+    },
+}
+
+
 class DomainError(Exception):
     """An error with an HTTP status and a stable code; raised anywhere, rendered as problem+json."""
 
@@ -123,14 +138,47 @@ def validation_errors(errors: Any, prefix: tuple[str, ...] = ()) -> list[dict[st
     ]
 
 
+def summarize_errors(errors: list[dict[str, Any]], limit: int = 5) -> str:
+    """``loc: msg; loc: msg`` for the first few validation error items."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:limit])
+
+
+def _is_validation_item(item: dict[str, Any]) -> bool:
+    return isinstance(item.get("loc"), list | tuple) and "msg" in item
+
+
+def _is_json_media_type(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def install_problem_openapi(app: FastAPI) -> None:
+    """Add the Problem schema that ``PROBLEM_RESPONSES`` refers to to the app's OpenAPI components."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = default_openapi()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}"))
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_problem_handlers(app: FastAPI) -> None:
+    install_problem_openapi(app)
+
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
+        detail = exc.detail
+        if exc.errors and all(_is_validation_item(e) for e in exc.errors):
+            # "invalid params for method 'ft'" alone does not say what to fix.
+            detail = f"{detail}: {summarize_errors(exc.errors)}"
         return problem_response(
             request,
             exc.status,
             exc.code,
-            exc.detail,
+            detail,
             title=exc.title,
             errors=exc.errors,
             headers=dict(exc.headers) if exc.headers else None,
@@ -139,19 +187,36 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = validation_errors(exc.errors())
-        summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
+        content_type = request.headers.get("content-type")
+        if any(tuple(e["loc"]) == ("body",) for e in errors) and not _is_json_media_type(content_type):
+            # A JSON route got a body it did not parse: say that, not "Input should be a valid dictionary".
+            return problem_response(
+                request,
+                415,
+                "unsupported-media-type",
+                "this endpoint takes a JSON body sent with 'Content-Type: application/json'; the request had "
+                + (f"'{content_type}'" if content_type else "no Content-Type"),
+                errors=errors,
+            )
         return problem_response(
-            request, 422, "validation-error", f"The request is invalid: {summary}", errors=errors
+            request,
+            422,
+            "validation-error",
+            f"The request is invalid: {summarize_errors(errors)}",
+            errors=errors,
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "-")
+        detail = str(exc.detail)
+        if exc.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            code = "payload-too-large"  # from app.main.BodyLimit; the Content-Length check uses it too
         return problem_response(
             request,
             exc.status_code,
             code,
-            str(exc.detail),
+            detail,
             headers=dict(exc.headers) if exc.headers else None,
         )
 

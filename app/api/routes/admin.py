@@ -11,6 +11,7 @@ from sqlalchemy import select
 from app.api.deps import Admin, SessionDep, SettingsDep
 from app.core.security import Scope
 from app.models import AuditEvent, Tenant
+from app.schemas.resources import INT64_MAX, NAME_MAX, NAME_PATTERN
 from app.services.keys import create_key
 
 router = APIRouter(tags=["admin"])
@@ -19,7 +20,7 @@ router = APIRouter(tags=["admin"])
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
     scopes: list[Scope] = Field(min_length=1)
 
 
@@ -67,7 +68,7 @@ def create_api_key(
 def list_audit_events(
     principal: Admin,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[AuditEventOut]:
     rows = session.scalars(
