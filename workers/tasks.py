@@ -38,11 +38,11 @@ def _preload_engine(**_: object) -> None:
     Children then start a job in milliseconds instead of spending seconds importing torch while holding a
     lease. CUDA is not touched here: each child initialises it itself (CUDA does not survive fork).
     """
-    import workers.engine.execute  # noqa: F401
-
     # torch.use_deterministic_algorithms (entered by every CPU job) lazily imports torch._inductor.config,
     # which pulls in dynamo: 3-6 s of imports that every job child (one task per child) would repeat.
     import torch._inductor.config  # noqa: F401
+
+    import workers.engine.execute  # noqa: F401
 
 
 @celery_app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
