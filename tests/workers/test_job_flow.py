@@ -229,4 +229,5 @@ def test_worker_sigkill_mid_job_resumes_and_finishes_once(
             session.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
         )
     assert types.count("succeeded") == 1 and "requeued" in types and types.count("started") == 2
-    assert done["result"].get("resumed_from_epoch", 0) >= 3
+    # Progress said epoch 3 was running, so at least 2 had completed and been checkpointed.
+    assert done["result"].get("resumed_from_epoch", 0) >= 2
