@@ -71,7 +71,12 @@ def test_audit_runs_reuses_its_shadows_and_stores_per_example_scores(
     assert second["metrics"]["models_trained"] == 0
     assert second["metrics"]["models_reused"] == 4 * SHADOWS
     assert second["metrics"]["ulira_auc"] == metrics["ulira_auc"]
-    assert second["timings"]["wall_s"] < first["timings"]["wall_s"] / 2
+    # Reuse replaces every training and unlearning run by a fetch from the store.
+    stages = ("base_s", "retrain_s", "pool_s", "unlearned_s")
+    training_first = sum(first["timings"][stage] for stage in stages)
+    training_second = sum(second["timings"][stage] for stage in stages)
+    assert training_second < training_first / 2, (training_first, training_second)
+    assert second["timings"]["wall_s"] < first["timings"]["wall_s"]
     listed = live_api.get(
         "/v1/shadow-models", params={"role": "base", "limit": 100}, headers=tenant.headers("read")
     ).json()["data"]

@@ -14,12 +14,14 @@ from app.core.config import Settings
 from app.services.processes import ServiceGroup
 from tests.app.api.test_resources import create_digits
 from tests.conftest import settings_env
-from tests.workers.test_job_flow import LONG_RECIPE, finished, wait_for
+from tests.workers.test_job_flow import finished, wait_for
 from workers.tasks import purge_consumed_messages
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 SOFT_LIMIT_S = 3
 HARD_LIMIT_S = 30
+# ~180k SGD steps: far beyond the soft limit even on an idle machine with the engine preloaded.
+OVER_LIMIT_RECIPE = {"epochs": 1000, "batch_size": 8, "lr": 0.01, "momentum": 0.9}
 
 
 def test_purge_drops_consumed_embedded_broker_messages(
@@ -76,7 +78,7 @@ def test_soft_time_limit_fails_the_job_with_a_reason(migrated: Settings, session
                 "kind": "train",
                 "dataset_id": dataset["id"],
                 "architecture": "mlp",
-                "params": {"recipe": LONG_RECIPE},
+                "params": {"recipe": OVER_LIMIT_RECIPE},
                 "seed": 0,
             }
             job = api.post("/v1/jobs", json=body, headers=tenant.headers("submit")).json()
