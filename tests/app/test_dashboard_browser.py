@@ -214,7 +214,8 @@ def test_login_submit_watch_compare_and_cancel(
     page.select_option("#submit-model", world["model"])
     page.select_option("#submit-forget-set", forget_set["id"])
     page.select_option("#submit-method", "ft")
-    page.fill("#submit-params", '{"epochs": 2, "batch_size": 64}')
+    # Long enough (a few seconds on an idle CPU) for the page to show it running, not only queued and done.
+    page.fill("#submit-params", '{"epochs": 40, "batch_size": 16}')
     page.fill("#submit-seed", "5")
     shot(page, "03-submit")
     page.click("#submit-button")
