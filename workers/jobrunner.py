@@ -221,6 +221,8 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
         original_recipe=inputs["original_recipe"],
         resume=resume,
         masks=masks,
+        cache=StoreCache(runtime, job.tenant_id),
+        dataset_sha256=inputs["dataset_sha256"],
     )
     load_s = time.perf_counter() - started
     hooks = DbHooks(runtime, claim, job)
@@ -228,9 +230,11 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
     result = execute(request, hooks)
 
     output_model = None
+    architecture = result.architecture or inputs["architecture"]
+    arch_config = result.arch_config if result.arch_config is not None else inputs["arch_config"]
     if result.weights is not None:
         blob = save_safetensors(
-            result.weights, metadata={"job_id": str(job.id), "architecture": inputs["architecture"]}
+            result.weights, metadata={"job_id": str(job.id), "architecture": architecture}
         )
         digest = sha256_hex(blob)
         key = content_key("models", str(job.tenant_id), digest, ".safetensors")
@@ -249,8 +253,8 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
         output_model = Model(
             tenant_id=job.tenant_id,
             name=f"{job.kind.value}:{job.method}:{str(job.id)[:8]}",
-            architecture=inputs["architecture"],
-            arch_config=inputs["arch_config"],
+            architecture=architecture,
+            arch_config=arch_config,
             dataset_id=inputs["dataset_id"],
             source="job",
             job_id=job.id,
@@ -274,16 +278,61 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
     output_forget_set = None
     if job.kind is JobKind.worst_case_search:
         output_forget_set = _searched_forget_set(runtime, job, inputs, result)
+    details = _jsonable(result.details)
+    details.update(_store_images(runtime, job, result))
     outcome = JobOutcome(
         output_forget_set=output_forget_set,
         metrics=result.metrics,
-        result=_jsonable(result.details),
+        result=details,
         environment=environment,
         timings=timings,
         output_model=output_model,
     )
     if not job_service.finish_succeeded(runtime.sessions, claim, job, outcome):
         log.warning("job %s: finished but no longer owned; results discarded", job.id)
+
+
+class StoreCache:
+    """The engine's artifact cache on the tenant's artifact store (kind ``classifiers``): the generative
+    metric classifier trained once per dataset and params. Jobs name the key in their result, which keeps
+    the file referenced (the orphan sweep removes it once no job does)."""
+
+    def __init__(self, runtime: WorkerRuntime, tenant_id: uuid.UUID) -> None:
+        self.store = runtime.store
+        self.tenant_id = tenant_id
+
+    def key(self, name: str) -> str:
+        return content_key("classifiers", str(self.tenant_id), name, ".safetensors")
+
+    def get(self, name: str) -> bytes | None:
+        key = self.key(name)
+        return self.store.get(key) if self.store.exists(key) else None
+
+    def put(self, name: str, data: bytes) -> str:
+        key = self.key(name)
+        self.store.put(key, data)
+        return key
+
+
+def _store_images(runtime: WorkerRuntime, job: Job, result: Any) -> dict[str, Any]:
+    """PNG grids (``grids``: name -> key) and a sample job's images (``samples_key``, an npz)."""
+    stored: dict[str, Any] = {}
+    if result.pngs:
+        grids = {}
+        for name, png in sorted(result.pngs.items()):
+            key = content_key("grids", str(job.tenant_id), sha256_hex(png), ".png")
+            runtime.store.put(key, png)
+            grids[name] = key
+        stored["grids"] = grids
+        stored["grid_url"] = f"/v1/jobs/{job.id}/grid.png"
+    if result.arrays and job.kind is JobKind.sample:
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, **result.arrays)
+        blob = buffer.getvalue()
+        key = content_key("samples", str(job.tenant_id), sha256_hex(blob), ".npz")
+        runtime.store.put(key, blob)
+        stored["samples_key"] = key
+    return stored
 
 
 def _run_audit(

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         description="Ceiling on every epochs field of a job's params (epochs, finetune_epochs, lower_epochs, "
         "...) and on an inherited recipe; beyond it a submission answers 422 epochs-over-limit.",
     )
+    max_job_steps: int = Field(
+        1_000_000,
+        ge=1,
+        description="Ceiling on every steps field of a job's params (generative training, SFD and sampling "
+        "steps) and on an inherited recipe; beyond it a submission answers 422 steps-over-limit.",
+    )
     job_time_budget_seconds: float | None = Field(
         None,
         gt=0,
@@ -89,6 +95,16 @@ class Settings(BaseSettings):
         "(younger files may belong to a write whose row is not committed yet).",
     )
     orphan_sweep_interval_seconds: float = Field(3600.0, gt=0, description="How often the sweep runs.")
+
+    # API process.
+    api_concurrency: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="Threads per API process for blocking work (the anyio limiter) and, on Postgres, the "
+        "connections of its pool (as many again may overflow: a request can hold two). Sized together so "
+        "that a thread that has a connection slot never waits for one held by a request without a thread.",
+    )
 
     # Auth.
     bootstrap_key_file: Path | None = Field(None, description="Where the embedded admin key is written.")

@@ -32,6 +32,7 @@ class JobKind(StrEnum):
     prune = "prune"
     worst_case_search = "worst_case_search"
     audit = "audit"
+    sample = "sample"  # images + a PNG grid from a generative model
 
 
 def _enum(cls: type[StrEnum]) -> Enum:

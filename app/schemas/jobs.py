@@ -22,6 +22,13 @@ class JobCreate(BaseModel):
     - ``prune`` / ``worst_case_search``: ``model_id`` (trained on a stored dataset), ``params``.
     - ``audit``: ``model_id`` (the original), ``forget_set_id``, ``params`` (GET /v1/audit-params:
       the audited method and its params, shadows K, forget sets per shadow F, attacks).
+    - ``sample``: ``model_id`` of a generative model (trained on a stored dataset), ``params`` (classes,
+      n_per_class, sampler): images as npz and a PNG grid.
+
+    Generative models (architectures ``unet_ddpm`` / ``unet_one_step``): ``train`` runs method ``ddpm``,
+    ``retrain`` ``ddpm_retrain`` (the gold reference without the class), ``unlearn`` ``sfd`` or
+    ``sfd_control``; retrain / unlearn / evaluate need a forget set of kind ``class``, and ``evaluate`` takes
+    optional ``params`` (the generative evaluation: samples, sampler, metric classifier, grid).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -123,9 +130,16 @@ class ComparisonRow(BaseModel):
         description="Guardrail rules the result breaks (ra-collapse, ta-collapse, ua-overshoot, "
         "mia-overshoot, single-class); utility rules need an evaluate job of the original here.",
     )
+    grid_url: str | None = Field(
+        None, description="Generative rows: the sample grid of the evaluated model (one class per row)."
+    )
 
 
 class Comparison(BaseModel):
     forget_set_id: uuid.UUID
+    task: str = Field(
+        "classification",
+        description="classification / regression / generative: which metrics the columns are.",
+    )
     columns: list[str]
     rows: list[ComparisonRow]

@@ -38,7 +38,20 @@ log = logging.getLogger(__name__)
 
 # The kind directories the service writes (app.services.datasets/models, workers.jobrunner,
 # workers.shadow_store). The sweep never touches other paths.
-ARTIFACT_KINDS = frozenset({"datasets", "models", "masks", "checkpoints", "scores", "audits", "shadows"})
+ARTIFACT_KINDS = frozenset(
+    {
+        "datasets",
+        "models",
+        "masks",
+        "checkpoints",
+        "scores",
+        "audits",
+        "shadows",
+        "grids",  # generative jobs' sample grids (PNG)
+        "samples",  # sample jobs' images (npz)
+        "classifiers",  # the generative metric classifier, shared by the jobs that name it
+    }
+)
 TEMP_PREFIX = ".tmp-"  # LocalArtifactStore.put's temporary files
 SWEEP_ACTOR = "system:maintenance"
 CHUNK = 500

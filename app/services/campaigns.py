@@ -45,7 +45,7 @@ from app.services import jobs as job_service
 from app.services.datasets import get_dataset
 from app.services.forget_sets import create_forget_set, get_forget_set
 from app.services.guardrails import Guardrails, guardrail_flags
-from app.services.models import get_model
+from app.services.models import get_architecture, get_model
 from app.services.results import (
     REGRESSION,
     forget_set_task,
@@ -57,6 +57,7 @@ from app.services.submission import build_job, find_reusable, method_spec, valid
 from app.storage import ArtifactStore
 from workers.engine.metrics import avg_gap
 from workers.engine.metrics.regression import REGRESSION_COLUMNS
+from workers.engine.tasks import TaskType
 
 STAGE_SEARCH = "search"
 STAGE_TUNING = "tuning"
@@ -244,6 +245,13 @@ def create(
 ) -> tuple[Campaign, list[uuid.UUID]]:
     """Validate the whole grid, create the campaign and its first stage's jobs (not committed)."""
     model = get_model(session, principal.tenant_id, body.model_id)
+    task = get_architecture(model.architecture).task
+    if task is TaskType.generative:
+        raise Unprocessable(
+            "campaigns support classification and regression models; compare generative unlearning with"
+            " retrain / unlearn / evaluate jobs on a class forget set (GET /v1/forget-sets/{id}/comparison)",
+            code="task-mismatch",
+        )
     for entry in body.methods:
         options = candidates(entry)
         if len(options) > MAX_GRID_CANDIDATES:
@@ -283,9 +291,9 @@ def create(
     submitter = _Submitter(session, principal, settings, campaign)
     # Validate every candidate of every method up front: a bad setting fails the request, not a cell.
     for entry in body.methods:
-        method = method_spec(JobKind.unlearn, entry.method)
+        method = method_spec(JobKind.unlearn, entry.method, task)
         for params in candidates(entry):
-            validate_params(method, params)
+            validate_params(method, params, JobKind.unlearn, task)
     if searches:
         campaign.cells = [
             submitter.cell(

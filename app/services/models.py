@@ -16,7 +16,7 @@ from workers.engine.architectures import ARCHITECTURES, ArchitectureSpec
 from workers.engine.errors import InvalidInputError, UnknownEntryError
 
 # Config fields an architecture may take from the dataset it is trained on.
-_DATASET_DERIVED_FIELDS = ("input_shape", "in_channels", "image_size", "num_classes")
+_DATASET_DERIVED_FIELDS = ("input_shape", "in_channels", "image_channels", "image_size", "num_classes")
 
 
 def get_architecture(name: str) -> ArchitectureSpec:
@@ -33,6 +33,7 @@ def _dataset_defaults(dataset: Dataset) -> dict[str, Any]:
     return {
         "input_shape": shape,
         "in_channels": shape[0] if len(shape) == 3 else None,
+        "image_channels": shape[0] if len(shape) == 3 else None,
         "image_size": shape[-1] if len(shape) == 3 else None,
         "num_classes": dataset.num_classes,
     }

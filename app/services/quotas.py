@@ -71,41 +71,46 @@ def check_active_jobs(session: Session, tenant_id: uuid.UUID, settings: Settings
         )
 
 
-def _epoch_fields(
-    value: Any, path: tuple[str | int, ...] = ()
+def _counted_fields(
+    value: Any, unit: str, path: tuple[str | int, ...] = ()
 ) -> Iterator[tuple[tuple[str | int, ...], int]]:
+    """Integer fields named ``unit`` or ``*_<unit>`` anywhere in a JSON value, with their paths."""
     if isinstance(value, dict):
         for key, item in value.items():
             name = str(key)
-            if (name == "epochs" or name.endswith("_epochs")) and isinstance(item, int):
+            if (name == unit or name.endswith(f"_{unit}")) and isinstance(item, int):
                 yield (*path, name), item
             else:
-                yield from _epoch_fields(item, (*path, name))
+                yield from _counted_fields(item, unit, (*path, name))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _epoch_fields(item, (*path, index))
+            yield from _counted_fields(item, unit, (*path, index))
 
 
 def check_job_limits(settings: Settings, kind: JobKind, params: dict[str, Any], model: Model | None) -> None:
-    """The epochs ceiling, on the validated params and, for kinds that train with the original model's
-    recipe when none is given (retrain, audit), on that recipe."""
-    ceiling = settings.max_job_epochs
-    found = [(("params", *path), value) for path, value in _epoch_fields(params)]
-    if kind in (JobKind.retrain, JobKind.audit) and params.get("recipe") is None and model is not None:
-        found += [
-            (("model", "train_recipe", *path), v) for path, v in _epoch_fields(model.train_recipe or {})
-        ]
-    over = [(path, value) for path, value in found if value > ceiling]
-    if over:
-        raise Unprocessable(
-            f"{len(over)} epochs setting(s) exceed the ceiling of {ceiling} epochs per job"
-            " (LETHE_MAX_JOB_EPOCHS): " + ", ".join(f"{'.'.join(map(str, p))}={v}" for p, v in over),
-            code="epochs-over-limit",
-            errors=[
-                {"loc": list(path), "msg": f"at most {ceiling} epochs", "type": "epochs_over_limit"}
-                for path, _ in over
-            ],
-        )
+    """The epochs and steps ceilings, on the validated params and, for kinds that train with the original
+    model's recipe when none is given (retrain, audit), on that recipe."""
+    for unit, ceiling, setting in (
+        ("epochs", settings.max_job_epochs, "LETHE_MAX_JOB_EPOCHS"),
+        ("steps", settings.max_job_steps, "LETHE_MAX_JOB_STEPS"),
+    ):
+        found = [(("params", *path), value) for path, value in _counted_fields(params, unit)]
+        if kind in (JobKind.retrain, JobKind.audit) and params.get("recipe") is None and model is not None:
+            found += [
+                (("model", "train_recipe", *path), v)
+                for path, v in _counted_fields(model.train_recipe or {}, unit)
+            ]
+        over = [(path, value) for path, value in found if value > ceiling]
+        if over:
+            raise Unprocessable(
+                f"{len(over)} {unit} setting(s) exceed the ceiling of {ceiling} {unit} per job"
+                f" ({setting}): " + ", ".join(f"{'.'.join(map(str, p))}={v}" for p, v in over),
+                code=f"{unit}-over-limit",
+                errors=[
+                    {"loc": list(path), "msg": f"at most {ceiling} {unit}", "type": f"{unit}_over_limit"}
+                    for path, _ in over
+                ],
+            )
 
 
 def estimated_dataset_bytes(config: BaseModel) -> int | None:

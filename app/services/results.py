@@ -16,15 +16,31 @@ from collections import defaultdict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Dataset, ForgetSet, Job, JobKind, JobStatus, Metric
+from app.models import Dataset, ForgetSet, Job, JobKind, JobStatus, Metric, Model
 from app.schemas.jobs import Comparison, ComparisonRow
 from app.services.guardrails import Guardrails, guardrail_flags
+from workers.engine.diffusion.job_params import GENERATIVE_ARCHITECTURES
 from workers.engine.metrics import avg_gap
 from workers.engine.metrics.regression import REGRESSION_COLUMNS, REGRESSION_GAP_KEYS, comparison_metrics
 
 HEADLINE_COLUMNS = ["UA", "RA", "TA", "MIA-Efficacy", "test_accuracy"]
 GAP_KEYS = ("UA", "MIA-Efficacy", "RA", "TA")
 REGRESSION = "regression"
+GENERATIVE = "generative"
+# Generative rows (workers.engine.diffusion.metrics, fractions in [0, 1]): UA = 1 - forget-class generation
+# rate, the override and entropy of the forgotten class's samples, retained-class conditional accuracy and
+# Frechet distance, cost per sample. Avg-Gap to the gold reference (the DDPM retrained without the class)
+# over UA and retained accuracy.
+GENERATIVE_COLUMNS = [
+    "ua",
+    "override_rate",
+    "forget_entropy",
+    "retain_accuracy",
+    "fd_retain",
+    "nfe_per_sample",
+    "seconds_per_sample",
+]
+GENERATIVE_GAP_KEYS = ("ua", "retain_accuracy")
 
 
 def forget_set_task(session: Session, forget_set_id: uuid.UUID) -> str:
@@ -35,7 +51,22 @@ def forget_set_task(session: Session, forget_set_id: uuid.UUID) -> str:
 
 
 def gap_keys(task: str) -> tuple[str, ...]:
+    if task == GENERATIVE:
+        return GENERATIVE_GAP_KEYS
     return REGRESSION_GAP_KEYS if task == REGRESSION else GAP_KEYS
+
+
+def headline_columns(task: str) -> list[str]:
+    if task == GENERATIVE:
+        return list(GENERATIVE_COLUMNS)
+    return list(REGRESSION_COLUMNS) if task == REGRESSION else list(HEADLINE_COLUMNS)
+
+
+def _generative_models(session: Session, model_ids: set[uuid.UUID]) -> set[uuid.UUID]:
+    if not model_ids:
+        return set()
+    rows = session.execute(select(Model.id, Model.architecture).where(Model.id.in_(model_ids)))
+    return {model_id for model_id, name in rows if name in GENERATIVE_ARCHITECTURES}
 
 
 def with_comparison_metrics(
@@ -46,6 +77,10 @@ def with_comparison_metrics(
     reference_metrics: dict[str, float] | None,
 ) -> dict[str, float]:
     """The job's stored metrics plus, for regression, W1 and AIN against ``reference`` (its retrain)."""
+    if task == GENERATIVE:
+        # Time per generated sample is a timing (not reproducible), shown beside the metrics.
+        seconds = (job.timings or {}).get("seconds_per_sample")
+        return {**job_metrics, **({"seconds_per_sample": seconds} if seconds is not None else {})}
     if task != REGRESSION or reference is None:
         return dict(job_metrics)
     extra = comparison_metrics(job_metrics, job.result, reference_metrics, reference.result)
@@ -78,7 +113,6 @@ def compare(
 ) -> Comparison:
     rails = rails or Guardrails()
     task = forget_set_task(session, forget_set_id)
-    keys = gap_keys(task)
     query = select(Job).where(
         Job.tenant_id == tenant_id,
         Job.forget_set_id == forget_set_id,
@@ -88,6 +122,18 @@ def compare(
     if model_id is not None:
         query = query.where(Job.model_id == model_id)
     jobs = list(session.scalars(query.order_by(Job.created_at, Job.id)))
+    # A class forget set of an image dataset serves classifiers and generative models alike: the rows of
+    # the kind the comparison is about (the named model's, else the generative ones when there are only
+    # those) set the columns; generative rows never mix with classifier rows.
+    generative = _generative_models(session, {j.model_id for j in jobs if j.model_id is not None})
+    if model_id is not None:
+        wanted_generative = model_id in generative
+    else:
+        wanted_generative = bool(jobs) and all(j.model_id in generative for j in jobs)
+    if wanted_generative:
+        task = GENERATIVE
+    jobs = [j for j in jobs if (j.model_id in generative) == wanted_generative]
+    keys = gap_keys(task)
     metrics = metrics_for(session, [j.id for j in jobs])
     retrains = [j for j in jobs if j.kind is JobKind.retrain]
     originals = {j.model_id: metrics[j.id] for j in jobs if j.kind is JobKind.evaluate}
@@ -117,9 +163,14 @@ def compare(
                 rte_seconds=(job.timings or {}).get("method_s"),
                 avg_gap=gap,
                 reference_job_id=reference.id if reference else None,
+                grid_url=f"/v1/jobs/{job.id}/grid.png" if (job.result or {}).get("grids") else None,
             )
         )
     # Retrain rows first: they are the yardstick.
     rows.sort(key=lambda r: (r.kind is not JobKind.retrain, r.kind is not JobKind.evaluate))
-    headline = list(REGRESSION_COLUMNS) if task == REGRESSION else HEADLINE_COLUMNS
-    return Comparison(forget_set_id=forget_set_id, columns=[*headline, "avg_gap", "rte_seconds"], rows=rows)
+    return Comparison(
+        forget_set_id=forget_set_id,
+        task=task,
+        columns=[*headline_columns(task), "avg_gap", "rte_seconds"],
+        rows=rows,
+    )

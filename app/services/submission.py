@@ -23,18 +23,31 @@ from app.services.forget_sets import get_forget_set
 from app.services.jobs import add_event
 from app.services.models import get_architecture, get_model, validate_arch_config
 from workers.engine.audit.params import AuditParams
+from workers.engine.diffusion.job_params import (
+    GENERATIVE_ARCHITECTURES,
+    TEACHER,
+    GenerativeEvaluateParams,
+    SampleJobParams,
+)
 from workers.engine.errors import UnknownEntryError
-from workers.engine.methods import METHODS, MethodSpec
+from workers.engine.methods import DEFAULT_METHODS, METHODS, MethodSpec
+from workers.engine.tasks import TaskType
 
-# Which method each non-unlearn kind runs.
+# Which method each model-modifying kind runs (train and retrain: by task type, DEFAULT_METHODS).
 _KIND_METHOD = {
-    JobKind.train: "train",
-    JobKind.retrain: "retrain",
     JobKind.prune: "prune",
     JobKind.worst_case_search: "worst_case_search",
 }
 # The engine's name for a job kind, where it differs.
 _ENGINE_KIND = {JobKind.worst_case_search: "search"}
+# Kinds that run no method; generative models take params for them.
+_KINDS_WITHOUT_METHOD = (JobKind.evaluate, JobKind.sample)
+_GENERATIVE_PARAMS: dict[JobKind, type[BaseModel]] = {
+    JobKind.evaluate: GenerativeEvaluateParams,
+    JobKind.sample: SampleJobParams,
+}
+# Kinds that only classification / regression models support.
+_DISCRIMINATIVE_ONLY = (JobKind.prune, JobKind.worst_case_search, JobKind.audit)
 
 
 # Kinds whose result depends only on their inputs: the retrain oracle and evaluations of a model.
@@ -85,20 +98,30 @@ def request_fingerprint(body: JobCreate) -> str:
     return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
-def method_spec(kind: JobKind, name: str | None) -> MethodSpec | None:
-    if kind is JobKind.evaluate:
+def method_spec(kind: JobKind, name: str | None, task: TaskType | None) -> MethodSpec | None:
+    """The method a job of ``kind`` on a model of task type ``task`` runs (None: evaluate / sample).
+    ``task=None`` checks a named method before the inputs are known (it returns None for an unnamed one)."""
+    if kind in _KINDS_WITHOUT_METHOD:
         if name is not None:
-            raise Unprocessable("evaluate jobs take no method", code="unexpected-method")
+            raise Unprocessable(f"{kind.value} jobs take no method", code="unexpected-method")
+        return None
+    if task is None and name is None:
         return None
     expected = _KIND_METHOD.get(kind)
+    if expected is None and task is not None:
+        expected = DEFAULT_METHODS.get((kind.value, task))  # type: ignore[arg-type]
     if expected is not None:
         if name not in (None, expected):
             raise Unprocessable(
-                f"{kind.value} jobs run method '{expected}', not '{name}'", code="unexpected-method"
+                f"{kind.value} jobs{f' on {task.value} models' if task else ''} run method '{expected}',"
+                f" not '{name}'",
+                code="unexpected-method",
             )
         name = expected
     if name is None:
-        unlearn = [m.name for m in METHODS if m.job_kind == "unlearn"]
+        unlearn = [m.name for m in METHODS if m.job_kind == "unlearn" and task in m.task_types]
+        if task is None:
+            return None
         raise Unprocessable(f"unlearn jobs need a method: one of {unlearn}", code="missing-method")
     try:
         spec = METHODS.get(name)
@@ -110,23 +133,78 @@ def method_spec(kind: JobKind, name: str | None) -> MethodSpec | None:
         raise Unprocessable(
             f"method '{name}' runs in {spec.job_kind} jobs, not {kind.value}", code="unexpected-method"
         )
+    if task is not None and task not in spec.task_types:
+        raise Unprocessable(
+            f"method '{spec.name}' does not support {task.value} models", code="task-mismatch"
+        )
     return spec
 
 
-def validate_params(spec: MethodSpec | None, params: dict[str, Any]) -> dict[str, Any]:
+def validate_params(
+    spec: MethodSpec | None, params: dict[str, Any], kind: JobKind, task: TaskType
+) -> dict[str, Any]:
     if spec is None:
-        if params:
-            raise Unprocessable("evaluate jobs take no params", code="invalid-params")
-        return {}
+        schema = _GENERATIVE_PARAMS.get(kind) if task is TaskType.generative else None
+        if schema is None:
+            if params:
+                raise Unprocessable(f"{kind.value} jobs take no params", code="invalid-params")
+            return {}
+        what = f"a generative {kind.value} job"
+    else:
+        schema = spec.params_model
+        what = f"method '{spec.name}'"
     try:
-        parsed: BaseModel = spec.params_model.model_validate(params)
+        parsed: BaseModel = schema.model_validate(params)
     except ValidationError as exc:
         raise Unprocessable(
-            f"invalid params for method '{spec.name}'",
+            f"invalid params for {what}",
             code="invalid-params",
             errors=validation_errors(exc.errors(), prefix=("params",)),
         ) from exc
     return parsed.model_dump(mode="json")
+
+
+def _check_generative(
+    kind: JobKind, model: Model, forget_set: ForgetSet | None, params: dict[str, Any]
+) -> None:
+    """Generative models forget whole classes, starting from a multi-step teacher."""
+    if kind in _DISCRIMINATIVE_ONLY:
+        raise Unprocessable(
+            f"{kind.value} jobs support classification and regression models, not generative ones",
+            code="task-mismatch",
+        )
+    if forget_set is not None and forget_set.forget_class is None:
+        raise Unprocessable(
+            "generative models forget whole classes: use a forget set of kind 'class'",
+            code="forget-set-kind",
+        )
+    if forget_set is not None and forget_set.kind != "class":
+        raise Unprocessable(
+            f"generative models forget whole classes: this forget set is '{forget_set.kind}', not 'class'",
+            code="forget-set-kind",
+        )
+    if kind in (JobKind.retrain, JobKind.unlearn) and model.architecture != TEACHER:
+        raise Unprocessable(
+            f"{kind.value} starts from a multi-step teacher ({TEACHER}); this model is {model.architecture}",
+            code="task-mismatch",
+        )
+    if kind is JobKind.unlearn and forget_set is not None:
+        given = params.get("forget_class")
+        if given is not None and given != forget_set.forget_class:
+            raise Unprocessable(
+                f"params.forget_class {given} differs from the forget set's class {forget_set.forget_class}",
+                code="invalid-params",
+            )
+        if params.get("override_class") == forget_set.forget_class:
+            raise Unprocessable(
+                f"params.override_class must differ from the forgotten class {forget_set.forget_class}",
+                code="invalid-params",
+            )
+    if kind is JobKind.retrain and params.get("recipe") is None and model.train_recipe is None:
+        raise Unprocessable(
+            "this teacher has no recorded training recipe (it was uploaded): pass params.recipe",
+            code="missing-recipe",
+        )
 
 
 def _require(value: uuid.UUID | None, field: str, kind: JobKind) -> uuid.UUID:
@@ -171,20 +249,14 @@ def _check_audit(
         )
 
 
+def _model_task(model: Model) -> TaskType:
+    return get_architecture(model.architecture).task
+
+
 def build_job(session: Session, principal: Principal, body: JobCreate, settings: Settings) -> Job:
     tenant = principal.tenant_id
-    audit_params: AuditParams | None = None
-    if body.kind is JobKind.audit:
-        if body.method is not None:
-            raise Unprocessable(
-                "audit jobs name the audited method in params.method", code="unexpected-method"
-            )
-        spec = None
-        audit_params = validate_audit_params(body.params)
-        params = audit_params.model_dump(mode="json")
-    else:
-        spec = method_spec(body.kind, body.method)
-        params = validate_params(spec, body.params)
+    if body.kind is not JobKind.audit:
+        method_spec(body.kind, body.method, None)  # a named method is checked before any input is read
     dataset: Dataset | None = None
     model: Model | None = None
     forget_set: ForgetSet | None = None
@@ -199,13 +271,14 @@ def build_job(session: Session, principal: Principal, body: JobCreate, settings:
                 "train jobs need 'architecture' (see GET /v1/architectures)", code="missing-field"
             )
         arch = get_architecture(body.architecture)
-        if dataset.task not in {t.value for t in arch.task_types}:
+        if not arch.supports_dataset(dataset.task):
             raise Unprocessable(
                 f"architecture '{arch.name}' does not support {dataset.task} datasets", code="task-mismatch"
             )
         architecture = arch.name
         arch_config = validate_arch_config(arch, body.arch_config, dataset).model_dump(mode="json")
-    elif body.kind in (JobKind.prune, JobKind.worst_case_search):
+        task = arch.task
+    elif body.kind in (JobKind.prune, JobKind.worst_case_search, JobKind.sample):
         _forbid(body, ("dataset_id", "architecture", "arch_config", "forget_set_id"))
         model = get_model(session, tenant, _require(body.model_id, "model_id", body.kind))
         if model.dataset_id is None:
@@ -214,6 +287,7 @@ def build_job(session: Session, principal: Principal, body: JobCreate, settings:
                 code="missing-dataset",
             )
         dataset = session.get(Dataset, model.dataset_id)
+        task = _model_task(model)
     else:
         _forbid(body, ("dataset_id", "architecture", "arch_config"))
         model = get_model(session, tenant, _require(body.model_id, "model_id", body.kind))
@@ -225,17 +299,47 @@ def build_job(session: Session, principal: Principal, body: JobCreate, settings:
                 code="dataset-mismatch",
             )
         dataset = session.get(Dataset, forget_set.dataset_id)
-        if audit_params is not None:
-            _check_audit(audit_params, model, forget_set, dataset)
-        if body.kind is JobKind.retrain and params.get("recipe") is None and model.train_recipe is None:
+        task = _model_task(model)
+
+    audit_params: AuditParams | None = None
+    if body.kind is JobKind.audit:
+        if body.method is not None:
             raise Unprocessable(
-                "this model has no recorded training recipe (it was uploaded):"
-                " pass params.recipe for the retrain",
-                code="missing-recipe",
+                "audit jobs name the audited method in params.method", code="unexpected-method"
             )
+        spec = None
+        audit_params = validate_audit_params(body.params)
+        params = audit_params.model_dump(mode="json")
+    else:
+        spec = method_spec(body.kind, body.method, task)
+        params = validate_params(spec, body.params, body.kind, task)
+
+    if task is TaskType.generative:
+        assert model is not None or body.kind is JobKind.train
+        if model is not None:
+            _check_generative(body.kind, model, forget_set, params)
+    elif body.kind is JobKind.sample:
+        raise Unprocessable(
+            f"sample jobs need a generative model ({', '.join(GENERATIVE_ARCHITECTURES)}); this one is"
+            f" {task.value}",
+            code="task-mismatch",
+        )
+    else:
+        if audit_params is not None:
+            assert model is not None and forget_set is not None
+            _check_audit(audit_params, model, forget_set, dataset)
+        if body.kind is JobKind.retrain and params.get("recipe") is None:
+            assert model is not None
+            if model.train_recipe is None:
+                raise Unprocessable(
+                    "this model has no recorded training recipe (it was uploaded):"
+                    " pass params.recipe for the retrain",
+                    code="missing-recipe",
+                )
         if (
             spec is not None
             and dataset is not None
+            and body.kind is not JobKind.train
             and dataset.task not in {t.value for t in spec.task_types}
         ):
             raise Unprocessable(

@@ -3,8 +3,9 @@
 A tenant logs in with its key, submits a small unlearning job (ft) through the form, watches its progress
 reach done on the job page, opens the forget set's comparison and finds the table with the retrain row and
 Avg-Gap, the UA-RA scatter and a log-log ROC plot (from an audit job run in set-up); then cancels a long job
-with the cancel button. Screenshots go to ``$LETHE_SCREENSHOT_DIR`` (default ``var/screenshots/``). No console
-error and no uncaught page error may occur.
+with the cancel button. A generative forget set's comparison shows the teacher, gold, SFD and control rows
+with their sample grids, and a sample job's page its grid. Screenshots go to ``$LETHE_SCREENSHOT_DIR``
+(default ``var/screenshots/``). No console error and no uncaught page error may occur.
 
 Needs Debian's Chromium (``apt-get install -y chromium``) at ``/usr/bin/chromium`` (or ``$LETHE_CHROMIUM``)
 and the ``playwright`` Python package; Playwright's own browser download is never used. Without them the
@@ -339,4 +340,40 @@ def test_campaign_and_worst_case_search_views(page: Any, world: dict[str, Any], 
     page.wait_for_selector("#comparison-table tr.retrain-row")
     page.wait_for_selector('svg[data-chart="scores"] rect.bar-rect')
     shot(page, "12-searched-forget-set")
+    assert not page.problems, page.problems  # type: ignore[attr-defined]
+
+
+def test_generative_comparison_shows_sample_grids(
+    page: Any, live_api: TestClient, worker_group, sessions, migrated
+) -> None:
+    """Teacher, gold, SFD and its control side by side with their sample grids; a sample job's grid on its
+    page."""
+    from tests.conftest import make_tenant
+    from tests.workers.test_generative_flow import generative_world
+
+    world = generative_world(live_api, make_tenant(sessions, migrated))
+    tenant = world["tenant"]
+    sample = run(
+        live_api,
+        tenant,
+        {"kind": "sample", "model_id": world["sfd"]["output_model_id"], "params": {"n_per_class": 4}},
+    )
+    login(page, tenant.read)
+    page.goto(f"/#/forget-sets/{world['class_set']['id']}")
+    page.wait_for_selector("#comparison-table tr.retrain-row")
+    names = page.locator("#comparison-table tbody th").all_inner_texts()
+    assert {"gold (retrain without the class)", "teacher (evaluate)", "sfd", "sfd_control"} == set(names), (
+        names
+    )
+    # Every row's grid is fetched with the key and decoded by the browser.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#comparison-table img.sample-grid')]"
+        ".filter((img) => img.complete && img.naturalWidth > 0).length === 4"
+    )
+    shot(page, "13-generative-comparison")
+    page.goto(f"/#/jobs/{sample['id']}")
+    page.wait_for_function(
+        "() => { const img = document.getElementById('sample-grid'); return img && img.naturalWidth > 0; }"
+    )
+    shot(page, "14-sample-grid")
     assert not page.problems, page.problems  # type: ignore[attr-defined]

@@ -31,7 +31,7 @@ from workers.engine.architectures import ARCHITECTURES, ArchitectureSpec
 from workers.engine.architectures.build import build_model, load_weights, state_to_numpy
 from workers.engine.datasets import ArrayDataset
 from workers.engine.errors import EngineError, InvalidInputError
-from workers.engine.hooks import EngineHooks, NullHooks
+from workers.engine.hooks import ArtifactCache, EngineHooks, NullHooks
 from workers.engine.imports import import_by_path
 from workers.engine.masks import apply_masks, masks_to_device, masks_to_numpy, sparsity
 from workers.engine.methods import METHODS, MethodSpec, relearn
@@ -58,7 +58,7 @@ from workers.engine.training import IMAGE_TENSOR_DIMS, deterministic_algorithms
 
 __all__ = ["EngineHooks", "EngineRequest", "EngineResult", "execute", "resolve_device"]
 
-JobKindName = Literal["train", "retrain", "unlearn", "prune", "evaluate", "worst_case_search"]
+JobKindName = Literal["train", "retrain", "unlearn", "prune", "evaluate", "worst_case_search", "sample"]
 # Request kinds whose methods are registered under another job kind (workers.engine.methods.JobKind), and the
 # method such a request runs when it names none.
 REQUEST_JOB_KINDS: dict[str, str] = {"worst_case_search": "search"}
@@ -99,6 +99,10 @@ class EngineRequest:
     original_recipe: dict[str, Any] | None = None  # the original model's TrainRecipe, for retrain
     resume: bytes | None = None  # last epoch checkpoint of a previous attempt
     masks: dict[str, np.ndarray] | None = None  # sparsity masks of a pruned input model (nonzero = kept)
+    # Bytes reusable across jobs (generative evaluation: the metric classifier), and the dataset's content
+    # hash that keys them.
+    cache: ArtifactCache | None = None
+    dataset_sha256: str | None = None
 
 
 @dataclass
@@ -112,6 +116,12 @@ class EngineResult:
     # Array outputs of methods that produce data rather than a model. worst_case_search: forget_indices
     # (int64, sorted train indices), scores (float64, final w per item), objective_history (float64).
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # PNG images by name (generative jobs: "samples", a classes x samples grid).
+    pngs: dict[str, bytes] = field(default_factory=dict)
+    # The output model's architecture and config where they differ from the input's (SFD turns a
+    # unet_ddpm teacher into a unet_one_step generator); None: the request's.
+    architecture: str | None = None
+    arch_config: dict[str, Any] | None = None
 
 
 def resolve_device(name: str) -> str:
@@ -567,9 +577,66 @@ def _environment(device: torch.device, deterministic: bool) -> dict[str, Any]:
     }
 
 
+def _execute_generative(request: EngineRequest, hooks: EngineHooks | None, started: float) -> EngineResult:
+    from workers.engine.diffusion.jobs import run_request
+
+    device = torch.device(resolve_device(request.device))
+    result = run_request(
+        kind=request.kind,
+        method=request.method,
+        params=request.params,
+        seed=request.seed,
+        device=device.type,
+        dataset=request.dataset,
+        architecture=request.architecture,
+        arch_config=request.arch_config,
+        weights=request.weights,
+        forget_indices=request.forget_indices,
+        forget_class=request.forget_class,
+        original_recipe=request.original_recipe,
+        resume=request.resume,
+        hooks=hooks,
+        cache=request.cache,
+        dataset_sha256=request.dataset_sha256,
+    )
+    details = {
+        **result.details,
+        "kind": request.kind,
+        "method": result.details.get("method", request.method),
+        "architecture": request.architecture,
+        "arch_config": result.arch_config if result.arch_config is not None else request.arch_config,
+        "seed": request.seed,
+        "forget_class": request.forget_class,
+    }
+    return EngineResult(
+        weights=result.weights,
+        metrics=result.metrics,
+        details=details,
+        timings={
+            "method_s": result.method_seconds,
+            "eval_s": result.eval_seconds,
+            "total_s": time.perf_counter() - started,
+            **(
+                {"seconds_per_sample": float(details["seconds_per_sample"])}
+                if "seconds_per_sample" in details
+                else {}
+            ),
+        },
+        environment=_environment(device, device.type == "cpu"),
+        arrays=result.arrays,
+        pngs=result.pngs,
+        architecture=result.architecture,
+        arch_config=result.arch_config,
+    )
+
+
 def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineResult:
     """Run ``request``; ``hooks`` receives progress (may raise JobCancelled) and epoch checkpoints."""
     started = time.perf_counter()
+    if TaskType.generative in ARCHITECTURES.get(request.architecture).task_types:
+        return _execute_generative(request, hooks, started)
+    if request.kind == "sample":
+        raise InvalidInputError("sample requests need a generative model")
     plan = _validate(request)
     dataset = request.dataset
     device = torch.device(resolve_device(request.device))

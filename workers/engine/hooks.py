@@ -41,3 +41,36 @@ class RecordingHooks:
 
     def checkpoint(self, phase: str, epoch: int, blob: bytes) -> None:
         self.checkpoints[(phase, epoch)] = blob
+
+
+class ArtifactCache(Protocol):
+    """Content-addressed bytes the engine may reuse across jobs (e.g. the generative metric classifier).
+
+    ``get(name)`` returns the bytes stored under ``name`` or None; ``put(name, data)`` stores them; ``key``
+    is the storage key of ``name`` that the job's result should name (so that the bytes stay referenced)."""
+
+    def key(self, name: str) -> str: ...
+
+    def get(self, name: str) -> bytes | None: ...
+
+    def put(self, name: str, data: bytes) -> str: ...
+
+
+@dataclass
+class MemoryCache:
+    """An in-memory :class:`ArtifactCache` (tests and local scripts)."""
+
+    entries: dict[str, bytes] = field(default_factory=dict)
+    hits: int = 0
+
+    def key(self, name: str) -> str:
+        return name
+
+    def get(self, name: str) -> bytes | None:
+        data = self.entries.get(name)
+        self.hits += data is not None
+        return data
+
+    def put(self, name: str, data: bytes) -> str:
+        self.entries[name] = data
+        return name

@@ -18,7 +18,7 @@ from app.services.datasets import build_builtin, get_dataset, store_dataset
 from app.services.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
 from workers.engine.datasets import ArrayDataset
 from workers.engine.errors import InvalidInputError
-from workers.engine.tasks import TaskType
+from workers.engine.tasks import DatasetTask, TaskType
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -112,9 +112,9 @@ async def upload_dataset(
     file: Annotated[UploadFile, File(description=".npz with x_train, y_train, x_test, y_test")],
     name: Annotated[str | None, Form(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)] = None,
     task: Annotated[
-        TaskType,
+        DatasetTask,
         Form(description="'classification' (integer class labels) or 'regression' (continuous targets)."),
-    ] = TaskType.classification,
+    ] = DatasetTask.classification,
 ) -> DatasetOut:
     from app.intake import IntakeError, reject_pickle, validate_npz
 
@@ -133,7 +133,7 @@ async def upload_dataset(
             parsed.x_test,
             parsed.y_test,
             num_classes=parsed.num_classes,
-            task=task,
+            task=TaskType(task.value),
         )
     except IntakeError as exc:
         raise DomainError(exc.detail, code=exc.code, status=exc.status, errors=exc.errors or None) from exc

@@ -257,6 +257,16 @@ ROUTES: dict[str, RouteSpec] = {
     "DELETE /v1/jobs/{job_id}": RouteSpec(
         Scope.submit, lambda w: (f"/v1/jobs/{w.new_job(cancelled=True)}", {}), audit="job.delete"
     ),
+    # generative outputs (the owner's resources are classification ones: no grid, no samples)
+    "GET /v1/jobs/{job_id}/grid.png": RouteSpec(
+        Scope.read, get("/v1/jobs/{job_id}/grid.png"), owner_code="grid-not-found"
+    ),
+    "GET /v1/jobs/{job_id}/samples.npz": RouteSpec(
+        Scope.read, get("/v1/jobs/{job_id}/samples.npz"), owner_code="samples-not-found"
+    ),
+    "GET /v1/models/{model_id}/samples.png": RouteSpec(
+        Scope.read, get("/v1/models/{model_id}/samples.png"), owner_code="grid-not-found"
+    ),
     # campaigns
     "POST /v1/campaigns": RouteSpec(
         Scope.submit, lambda w: ("/v1/campaigns", {"json": campaign_body(w)}), audit="campaign.create"

@@ -56,6 +56,8 @@ def test_builtin_catalogs_are_registered() -> None:
         "resnet18_regressor",
         "small_cnn",
         "small_cnn_regressor",
+        "unet_ddpm",
+        "unet_one_step",
     ]
     assert DATASETS.names() == ["diabetes", "digits", "procedural", "procedural_regression"]
     assert METHODS.names() == sorted(METHODS.names())

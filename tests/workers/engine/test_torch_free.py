@@ -17,7 +17,7 @@ CATALOG_USE = """
 import sys
 import numpy as np
 import workers.engine.errors, workers.engine.registry, workers.engine.tasks, workers.engine.hooks
-import workers.engine.methods.params, workers.engine.imports
+import workers.engine.methods.params, workers.engine.imports, workers.engine.diffusion.job_params
 from workers.engine.architectures import ARCHITECTURES
 from workers.engine.datasets import build_dataset
 from workers.engine.methods import METHODS
@@ -25,6 +25,7 @@ from workers.engine.metrics import accuracy, forgetting_report
 from workers.engine.metrics.regression import comparison_metrics, target_range
 configs = {"mlp": {"input_shape": [4]}, "small_cnn": {}, "resnet18": {}}
 configs.update({f"{name}_regressor": config for name, config in configs.items()})
+configs.update({"unet_ddpm": {}, "unet_one_step": {"t_init": 440}})
 for spec in ARCHITECTURES:
     spec.config_model.model_json_schema()
     assert spec.expected_state(configs[spec.name])

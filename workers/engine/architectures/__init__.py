@@ -16,6 +16,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from workers.engine.diffusion.job_params import GENERATOR, TEACHER, OneStepGeneratorConfig
+from workers.engine.diffusion.params import DiffusionModelConfig
+from workers.engine.diffusion.shapes import unet_param_shapes
 from workers.engine.errors import InvalidInputError
 from workers.engine.registry import Registry
 from workers.engine.tasks import TaskType
@@ -45,6 +48,8 @@ class ArchitectureSpec:
     dtype string. ``builder`` is ``"module:function"`` of a torch ``build(config) -> nn.Module``.
     ``check_input(config, input_shape, num_classes)`` raises :class:`InvalidInputError` when a dataset with
     that per-sample shape and class count cannot be fed to a model built from ``config``.
+    ``dataset_task_types`` are the dataset tasks it trains on when they differ from ``task_types`` (a
+    generative model learns from a classification dataset).
     """
 
     name: str
@@ -54,6 +59,16 @@ class ArchitectureSpec:
     param_shapes: Callable[[Any], ShapeDict]
     builder: str
     check_input: Callable[[Any, tuple[int, ...], int], None] | None = None
+    dataset_task_types: tuple[TaskType, ...] | None = None
+
+    @property
+    def task(self) -> TaskType:
+        """The model's own task type (the first listed)."""
+        return self.task_types[0]
+
+    def supports_dataset(self, task: str) -> bool:
+        """Whether a dataset of task type ``task`` can train or be scored by this architecture."""
+        return task in {t.value for t in (self.dataset_task_types or self.task_types)}
 
     def parse_config(self, config: BaseModel | Mapping[str, Any]) -> Any:
         """Validate a raw config (or pass through a validated one) and enforce the parameter budget."""
@@ -353,6 +368,49 @@ ARCHITECTURES.register(
         param_shapes=resnet18_param_shapes,
         builder="workers.engine.architectures.regressors:build_resnet18",
         check_input=resnet18_check_input,
+    )
+)
+
+
+# ----------------------------------------------------------------------------------------- generative
+def unet_check_input(config: DiffusionModelConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
+    expected = (config.image_channels, config.image_size, config.image_size)
+    if tuple(input_shape) != expected:
+        raise InvalidInputError(
+            f"the U-Net generates images of shape {list(expected)} but dataset samples have shape "
+            f"{list(input_shape)}"
+        )
+    _require_classes("the U-Net", config.num_classes, num_classes)
+
+
+ARCHITECTURES.register(
+    ArchitectureSpec(
+        name=TEACHER,
+        description=(
+            "Class-conditional DDPM (epsilon-prediction U-Net with a null class for classifier-free guidance "
+            "and its noise schedule): a multi-step generative teacher, trained on a classification image set."
+        ),
+        task_types=(TaskType.generative,),
+        config_model=DiffusionModelConfig,
+        param_shapes=unet_param_shapes,
+        builder="workers.engine.diffusion.unet:build",
+        check_input=unet_check_input,
+        dataset_task_types=(TaskType.classification,),
+    )
+)
+ARCHITECTURES.register(
+    ArchitectureSpec(
+        name=GENERATOR,
+        description=(
+            "One-step class-conditional generator from Score Forgetting Distillation: the teacher's U-Net "
+            "evaluated once at t_init, G(z, c) = sigma_init * (z - eps(b_init z, t_init, c))."
+        ),
+        task_types=(TaskType.generative,),
+        config_model=OneStepGeneratorConfig,
+        param_shapes=unet_param_shapes,
+        builder="workers.engine.diffusion.unet:build",
+        check_input=unet_check_input,
+        dataset_task_types=(TaskType.classification,),
     )
 )
 

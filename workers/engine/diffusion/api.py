@@ -253,15 +253,21 @@ def run_sfd(
 
 
 def train_metric_classifier(
-    dataset: ArrayDataset, params: ClassifierParams, *, seed: int, device: str = "cpu"
+    dataset: ArrayDataset,
+    params: ClassifierParams,
+    *,
+    seed: int,
+    device: str = "cpu",
+    hooks: EngineHooks | None = None,
 ) -> ClassifierResult:
-    """Train the metric classifier on the training split (all classes); report its test accuracy."""
+    """Train the metric classifier on the training split (all classes); report its test accuracy.
+    ``hooks`` receives a progress call per batch (phase ``metric_classifier``)."""
     channels, _ = _check_image_dataset(dataset)
     torch_device = resolve_device(device)
     with reproducible(torch_device):
         images = torch.from_numpy(np.ascontiguousarray(dataset.x_train)).to(torch_device)
         labels = torch.from_numpy(dataset.y_train.astype(np.int64)).to(torch_device)
-        output = classifier_module.train(images, labels, dataset.num_classes, params, seed=seed)
+        output = classifier_module.train(images, labels, dataset.num_classes, params, seed=seed, hooks=hooks)
         test_images = torch.from_numpy(np.ascontiguousarray(dataset.x_test)).to(torch_device)
         probabilities, _ = classifier_module.predict(output.model, test_images)
     predicted = probabilities.argmax(dim=1).cpu().numpy()

@@ -16,7 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.engine.diffusion.params import ClassifierParams
-from workers.engine.diffusion.runtime import Stopwatch, seeded_generator
+from workers.engine.diffusion.runtime import Stopwatch, hooks_or_null, seeded_generator
+from workers.engine.hooks import EngineHooks
+
+PHASE = "metric_classifier"
 
 CONV_WIDTH = 32
 # Feature maps are pooled to this side before the dense layers, so any image size >= 8 works.
@@ -59,8 +62,12 @@ def train(
     params: ClassifierParams,
     *,
     seed: int,
+    hooks: EngineHooks | None = None,
 ) -> ClassifierOutput:
-    """Train on ``images`` (N, C, H, W) in [0, 1] and int64 ``labels`` already on the device."""
+    """Train on ``images`` (N, C, H, W) in [0, 1] and int64 ``labels`` already on the device;
+    ``hooks.progress("metric_classifier", step, total, {})`` after every batch (a job's heartbeat)."""
+    progress = hooks_or_null(hooks)
+    batches = -(-images.shape[0] // params.batch_size)
     device = images.device
     torch.manual_seed(seed)
     model = MetricClassifier(images.shape[1], num_classes, params.hidden).to(device)
@@ -80,6 +87,8 @@ def train(
             loss.backward()
             optimizer.step()
             total += loss.detach() * index.shape[0]
+            step = epoch * batches + start // params.batch_size + 1
+            progress.progress(PHASE, step, params.epochs * batches, {})
         history.append({"epoch": epoch + 1, "loss": float(total.item()) / count})
     model.eval()
     return ClassifierOutput(model=model, history=history, seconds=watch.seconds())

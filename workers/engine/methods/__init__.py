@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from workers.engine.diffusion.job_params import DDPMRetrainParams, DDPMTrainParams, SFDJobParams
 from workers.engine.methods.params import (
     FinetuneParams,
     GradientAscentParams,
@@ -254,7 +255,72 @@ METHODS.register(
     )
 )
 
+# --- generative models (params: workers.engine.diffusion.job_params; engine: workers.engine.diffusion.jobs)
+METHODS.register(
+    MethodSpec(
+        name="ddpm",
+        job_kind="train",
+        description=(
+            "Train a class-conditional DDPM teacher (epsilon-prediction, T = 1000, linear betas, condition "
+            "dropout for classifier-free guidance, EMA weights released) on a classification image dataset."
+        ),
+        task_types=(TaskType.generative,),
+        params_model=DDPMTrainParams,
+        impl="workers.engine.diffusion.jobs:run_train",
+    )
+)
+METHODS.register(
+    MethodSpec(
+        name="ddpm_retrain",
+        job_kind="retrain",
+        description=(
+            "The gold reference for a forgotten class: a DDPM trained from scratch with the teacher's recipe "
+            "on every class but the forget set's."
+        ),
+        task_types=(TaskType.generative,),
+        params_model=DDPMRetrainParams,
+        impl="workers.engine.diffusion.jobs:run_retrain",
+    )
+)
+METHODS.register(
+    MethodSpec(
+        name="sfd",
+        job_kind="unlearn",
+        description=(
+            "Score Forgetting Distillation (Chen et al.): data-free SiD distillation of the teacher into a "
+            "one-step generator whose forgotten class's score is aligned with a safe class's."
+        ),
+        task_types=(TaskType.generative,),
+        params_model=SFDJobParams,
+        impl="workers.engine.diffusion.jobs:run_sfd",
+    )
+)
+METHODS.register(
+    MethodSpec(
+        name="sfd_control",
+        job_kind="unlearn",
+        description=(
+            "The distil-only control of SFD: the same run with both forget coefficients 0 (plain SiD "
+            "distillation), so the effect of the forgetting term can be told from distillation's own."
+        ),
+        task_types=(TaskType.generative,),
+        params_model=SFDJobParams,
+        impl="workers.engine.diffusion.jobs:run_sfd_control",
+    )
+)
+
+# The method a train or retrain job runs when it names none, by the model's task type.
+DEFAULT_METHODS: dict[tuple[JobKind, TaskType], str] = {
+    ("train", TaskType.classification): "train",
+    ("train", TaskType.regression): "train",
+    ("train", TaskType.generative): "ddpm",
+    ("retrain", TaskType.classification): "retrain",
+    ("retrain", TaskType.regression): "retrain",
+    ("retrain", TaskType.generative): "ddpm_retrain",
+}
+
 __all__ = [
+    "DEFAULT_METHODS",
     "METHODS",
     "BadTeacherParams",
     "BlindspotParams",

@@ -1,10 +1,13 @@
 // Forget sets and the per-forget-set comparison: the table with the retrain row and Avg-Gap, the UA–RA
 // trade-off scatter, log-log ROC curves from the audit jobs on this forget set, and a searched set's
-// difficulty scores and objective history.
+// difficulty scores and objective history. Generative forget sets (a class of an image dataset forgotten by
+// a diffusion model) show each row's sample grid: teacher, gold (retrained without the class), SFD and its
+// distil-only control side by side.
 
-import { api, listAll } from "../api.js";
+import { api, getBlob, listAll } from "../api.js";
 import { barChart, findRocCurves, lineChart, rocChart, scatterChart } from "../charts.js";
 import { fmt, fmtTime, h, link, note, replace, section, shortId, table } from "../dom.js";
+import { showError } from "../ui.js";
 
 const REFRESH_MS = 5000;
 
@@ -17,10 +20,18 @@ export async function forgetSetsView(ctx) {
     ]), { id: "forget-sets-table" }) : note("No forget sets yet (POST /v1/forget-sets).")));
 }
 
-function rowLabel(row) {
+function rowLabel(row, generative) {
   if (row.kind === "unlearn") return row.method || "unlearn";
-  if (row.kind === "evaluate") return "original (evaluate)";
+  if (row.kind === "evaluate") return generative ? "teacher (evaluate)" : "original (evaluate)";
+  if (row.kind === "retrain" && generative) return "gold (retrain without the class)";
   return row.kind;
+}
+
+function thumbnail(url) {
+  // Grids need the API key, so they are fetched as blobs rather than loaded by URL.
+  const img = h("img", { class: "sample-grid thumb", alt: "sample grid" });
+  getBlob(url.slice(3)).then((blob) => { img.src = URL.createObjectURL(blob); }).catch(showError);
+  return img;
 }
 
 const COLUMN_TITLES = { avg_gap: "Avg-Gap", rte_seconds: "RTE (s)" };
@@ -35,16 +46,20 @@ function comparisonTable(comparison) {
   // The API's columns: the headline metrics, then avg_gap and rte_seconds (row fields, not metrics).
   const columns = [...comparison.columns];
   for (const extra of ["rte_seconds", "avg_gap"]) if (!columns.includes(extra)) columns.push(extra);
-  const headers = ["Row", "Seed", ...columns.map((c) => COLUMN_TITLES[c] || c), "Flags", "Job"];
+  const generative = comparison.task === "generative";
+  const grids = comparison.rows.some((row) => row.grid_url);
+  const headers = ["Row", "Seed", ...columns.map((c) => COLUMN_TITLES[c] || c), "Flags", "Job",
+    ...(grids ? ["Samples (one class per row)"] : [])];
   const body = comparison.rows.map((row) => h("tr", {
     class: row.kind === "retrain" ? "retrain-row" : "",
     dataset: { kind: row.kind, jobId: row.job_id },
   },
-  h("th", { scope: "row" }, rowLabel(row)),
+  h("th", { scope: "row" }, rowLabel(row, generative)),
   h("td", {}, String(row.seed)),
   columns.map((c) => cell(row, c)),
   h("td", {}, row.flags.map((f) => h("span", { class: "flag" }, f))),
-  h("td", {}, link(`#/jobs/${row.job_id}`, shortId(row.job_id)))));
+  h("td", {}, link(`#/jobs/${row.job_id}`, shortId(row.job_id))),
+  grids ? h("td", {}, row.grid_url ? thumbnail(row.grid_url) : "—") : []));
   return table(headers, body, { id: "comparison-table" });
 }
 
@@ -164,8 +179,12 @@ export async function comparisonView(ctx, id) {
       h("div", { class: "toolbar" }, modelSelect,
         h("a", { class: "button", href: `#/submit?kind=unlearn&forget_set_id=${id}` }, "Run a method on this forget set")),
       comparison.rows.length ? comparisonTable(comparison) : note("No finished jobs on this forget set yet."),
-      h("p", { class: "muted" }, "Avg-Gap: mean |UA, MIA-Efficacy, RA, TA − retrain| against the retrain of the same "
-        + "original model and seed (the highlighted row).")));
+      h("p", { class: "muted" }, comparison.task === "generative"
+        ? "Generative rows: ua = 1 − rate at which the forgotten class is generated, override_rate = share of its "
+          + "samples classified as the safe class, retain_accuracy and fd_retain = retained classes' conditional "
+          + "accuracy and Fréchet distance (metric classifier's features). Avg-Gap: mean |ua, retain_accuracy − gold|."
+        : "Avg-Gap: mean |UA, MIA-Efficacy, RA, TA − retrain| against the retrain of the same "
+          + "original model and seed (the highlighted row).")));
     replace(plots, comparison.rows.length ? tradeoff(comparison) : note("The trade-off plot needs finished jobs."));
     renderRoc();
   };

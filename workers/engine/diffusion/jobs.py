@@ -1,0 +1,679 @@
+"""Generative jobs: the engine request of a ``unet_ddpm`` / ``unet_one_step`` model, run end to end.
+
+:func:`execute_generative` is what :func:`workers.engine.execute.execute` hands a request to when its
+architecture is generative. It validates the request, then:
+
+- ``train`` / ``retrain`` / ``unlearn`` run the registered method (``ddpm``, ``ddpm_retrain``, ``sfd``,
+  ``sfd_control``: one ``run(context)`` function each below, registered in ``workers.engine.methods``);
+- ``retrain`` / ``unlearn`` / ``evaluate`` score the resulting model with :func:`evaluate_model`;
+- ``sample`` draws images (npz arrays) and a PNG grid.
+
+Generative unlearning forgets a class: those jobs need a class forget set. SFD is data-free: it receives the
+training labels (for the retained classes' frequencies), never the images. The metric classifier behind the
+generative metrics is trained on the real training split with a fixed seed and cached (when the request
+brings a cache) under the content hash of the dataset and its params, so every row of a comparison is
+scored by the same classifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+from workers.engine.architectures import ARCHITECTURES, ArchitectureSpec
+from workers.engine.datasets import ArrayDataset
+from workers.engine.diffusion import api
+from workers.engine.diffusion import sfd as sfd_module
+from workers.engine.diffusion.job_params import (
+    GENERATOR,
+    METRIC_CLASSIFIER_SEED,
+    TEACHER,
+    DDPMRetrainParams,
+    DDPMTrainParams,
+    GenerativeEvaluateParams,
+    GenerativeEvaluation,
+    OneStepGeneratorConfig,
+    SampleJobParams,
+    SFDJobParams,
+)
+from workers.engine.diffusion.params import ClassifierParams, DiffusionModelConfig, SampleParams
+from workers.engine.errors import InvalidInputError
+from workers.engine.hooks import ArtifactCache, EngineHooks, NullHooks
+from workers.engine.imports import import_by_path
+from workers.engine.methods import DEFAULT_METHODS, METHODS, MethodSpec
+from workers.engine.tasks import TaskType
+
+EVALUATE_PHASE = "evaluate"
+SAMPLE_PHASE = "sample"
+# The grid is drawn with its own noise, offset from the evaluation's so that it is not a subset of it.
+GRID_SEED_OFFSET = 7919
+# Bumped when the metric classifier's training changes, so that cached classifiers are not reused.
+METRIC_CLASSIFIER_VERSION = 1
+UINT8_MAX = 255.0
+# Images drawn per sampler call: bounds the time between two heartbeats of a job.
+DRAW_CHUNK = 256
+# Seed offset between chunks of one class (classes take offsets 0..K-1 within a chunk).
+CHUNK_SEED_STRIDE = 100_003
+
+
+@dataclass
+class GenerativeContext:
+    """What a generative method receives (the counterpart of ``methods.base.MethodContext``)."""
+
+    dataset: ArrayDataset
+    config: DiffusionModelConfig
+    params: BaseModel
+    seed: int
+    device: str
+    hooks: EngineHooks
+    weights: dict[str, np.ndarray] | None  # the input model (teacher) for retrain / unlearn
+    forget_class: int | None
+    original_recipe: dict[str, Any] | None
+    resume: bytes | None
+
+
+@dataclass
+class GenerativeOutput:
+    weights: dict[str, np.ndarray]
+    architecture: str
+    config: DiffusionModelConfig
+    t_init: int | None  # set for one-step generators
+    evaluation: GenerativeEvaluation | None  # how to score the output (None: not scored by this job)
+    override_class: int | None = None
+    resolved_params: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Scored:
+    metrics: dict[str, float]
+    details: dict[str, Any]
+    grid: bytes
+
+
+# ------------------------------------------------------------------------------------------ the methods
+def run_train(context: GenerativeContext) -> GenerativeOutput:
+    params = context.params
+    assert isinstance(params, DDPMTrainParams)
+    result = api.train_ddpm(
+        context.dataset,
+        params,
+        config=context.config,
+        seed=context.seed,
+        device=context.device,
+        hooks=context.hooks,
+        resume=context.resume,
+    )
+    return GenerativeOutput(
+        weights=result.weights,
+        architecture=TEACHER,
+        config=result.config,
+        t_init=None,
+        evaluation=None,
+        resolved_params={"recipe": params.model_dump(mode="json")},
+        history=result.history,
+        details={"resumed_from_step": result.resumed_from_step},
+        metrics=_final_losses(result.history, ("loss",)),
+    )
+
+
+def run_retrain(context: GenerativeContext) -> GenerativeOutput:
+    params = context.params
+    assert isinstance(params, DDPMRetrainParams)
+    assert context.forget_class is not None
+    recipe = params.recipe
+    if recipe is None:
+        if context.original_recipe is None:
+            raise InvalidInputError("the teacher has no recorded training recipe: pass params.recipe")
+        try:
+            recipe = DDPMTrainParams.model_validate(context.original_recipe)
+        except ValidationError as error:
+            raise InvalidInputError(f"the teacher's recorded recipe is not a DDPM recipe: {error}") from None
+    recipe = recipe.model_copy(
+        update={"exclude_classes": sorted({*recipe.exclude_classes, context.forget_class})}
+    )
+    result = api.train_ddpm(
+        context.dataset,
+        recipe,
+        config=context.config,
+        seed=context.seed,
+        device=context.device,
+        hooks=context.hooks,
+        resume=context.resume,
+    )
+    return GenerativeOutput(
+        weights=result.weights,
+        architecture=TEACHER,
+        config=result.config,
+        t_init=None,
+        evaluation=params.evaluation,
+        resolved_params={
+            "recipe": recipe.model_dump(mode="json"),
+            "evaluation": params.evaluation.model_dump(),
+        },
+        history=result.history,
+        details={"resumed_from_step": result.resumed_from_step},
+        metrics=_final_losses(result.history, ("loss",)),
+    )
+
+
+def _run_sfd(context: GenerativeContext, *, control: bool) -> GenerativeOutput:
+    params = context.params
+    assert isinstance(params, SFDJobParams)
+    assert context.forget_class is not None and context.weights is not None
+    try:
+        engine_params = params.engine_params(context.forget_class, control=control)
+    except (ValueError, ValidationError) as error:
+        raise InvalidInputError(str(error)) from None
+    # Data-free: the labels are the only part of the dataset SFD sees.
+    result = api.run_sfd(
+        context.weights,
+        context.config,
+        engine_params,
+        context.dataset.y_train,
+        seed=context.seed,
+        device=context.device,
+        hooks=context.hooks,
+        resume=context.resume,
+    )
+    generator_config = OneStepGeneratorConfig.model_validate(
+        {**context.config.model_dump(), "t_init": result.t_init}
+    )
+    return GenerativeOutput(
+        weights=result.weights,
+        architecture=GENERATOR,
+        config=generator_config,
+        t_init=result.t_init,
+        evaluation=params.evaluation,
+        override_class=engine_params.override_class,
+        resolved_params={
+            **engine_params.model_dump(mode="json"),
+            "evaluation": params.evaluation.model_dump(),
+        },
+        history=result.history,
+        details={"resumed_from_step": result.resumed_from_step, "control": control, "data_free": True},
+        metrics=_final_losses(result.history, sfd_module.LOSS_NAMES),
+    )
+
+
+def run_sfd(context: GenerativeContext) -> GenerativeOutput:
+    return _run_sfd(context, control=False)
+
+
+def run_sfd_control(context: GenerativeContext) -> GenerativeOutput:
+    return _run_sfd(context, control=True)
+
+
+def _final_losses(history: list[dict[str, float]], names: tuple[str, ...]) -> dict[str, float]:
+    """The last logged value of each loss (the history logs window means)."""
+    if not history:
+        return {}
+    last = history[-1]
+    return {f"final_{name}": float(last[name]) for name in names if name in last}
+
+
+# --------------------------------------------------------------------------------------------- scoring
+def _classifier_cache_name(
+    dataset: ArrayDataset, dataset_sha256: str | None, params: ClassifierParams
+) -> str:
+    if dataset_sha256 is None:
+        digest = hashlib.sha256()
+        for array in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        dataset_sha256 = digest.hexdigest()
+    material = {
+        "dataset": dataset_sha256,
+        "params": params.model_dump(mode="json"),
+        "seed": METRIC_CLASSIFIER_SEED,
+        "version": METRIC_CLASSIFIER_VERSION,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def _classifier_to_bytes(result: api.ClassifierResult) -> bytes:
+    metadata = {
+        "channels": str(result.channels),
+        "num_classes": str(result.num_classes),
+        "hidden": str(result.hidden),
+        "test_accuracy": repr(result.test_accuracy),
+    }
+    return save_safetensors(dict(result.weights), metadata=metadata)
+
+
+def _classifier_from_bytes(data: bytes) -> api.ClassifierResult:
+    # safetensors: an 8-byte little-endian header length, then the JSON header with the metadata.
+    header_length = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + header_length]).get("__metadata__", {})
+    return api.ClassifierResult(
+        weights=load_safetensors(data),
+        channels=int(metadata["channels"]),
+        num_classes=int(metadata["num_classes"]),
+        hidden=int(metadata["hidden"]),
+        test_accuracy=float(metadata["test_accuracy"]),
+    )
+
+
+def metric_classifier(
+    dataset: ArrayDataset,
+    params: ClassifierParams,
+    *,
+    device: str,
+    cache: ArtifactCache | None,
+    dataset_sha256: str | None,
+    hooks: EngineHooks | None = None,
+) -> tuple[api.ClassifierResult, dict[str, Any]]:
+    """The metric classifier for ``dataset`` (from the cache when it holds one) and how it was obtained."""
+    name = _classifier_cache_name(dataset, dataset_sha256, params)
+    cached = cache.get(name) if cache is not None else None
+    if cached is not None:
+        result = _classifier_from_bytes(cached)
+        reused = True
+    else:
+        result = api.train_metric_classifier(
+            dataset, params, seed=METRIC_CLASSIFIER_SEED, device=device, hooks=hooks
+        )
+        if cache is not None:
+            cache.put(name, _classifier_to_bytes(result))
+        reused = False
+    key = cache.key(name) if cache is not None else None
+    info = {
+        "metric_classifier_key": key,
+        "metric_classifier_reused": reused,
+        "metric_classifier_test_accuracy": result.test_accuracy,
+        "metric_classifier_params": params.model_dump(mode="json"),
+    }
+    return result, info
+
+
+def _draw(
+    weights: dict[str, np.ndarray],
+    config: DiffusionModelConfig,
+    t_init: int | None,
+    classes: list[int],
+    count: int,
+    sampler: SampleParams,
+    *,
+    seed: int,
+    device: str,
+    hooks: EngineHooks,
+    phase: str,
+) -> api.SampleResult:
+    """``count`` samples of each class, class by class, in chunks of at most ``DRAW_CHUNK`` images with a
+    heartbeat after each (a multi-step teacher runs ``sampler.steps`` network calls per chunk)."""
+    result: api.SampleResult | None = None
+    chunks = [(cls, start) for cls in classes for start in range(0, count, DRAW_CHUNK)]
+    for index, (cls, start) in enumerate(chunks):
+        size = min(DRAW_CHUNK, count - start)
+        chunk_seed = seed + cls + CHUNK_SEED_STRIDE * (start // DRAW_CHUNK)
+        if t_init is not None:
+            part = api.sample_generator(
+                weights, config, [cls], size, t_init=t_init, seed=chunk_seed, device=device
+            )
+        else:
+            part = api.sample_images(weights, config, [cls], size, sampler, seed=chunk_seed, device=device)
+        result = part if result is None else result.concat(part)
+        hooks.progress(phase, index + 1, len(chunks), {"class": cls})
+    assert result is not None
+    return result
+
+
+def evaluate_model(
+    weights: dict[str, np.ndarray],
+    config: DiffusionModelConfig,
+    t_init: int | None,
+    evaluation: GenerativeEvaluation,
+    *,
+    dataset: ArrayDataset,
+    forget_class: int | None,
+    override_class: int | None,
+    device: str,
+    hooks: EngineHooks,
+    cache: ArtifactCache | None,
+    dataset_sha256: str | None,
+) -> Scored:
+    """UA, override rate and entropy of the forgotten class's samples; retained-class accuracy and Frechet
+    distances (overall, per class); NFE and time per sample; and a grid of every class."""
+    classifier, classifier_info = metric_classifier(
+        dataset, evaluation.classifier, device=device, cache=cache, dataset_sha256=dataset_sha256, hooks=hooks
+    )
+    retained = [cls for cls in range(config.num_classes) if cls != forget_class]
+    samples = _draw(
+        weights,
+        config,
+        t_init,
+        retained,
+        evaluation.samples.samples_per_class,
+        evaluation.sampler,
+        seed=evaluation.seed,
+        device=device,
+        hooks=hooks,
+        phase=EVALUATE_PHASE,
+    )
+    if forget_class is not None:
+        samples = samples.concat(
+            _draw(
+                weights,
+                config,
+                t_init,
+                [forget_class],
+                evaluation.samples.forget_samples,
+                evaluation.sampler,
+                seed=evaluation.seed,
+                device=device,
+                hooks=hooks,
+                phase=EVALUATE_PHASE,
+            )
+        )
+    metrics = api.evaluate_generative(
+        samples,
+        classifier,
+        dataset.x_train,
+        dataset.y_train,
+        forget_class=forget_class,
+        override_class=override_class,
+        device=device,
+    )
+    # Wall-clock time is not a metric (metrics are bit-identical for a seed on CPU): it goes to the timings.
+    seconds_per_sample = metrics.pop("seconds_per_sample")
+    grid_samples = _draw(
+        weights,
+        config,
+        t_init,
+        list(range(config.num_classes)),
+        evaluation.grid_per_class,
+        evaluation.sampler,
+        seed=evaluation.seed + GRID_SEED_OFFSET,
+        device=device,
+        hooks=hooks,
+        phase="grid",
+    )
+    details = {
+        **classifier_info,
+        "seconds_per_sample": seconds_per_sample,
+        "evaluation": evaluation.model_dump(mode="json"),
+        "sampler": "one_step" if t_init is not None else evaluation.sampler.sampler,
+        "n_generated": int(samples.labels.shape[0]),
+        "forget_class": forget_class,
+        "override_class": override_class,
+        "grid": {"rows": "classes 0..K-1 in order", "per_class": evaluation.grid_per_class},
+    }
+    return Scored(
+        metrics=metrics, details=details, grid=api.grid_png(grid_samples.images, evaluation.grid_per_class)
+    )
+
+
+# ------------------------------------------------------------------------------------------ the request
+@dataclass
+class GenerativeResult:
+    weights: dict[str, np.ndarray] | None
+    architecture: str | None
+    arch_config: dict[str, Any] | None
+    metrics: dict[str, float]
+    details: dict[str, Any]
+    method_seconds: float
+    eval_seconds: float
+    pngs: dict[str, bytes]
+    arrays: dict[str, np.ndarray]
+
+
+def _generative_architecture(name: str) -> ArchitectureSpec:
+    spec = ARCHITECTURES.get(name)
+    if TaskType.generative not in spec.task_types:
+        raise InvalidInputError(f"architecture {name!r} is not a generative model")
+    return spec
+
+
+def _method(kind: str, name: str | None) -> MethodSpec:
+    if name is None:
+        default = DEFAULT_METHODS.get((kind, TaskType.generative))  # type: ignore[arg-type]
+        if default is None:
+            raise InvalidInputError(f"a generative {kind} request needs a method")
+        name = default
+    spec = METHODS.get(name)
+    if spec.job_kind != kind:
+        raise InvalidInputError(f"method {spec.name!r} is a {spec.job_kind} method, not a {kind} method")
+    if TaskType.generative not in spec.task_types:
+        raise InvalidInputError(f"method {spec.name!r} does not support generative models")
+    return spec
+
+
+def _validated(model: type[BaseModel], raw: dict[str, Any] | None, what: str) -> BaseModel:
+    try:
+        return model.model_validate(raw or {})
+    except ValidationError as error:
+        raise InvalidInputError(f"invalid parameters for {what}: {error}") from None
+
+
+def _class_forget(forget_class: int | None, forget_indices: np.ndarray | None, dataset: ArrayDataset) -> int:
+    """The class a generative job forgets: it must be a class forget set covering that class's samples."""
+    if forget_class is None:
+        raise InvalidInputError(
+            "generative unlearning forgets a class: use a forget set of kind 'class' (not a list of indices)"
+        )
+    if not 0 <= forget_class < dataset.num_classes:
+        raise InvalidInputError(f"forget_class {forget_class} is not a class of this dataset")
+    if forget_indices is not None:
+        expected = np.flatnonzero(dataset.y_train == forget_class)
+        if not np.array_equal(np.asarray(forget_indices, dtype=np.int64), expected):
+            raise InvalidInputError(
+                "a generative model forgets whole classes: the forget set must hold every training sample of "
+                f"class {forget_class}"
+            )
+    return forget_class
+
+
+def run_request(
+    *,
+    kind: str,
+    method: str | None,
+    params: dict[str, Any],
+    seed: int,
+    device: str,
+    dataset: ArrayDataset,
+    architecture: str,
+    arch_config: dict[str, Any],
+    weights: dict[str, np.ndarray] | None,
+    forget_indices: np.ndarray | None,
+    forget_class: int | None,
+    original_recipe: dict[str, Any] | None,
+    resume: bytes | None,
+    hooks: EngineHooks | None,
+    cache: ArtifactCache | None,
+    dataset_sha256: str | None,
+) -> GenerativeResult:
+    """One generative request (see the module docstring); raises InvalidInputError on user mistakes."""
+    progress = hooks or NullHooks()
+    dataset = dataset.validate()
+    spec = _generative_architecture(architecture)
+    if not spec.supports_dataset(dataset.task.value):
+        raise InvalidInputError(
+            f"generative models learn from classification datasets, not {dataset.task.value}"
+        )
+    config = spec.parse_config(arch_config)
+    assert isinstance(config, DiffusionModelConfig)
+    if spec.check_input is not None:
+        spec.check_input(config, dataset.input_shape, dataset.num_classes)
+    t_init = config.t_init if isinstance(config, OneStepGeneratorConfig) else None
+    if kind != "train" and weights is None:
+        raise InvalidInputError(f"a generative {kind} request needs the model's weights")
+
+    if kind == "sample":
+        sample_params = _validated(SampleJobParams, params, "a sample job")
+        assert isinstance(sample_params, SampleJobParams) and weights is not None
+        return _sample(sample_params, weights, config, t_init, seed=seed, device=device, hooks=progress)
+    if kind == "evaluate":
+        evaluation = _validated(GenerativeEvaluateParams, params, "a generative evaluation")
+        assert isinstance(evaluation, GenerativeEvaluateParams) and weights is not None
+        evaluated_class = _class_forget(forget_class, forget_indices, dataset)
+        started = time.perf_counter()
+        scored = evaluate_model(
+            weights,
+            config,
+            t_init,
+            evaluation,
+            dataset=dataset,
+            forget_class=evaluated_class,
+            override_class=None,
+            device=device,
+            hooks=progress,
+            cache=cache,
+            dataset_sha256=dataset_sha256,
+        )
+        return GenerativeResult(
+            weights=None,
+            architecture=None,
+            arch_config=None,
+            metrics=scored.metrics,
+            details=scored.details,
+            method_seconds=0.0,
+            eval_seconds=time.perf_counter() - started,
+            pngs={"samples": scored.grid},
+            arrays={},
+        )
+    if kind not in ("train", "retrain", "unlearn"):
+        raise InvalidInputError(f"generative models do not run {kind} requests")
+    method_spec = _method(kind, method)
+    if kind != "train" and architecture != TEACHER:
+        raise InvalidInputError(
+            f"{method_spec.name} starts from a multi-step teacher ({TEACHER}), not {architecture}"
+        )
+    target: int | None = None if kind == "train" else _class_forget(forget_class, forget_indices, dataset)
+    if kind == "train" and (forget_class is not None or forget_indices is not None):
+        raise InvalidInputError("a train request takes no forget set")
+    context = GenerativeContext(
+        dataset=dataset,
+        config=config,
+        params=_validated(method_spec.params_model, params, method_spec.name),
+        seed=seed,
+        device=device,
+        hooks=progress,
+        weights=weights,
+        forget_class=target,
+        original_recipe=original_recipe,
+        resume=resume,
+    )
+    started = time.perf_counter()
+    output: GenerativeOutput = import_by_path(method_spec.impl)(context)
+    method_seconds = time.perf_counter() - started
+    metrics = dict(output.metrics)
+    details: dict[str, Any] = {
+        "method": method_spec.name,
+        "params": output.resolved_params,
+        "history": output.history,
+        **output.details,
+        "output_architecture": output.architecture,
+    }
+    pngs: dict[str, bytes] = {}
+    started = time.perf_counter()
+    if output.evaluation is not None:
+        scored = evaluate_model(
+            output.weights,
+            output.config,
+            output.t_init,
+            output.evaluation,
+            dataset=dataset,
+            forget_class=target,
+            override_class=output.override_class,
+            device=device,
+            hooks=progress,
+            cache=cache,
+            dataset_sha256=dataset_sha256,
+        )
+        metrics.update(scored.metrics)
+        details.update(scored.details)
+        pngs["samples"] = scored.grid
+    return GenerativeResult(
+        weights=output.weights,
+        architecture=output.architecture,
+        arch_config=output.config.model_dump(mode="json"),
+        metrics=metrics,
+        details=details,
+        method_seconds=method_seconds,
+        eval_seconds=time.perf_counter() - started,
+        pngs=pngs,
+        arrays={},
+    )
+
+
+def _sample(
+    params: SampleJobParams,
+    weights: dict[str, np.ndarray],
+    config: DiffusionModelConfig,
+    t_init: int | None,
+    *,
+    seed: int,
+    device: str,
+    hooks: EngineHooks,
+) -> GenerativeResult:
+    classes = params.classes if params.classes is not None else list(range(config.num_classes))
+    bad = [cls for cls in classes if cls >= config.num_classes]
+    if bad:
+        raise InvalidInputError(f"classes {bad} are not classes of this {config.num_classes}-class model")
+    started = time.perf_counter()
+    drawn = _draw(
+        weights,
+        config,
+        t_init,
+        classes,
+        params.n_per_class,
+        params.sampler,
+        seed=seed,
+        device=device,
+        hooks=hooks,
+        phase=SAMPLE_PHASE,
+    )
+    seconds = time.perf_counter() - started
+    images = np.rint(np.clip(drawn.images, 0.0, 1.0) * UINT8_MAX).astype(np.uint8)
+    grid = api.grid_png(drawn.images, params.n_per_class, scale=params.grid_scale)
+    return GenerativeResult(
+        weights=None,
+        architecture=None,
+        arch_config=None,
+        metrics={"nfe_per_sample": float(drawn.nfe_per_sample), "n_samples": float(drawn.labels.shape[0])},
+        details={
+            "seconds_per_sample": drawn.seconds_per_sample,
+            "classes": classes,
+            "n_per_class": params.n_per_class,
+            "sampler": "one_step" if t_init is not None else params.sampler.sampler,
+            "params": params.model_dump(mode="json"),
+            "arrays_format": "images: uint8 (N, C, H, W), labels: int64 (N,), class by class",
+        },
+        method_seconds=seconds,
+        eval_seconds=0.0,
+        pngs={"samples": grid},
+        arrays={"images": images, "labels": drawn.labels.astype(np.int64)},
+    )
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **arrays)
+    return buffer.getvalue()
+
+
+__all__ = [
+    "GENERATOR",
+    "TEACHER",
+    "GenerativeContext",
+    "GenerativeOutput",
+    "GenerativeResult",
+    "evaluate_model",
+    "metric_classifier",
+    "npz_bytes",
+    "run_request",
+    "run_retrain",
+    "run_sfd",
+    "run_sfd_control",
+    "run_train",
+]
