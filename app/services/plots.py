@@ -87,8 +87,15 @@ def roc_figure(title: str, curves: list[tuple[str, list[float], list[float]]]) -
     return figure
 
 
-def tradeoff_figure(title: str, points: list[dict[str, Any]]) -> Figure:
-    """UA (x) against RA (y) per comparison row; the retrain oracle is the target."""
+def tradeoff_figure(
+    title: str,
+    points: list[dict[str, Any]],
+    *,
+    x_label: str = "UA (unlearning accuracy, %)",
+    y_label: str = "RA (remaining accuracy, %)",
+) -> Figure:
+    """UA (x) against RA (y) per comparison row (points' ``UA`` / ``RA``); the retrain oracle is the
+    target."""
     figure = _figure()
     axes = figure.subplots()
     markers = {"retrain": ("*", 180), "evaluate": ("s", 60), "unlearn": ("o", 50)}
@@ -102,8 +109,8 @@ def tradeoff_figure(title: str, points: list[dict[str, Any]]) -> Figure:
             xytext=(4, 4),
             textcoords="offset points",
         )
-    axes.set_xlabel("UA (unlearning accuracy, %)")
-    axes.set_ylabel("RA (remaining accuracy, %)")
+    axes.set_xlabel(x_label)
+    axes.set_ylabel(y_label)
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
     return figure

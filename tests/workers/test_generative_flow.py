@@ -134,6 +134,10 @@ def test_comparison_shows_teacher_control_sfd_and_gold_with_grids(live_api: Test
         png = live_api.get(row["grid_url"], headers=tenant.headers("read"))
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         assert png.content.startswith(PNG_SIGNATURE)
+    plot = live_api.get(
+        f"/v1/forget-sets/{flow['class_set']['id']}/plots/tradeoff.svg", headers=tenant.headers("read")
+    )
+    assert plot.status_code == 200 and b"retained-class conditional accuracy" in plot.content
 
 
 def test_sample_job_stores_images_and_a_grid(live_api: TestClient, flow, artifacts_dir) -> None:

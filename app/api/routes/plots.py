@@ -105,22 +105,33 @@ def forget_set_tradeoff(
     session: SessionDep,
     model_id: Annotated[uuid.UUID | None, Query(description="Only jobs on this original model.")] = None,
 ) -> Response:
-    """UA against RA for every row of the forget set's comparison (retrain, original, each method)."""
+    """UA against RA for every row of the forget set's comparison (retrain, original, each method); for
+    generative rows, ua (1 - forget-class generation rate) against the retained classes' accuracy."""
     forget_set = get_forget_set(session, principal.tenant_id, forget_set_id)
     comparison = compare(session, principal.tenant_id, forget_set_id, model_id)
+    generative = comparison.task == "generative"
+    x_key, y_key = ("ua", "retain_accuracy") if generative else ("UA", "RA")
     points = [
         {
             "kind": row.kind.value,
             "label": f"{row.method or ('original' if row.kind is JobKind.evaluate else row.kind.value)}"
             f" s{row.seed}",
-            "UA": row.metrics["UA"],
-            "RA": row.metrics["RA"],
+            "UA": row.metrics[x_key],
+            "RA": row.metrics[y_key],
         }
         for row in comparison.rows
-        if "UA" in row.metrics and "RA" in row.metrics
+        if x_key in row.metrics and y_key in row.metrics
     ]
     if not points:
-        raise _missing(f"forget set {forget_set_id} has no finished jobs with UA and RA")
+        raise _missing(f"forget set {forget_set_id} has no finished jobs with {x_key} and {y_key}")
+    if generative:
+        figure = plots.tradeoff_figure(
+            f"Forgetting vs retained accuracy — {forget_set.name}",
+            points,
+            x_label="ua (1 - forget-class generation rate)",
+            y_label="retained-class conditional accuracy",
+        )
+        return _image(figure, fmt)
     return _image(plots.tradeoff_figure(f"UA-RA trade-off — {forget_set.name}", points), fmt)
 
 

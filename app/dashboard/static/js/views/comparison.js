@@ -100,12 +100,18 @@ function rocSection(comparison, jobs, audits, state, rerender) {
 }
 
 function tradeoff(comparison) {
+  // Generative rows: forgetting (ua) against the retained classes' conditional accuracy, both fractions.
+  const generative = comparison.task === "generative";
+  const [xKey, yKey] = generative ? ["ua", "retain_accuracy"] : ["UA", "RA"];
   const points = comparison.rows
-    .filter((row) => typeof row.metrics.UA === "number" && typeof row.metrics.RA === "number")
-    .map((row) => ({ x: row.metrics.UA, y: row.metrics.RA, label: `${rowLabel(row)} s${row.seed}`,
-      group: rowLabel(row), highlight: row.kind === "retrain" }));
-  return scatterChart({ kind: "tradeoff", title: "UA–RA trade-off (retrain: black square)", points,
-    xLabel: "UA (%)", yLabel: "RA (%)" });
+    .filter((row) => typeof row.metrics[xKey] === "number" && typeof row.metrics[yKey] === "number")
+    .map((row) => ({ x: row.metrics[xKey], y: row.metrics[yKey], label: `${rowLabel(row, generative)} s${row.seed}`,
+      group: rowLabel(row, generative), highlight: row.kind === "retrain" }));
+  return generative
+    ? scatterChart({ kind: "tradeoff", title: "Forgetting vs retained accuracy (gold: black square)", points,
+      xLabel: "ua (1 − forget-class rate)", yLabel: "retained-class accuracy" })
+    : scatterChart({ kind: "tradeoff", title: "UA–RA trade-off (retrain: black square)", points,
+      xLabel: "UA (%)", yLabel: "RA (%)" });
 }
 
 function histogram(values, bins = 20) {
