@@ -18,7 +18,6 @@ scored by the same classifier.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -103,29 +102,39 @@ class Scored:
 
 
 # ------------------------------------------------------------------------------------------ the methods
-def run_train(context: GenerativeContext) -> GenerativeOutput:
-    params = context.params
-    assert isinstance(params, DDPMTrainParams)
+def _train_teacher(
+    context: GenerativeContext, recipe: DDPMTrainParams, evaluation: GenerativeEvaluation | None
+) -> GenerativeOutput:
+    """A DDPM teacher trained with ``recipe`` (scored with ``evaluation`` unless None)."""
     result = api.train_ddpm(
         context.dataset,
-        params,
+        recipe,
         config=context.config,
         seed=context.seed,
         device=context.device,
         hooks=context.hooks,
         resume=context.resume,
     )
+    resolved: dict[str, Any] = {"recipe": recipe.model_dump(mode="json")}
+    if evaluation is not None:
+        resolved["evaluation"] = evaluation.model_dump(mode="json")
     return GenerativeOutput(
         weights=result.weights,
         architecture=TEACHER,
         config=result.config,
         t_init=None,
-        evaluation=None,
-        resolved_params={"recipe": params.model_dump(mode="json")},
+        evaluation=evaluation,
+        resolved_params=resolved,
         history=result.history,
         details={"resumed_from_step": result.resumed_from_step},
         metrics=_final_losses(result.history, ("loss",)),
     )
+
+
+def run_train(context: GenerativeContext) -> GenerativeOutput:
+    params = context.params
+    assert isinstance(params, DDPMTrainParams)
+    return _train_teacher(context, params, None)
 
 
 def run_retrain(context: GenerativeContext) -> GenerativeOutput:
@@ -143,29 +152,7 @@ def run_retrain(context: GenerativeContext) -> GenerativeOutput:
     recipe = recipe.model_copy(
         update={"exclude_classes": sorted({*recipe.exclude_classes, context.forget_class})}
     )
-    result = api.train_ddpm(
-        context.dataset,
-        recipe,
-        config=context.config,
-        seed=context.seed,
-        device=context.device,
-        hooks=context.hooks,
-        resume=context.resume,
-    )
-    return GenerativeOutput(
-        weights=result.weights,
-        architecture=TEACHER,
-        config=result.config,
-        t_init=None,
-        evaluation=params.evaluation,
-        resolved_params={
-            "recipe": recipe.model_dump(mode="json"),
-            "evaluation": params.evaluation.model_dump(),
-        },
-        history=result.history,
-        details={"resumed_from_step": result.resumed_from_step},
-        metrics=_final_losses(result.history, ("loss",)),
-    )
+    return _train_teacher(context, recipe, params.evaluation)
 
 
 def _run_sfd(context: GenerativeContext, *, control: bool) -> GenerativeOutput:
@@ -656,12 +643,6 @@ def _sample(
     )
 
 
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, allow_pickle=False, **arrays)
-    return buffer.getvalue()
-
-
 __all__ = [
     "GENERATOR",
     "TEACHER",
@@ -670,7 +651,6 @@ __all__ = [
     "GenerativeResult",
     "evaluate_model",
     "metric_classifier",
-    "npz_bytes",
     "run_request",
     "run_retrain",
     "run_sfd",
