@@ -25,14 +25,11 @@ from workers.engine.methods.base import MethodContext, MethodOutput
 from workers.engine.methods.distillation import (
     SUBSET_SEED_OFFSET,
     TEACHER_INIT_SEED_OFFSET,
-    StepProgress,
-    TrainingPass,
-    augmentation_padding,
     frozen_copy,
     kl_to_target,
-    pass_steps,
     reinitialised_copy,
     seeded_subset,
+    train_with_adam,
 )
 from workers.engine.methods.params_distillation import BadTeacherParams
 
@@ -67,31 +64,26 @@ def run(context: MethodContext) -> MethodOutput:
             )
         return kl_to_target(model(batch), target, params.temperature, params.kl_reduction)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
-    training = TrainingPass(
-        model,
-        optimizer,
-        inputs,
-        params.batch_size,
-        augmentation_padding(inputs, params.augment),
-        batch_loss,
-        context.enforce_constraints,
-    )
-    progress = StepProgress(
-        context.hooks, context.phase, params.epochs * pass_steps(inputs.shape[0], params.batch_size)
-    )
     generator = torch.Generator().manual_seed(context.seed)
     torch.manual_seed(context.seed)  # dropout
-    history: list[dict[str, float]] = []
-    for epoch in range(1, params.epochs + 1):
-        loss = training.run(generator, progress, {"epoch": epoch, "lr": params.lr})
-        record = {"epoch": epoch, "loss": loss, "lr": params.lr}
-        history.append(record)
-        progress.epoch_end(record)
+    run = train_with_adam(
+        model,
+        inputs,
+        batch_loss,
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        lr=params.lr,
+        augment=params.augment,
+        generator=generator,
+        hooks=context.hooks,
+        phase=context.phase,
+        after_step=context.enforce_constraints,
+    )
+    training = run.training
     return MethodOutput(
         model=model,
         resolved_params=params.model_dump(mode="json"),
-        history=history,
+        history=run.history,
         details={
             "n_forget_used": int(forget_inputs.shape[0]),
             "n_retain_used": int(subset.shape[0]),

@@ -43,14 +43,11 @@ from workers.engine.architectures.activations import activation_names, collect_a
 from workers.engine.methods.base import MethodContext, MethodOutput
 from workers.engine.methods.distillation import (
     TEACHER_INIT_SEED_OFFSET,
-    StepProgress,
-    TrainingPass,
     attention_map,
     attention_transfer,
-    augmentation_padding,
     frozen_copy,
-    pass_steps,
     reinitialised_copy,
+    train_with_adam,
 )
 from workers.engine.methods.params_distillation import BlindspotParams
 from workers.engine.tasks import TaskType
@@ -94,33 +91,23 @@ def run(context: MethodContext) -> MethodOutput:
 
     # ---- step 1: the blindspot model, partially trained on D_r only
     blindspot = reinitialised_copy(model, context.seed + TEACHER_INIT_SEED_OFFSET)
-    blindspot_optimizer = torch.optim.Adam(blindspot.parameters(), lr=params.blindspot_lr)
 
     def blindspot_loss(batch: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return supervised_loss(blindspot(batch), retain_labels[indices])
 
-    blindspot_training = TrainingPass(
+    blindspot_history = train_with_adam(
         blindspot,
-        blindspot_optimizer,
         retain_inputs,
-        params.blindspot_batch_size,
-        augmentation_padding(retain_inputs, params.augment),
         blindspot_loss,
-        lambda: None,  # an auxiliary model: the pruning masks constrain the unlearned model only
-    )
-    blindspot_progress = StepProgress(
-        context.hooks,
-        f"{context.phase}:{BLINDSPOT_STAGE}",
-        params.blindspot_epochs * pass_steps(retain_inputs.shape[0], params.blindspot_batch_size),
-    )
-    blindspot_history: list[dict[str, float]] = []
-    for epoch in range(1, params.blindspot_epochs + 1):
-        loss = blindspot_training.run(
-            generator, blindspot_progress, {"epoch": epoch, "lr": params.blindspot_lr}
-        )
-        record = {"epoch": epoch, "loss": loss, "lr": params.blindspot_lr}
-        blindspot_history.append(record)
-        blindspot_progress.epoch_end(record)
+        epochs=params.blindspot_epochs,
+        batch_size=params.blindspot_batch_size,
+        lr=params.blindspot_lr,
+        augment=params.augment,
+        generator=generator,
+        hooks=context.hooks,
+        phase=f"{context.phase}:{BLINDSPOT_STAGE}",
+        after_step=lambda: None,  # an auxiliary model: the pruning masks constrain the unlearned model only
+    ).history
     blindspot = frozen_copy(blindspot)
 
     # ---- step 2: unlearning on D_f u D_r
@@ -152,25 +139,20 @@ def run(context: MethodContext) -> MethodOutput:
             loss = loss + (1.0 - fraction) * supervised_loss(logits[retain], labels[indices][retain])
         return loss
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
-    training = TrainingPass(
+    run = train_with_adam(
         model,
-        optimizer,
         inputs,
-        params.batch_size,
-        augmentation_padding(inputs, params.augment),
         batch_loss,
-        context.enforce_constraints,
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        lr=params.lr,
+        augment=params.augment,
+        generator=generator,
+        hooks=context.hooks,
+        phase=context.phase,
+        after_step=context.enforce_constraints,
     )
-    progress = StepProgress(
-        context.hooks, context.phase, params.epochs * pass_steps(inputs.shape[0], params.batch_size)
-    )
-    history: list[dict[str, float]] = []
-    for epoch in range(1, params.epochs + 1):
-        loss = training.run(generator, progress, {"epoch": epoch, "lr": params.lr})
-        record = {"epoch": epoch, "loss": loss, "lr": params.lr}
-        history.append(record)
-        progress.epoch_end(record)
+    history, training = run.history, run.training
 
     with torch.no_grad():
         sample_activations = collect_activations(model.eval(), inputs[:1])[1]

@@ -175,6 +175,44 @@ class TrainingPass:
         return mean_loss
 
 
+@dataclass
+class AdamRun:
+    """What :func:`train_with_adam` did: the per-epoch history and the pass it ran."""
+
+    history: list[dict[str, float]]
+    training: TrainingPass
+
+
+def train_with_adam(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    augment: bool,
+    generator: torch.Generator,
+    hooks: EngineHooks | None,
+    phase: str,
+    after_step: Callable[[], None],
+) -> AdamRun:
+    """``epochs`` seeded passes of :class:`TrainingPass` with Adam at a constant ``lr`` (the loop of the
+    Adam-trained methods: blindspot and its blindspot model, bad teaching, Gaussian fine-tuning)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    training = TrainingPass(
+        model, optimizer, inputs, batch_size, augmentation_padding(inputs, augment), batch_loss, after_step
+    )
+    progress = StepProgress(hooks, phase, epochs * pass_steps(inputs.shape[0], batch_size))
+    history: list[dict[str, float]] = []
+    for epoch in range(1, epochs + 1):
+        loss = training.run(generator, progress, {"epoch": epoch, "lr": lr})
+        record = {"epoch": epoch, "loss": loss, "lr": lr}
+        history.append(record)
+        progress.epoch_end(record)
+    return AdamRun(history=history, training=training)
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

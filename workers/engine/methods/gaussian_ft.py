@@ -19,13 +19,7 @@ import torch.nn.functional as F
 
 from workers.engine.errors import InvalidInputError
 from workers.engine.methods.base import MethodContext, MethodOutput
-from workers.engine.methods.distillation import (
-    SUBSET_SEED_OFFSET,
-    StepProgress,
-    TrainingPass,
-    augmentation_padding,
-    pass_steps,
-)
+from workers.engine.methods.distillation import SUBSET_SEED_OFFSET, train_with_adam
 from workers.engine.methods.params_regression import GaussianFinetuneParams
 from workers.engine.tasks import TaskType
 
@@ -63,32 +57,26 @@ def run(context: MethodContext) -> MethodOutput:
     def batch_loss(batch: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return loss_function(model(batch), targets[indices])
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
-    training = TrainingPass(
+    run = train_with_adam(
         model,
-        optimizer,
         inputs,
-        params.batch_size,
-        augmentation_padding(inputs, params.augment),
         batch_loss,
-        context.enforce_constraints,
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        lr=params.lr,
+        augment=params.augment,
+        generator=generator,
+        hooks=context.hooks,
+        phase=context.phase,
+        after_step=context.enforce_constraints,
     )
-    progress = StepProgress(
-        context.hooks, context.phase, params.epochs * pass_steps(inputs.shape[0], params.batch_size)
-    )
-    history: list[dict[str, float]] = []
-    for epoch in range(1, params.epochs + 1):
-        loss = training.run(generator, progress, {"epoch": epoch, "lr": params.lr})
-        record = {"epoch": epoch, "loss": loss, "lr": params.lr}
-        history.append(record)
-        progress.epoch_end(record)
     return MethodOutput(
         model=model,
         resolved_params=params.model_dump(mode="json"),
-        history=history,
+        history=run.history,
         details={
             "gaussian_mu": mu,
             "gaussian_sigma": sigma,
-            "augment_applied": training.padding is not None,
+            "augment_applied": run.training.padding is not None,
         },
     )
