@@ -42,7 +42,7 @@ def _preload_engine(**_: object) -> None:
     # which pulls in dynamo: 3-6 s of imports that every job child (one task per child) would repeat.
     import torch._inductor.config  # noqa: F401
 
-    import workers.engine.diffusion.jobs  # noqa: F401
+    import workers.engine.diffusion.jobs
     import workers.engine.execute  # noqa: F401
 
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,7 +53,7 @@ from workers.engine.metrics.attacks import ATTACKERS, MIN_PER_CLASS_FITTED, popu
 from workers.engine.metrics.mia import MemberSelection
 from workers.engine.search.worst_case import SearchOutput
 from workers.engine.tasks import TaskType
-from workers.engine.training import IMAGE_TENSOR_DIMS, deterministic_algorithms
+from workers.engine.training import IMAGE_TENSOR_DIMS, reproducible, synchronize
 
 __all__ = ["EngineHooks", "EngineRequest", "EngineResult", "execute", "resolve_device"]
 
@@ -525,26 +524,6 @@ def _relearning_reference(request: EngineRequest, plan: _Plan, device: torch.dev
 
 
 # -------------------------------------------------------------------------------------------- execution
-@contextmanager
-def _reproducible(device: torch.device) -> Iterator[bool]:
-    """Deterministic kernels on CPU (cheap there); on CUDA favour speed (cuDNN autotuning) instead."""
-    if device.type == "cuda":
-        previous = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = True
-        try:
-            yield False
-        finally:
-            torch.backends.cudnn.benchmark = previous
-    else:
-        with deterministic_algorithms(True):
-            yield True
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _device_splits(
     dataset: ArrayDataset, forget_indices: np.ndarray | None, device: torch.device
 ) -> DeviceSplits:
@@ -641,7 +620,7 @@ def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineR
     dataset = request.dataset
     device = torch.device(resolve_device(request.device))
     progress = hooks or NullHooks()
-    with _reproducible(device) as deterministic:
+    with reproducible(device) as deterministic:
         torch.manual_seed(request.seed)  # the random initialisation of train/retrain
         model = build_model(plan.architecture.name, plan.arch_config)
         if request.kind in KINDS_STARTING_FROM_WEIGHTS:
@@ -672,10 +651,10 @@ def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineR
                 original_recipe=plan.original_recipe,
                 masks=masks,
             )
-            _synchronize(device)
+            synchronize(device)
             method_started = time.perf_counter()
             output = implementation(context)
-            _synchronize(device)
+            synchronize(device)
             method_seconds = time.perf_counter() - method_started
             model = output.model
             if output.masks is not None:

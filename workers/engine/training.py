@@ -161,6 +161,28 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
+@contextmanager
+def reproducible(device: torch.device) -> Iterator[bool]:
+    """Deterministic kernels on CPU (cheap there, and runs are then bit-for-bit repeatable); on CUDA favour
+    speed with cuDNN autotuning. Yields whether the run is deterministic."""
+    if device.type == "cuda":
+        previous = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield False
+        finally:
+            torch.backends.cudnn.benchmark = previous
+    else:
+        with deterministic_algorithms(True):
+            yield True
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timings of GPU code); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 # Per-batch loss (outputs, labels, 0-based epoch) -> scalar; the epoch lets a loss follow a schedule.
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 # Redraws a segment's labels at the start of every epoch from the loop's seeded CPU generator.

@@ -421,7 +421,8 @@ def run_audit(request: AuditRequest, store: ShadowStore, hooks: EngineHooks | No
     dataset = request.dataset.validate()
     if request.dataset.task.value != "classification":
         raise InvalidInputError("audits support classification models only")
-    from workers.engine.execute import _reproducible, resolve_device
+    from workers.engine.execute import resolve_device
+    from workers.engine.training import reproducible
 
     device = torch.device(resolve_device(request.device))
     shadows, per_shadow = params.shadows, params.forget_sets_per_shadow
@@ -435,7 +436,7 @@ def run_audit(request: AuditRequest, store: ShadowStore, hooks: EngineHooks | No
     progress = AuditProgress(hooks or NullHooks(), total_units)
     progress.report()
 
-    with _reproducible(device):
+    with reproducible(device):
         inputs = torch.from_numpy(np.concatenate([dataset.x_train, dataset.x_test])).to(device)
         labels = torch.from_numpy(np.concatenate([dataset.y_train, dataset.y_test])).to(device)
         context = _Context(params, request, recipe, device, inputs, labels, dataset.n_train, store, progress)

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
 from workers.engine.errors import EngineError, InvalidInputError
 from workers.engine.hooks import EngineHooks, NullHooks
-from workers.engine.training import deterministic_algorithms
+from workers.engine.training import reproducible, synchronize
 
 # Loss records go into the history (and the progress info) every this many steps; reading a loss back
 # from the device on every step would synchronise a GPU once per step.
 LOG_EVERY = 50
+
+__all__ = [
+    "LOG_EVERY",
+    "Stopwatch",
+    "hooks_or_null",
+    "reproducible",
+    "resolve_device",
+    "seeded_generator",
+    "synchronize",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,32 +39,11 @@ def resolve_device(name: str) -> torch.device:
     raise InvalidInputError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'")
 
 
-@contextmanager
-def reproducible(device: torch.device) -> Iterator[bool]:
-    """Deterministic kernels on CPU (cheap there, and the loops' runs are then bit-for-bit repeatable);
-    on CUDA favour speed with cuDNN autotuning. Yields whether the run is deterministic."""
-    if device.type == "cuda":
-        previous = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = True
-        try:
-            yield False
-        finally:
-            torch.backends.cudnn.benchmark = previous
-    else:
-        with deterministic_algorithms(True):
-            yield True
-
-
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
     """The loop's only source of randomness. It lives on the loop's device: a diffusion step draws a noise
     tensor as large as its batch (several per SFD step), which a CPU generator would have to copy over
     every step. Runs are therefore repeatable per device type, not across CPU and CUDA."""
     return torch.Generator(device=device).manual_seed(seed)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Stopwatch:
