@@ -228,10 +228,25 @@ class LetheClient:
 
     def report_bytes(self, report_id: str, fmt: str = "json") -> bytes:
         """The report exactly as signed (``json``) or its HTML rendering (``html``)."""
-        path = f"/v1/reports/{report_id}" + ("/html" if fmt == "html" else "")
+        return self._bytes(f"/v1/reports/{report_id}" + ("/html" if fmt == "html" else ""))
+
+    def _bytes(self, path: str) -> bytes:
         response = self.request("GET", path)
         self._check_status(response)
         return response.content
+
+    def job_grid(self, job_id: str) -> bytes:
+        """A generative job's sample grid (PNG, one class per row)."""
+        return self._bytes(f"/v1/jobs/{job_id}/grid.png")
+
+    def job_samples(self, job_id: str) -> dict[str, Any]:
+        """A sample job's images (uint8, N x C x H x W) and labels, read without unpickling anything."""
+        import io
+
+        import numpy as np
+
+        with np.load(io.BytesIO(self._bytes(f"/v1/jobs/{job_id}/samples.npz")), allow_pickle=False) as arrays:
+            return {name: arrays[name] for name in arrays.files}
 
     def signing_key(self) -> SigningKeyOut:
         return SigningKeyOut.model_validate(self.get("/v1/report-signing-key"))

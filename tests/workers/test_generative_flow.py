@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.client import LetheClient
 from tests.app.api.test_resources import create_digits
 from tests.workers.test_job_flow import run
 
@@ -156,6 +157,11 @@ def test_sample_job_stores_images_and_a_grid(live_api: TestClient, flow, artifac
         assert arrays["labels"].tolist() == [0] * 5 + [7] * 5
     grid = live_api.get(job["result"]["grid_url"], headers=tenant.headers("read"))
     assert grid.status_code == 200 and grid.content.startswith(PNG_SIGNATURE)
+    # The typed client reads the same.
+    client = LetheClient(str(live_api.base_url), tenant.read, http=live_api)
+    assert client.job_grid(job["id"]) == grid.content
+    samples = client.job_samples(job["id"])
+    assert samples["labels"].tolist() == [0] * 5 + [7] * 5 and samples["images"].dtype == np.uint8
     # The model's newest grid is this job's.
     newest = live_api.get(f"/v1/models/{generator}/samples.png", headers=tenant.headers("read"))
     assert newest.status_code == 200 and newest.content == grid.content
