@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from safetensors.numpy import save as save_safetensors
+from sqlalchemy.exc import OperationalError
 
 from app.core.config import code_version
 from app.models import Dataset, ForgetSet, Job, JobKind, JobStatus, Model
@@ -168,6 +169,12 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 
 
 def _finish_after_error(runtime: WorkerRuntime, claim: Claim, exc: Exception) -> None:
+    if _caused_by(exc, OperationalError) and not _caused_by(exc, SoftTimeLimitExceeded):
+        # The database went away mid-job (a heartbeat or a write failed). If it is back already, marking the
+        # job failed would throw away a run the reaper can resume from its last checkpoint: leave the lease to
+        # expire instead (the reaper requeues the job, bounded by max_attempts).
+        log.warning("job %s: database unavailable (%s); left for the reaper to resume", claim.job_id, exc)
+        return
     if _caused_by(exc, SoftTimeLimitExceeded):
         job_service.finish_unsuccessful(
             runtime.sessions,
