@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -97,14 +98,34 @@ class ServiceGroup:
         self.processes.append(proc)
         return proc
 
-    def start_gpu_worker(self) -> subprocess.Popen[bytes]:
-        return self._spawn(worker_command(self.settings, "gpu", "gpu"), "worker-gpu")
+    def start_gpu_worker(self, name: str = "gpu") -> subprocess.Popen[bytes]:
+        """A worker on the gpu queue. Several may run at once (or a replacement for a killed one): each needs
+        its own ``name``, which is its Celery node name and its log file."""
+        return self._spawn(worker_command(self.settings, "gpu", name), f"worker-{name}")
+
+    def start_maintenance_worker(self) -> subprocess.Popen[bytes]:
+        """The default-queue worker with beat: the reaper, the publish sweep and the other periodic tasks."""
+        return self._spawn(
+            worker_command(self.settings, "default", "maintenance", beat=True), "worker-maintenance"
+        )
+
+    def start_api(self) -> subprocess.Popen[bytes]:
+        return self._spawn(api_command(self.host, self.port), "api")
 
     def start(self, api: bool = True) -> None:
         self.start_gpu_worker()
-        self._spawn(worker_command(self.settings, "default", "maintenance", beat=True), "worker-maintenance")
+        self.start_maintenance_worker()
         if api:
-            self._spawn(api_command(self.host, self.port), "api")
+            self.start_api()
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a process and everything in its session (a worker's prefork children), as a crash would,
+        and forget it: ``stop`` and ``wait`` then only see the processes still meant to run."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc in self.processes:
+            self.processes.remove(proc)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
