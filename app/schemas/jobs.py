@@ -128,7 +128,8 @@ class ComparisonRow(BaseModel):
     flags: list[str] = Field(
         default_factory=list,
         description="Guardrail rules the result breaks (ra-collapse, ta-collapse, ua-overshoot, "
-        "mia-overshoot, single-class); utility rules need an evaluate job of the original here.",
+        "mia-overshoot, single-class; regression: retain-mae-rise, test-mae-rise, forget-mae-overshoot; "
+        "generative: retain-accuracy-collapse); utility rules need an evaluate job of the original here.",
     )
     grid_url: str | None = Field(
         None, description="Generative rows: the sample grid of the evaluated model (one class per row)."

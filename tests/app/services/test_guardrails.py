@@ -57,3 +57,33 @@ def test_grid_candidates_are_the_product_over_the_params() -> None:
         {"epochs": 2, "batch_size": 64, "lr": 0.01},
     ]
     assert candidates(MethodEntry(method="ft", params={"epochs": 1})) == [{"epochs": 1}]
+
+
+REGRESSION_ORIGINAL = {"retain_mae": 40.0, "test_mae": 50.0, "forget_mae": 30.0}
+REGRESSION_RETRAIN = {"retain_mae": 39.0, "test_mae": 51.0, "forget_mae": 70.0}
+
+
+@pytest.mark.parametrize(
+    ("change", "flags"),
+    [
+        ({}, []),
+        ({"retain_mae": 48.0, "test_mae": 60.0, "forget_mae": 105.0}, []),  # exactly at the margins
+        ({"retain_mae": 48.1}, ["retain-mae-rise"]),  # 40 * 1.2 = 48
+        ({"test_mae": 60.1}, ["test-mae-rise"]),  # 50 * 1.2 = 60
+        ({"forget_mae": 105.1}, ["forget-mae-overshoot"]),  # 70 * 1.5 = 105
+    ],
+)
+def test_regression_rules_are_relative_to_the_original_and_the_retrain(
+    change: dict[str, float], flags: list[str]
+) -> None:
+    result = {"retain_mae": 41.0, "test_mae": 52.0, "forget_mae": 65.0, **change}
+    assert guardrail_flags(result, REGRESSION_ORIGINAL, REGRESSION_RETRAIN, Guardrails()) == flags
+    loose = Guardrails(max_mae_rise_percent=1000, max_forget_mae_overshoot_percent=1000)
+    assert guardrail_flags(result, REGRESSION_ORIGINAL, REGRESSION_RETRAIN, loose) == []
+
+
+def test_generative_retained_accuracy_collapse_against_the_teacher() -> None:
+    teacher = {"ua": 0.05, "retain_accuracy": 0.93}
+    assert guardrail_flags({"ua": 0.99, "retain_accuracy": 0.84}, teacher, None, Guardrails()) == []
+    flags = guardrail_flags({"ua": 0.99, "retain_accuracy": 0.82}, teacher, None, Guardrails())
+    assert flags == ["retain-accuracy-collapse"]
