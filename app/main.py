@@ -19,6 +19,7 @@ from app.api.routes import (
     datasets,
     discovery,
     forget_sets,
+    generative,
     health,
     jobs,
     models,
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         admin.router,
         compliance.router,
         plots.router,
+        generative.router,
     ):
         v1.include_router(router)
     app.include_router(v1)
