@@ -249,7 +249,10 @@ def reap(
     Running jobs whose lease expired go back to the queue, or fail after ``max_attempts``; a
     cancelled-while-dead job becomes cancelled. Queued jobs never published, or published long ago
     and still not started (a broker that lost the message), are returned for re-publishing; a
-    duplicate message is harmless because ``claim`` admits one owner.
+    duplicate message is harmless because ``claim`` admits one owner. "Long ago" backs off: a job still
+    waiting its turn behind a long queue would otherwise gain a duplicate message every
+    ``stale_enqueue_seconds``, so the wait grows with the job's age when it was last published (at least
+    ``stale_enqueue_seconds``, at most ``REPUBLISH_BACKOFF_CAP`` times that).
     """
     now = now or utcnow()
     requeued: list[uuid.UUID] = []
@@ -286,15 +289,30 @@ def reap(
                 requeued.append(job.id)
         session.flush()  # the requeued jobs must be visible to the sweep below
         stale_before = now - timedelta(seconds=stale_enqueue_seconds)
-        republish = list(
-            session.scalars(
-                select(Job.id).where(
-                    Job.status == JobStatus.queued,
-                    or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_before),
-                )
+        candidates = session.execute(
+            select(Job.id, Job.created_at, Job.enqueued_at).where(
+                Job.status == JobStatus.queued,
+                or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_before),
             )
-        )
+        ).all()
+        republish = [
+            job_id
+            for job_id, created_at, enqueued_at in candidates
+            if enqueued_at is None
+            or now - enqueued_at >= republish_wait(created_at, enqueued_at, stale_enqueue_seconds)
+        ]
     return ReapReport(requeued=requeued, failed=failed, republish=republish)
+
+
+# A queued job's message is re-sent after at most this many times ``stale_enqueue_seconds``.
+REPUBLISH_BACKOFF_CAP = 12
+
+
+def republish_wait(created_at: datetime, enqueued_at: datetime, stale_seconds: float) -> timedelta:
+    """How long after its last publish a still-queued job is published again: its age at that publish,
+    bounded to [stale, REPUBLISH_BACKOFF_CAP x stale] (so the waits roughly double while it stays queued)."""
+    age = (enqueued_at - created_at).total_seconds()
+    return timedelta(seconds=min(max(age, stale_seconds), REPUBLISH_BACKOFF_CAP * stale_seconds))
 
 
 def mark_enqueued(factory: sessionmaker[Session], job_ids: Iterable[uuid.UUID]) -> None:

@@ -123,3 +123,28 @@ def test_unpublished_jobs_are_swept_until_the_broker_answers(sessions, job_id) -
     assert job_service.publish_all(sessions, published.append, report.republish) == report.republish
     assert load(sessions, job_id).enqueued_at is not None
     assert job_id not in job_service.reap(sessions, stale_enqueue_seconds=60).republish
+
+
+def test_republishing_a_waiting_job_backs_off_with_its_age(sessions, job_id) -> None:
+    """A job still queued behind others is not sent again every stale period: the wait after a publish is
+    the job's age at that publish, within [stale, 12 x stale]."""
+    stale = 60.0
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        created = job.created_at
+        job.enqueued_at = created + timedelta(seconds=600)  # published when 10 minutes old
+        session.commit()
+    published = created + timedelta(seconds=600)
+    assert job_service.republish_wait(created, published, stale) == timedelta(seconds=600)
+    assert job_service.republish_wait(created, created, stale) == timedelta(seconds=stale)
+    assert job_service.republish_wait(created, created + timedelta(days=1), stale) == timedelta(
+        seconds=12 * stale
+    )
+
+    def republished(after_s: float) -> bool:
+        now = published + timedelta(seconds=after_s)
+        return job_id in job_service.reap(sessions, stale_enqueue_seconds=stale, now=now).republish
+
+    assert not republished(stale + 1)  # the old rule would re-send it here
+    assert not republished(599)
+    assert republished(600)
