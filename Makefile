@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PG_TEST_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/lethe_test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: demo test test-sqlite test-postgres lint up clean bench-shadows
+.PHONY: demo test test-sqlite test-postgres lint up clean bench-shadows bench-load
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ lint: $(STAMP)
 # K shadow models at once vs one after another (prints ratios; `--device cuda` on a GPU).
 bench-shadows: $(STAMP)
 	$(BIN)/python bench/vmap_shadows.py --threads 1
+
+# GET /v1/jobs/{id} under 64 pollers (wrk) and submit-to-running, on Postgres + Redis db 14 (throwaway
+# database lethe_bench_<pid>); prints a table and writes var/load_api.json. About 2 minutes.
+bench-load: $(STAMP)
+	command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
+	$(BIN)/python bench/load_api.py
 
 clean:
 	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache

@@ -20,6 +20,7 @@ REAP_TASK = "lethe.reap"
 PURGE_BROKER_TASK = "lethe.purge_broker"
 SWEEP_ORPHANS_TASK = "lethe.sweep_orphans"
 RETENTION_TASK = "lethe.retention"
+WORKER_POOL = "workers.pool:TaskPool"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -41,6 +42,9 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=1,
+        # Prefork that replaces a finished one-task child at once rather than on its 5 s timer (see
+        # workers/pool.py). Celery prefers this setting to the command line's default `-P prefork`.
+        worker_pool=WORKER_POOL,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
         broker_transport_options=transport_options,

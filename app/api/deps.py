@@ -1,22 +1,30 @@
-"""Request dependencies: settings, DB session, artifact store, the authenticated principal."""
+"""Request dependencies: settings, DB session, artifact store, the authenticated principal.
+
+Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in the thread pool,
+a hop that costs more than the dependency itself.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.problems import Forbidden, Unauthorized
-from app.core.security import Principal, Scope
+from app.core.security import KeyCache, Principal, Scope
+from app.models import ApiKey
+from app.models.base import utcnow
 from app.services.jobs import Publisher
 from app.services.keys import authenticate
 from app.storage import ArtifactStore
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -35,12 +43,12 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     store: ArtifactStore = request.app.state.store
     return store
 
 
-def get_publisher(request: Request) -> Publisher:
+async def get_publisher(request: Request) -> Publisher:
     publisher: Publisher = request.app.state.publisher
     return publisher
 
@@ -53,10 +61,19 @@ PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 _BEARER = "bearer "
 
 
-def get_principal(
+def _lookup_key(request: Request, token: str) -> tuple[Principal | None, float | None]:
+    """The key's principal and the seconds until it expires (None: never), on a short session of its own."""
+    state = request.app.state
+    with state.read_sessions() as session:
+        principal = authenticate(session, token, state.settings.key_pepper)
+        if principal is None:
+            return None, None
+        expires_at = session.scalar(select(ApiKey.expires_at).where(ApiKey.key_id == principal.key_id))
+    return principal, None if expires_at is None else (expires_at - utcnow()).total_seconds()
+
+
+async def get_principal(
     request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
     authorization: Annotated[str | None, Header(description="`Bearer lk_...` API key.")] = None,
     x_api_key: Annotated[str | None, Header(description="Alternative to Authorization.")] = None,
 ) -> Principal:
@@ -69,20 +86,34 @@ def get_principal(
             code="missing-api-key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = authenticate(session, token, settings.key_pepper)
-    session.rollback()  # end the read transaction before the route starts its own work
+    # A key verified in the last KEY_CACHE_TTL_SECONDS is trusted without the database (see KeyCache for
+    # what that means for revocation); otherwise the lookup runs in a thread on a session of its own, so
+    # authentication never holds the route's connection.
+    cache: KeyCache | None = getattr(request.app.state, "key_cache", None)
+    principal = cache.get(token) if cache is not None else None
     if principal is None:
-        raise Unauthorized(
-            "invalid, expired or revoked API key",
-            code="invalid-api-key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        principal, expires_in = await run_in_threadpool(_lookup_key, request, token)
+        if principal is None:
+            raise Unauthorized(
+                "invalid, expired or revoked API key",
+                code="invalid-api-key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if cache is not None:
+            cache.put(token, principal, expires_in)
     request.state.principal = principal
     return principal
 
 
-def require(scope: Scope) -> Callable[..., Principal]:
-    def _check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
+    # One dependency with the header parameters itself rather than one on top of get_principal: each level
+    # of sub-dependencies costs FastAPI a solve_dependencies pass on every request.
+    async def _check(
+        request: Request,
+        authorization: Annotated[str | None, Header(description="`Bearer lk_...` API key.")] = None,
+        x_api_key: Annotated[str | None, Header(description="Alternative to Authorization.")] = None,
+    ) -> Principal:
+        principal = await get_principal(request, authorization, x_api_key)
         if scope not in principal.scopes:
             raise Forbidden(f"this API key lacks the '{scope.value}' scope", code="insufficient-scope")
         return principal

@@ -98,7 +98,7 @@ class Settings(BaseSettings):
 
     # API process.
     api_concurrency: int = Field(
-        16,
+        8,
         ge=1,
         le=1000,
         description="Threads per API process for blocking work (the anyio limiter) and, on Postgres, the "

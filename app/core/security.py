@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -75,3 +77,67 @@ def parse_token(token: str) -> tuple[str, str] | None:
 
 def verify_secret(secret: str, stored_hash: str, pepper: str) -> bool:
     return hmac.compare_digest(hash_secret(secret, pepper), stored_hash)
+
+
+# How long an API process trusts a key it has verified without asking the database again. Keys are revoked
+# (revoked_at) in the database, possibly by another process, so this is the bound on how long a revoked key
+# keeps working: at most KEY_CACHE_TTL_SECONDS after the revocation commits, in every API process. Expiry
+# (expires_at) is exact: an entry never outlives its key.
+KEY_CACHE_TTL_SECONDS = 1.0
+KEY_CACHE_MAX_ENTRIES = 10_000
+
+
+class KeyCache:
+    """Verified tokens → their principal, for ``ttl`` seconds (one per API process).
+
+    Skips the key lookup (a DB round trip and an HMAC) on all but one request per key and second. Only
+    successful authentications are cached, so a new key works at once. Entries are keyed by a SHA-256 of the
+    token, so no secret stays in memory. Used from the event loop thread only; no locking needed.
+    """
+
+    def __init__(
+        self,
+        ttl: float = KEY_CACHE_TTL_SECONDS,
+        max_entries: int = KEY_CACHE_MAX_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: dict[bytes, tuple[Principal, float]] = {}
+
+    @staticmethod
+    def _key(token: str) -> bytes:
+        return hashlib.sha256(token.encode()).digest()
+
+    def get(self, token: str) -> Principal | None:
+        if self.ttl <= 0:
+            return None
+        key = self._key(token)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        principal, valid_until = entry
+        if self.clock() >= valid_until:
+            self._entries.pop(key, None)
+            return None
+        return principal
+
+    def put(self, token: str, principal: Principal, expires_in: float | None = None) -> None:
+        """``expires_in``: seconds until the key itself expires, if it does."""
+        lifetime = self.ttl if expires_in is None else min(self.ttl, expires_in)
+        if lifetime <= 0:
+            return
+        now = self.clock()
+        if len(self._entries) >= self.max_entries:
+            self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+        self._entries[self._key(token)] = (principal, now + lifetime)
+
+    def invalidate(self, key_id: str) -> None:
+        """Forget a key at once in this process (a revocation made here); other processes wait out the TTL."""
+        self._entries = {k: v for k, v in self._entries.items() if v[0].key_id != key_id}
+
+    def clear(self) -> None:
+        self._entries.clear()
