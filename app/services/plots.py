@@ -25,6 +25,11 @@ DPI = 110
 _LOCK = threading.Lock()
 
 
+def render_lock() -> threading.Lock:
+    """The lock every matplotlib rendering in this process holds (plots, report PDFs)."""
+    return _LOCK
+
+
 def render(figure: Figure, fmt: Format) -> bytes:
     buffer = io.BytesIO()
     with _LOCK, matplotlib.rc_context({"svg.hashsalt": "lethe", "svg.fonttype": "none"}):

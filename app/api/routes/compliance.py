@@ -24,6 +24,7 @@ from app.schemas.compliance import (
 from app.services import deletion_requests as service
 from app.services import jobs as job_service
 from app.services.policies import create_policy, get_policy
+from app.services.report_pdf import render_pdf
 from app.services.reports import render_html
 from app.services.signing import signing_key
 
@@ -33,6 +34,7 @@ MAX_IDEMPOTENCY_KEY = 255
 POLL_HINT_SECONDS = 2
 JSON_RESPONSE = {"content": {"application/json": {}}, "description": "The signed report, canonical JSON."}
 HTML_RESPONSE = {"content": {"text/html": {}}, "description": "The report as a self-contained HTML page."}
+PDF_RESPONSE = {"content": {"application/pdf": {}}, "description": "The report as PDF (a rendering)."}
 
 
 # ------------------------------------------------------------------------------------------ policies
@@ -207,6 +209,17 @@ def read_report_html(report_id: uuid.UUID, principal: Reader, session: SessionDe
     page = render_html(report.document.encode("utf-8"))
     return Response(
         page.encode("utf-8"), media_type="text/html; charset=utf-8", headers=_download(report, "html")
+    )
+
+
+@router.get("/reports/{report_id}/pdf", response_class=Response, responses={200: PDF_RESPONSE})
+def read_report_pdf(report_id: uuid.UUID, principal: Reader, session: SessionDep) -> Response:
+    """The report as PDF (A4, for filing): a rendering of the signed JSON, whose SHA-256 its footer names."""
+    report = _report(session, principal.tenant_id, report_id)
+    return Response(
+        render_pdf(report.document.encode("utf-8")),
+        media_type="application/pdf",
+        headers=_download(report, "pdf"),
     )
 
 

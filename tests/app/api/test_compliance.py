@@ -3,6 +3,7 @@ are written straight into the database, then the reaper's step issues the report
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -322,6 +323,15 @@ def test_report_contents_verdicts_and_signature(api: TestClient, world: dict, se
     assert reports.verify_html(page, public).ok
     tampered = page.replace(b"PASS", b"FAIL", 1)
     assert not reports.verify_html(tampered, public).ok
+
+    # The PDF rendering: A4 pages, deterministic, its footer naming the signed JSON's SHA-256.
+    pdf = api.get(f"/v1/reports/{done['report_id']}/pdf", headers=tenant.headers("read"))
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF-") and pdf.content.rstrip().endswith(b"%%EOF")
+    assert f"signed JSON sha256 {hashlib.sha256(data).hexdigest()}".encode() in pdf.content
+    assert pdf.content.count(b"/Type /Page\n") + pdf.content.count(b"/Type /Page ") >= 1
+    again = api.get(f"/v1/reports/{done['report_id']}/pdf", headers=tenant.headers("read"))
+    assert again.content == pdf.content
 
 
 def test_failing_rule_gives_fail_and_missing_metric_inconclusive(

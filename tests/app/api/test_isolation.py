@@ -338,6 +338,7 @@ ROUTES: dict[str, RouteSpec] = {
     ),
     "GET /v1/reports/{report_id}": RouteSpec(Scope.read, get("/v1/reports/{report_id}")),
     "GET /v1/reports/{report_id}/html": RouteSpec(Scope.read, get("/v1/reports/{report_id}/html")),
+    "GET /v1/reports/{report_id}/pdf": RouteSpec(Scope.read, get("/v1/reports/{report_id}/pdf")),
     "GET /v1/reports/{report_id}/meta": RouteSpec(Scope.read, get("/v1/reports/{report_id}/meta")),
     "GET /v1/report-signing-key": RouteSpec(Scope.read, get("/v1/report-signing-key")),
     # audits and admin
