@@ -208,6 +208,8 @@ def _save_reports(client: Any, report_id: str, out: Path) -> tuple[Path, Path]:
     html_path = out / f"lethe-report-{report_id}.html"
     json_path.write_bytes(client.report_bytes(report_id, "json"))
     html_path.write_bytes(client.report_bytes(report_id, "html"))
+    # The PDF is a rendering for filing (it is not what is signed), saved beside the two verifiable files.
+    (out / f"lethe-report-{report_id}.pdf").write_bytes(client.report_bytes(report_id, "pdf"))
     return json_path, html_path
 
 
@@ -309,7 +311,8 @@ def _finish(client: Any, request_id: str, out: Path, public_key: Path | None) ->
         raise typer.Exit(1)
     json_path, html_path = _save_reports(client, str(done.report_id), out)
     console.print(
-        f"report {done.report_id}: verdict [bold]{done.verdict}[/bold]; saved {json_path}, {html_path}"
+        f"report {done.report_id}: verdict [bold]{done.verdict}[/bold];"
+        f" saved {json_path}, {html_path} (+ .pdf)"
     )
     ok = _check_saved(client, json_path, public_key)
     raise typer.Exit(0 if ok else 2)
@@ -342,7 +345,7 @@ def report_fetch(
         console.print(f"deletion request {request_id} is {current.status.value}: no report yet")
         raise typer.Exit(1)
     json_path, html_path = _save_reports(client, str(current.report_id), out)
-    console.print(f"saved {json_path}, {html_path}")
+    console.print(f"saved {json_path}, {html_path} (+ .pdf)")
     raise typer.Exit(0 if _check_saved(client, json_path, public_key) else 2)
 
 

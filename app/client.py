@@ -227,8 +227,8 @@ class LetheClient:
         return ReportOut.model_validate(self.post(f"/v1/deletion-requests/{request_id}/reports"))
 
     def report_bytes(self, report_id: str, fmt: str = "json") -> bytes:
-        """The report exactly as signed (``json``) or its HTML rendering (``html``)."""
-        return self._bytes(f"/v1/reports/{report_id}" + ("/html" if fmt == "html" else ""))
+        """The report exactly as signed (``json``), or its HTML (``html``) or PDF (``pdf``) rendering."""
+        return self._bytes(f"/v1/reports/{report_id}" + (f"/{fmt}" if fmt in ("html", "pdf") else ""))
 
     def _bytes(self, path: str) -> bytes:
         response = self.request("GET", path)

@@ -105,7 +105,8 @@ def test_cli_submits_from_a_csv_follows_and_verifies(
     result = CliRunner().invoke(cli_module.cli, args)
     assert result.exit_code == 0, result.output
     saved = sorted(p.name for p in out.iterdir())
-    assert len(saved) == 2 and saved[0].endswith(".html") and saved[1].endswith(".json")
+    assert [name.rsplit(".", 1)[1] for name in saved] == ["html", "json", "pdf"]
+    assert (out / saved[2]).read_bytes().startswith(b"%PDF-")
     report_file = out / saved[1]
     ok = CliRunner().invoke(cli_module.cli, ["verify-report", str(report_file), "--public-key", str(pem)])
     assert ok.exit_code == 0, ok.output
