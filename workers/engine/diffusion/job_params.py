@@ -65,12 +65,17 @@ class GenerativeEvaluation(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    samples: GenerativeEvalParams = Field(default_factory=GenerativeEvalParams)
+    samples: GenerativeEvalParams = Field(
+        default_factory=GenerativeEvalParams, description="How many images are generated for the metrics."
+    )
     sampler: SampleParams = Field(
         default_factory=SampleParams,
         description="How multi-step teachers are sampled (ignored for generators).",
     )
-    classifier: ClassifierParams = Field(default_factory=ClassifierParams)
+    classifier: ClassifierParams = Field(
+        default_factory=ClassifierParams,
+        description="The metric classifier (trained once per dataset and params, then reused).",
+    )
     seed: int = Field(
         default=0,
         ge=0,
@@ -95,7 +100,9 @@ class DDPMRetrainParams(BaseModel):
         default=None,
         description="Training recipe (null: the teacher's recorded one); the forget class is excluded.",
     )
-    evaluation: GenerativeEvaluation = Field(default_factory=GenerativeEvaluation)
+    evaluation: GenerativeEvaluation = Field(
+        default_factory=GenerativeEvaluation, description="How the gold model is scored."
+    )
 
 
 class SFDJobParams(SFDParams):
@@ -105,7 +112,9 @@ class SFDJobParams(SFDParams):
     forget_class: ClassIndex | None = Field(  # type: ignore[assignment]
         default=None, description="Omit: the forget set's class. If given, it must equal that class."
     )
-    evaluation: GenerativeEvaluation = Field(default_factory=GenerativeEvaluation)
+    evaluation: GenerativeEvaluation = Field(
+        default_factory=GenerativeEvaluation, description="How the one-step generator is scored."
+    )
 
     def engine_params(self, forget_class: int, *, control: bool) -> SFDParams:
         """The engine's params for forgetting ``forget_class`` (the distil-only control if ``control``)."""

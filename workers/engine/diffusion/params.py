@@ -256,7 +256,9 @@ class SampleParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    sampler: Literal["ddpm", "ddim"] = Field(
+        default="ddpm", description="Ancestral DDPM (stochastic) or DDIM with eta = 0 (deterministic)."
+    )
     steps: int = Field(
         default=DEFAULT_SAMPLE_STEPS,
         ge=1,
@@ -311,7 +313,13 @@ class SFDParams(BaseModel):
     )
     beta1: Beta = Field(default=REFERENCE_SFD_BETAS[0], description="Adam beta1 of both (reference 0).")
     beta2: Beta = Field(default=REFERENCE_SFD_BETAS[1], description="Adam beta2 of both (reference 0.999).")
-    adam_eps: float = Field(default=REFERENCE_ADAM_EPS, gt=0.0, le=1.0, allow_inf_nan=False)
+    adam_eps: float = Field(
+        default=REFERENCE_ADAM_EPS,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Adam epsilon (reference 1e-8).",
+    )
     grad_clip_value: float = Field(
         default=REFERENCE_GRAD_CLIP_VALUE,
         gt=0.0,
@@ -379,7 +387,9 @@ class ClassifierParams(BaseModel):
     epochs: int = Field(default=DEFAULT_CLASSIFIER_EPOCHS, ge=1, le=1000, description="Passes over the data.")
     batch_size: BatchSize = 64
     lr: LearningRate = 1e-3
-    weight_decay: float = Field(default=1e-4, ge=0.0, le=1.0, allow_inf_nan=False)
+    weight_decay: float = Field(
+        default=1e-4, ge=0.0, le=1.0, allow_inf_nan=False, description="Adam (L2) weight decay."
+    )
     hidden: int = Field(default=64, ge=8, le=2048, description="Width of the penultimate (feature) layer.")
 
 
