@@ -21,6 +21,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from app.services.plots import render_lock
+from app.services.reports import job_fields, summary_fields
 
 A4_INCHES = (8.27, 11.69)
 LINES_PER_PAGE = 64
@@ -50,24 +51,10 @@ def _pairs(pairs: list[tuple[str, Any]]) -> list[tuple[str, str]]:
 
 def report_lines(doc: dict[str, Any]) -> list[tuple[str, str]]:
     """(style, text) lines of a report document, before wrapping."""
-    request, policy, method = doc["deletion_request"], doc["policy"], doc["method"]
     lines: list[tuple[str, str]] = [
         ("title", "Lethe compliance report"),
         ("heading", f"Verdict: {str(doc['verdict']).upper()}"),
-        *_pairs(
-            [
-                ("Deletion request", request["id"]),
-                ("Name", request.get("name")),
-                ("Requested at", request["created_at"]),
-                ("Issued at", doc["issued_at"]),
-                ("Policy", f"{policy['name']} v{policy['version']} ({policy['id']})"),
-                ("Policy SHA-256", policy["sha256"]),
-                ("Method", method["name"]),
-                ("Method params", method["params"]),
-                ("Seed", method["seed"]),
-                ("Device", method.get("device")),
-            ]
-        ),
+        *_pairs(summary_fields(doc)),
         ("heading", "Policy rules"),
     ]
     for verdict in doc["verdicts"]:
@@ -84,22 +71,8 @@ def report_lines(doc: dict[str, Any]) -> list[tuple[str, str]]:
         details = {k: v for k, v in item.items() if k != "sha256"}
         lines.append(("text", f"{name}: {item['sha256']} {_value(details)}"))
     for role, job in doc["jobs"].items():
-        env = job.get("environment") or {}
         lines.append(("heading", f"Job: {role}"))
-        lines += _pairs(
-            [
-                ("Job", job["id"]),
-                ("Kind / method", f"{job['kind']} / {job.get('method') or '-'}"),
-                ("Seed", job["seed"]),
-                ("Reused cached result", job["reused_cached_result"]),
-                ("Params", job["params"]),
-                ("Code version", job["code_version"]),
-                ("Device", f"{env.get('device')} ({env.get('device_name')})"),
-                ("Libraries", {k: env.get(k) for k in ("python", "torch", "cuda", "numpy", "sklearn")}),
-                ("Timings (s)", job.get("timings")),
-                ("Started / finished", f"{job.get('started_at')} / {job.get('finished_at')}"),
-            ]
-        )
+        lines += _pairs(job_fields(job))
         lines.append(("text", f"{'metric':<34}{'value':>14}{'CI low':>14}{'CI high':>14}"))
         for metric, entry in job["metrics"].items():
             lines.append(

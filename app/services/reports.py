@@ -427,6 +427,39 @@ def _verdict_class(passed: Any) -> str:
     return "pass" if passed is True else "fail" if passed is False else "inconclusive"
 
 
+def summary_fields(doc: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The report's header rows (shared by the HTML and PDF renderings)."""
+    return [
+        ("Deletion request", doc["deletion_request"]["id"]),
+        ("Name", doc["deletion_request"].get("name")),
+        ("Requested at", doc["deletion_request"]["created_at"]),
+        ("Issued at", doc["issued_at"]),
+        ("Policy", f"{doc['policy']['name']} v{doc['policy']['version']} ({doc['policy']['id']})"),
+        ("Policy SHA-256", doc["policy"]["sha256"]),
+        ("Method", doc["method"]["name"]),
+        ("Method params", doc["method"]["params"]),
+        ("Seed", doc["method"]["seed"]),
+        ("Device", doc["method"].get("device")),
+    ]
+
+
+def job_fields(job: dict[str, Any]) -> list[tuple[str, Any]]:
+    """One job's rows (shared by the HTML and PDF renderings); its metrics follow as a table."""
+    env = job.get("environment") or {}
+    return [
+        ("Job", job["id"]),
+        ("Kind / method", f"{job['kind']} / {job.get('method') or '—'}"),
+        ("Seed", job["seed"]),
+        ("Reused cached result", job["reused_cached_result"]),
+        ("Params", job["params"]),
+        ("Code version", job["code_version"]),
+        ("Device", f"{env.get('device')} ({env.get('device_name')})"),
+        ("Libraries", {k: env.get(k) for k in ("python", "torch", "cuda", "numpy", "sklearn")}),
+        ("Timings (s)", job.get("timings")),
+        ("Started / finished", f"{job.get('started_at')} / {job.get('finished_at')}"),
+    ]
+
+
 def render_html(canonical: bytes) -> str:
     """A self-contained page (inline CSS, no scripts or external assets) with the signed JSON embedded."""
     doc = json.loads(canonical)
@@ -440,20 +473,7 @@ def render_html(canonical: bytes) -> str:
         f'<p class="verdict">Verdict: <span class="{html.escape(doc["verdict"])}">'
         f"{html.escape(doc['verdict'].upper())}</span></p>",
         "<table>",
-        _rows(
-            [
-                ("Deletion request", doc["deletion_request"]["id"]),
-                ("Name", doc["deletion_request"].get("name")),
-                ("Requested at", doc["deletion_request"]["created_at"]),
-                ("Issued at", doc["issued_at"]),
-                ("Policy", f"{doc['policy']['name']} v{doc['policy']['version']} ({doc['policy']['id']})"),
-                ("Policy SHA-256", doc["policy"]["sha256"]),
-                ("Method", doc["method"]["name"]),
-                ("Method params", doc["method"]["params"]),
-                ("Seed", doc["method"]["seed"]),
-                ("Device", doc["method"].get("device")),
-            ]
-        ),
+        _rows(summary_fields(doc)),
         "</table>",
         "<h2>Policy rules</h2><table><tr><th>#</th><th>Rule</th><th>Compared</th><th>Result</th></tr>",
     ]
@@ -477,23 +497,7 @@ def render_html(canonical: bytes) -> str:
     parts.append("</table>")
     for role, job in doc["jobs"].items():
         parts.append(f"<h2>Job: {html.escape(role)}</h2><table>")
-        env = job.get("environment") or {}
-        parts.append(
-            _rows(
-                [
-                    ("Job", job["id"]),
-                    ("Kind / method", f"{job['kind']} / {job.get('method') or '—'}"),
-                    ("Seed", job["seed"]),
-                    ("Reused cached result", job["reused_cached_result"]),
-                    ("Params", job["params"]),
-                    ("Code version", job["code_version"]),
-                    ("Device", f"{env.get('device')} ({env.get('device_name')})"),
-                    ("Libraries", {k: env.get(k) for k in ("python", "torch", "cuda", "numpy", "sklearn")}),
-                    ("Timings (s)", job.get("timings")),
-                    ("Started / finished", f"{job.get('started_at')} / {job.get('finished_at')}"),
-                ]
-            )
-        )
+        parts.append(_rows(job_fields(job)))
         parts.append('</table><table><tr><th>Metric</th><th class="num">Value</th>')
         parts.append('<th class="num">CI low</th><th class="num">CI high</th></tr>')
         for metric, entry in job["metrics"].items():
