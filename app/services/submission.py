@@ -26,7 +26,7 @@ from workers.engine.audit.params import AuditParams
 from workers.engine.diffusion.job_params import (
     GENERATIVE_ARCHITECTURES,
     TEACHER,
-    GenerativeEvaluateParams,
+    GenerativeEvaluation,
     SampleJobParams,
 )
 from workers.engine.errors import UnknownEntryError
@@ -43,7 +43,7 @@ _ENGINE_KIND = {JobKind.worst_case_search: "search"}
 # Kinds that run no method; generative models take params for them.
 _KINDS_WITHOUT_METHOD = (JobKind.evaluate, JobKind.sample)
 _GENERATIVE_PARAMS: dict[JobKind, type[BaseModel]] = {
-    JobKind.evaluate: GenerativeEvaluateParams,
+    JobKind.evaluate: GenerativeEvaluation,
     JobKind.sample: SampleJobParams,
 }
 # Kinds that only classification / regression models support.
@@ -172,11 +172,6 @@ def _check_generative(
         raise Unprocessable(
             f"{kind.value} jobs support classification and regression models, not generative ones",
             code="task-mismatch",
-        )
-    if forget_set is not None and forget_set.forget_class is None:
-        raise Unprocessable(
-            "generative models forget whole classes: use a forget set of kind 'class'",
-            code="forget-set-kind",
         )
     if forget_set is not None and forget_set.kind != "class":
         raise Unprocessable(

@@ -16,12 +16,12 @@ from fastapi.testclient import TestClient
 
 from app.client import LetheClient
 from tests.app.api.test_resources import create_digits
+from tests.workers.engine.diffusion.test_diffusion_jobs import TINY
 from tests.workers.test_job_flow import run
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 FORGET_CLASS = 3
-TINY = {"base_channels": 8, "channel_mults": [1, 2], "norm_groups": 4}
 EVALUATION = {
     "samples": {"samples_per_class": 4, "forget_samples": 16},
     "sampler": {"steps": 5},

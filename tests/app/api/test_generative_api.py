@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from tests.app.api.test_bad_input_corpus import MLP_CONFIG, mlp_state, safetensors_bytes
 from tests.app.api.test_regression_resources import create_diabetes
 from tests.app.api.test_resources import assert_problem, create_digits
+from tests.workers.engine.diffusion.test_diffusion_jobs import TINY
 from workers.engine.diffusion.params import DiffusionModelConfig
 from workers.engine.diffusion.shapes import unet_param_shapes
 
-TINY = {"base_channels": 8, "channel_mults": [1, 2], "norm_groups": 4}
 FORGET_CLASS = 3
 
 

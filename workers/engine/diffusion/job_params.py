@@ -9,7 +9,7 @@ generator: the same U-Net, plus the ``t_init`` its generator function G(z, c) is
   excluded, then the generative evaluation.
 - ``unlearn`` (methods ``sfd`` and ``sfd_control``): :class:`SFDJobParams`; the class to forget comes from the
   job's (class) forget set, and ``sfd_control`` is the distil-only control through the same code.
-- ``evaluate``: :class:`GenerativeEvaluateParams` on a teacher or a generator with a class forget set.
+- ``evaluate``: :class:`GenerativeEvaluation` on a teacher or a generator with a class forget set.
 - ``sample``: :class:`SampleJobParams`, images (npz) and a PNG grid, classes x samples.
 
 Every job that evaluates also stores a sample grid (one row per class, the forgotten class included, drawn
@@ -87,10 +87,6 @@ class GenerativeEvaluation(BaseModel):
     )
 
 
-class GenerativeEvaluateParams(GenerativeEvaluation):
-    """An ``evaluate`` job on a generative model (teacher or generator) with a class forget set."""
-
-
 class DDPMRetrainParams(BaseModel):
     """The gold reference: a DDPM trained from scratch with the forget set's class left out."""
 
@@ -158,7 +154,6 @@ __all__ = [
     "TEACHER",
     "DDPMRetrainParams",
     "DDPMTrainParams",
-    "GenerativeEvaluateParams",
     "GenerativeEvaluation",
     "OneStepGeneratorConfig",
     "SFDJobParams",

@@ -38,7 +38,6 @@ from workers.engine.diffusion.job_params import (
     TEACHER,
     DDPMRetrainParams,
     DDPMTrainParams,
-    GenerativeEvaluateParams,
     GenerativeEvaluation,
     OneStepGeneratorConfig,
     SampleJobParams,
@@ -500,8 +499,8 @@ def run_request(
         assert isinstance(sample_params, SampleJobParams) and weights is not None
         return _sample(sample_params, weights, config, t_init, seed=seed, device=device, hooks=progress)
     if kind == "evaluate":
-        evaluation = _validated(GenerativeEvaluateParams, params, "a generative evaluation")
-        assert isinstance(evaluation, GenerativeEvaluateParams) and weights is not None
+        evaluation = _validated(GenerativeEvaluation, params, "a generative evaluation")
+        assert isinstance(evaluation, GenerativeEvaluation) and weights is not None
         evaluated_class = _class_forget(forget_class, forget_indices, dataset)
         started = time.perf_counter()
         scored = evaluate_model(
