@@ -248,6 +248,13 @@ def deletion_submit(
     seed: Annotated[int | None, typer.Option(help="Seed of the unlearning and the retrain.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     name: Annotated[str | None, typer.Option(help="A label for the request.")] = None,
+    subject_reference: Annotated[
+        str | None, typer.Option(help="The data subject's reference in your records (into the report).")
+    ] = None,
+    ticket_reference: Annotated[
+        str | None, typer.Option(help="The erasure request's ticket (into the report).")
+    ] = None,
+    requested_by: Annotated[str | None, typer.Option(help="Who asked for the deletion.")] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Default: derived from the request, so a rerun returns the same one.")
     ] = None,
@@ -278,6 +285,12 @@ def deletion_submit(
         body["audit"] = json.loads(audit)
     if seed is not None:
         body["seed"] = seed
+    references = {
+        "subject_reference": subject_reference,
+        "ticket_reference": ticket_reference,
+        "requested_by": requested_by,
+    }
+    body.update({field: value for field, value in references.items() if value is not None})
     try:
         uuid_module.UUID(policy)
         body["policy_id"] = policy
@@ -314,6 +327,9 @@ def _finish(client: Any, request_id: str, out: Path, public_key: Path | None) ->
         f"report {done.report_id}: verdict [bold]{done.verdict}[/bold];"
         f" saved {json_path}, {html_path} (+ .pdf)"
     )
+    reason = json.loads(json_path.read_bytes()).get("verdict_reason")
+    if reason:  # why, in words: an inconclusive verdict names the control that passed too
+        console.print(reason, markup=False, highlight=False)
     ok = _check_saved(client, json_path, public_key)
     raise typer.Exit(0 if ok else 2)
 

@@ -36,6 +36,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    # Bound parameters carry personal data (a deletion request's subject and ticket references): a
+    # database error must not copy them into a log line or an error message.
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

@@ -1,8 +1,9 @@
 """Compliance: versioned policies, deletion requests and the signed reports they yield.
 
 A policy version is immutable: publishing rules under an existing name adds the next version. A deletion
-request runs the jobs its policy needs (the unlearning, the retrain oracle, an evaluation of the original
-and, when a rule names an audit metric, the audit) and is advanced by the reaper until it issues a report.
+request runs the jobs its policy needs (the unlearning, the retrain oracle, an evaluation of the original,
+the identity control and, when a rule names an audit metric, the audit and the identity control's audit) and
+is advanced by the reaper until it issues a report.
 A report row is written once and never updated; re-issuing adds another row.
 """
 
@@ -67,10 +68,15 @@ class DeletionRequest(UUIDPrimaryKey, CreatedAt, Base):
     seed: Mapped[int]
     device_requested: Mapped[str] = mapped_column(String(20))
     audit_params: Mapped[dict[str, Any] | None]
+    # Who and what the deletion is for, as the requester's records name them; carried into the signed report.
+    # Personal data: never logged, never copied into the audit trail.
+    subject_reference: Mapped[str | None] = mapped_column(String(200))
+    ticket_reference: Mapped[str | None] = mapped_column(String(200))
+    requested_by: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[DeletionRequestStatus] = mapped_column(
         _enum(DeletionRequestStatus), default=DeletionRequestStatus.running
     )
-    # {"unlearn": job id, "retrain": ..., "original": ..., "audit": ...}
+    # {role: {"job_id", "reused"}}: unlearn, retrain, original, identity (+ audit, audit_identity if needed)
     jobs: Mapped[dict[str, Any]]
     error: Mapped[dict[str, Any] | None]
     finished_at: Mapped[datetime | None]

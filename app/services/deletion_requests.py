@@ -5,8 +5,17 @@ Submitting one adds, in the caller's transaction, the jobs it needs (by role):
 * ``unlearn``: the chosen method on the model and forget set, with the request's params and seed;
 * ``retrain``: the retrain oracle with the same seed (reused when the tenant has it: content-hash cache);
 * ``original``: an evaluation of the original model on the forget set (cached likewise, seed 0 as campaigns);
+  it is also the first control;
+* ``identity``: the second control, the registered no-op method run as an unlearning with the request's seed
+  and device (left out for generative models, which it does not support);
 * ``audit``: only when a policy rule names an audit metric (``ulira_*``, ``kaggle_*``, ``lira_*``,
-  ``rmia_*``): the method audited with the request's params and ``audit`` settings.
+  ``rmia_*``): the method audited with the request's params and ``audit`` settings, and ``audit_identity``,
+  the identity method audited with the same settings (the audit's shadow models are shared through the
+  shadow store, so the control's audit retrains nothing).
+
+The report judges the unlearned model and each control by the same rules: a pass needs every control to
+fail at least one rule (see app.services.policies.verdict_with_controls), so a policy that an untouched model
+passes can only give ``inconclusive`` or ``fail``.
 
 The reaper's periodic tick calls :func:`advance`: once every job has ended the request is ``issued`` with a
 signed report (whatever its verdict), or ``failed`` when a job it needs failed or was cancelled.
@@ -58,7 +67,11 @@ from app.services.submission import build_job, find_reusable
 ROLE_UNLEARN = "unlearn"
 ROLE_RETRAIN = "retrain"
 ROLE_ORIGINAL = "original"
+ROLE_IDENTITY = "identity"
 ROLE_AUDIT = "audit"
+ROLE_AUDIT_IDENTITY = "audit_identity"
+IDENTITY_METHOD = "identity"
+REFERENCE_FIELDS = ("subject_reference", "ticket_reference", "requested_by")
 ACTOR = "deletion-request"
 
 
@@ -147,6 +160,14 @@ def submit(
             session, principal, settings, JobCreate(kind=JobKind.evaluate, seed=0, **common), new_jobs
         ),
     }
+    identity = JobCreate(kind=JobKind.unlearn, method=IDENTITY_METHOD, params={}, seed=seed, **common)
+    try:
+        jobs[ROLE_IDENTITY] = _add_job(session, principal, settings, identity, new_jobs)
+    except Unprocessable as exc:
+        # Generative models (their task refuses or fixes the method): the no-op does not apply there and the
+        # original's evaluation stays the one control.
+        if exc.code not in ("task-mismatch", "unexpected-method"):
+            raise
     audit_params = None
     if needs_audit(policy):
         options = body.audit.model_dump(mode="json") if body.audit is not None else {}
@@ -156,6 +177,14 @@ def submit(
             principal,
             settings,
             JobCreate(kind=JobKind.audit, params=audit_params, seed=seed, **common),
+            new_jobs,
+        )
+        control_params = {**options, "method": IDENTITY_METHOD, "method_params": {}}
+        jobs[ROLE_AUDIT_IDENTITY] = _add_job(
+            session,
+            principal,
+            settings,
+            JobCreate(kind=JobKind.audit, params=control_params, seed=seed, **common),
             new_jobs,
         )
     row = DeletionRequest(
@@ -169,6 +198,9 @@ def submit(
         seed=seed,
         device_requested=body.device,
         audit_params=audit_params,
+        subject_reference=body.subject_reference,
+        ticket_reference=body.ticket_reference,
+        requested_by=body.requested_by,
         status=DeletionRequestStatus.running,
         jobs=jobs,
         idempotency_key=idempotency_key,
@@ -194,6 +226,8 @@ def submit(
             "method": body.method,
             "policy": {"id": str(policy.id), "name": policy.name, "version": policy.version},
             "jobs": {role: entry["job_id"] for role, entry in jobs.items()},
+            # which references were given, never their values: the trail is append-only and cannot erase them
+            "references": [name for name in REFERENCE_FIELDS if getattr(body, name) is not None],
         },
     )
     return row, True, new_jobs
@@ -238,6 +272,9 @@ def to_out(session: Session, row: DeletionRequest) -> DeletionRequestOut:
         seed=row.seed,
         device=row.device_requested,
         policy=PolicyRef(id=policy.id, name=policy.name, version=policy.version),
+        subject_reference=row.subject_reference,
+        ticket_reference=row.ticket_reference,
+        requested_by=row.requested_by,
         jobs=row.jobs,
         progress=DeletionRequestProgress(fraction=round(fraction, 4), jobs=statuses),
         error=row.error,

@@ -1,9 +1,10 @@
 """Compliance reports as PDF, rendered from the signed canonical JSON with matplotlib's PDF backend (offline,
 maintained, already a dependency for the plots).
 
-The PDF is a rendering for people and filing systems: the same content as the HTML page (verdict, policy
-rules with the numbers compared, inputs by SHA-256, every job with its environment and metrics with
-intervals), A4 pages of monospaced text. It is not what is signed: its footer names the SHA-256 of the
+The PDF is a rendering for people and filing systems: the same content as the HTML page (verdict and its
+reason, the requester's references, each policy rule in words with the unlearned model's and each control's
+rounded finding, inputs by SHA-256, every job with its environment and metrics with intervals), A4 pages of
+monospaced text. It is not what is signed: its footer names the SHA-256 of the
 signed JSON, which ``GET /v1/reports/{id}`` returns and ``lethe verify-report`` checks. The same report
 always renders to the same bytes (no creation date).
 """
@@ -21,12 +22,24 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from app.services.plots import render_lock
-from app.services.reports import job_fields, summary_fields
+from app.services.reports import (
+    FORMAT_V1,
+    ROLES,
+    control_summary,
+    in_role_order,
+    job_fields,
+    metric_text,
+    plain_value,
+    result_label,
+    rule_rows,
+    summary_fields,
+)
 
 A4_INCHES = (8.27, 11.69)
 LINES_PER_PAGE = 64
 WRAP_COLUMNS = 100
 TOP, LEFT, LINE_HEIGHT = 0.955, 0.06, 0.0138
+_STATISTICS = ("value", "ci_low", "ci_high")
 STYLES: dict[str, dict[str, Any]] = {
     "title": {"fontsize": 13, "fontweight": "bold"},
     "heading": {"fontsize": 9.5, "fontweight": "bold"},
@@ -35,13 +48,7 @@ STYLES: dict[str, dict[str, Any]] = {
 
 
 def _value(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True, separators=(", ", ": "))
-    return str(value)
+    return plain_value(value)
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> list[tuple[str, str]]:
@@ -49,20 +56,38 @@ def _pairs(pairs: list[tuple[str, Any]]) -> list[tuple[str, str]]:
     return [("text", f"{key:<{width}}{_value(value)}") for key, value in pairs]
 
 
+def _rule_lines(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    if doc.get("format") == FORMAT_V1:  # no plain-language fields nor controls in version 1
+        lines = []
+        for verdict in doc["verdicts"]:
+            result = result_label(verdict["passed"]).upper()
+            compared = verdict.get("comparison") or verdict.get("reason") or ""
+            lines.append(("text", f"#{verdict['index']} {result}: {_value(verdict['rule'])} -- {compared}"))
+        return lines
+    lines = [("text", line) for line in control_summary(doc)]
+    for row in rule_rows(doc):
+        lines.append(("text", ""))
+        lines.append(("text", f"{row['index'] + 1}. {row['statement']}"))
+        lines.append(("text", f"   {row['meaning']}"))
+        for who, finding, _ in row["findings"]:
+            lines.append(("text", f"   - {who}: {finding}"))
+    return lines
+
+
 def report_lines(doc: dict[str, Any]) -> list[tuple[str, str]]:
     """(style, text) lines of a report document, before wrapping."""
     lines: list[tuple[str, str]] = [
         ("title", "Lethe compliance report"),
         ("heading", f"Verdict: {str(doc['verdict']).upper()}"),
-        *_pairs(summary_fields(doc)),
-        ("heading", "Policy rules"),
     ]
-    for verdict in doc["verdicts"]:
-        passed = verdict["passed"]
-        result = "PASS" if passed is True else "FAIL" if passed is False else "INCONCLUSIVE"
-        compared = verdict.get("comparison") or verdict.get("reason") or ""
-        lines.append(("text", f"#{verdict['index']} {result}: {_value(verdict['rule'])} -- {compared}"))
-    lines.append(("heading", "Inputs (SHA-256)"))
+    if doc.get("verdict_reason"):
+        lines.append(("text", doc["verdict_reason"]))
+    lines += [
+        *_pairs(summary_fields(doc)),
+        ("heading", "Policy rules, with the controls" if doc.get("controls") is not None else "Policy rules"),
+        *_rule_lines(doc),
+        ("heading", "Inputs (SHA-256)"),
+    ]
     for name in ("dataset", "model", "forget_set", "output_model"):
         item = doc["inputs"].get(name)
         if item is None:
@@ -70,18 +95,15 @@ def report_lines(doc: dict[str, Any]) -> list[tuple[str, str]]:
             continue
         details = {k: v for k, v in item.items() if k != "sha256"}
         lines.append(("text", f"{name}: {item['sha256']} {_value(details)}"))
-    for role, job in doc["jobs"].items():
+    for role, job in in_role_order(doc["jobs"], ROLES):
         lines.append(("heading", f"Job: {role}"))
         lines += _pairs(job_fields(job))
         lines.append(("text", f"{'metric':<34}{'value':>14}{'CI low':>14}{'CI high':>14}"))
         for metric, entry in job["metrics"].items():
-            lines.append(
-                (
-                    "text",
-                    f"{metric[:33]:<34}{_value(entry['value']):>14}{_value(entry['ci_low']):>14}"
-                    f"{_value(entry['ci_high']):>14}",
-                )
-            )
+            cells = "".join(f"{metric_text(metric, entry[k]):>14}" for k in _STATISTICS)
+            lines.append(("text", f"{metric[:33]:<34}{cells}"))
+    lines.append(("text", ""))
+    lines.append(("text", "Numbers are rounded; the exact values are in the signed JSON."))
     return lines
 
 

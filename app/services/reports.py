@@ -1,20 +1,31 @@
 """Compliance reports: built from a finished deletion request, signed, stored once, exported as JSON/HTML.
 
-Document (``format: lethe.compliance-report/1``), every key sorted, canonical JSON (app.services.signing):
+Document (``format: lethe.compliance-report/2``), every key sorted, canonical JSON (app.services.signing):
 
-* ``deletion_request``: id, name, tenant, created_at; ``policy``: id, name, version, sha256, rules;
+* ``deletion_request``: id, name, tenant, created_at and the requester's references (``subject_reference``,
+  ``ticket_reference``, ``requested_by``; null when not given); ``policy``: id, name, version, sha256,
+  description, created_at, rules;
 * ``inputs``: dataset, model (with its mask hash), forget set and output model, each identified by SHA-256;
 * ``method``: name, resolved params, seed; ``jobs``: per role (unlearn, retrain, original, audit) the job's
   id, kind, seed, params, status, code version, environment (device, torch/numpy/sklearn/python versions),
   timings and start/end times, and every metric as ``{value, ci_low, ci_high}`` (the interval when the job
   recorded one: ``<name>_ci_low``/``<name>_ci_high`` metrics, or the population attack's bootstrap);
-* ``verdicts``: one per policy rule with the numbers compared; ``verdict``: pass | fail | inconclusive;
+* ``verdicts``: one per policy rule with the exact numbers compared (``observed``, ``reference``,
+  ``computed``, ``margin``) and, for people, the rule in words (``statement``, ``meaning``) and a rounded
+  ``finding`` ("94.99 vs 95.26 for the retrained model, gap 0.28 points, margin 4.72 → pass");
+* ``controls``: the same rules applied to models that forgot nothing (``original``: the original's
+  evaluation; ``identity``: the no-op method run like the unlearning; audit metrics from ``audit_identity``),
+  each with its ``outcome``;
+* ``verdict``: fail when the unlearned model fails a rule; pass only when it passes every rule and every
+  control fails at least one; inconclusive otherwise (a number missing, or a control passing too: the policy
+  does not separate an untouched model); ``verdict_reason`` says which, in words;
 * ``issued_at`` and ``issuer``; ``signature``: {algorithm, key_id, value} over the canonical JSON of the
   document without ``signature``.
 
 Everything but ``issued_at`` and ``signature`` is a function of stored, immutable rows (finished jobs, their
 metrics, content hashes), so re-issuing a request's report gives the same bytes apart from those two.
 The HTML export is rendered deterministically from the document and embeds it, so it verifies too.
+Version-1 documents (before controls) still verify, and render with the frozen version-1 renderer.
 """
 
 from __future__ import annotations
@@ -35,12 +46,33 @@ from sqlalchemy.orm import Session
 from app.core.problems import Conflict
 from app.models import ComplianceReport, Dataset, DeletionRequest, ForgetSet, Job, Model, Policy
 from app.models.base import utcnow
-from app.schemas.compliance import PolicyRule, is_audit_metric
+from app.schemas.compliance import PolicyRule
+from app.services.policies import evaluate_rule, metric_info, rules_outcome, verdict_with_controls
+from app.services.report_html_v1 import render_html_v1
 from app.services.results import metrics_for
 from app.services.signing import ALGORITHM, SigningKey, canonical_json, key_id, verify
 
-FORMAT = "lethe.compliance-report/1"
-ROLES = ("unlearn", "retrain", "original", "audit")
+FORMAT = "lethe.compliance-report/2"
+FORMAT_V1 = "lethe.compliance-report/1"  # no controls; still verified and rendered as it was
+FORMATS = (FORMAT_V1, FORMAT)
+ROLES = ("unlearn", "retrain", "original", "identity", "audit", "audit_identity")
+# A control is a model that forgot nothing, judged by the same rules as the unlearned model: (role of the job
+# with its metrics, role of the audit of it, how the report names it, what it is).
+CONTROLS: dict[str, tuple[str, str, str, str]] = {
+    "original": (
+        "original",
+        "audit_identity",
+        "the original model (control)",
+        "The model before unlearning, evaluated on the same forget set: what doing nothing measures.",
+    ),
+    "identity": (
+        "identity",
+        "audit_identity",
+        "the identity method (control)",
+        "A registered no-op unlearning method that returns the original weights, run with the request's"
+        " seed and device exactly like the unlearning.",
+    ),
+}
 # The population attack whose AUC and balanced accuracy are the flat mia_* metrics (workers.engine.execute).
 HEADLINE_POPULATION = ("logit_confidence", "threshold")
 _POPULATION_METRICS = {"mia_auc": "auc", "mia_balanced_accuracy": "balanced_accuracy"}
@@ -85,7 +117,15 @@ def _population_intervals(job: Job) -> dict[str, dict[str, Any]]:
 
 def metric_table(job: Job, values: dict[str, float]) -> dict[str, dict[str, float | None]]:
     """Every metric of a job as {value, ci_low, ci_high}; interval metrics fold into their base metric."""
-    intervals = _population_intervals(job)
+    return values_table(values, _population_intervals(job))
+
+
+def values_table(
+    values: dict[str, float], intervals: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, float | None]]:
+    """{metric: value} as {metric: {value, ci_low, ci_high}}, from ``<metric>_ci_low/_ci_high`` entries or,
+    failing those, ``intervals`` (a population attack's bootstrap)."""
+    intervals = intervals or {}
     table: dict[str, dict[str, float | None]] = {}
     for name in sorted(values):
         if name.endswith(_CI_SUFFIXES) and name.rsplit("_ci_", 1)[0] in values:
@@ -124,83 +164,6 @@ def _job_section(job: Job, values: dict[str, float], reused: bool) -> dict[str, 
     )
 
 
-def _statistic(table: dict[str, dict[str, float | None]], metric: str, use: str) -> float | None:
-    entry = table.get(metric)
-    return None if entry is None else entry.get(use)
-
-
-def evaluate_rule(
-    index: int, rule: PolicyRule, tables: dict[str, dict[str, dict[str, float | None]]]
-) -> dict[str, Any]:
-    """The verdict of one rule with the numbers it compared; ``passed`` is None when a number is missing."""
-    source = "audit" if is_audit_metric(rule.metric) else "unlearn"
-    observed = _statistic(tables.get(source, {}), rule.metric, rule.use)
-    verdict: dict[str, Any] = {
-        "index": index,
-        "rule": rule.model_dump(mode="json", exclude_none=True),
-        "metric": rule.metric,
-        "source": source,
-        "statistic": rule.use,
-        "observed": observed,
-    }
-    if observed is None:
-        return {**verdict, "passed": None, "reason": f"{rule.metric} ({rule.use}) was not measured"}
-    if rule.max_abs_gap is not None:
-        assert rule.relative_to is not None
-        reference = _statistic(tables.get(rule.relative_to, {}), rule.metric, "value")
-        verdict.update(reference_role=rule.relative_to, reference=reference, limit=rule.max_abs_gap)
-        if reference is None:
-            return {
-                **verdict,
-                "passed": None,
-                "reason": f"{rule.metric} of the {rule.relative_to} is missing",
-            }
-        gap = abs(observed - reference)
-        passed = gap <= rule.max_abs_gap
-        comparison = (
-            f"|{observed:.6g} - {reference:.6g}| = {gap:.6g} {'<=' if passed else '>'} {rule.max_abs_gap:g}"
-        )
-        return {**verdict, "quantity": "abs_gap", "computed": gap, "passed": passed, "comparison": comparison}
-    if rule.max_drop_from_original is not None:
-        reference = _statistic(tables.get("original", {}), rule.metric, "value")
-        verdict.update(reference_role="original", reference=reference, limit=rule.max_drop_from_original)
-        if reference is None:
-            return {**verdict, "passed": None, "reason": f"{rule.metric} of the original is missing"}
-        drop = reference - observed
-        passed = drop <= rule.max_drop_from_original
-        comparison = (
-            f"{reference:.6g} - {observed:.6g} = {drop:.6g} {'<=' if passed else '>'} "
-            f"{rule.max_drop_from_original:g}"
-        )
-        return {**verdict, "quantity": "drop", "computed": drop, "passed": passed, "comparison": comparison}
-    checks = []
-    passed = True
-    if rule.max is not None:
-        ok = observed <= rule.max
-        passed = passed and ok
-        checks.append(f"{observed:.6g} {'<=' if ok else '>'} {rule.max:g}")
-    if rule.min is not None:
-        ok = observed >= rule.min
-        passed = passed and ok
-        checks.append(f"{observed:.6g} {'>=' if ok else '<'} {rule.min:g}")
-    return {
-        **verdict,
-        "quantity": "value",
-        "computed": observed,
-        "limit": {"max": rule.max, "min": rule.min},
-        "passed": passed,
-        "comparison": " and ".join(checks),
-    }
-
-
-def overall(verdicts: list[dict[str, Any]]) -> str:
-    if any(v["passed"] is False for v in verdicts):
-        return "fail"
-    if any(v["passed"] is None for v in verdicts):
-        return "inconclusive"
-    return "pass"
-
-
 def _require(row: Any, what: str) -> Any:
     if row is None:
         raise Conflict(
@@ -230,6 +193,27 @@ def build_document(session: Session, request: DeletionRequest, issued_at: dateti
     output = session.get(Model, unlearn.output_model_id) if unlearn.output_model_id else None
     rules = [PolicyRule.model_validate(r) for r in policy.rules]
     verdicts = [evaluate_rule(i, rule, tables) for i, rule in enumerate(rules)]
+    controls: dict[str, dict[str, Any]] = {}
+    for name, (role, audit_role, label, description) in CONTROLS.items():
+        if role not in jobs:  # requests made before the identity control existed have only the original
+            continue
+        control_verdicts = [
+            evaluate_rule(i, rule, tables, subject=role, audit_subject=audit_role)
+            for i, rule in enumerate(rules)
+        ]
+        controls[name] = {
+            "label": label,
+            "description": description,
+            "job_role": role,
+            "audit_role": audit_role if audit_role in jobs else None,
+            "outcome": rules_outcome(control_verdicts),
+            "verdicts": control_verdicts,
+        }
+    verdict, reason = verdict_with_controls(
+        verdicts,
+        {name: control["verdicts"] for name, control in controls.items()},
+        {name: control["label"] for name, control in controls.items()},
+    )
     document = {
         "format": FORMAT,
         "issued_at": _iso(issued_at),
@@ -239,12 +223,17 @@ def build_document(session: Session, request: DeletionRequest, issued_at: dateti
             "name": request.name,
             "tenant_id": str(request.tenant_id),
             "created_at": _iso(request.created_at),
+            "subject_reference": request.subject_reference,
+            "ticket_reference": request.ticket_reference,
+            "requested_by": request.requested_by,
         },
         "policy": {
             "id": str(policy.id),
             "name": policy.name,
             "version": policy.version,
             "sha256": policy.sha256,
+            "description": policy.description,
+            "created_at": _iso(policy.created_at),
             "rules": policy.rules,
         },
         "inputs": {
@@ -288,7 +277,9 @@ def build_document(session: Session, request: DeletionRequest, issued_at: dateti
         },
         "jobs": sections,
         "verdicts": verdicts,
-        "verdict": overall(verdicts),
+        "controls": controls,
+        "verdict": verdict,
+        "verdict_reason": reason,
     }
     return _clean(document)
 
@@ -334,8 +325,8 @@ def verify_json(data: bytes, public: Ed25519PublicKey) -> Verification:
         document = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return Verification(False, f"not a JSON document: {exc}")
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        return Verification(False, f"not a {FORMAT} document")
+    if not isinstance(document, dict) or document.get("format") not in FORMATS:
+        return Verification(False, f"not a {' or '.join(FORMATS)} document")
     try:
         canonical = canonical_json(document)
     except ValueError as exc:
@@ -378,8 +369,8 @@ def verify_html(data: bytes, public: Ed25519PublicKey) -> Verification:
         document = json.loads(match.group(1))
     except json.JSONDecodeError as exc:
         return Verification(False, f"the embedded report is not JSON: {exc}")
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        return Verification(False, f"the embedded report is not a {FORMAT} document")
+    if not isinstance(document, dict) or document.get("format") not in FORMATS:
+        return Verification(False, f"the embedded report is not a {' or '.join(FORMATS)} document")
     result = _verify_signature(document, public)
     if not result.ok:
         return result
@@ -405,22 +396,62 @@ padding:.3rem .5rem;text-align:left;vertical-align:top}th{background:#f3f5f9}cod
 word-break:break-all}.pass{color:#14722f;font-weight:600}.fail{color:#b3261e;font-weight:600}
 .inconclusive{color:#8a5a00;font-weight:600}.verdict{font-size:1.3rem;padding:.6rem 1rem;border-radius:.4rem;
 background:#f3f5f9;display:inline-block}.num{text-align:right;font-variant-numeric:tabular-nums}
-footer{margin-top:2rem;font-size:.8rem;color:#5b6475}
+footer{margin-top:2rem;font-size:.8rem;color:#5b6475}.meaning{font-size:.8rem;color:#5b6475;margin-top:.2rem}.control{color:#5b6475}
+.reason{max-width:60rem}
 """.strip()
 
 
-def _e(value: Any) -> str:
+def plain_value(value: Any) -> str:
+    """A value as a reader sees it: nested params flattened to ``key: value`` pairs, not JSON."""
     if value is None:
         return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
-        return html.escape(f"{value:.6g}")
-    if isinstance(value, dict | list):
-        return f"<code>{html.escape(json.dumps(value, sort_keys=True, separators=(', ', ': ')))}</code>"
-    return html.escape(str(value))
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        if not value:
+            return "none"
+        return "; ".join(f"{k}: {plain_value(v)}" for k, v in _flatten(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(plain_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _flatten(value: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested params as dotted keys (``recipe.lr``), so a reader never has to match braces."""
+    pairs: list[tuple[str, Any]] = []
+    for key, item in sorted(value.items()):
+        if isinstance(item, dict) and item:
+            pairs += _flatten(item, f"{prefix}{key}.")
+        else:
+            pairs.append((f"{prefix}{key}", item))
+    return pairs
+
+
+def in_role_order(mapping: dict[str, Any], order: tuple[str, ...]) -> list[tuple[str, Any]]:
+    """Sections in reading order (canonical JSON sorts keys alphabetically): known roles first."""
+    known = [(key, mapping[key]) for key in order if key in mapping]
+    return known + [(key, value) for key, value in mapping.items() if key not in order]
+
+
+def metric_text(metric: str, value: float | None) -> str:
+    """A metric's value rounded to the decimals worth showing (its exact value stays in the JSON)."""
+    if value is None:
+        return "—"
+    return f"{value:.{metric_info(metric).decimals}f}"
+
+
+def _e(value: Any) -> str:
+    return html.escape(plain_value(value))
 
 
 def _rows(pairs: list[tuple[str, Any]]) -> str:
     return "".join(f"<tr><th>{html.escape(k)}</th><td>{_e(v)}</td></tr>" for k, v in pairs)
+
+
+def result_label(passed: Any) -> str:
+    return "pass" if passed is True else "fail" if passed is False else "no verdict"
 
 
 def _verdict_class(passed: Any) -> str:
@@ -429,13 +460,19 @@ def _verdict_class(passed: Any) -> str:
 
 def summary_fields(doc: dict[str, Any]) -> list[tuple[str, Any]]:
     """The report's header rows (shared by the HTML and PDF renderings)."""
+    request = doc["deletion_request"]
+    policy = doc["policy"]
     return [
-        ("Deletion request", doc["deletion_request"]["id"]),
-        ("Name", doc["deletion_request"].get("name")),
-        ("Requested at", doc["deletion_request"]["created_at"]),
+        ("Deletion request", request["id"]),
+        ("Name", request.get("name")),
+        ("Data subject reference", request.get("subject_reference")),
+        ("Ticket reference", request.get("ticket_reference")),
+        ("Requested by", request.get("requested_by")),
+        ("Requested at", request["created_at"]),
         ("Issued at", doc["issued_at"]),
-        ("Policy", f"{doc['policy']['name']} v{doc['policy']['version']} ({doc['policy']['id']})"),
-        ("Policy SHA-256", doc["policy"]["sha256"]),
+        ("Policy", f"{policy['name']} version {policy['version']} ({policy['id']})"),
+        ("Policy description", policy.get("description")),
+        ("Policy SHA-256", policy["sha256"]),
         ("Method", doc["method"]["name"]),
         ("Method params", doc["method"]["params"]),
         ("Seed", doc["method"]["seed"]),
@@ -446,6 +483,7 @@ def summary_fields(doc: dict[str, Any]) -> list[tuple[str, Any]]:
 def job_fields(job: dict[str, Any]) -> list[tuple[str, Any]]:
     """One job's rows (shared by the HTML and PDF renderings); its metrics follow as a table."""
     env = job.get("environment") or {}
+    timings = {k: f"{v:.2f} s" for k, v in (job.get("timings") or {}).items() if isinstance(v, int | float)}
     return [
         ("Job", job["id"]),
         ("Kind / method", f"{job['kind']} / {job.get('method') or '—'}"),
@@ -453,37 +491,94 @@ def job_fields(job: dict[str, Any]) -> list[tuple[str, Any]]:
         ("Reused cached result", job["reused_cached_result"]),
         ("Params", job["params"]),
         ("Code version", job["code_version"]),
-        ("Device", f"{env.get('device')} ({env.get('device_name')})"),
-        ("Libraries", {k: env.get(k) for k in ("python", "torch", "cuda", "numpy", "sklearn")}),
-        ("Timings (s)", job.get("timings")),
+        ("Device", f"{env.get('device')} ({env.get('device_name') or 'no name recorded'})"),
+        ("Libraries", {k: env[k] for k in ("python", "torch", "cuda", "numpy", "sklearn") if env.get(k)}),
+        ("Timings", timings),
         ("Started / finished", f"{job.get('started_at')} / {job.get('finished_at')}"),
     ]
 
 
+def rule_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per rule: its statement and meaning, the unlearned model's finding, then each control's (shared by the
+    HTML and PDF renderings)."""
+    controls = in_role_order(doc.get("controls") or {}, tuple(CONTROLS))
+    rows = []
+    for verdict in doc["verdicts"]:
+        index = verdict["index"]
+        findings = [("the unlearned model", verdict["finding"], verdict["passed"])]
+        for _, control in controls:
+            theirs = control["verdicts"][index]
+            findings.append((control["label"], theirs["finding"], theirs["passed"]))
+        rows.append(
+            {
+                "index": index,
+                "statement": verdict["statement"],
+                "meaning": verdict["meaning"],
+                "findings": findings,
+            }
+        )
+    return rows
+
+
+def control_summary(doc: dict[str, Any]) -> list[str]:
+    """One line per control: what it is and how it fared under the policy."""
+    lines = []
+    for _, control in in_role_order(doc.get("controls") or {}, tuple(CONTROLS)):
+        outcome = {"pass": "passes every rule", "fail": "fails", "inconclusive": "is not decided"}
+        failed = [f"{v['index'] + 1}" for v in control["verdicts"] if v["passed"] is False]
+        where = f" (rule {', '.join(failed)})" if failed else ""
+        lines.append(
+            f"{control['label'][0].upper()}{control['label'][1:]} {outcome[control['outcome']]}{where}."
+            f" {control['description']}"
+        )
+    return lines
+
+
 def render_html(canonical: bytes) -> str:
-    """A self-contained page (inline CSS, no scripts or external assets) with the signed JSON embedded."""
+    """A self-contained page (inline CSS, no scripts or external assets) with the signed JSON embedded.
+    Version-1 documents keep the rendering they were exported with (so their HTML still verifies)."""
     doc = json.loads(canonical)
+    if doc.get("format") == FORMAT_V1:
+        return render_html_v1(canonical)
     inputs = doc["inputs"]
+    verdict = str(doc["verdict"])
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>Compliance report {html.escape(doc['deletion_request']['id'])}</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>Lethe compliance report</h1>",
-        f'<p class="verdict">Verdict: <span class="{html.escape(doc["verdict"])}">'
-        f"{html.escape(doc['verdict'].upper())}</span></p>",
+        f'<p class="verdict">Verdict: <span class="{html.escape(verdict)}">{html.escape(verdict.upper())}'
+        "</span></p>",
+        f'<p class="reason">{html.escape(doc["verdict_reason"])}</p>',
         "<table>",
         _rows(summary_fields(doc)),
         "</table>",
-        "<h2>Policy rules</h2><table><tr><th>#</th><th>Rule</th><th>Compared</th><th>Result</th></tr>",
+        "<h2>Policy rules, with the controls</h2>",
+        "<p>Each rule is applied to the unlearned model and, unchanged, to controls that forgot nothing. A"
+        " pass needs the unlearned model to pass every rule and every control to fail at least one.</p>",
+        "<ul>",
+        *(f"<li>{html.escape(line)}</li>" for line in control_summary(doc)),
+        "</ul>",
+        "<table><tr><th>#</th><th>Rule</th><th>Model</th><th>Measured</th><th>Result</th></tr>",
     ]
-    for verdict in doc["verdicts"]:
-        compared = verdict.get("comparison") or verdict.get("reason") or ""
-        label = _verdict_class(verdict["passed"])
-        parts.append(
-            f"<tr><td>{verdict['index']}</td><td>{_e(verdict['rule'])}</td><td>{html.escape(compared)}</td>"
-            f'<td class="{label}">{label}</td></tr>'
-        )
+    for row in rule_rows(doc):
+        span = len(row["findings"])
+        for position, (who, finding, passed) in enumerate(row["findings"]):
+            head = (
+                f'<td rowspan="{span}">{row["index"] + 1}</td><td rowspan="{span}">'
+                f"{html.escape(row['statement'])}"
+                f'<div class="meaning">{html.escape(row["meaning"])}</div></td>'
+                if position == 0
+                else ""
+            )
+            # A control failing a rule is what a separating policy needs, so control rows are not coloured
+            # as good or bad: only the unlearned model's result is.
+            label = _verdict_class(passed) if position == 0 else "control"
+            parts.append(
+                f"<tr>{head}<td>{html.escape(who)}</td><td>{html.escape(finding)}</td>"
+                f'<td class="{label}">{html.escape(result_label(passed))}</td></tr>'
+            )
     parts.append("</table><h2>Inputs</h2><table><tr><th>Input</th><th>SHA-256</th><th>Details</th></tr>")
     for name in ("dataset", "model", "forget_set", "output_model"):
         item = inputs.get(name)
@@ -495,24 +590,26 @@ def render_html(canonical: bytes) -> str:
             f"<tr><td>{name}</td><td><code>{_e(item['sha256'])}</code></td><td>{_e(details)}</td></tr>"
         )
     parts.append("</table>")
-    for role, job in doc["jobs"].items():
+    for role, job in in_role_order(doc["jobs"], ROLES):
         parts.append(f"<h2>Job: {html.escape(role)}</h2><table>")
         parts.append(_rows(job_fields(job)))
         parts.append('</table><table><tr><th>Metric</th><th class="num">Value</th>')
         parts.append('<th class="num">CI low</th><th class="num">CI high</th></tr>')
         for metric, entry in job["metrics"].items():
-            parts.append(
-                f'<tr><td>{html.escape(metric)}</td><td class="num">{_e(entry["value"])}</td>'
-                f'<td class="num">{_e(entry["ci_low"])}</td><td class="num">{_e(entry["ci_high"])}</td></tr>'
+            cells = "".join(
+                f'<td class="num">{html.escape(metric_text(metric, entry[k]))}</td>'
+                for k in ("value", "ci_low", "ci_high")
             )
+            parts.append(f"<tr><td>{html.escape(metric)}</td>{cells}</tr>")
         parts.append("</table>")
     signature = doc.get("signature") or {}
     embedded = canonical.decode("utf-8").replace("<", "\\u003c")
     parts += [
         "<footer>",
+        "<p>Numbers on this page are rounded; the exact values are in the signed JSON embedded below.</p>",
         f"<p>Signed with {html.escape(str(signature.get('algorithm')))} key "
         f"<code>{html.escape(str(signature.get('key_id')))}</code>. Check with "
-        "<code>lethe verify-report FILE</code>; the signed JSON is embedded below.</p>",
+        "<code>lethe verify-report FILE</code>.</p>",
         "</footer>",
         f'<script type="application/json" id="{DATA_ELEMENT_ID}">{embedded}</script>',
         "</body></html>",

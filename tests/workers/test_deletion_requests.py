@@ -1,6 +1,8 @@
 """A deletion request end to end with real workers, driven by the Python client and then by the CLI:
-forget set from a file → unlearn + retrain + evaluation of the original → the reaper issues a signed report →
-fetch it (JSON and HTML) and verify it offline. No audit (it would train shadow models): the audit path is
+forget set from a file → unlearn + retrain + evaluation of the original + the identity control → the reaper
+issues a signed report → fetch it (JSON and HTML) and verify it offline. A loose policy, which the untouched
+model passes too, gives ``inconclusive`` whatever the method; a tight one gives ``pass`` to a method that
+forgets a class while both controls fail it. No audit (it would train shadow models): the audit path is
 covered in tests/app/api/test_compliance.py with results written directly."""
 
 from __future__ import annotations
@@ -19,10 +21,18 @@ from tests.workers.test_job_flow import train_original
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
+# Loose: bounds so wide that the untouched original meets every one of them.
 RULES = [
     {"metric": "MIA-Efficacy", "relative_to": "retrain", "max_abs_gap": 100},
     {"metric": "TA", "max_drop_from_original": 100},
     {"metric": "RA", "min": 0},
+]
+# Tight: on a one-class forget set the retrained model misclassifies the whole class (UA 100) while the
+# original gets it right (UA 6 in the last run), so the original fails the gap rule; rl forgetting the class
+# passes it (UA 100, test accuracy 0.6 points above the original's).
+TIGHT_RULES = [
+    {"metric": "UA", "relative_to": "retrain", "max_abs_gap": 10},
+    {"metric": "TA", "max_drop_from_original": 5},
 ]
 TIMEOUT_S = 300.0
 
@@ -59,7 +69,8 @@ def test_client_drives_a_deletion_request_end_to_end(live_api: TestClient, setup
         timeout_s=TIMEOUT_S,
     )
     assert done.status.value == "issued", done.error
-    assert done.verdict == "pass" and seen[-1] == 1.0 and 0.0 < max(seen[:-1], default=0.5) < 1.0
+    # The loose policy does not separate a model that forgot nothing: never a pass.
+    assert done.verdict == "inconclusive" and seen[-1] == 1.0 and 0.0 < max(seen[:-1], default=0.5) < 1.0
     data = client.report_bytes(str(done.report_id))
     public = signing.load_public_key(client.signing_key().pem.encode())
     result = reports.verify_json(data, public)
@@ -72,6 +83,13 @@ def test_client_drives_a_deletion_request_end_to_end(live_api: TestClient, setup
     assert document["jobs"]["unlearn"]["environment"]["device"] == "cpu"
     assert document["jobs"]["retrain"]["seed"] == 5 and "TA" in document["jobs"]["original"]["metrics"]
     assert reports.verify_html(client.report_bytes(str(done.report_id), "html"), public).ok
+    assert all(control["outcome"] == "pass" for control in document["controls"].values())
+    assert "does not separate" in document["verdict_reason"]
+    # the identity control really ran the no-op: its metrics are the original's
+    identity, original = document["jobs"]["identity"], document["jobs"]["original"]
+    assert identity["method"] == "identity" and identity["status"] == "succeeded"
+    for metric in ("UA", "RA", "TA"):
+        assert identity["metrics"][metric]["value"] == pytest.approx(original["metrics"][metric]["value"])
 
     # Re-issued: the same bytes but for issued_at and the signature.
     again = client.reissue_report(str(done.id))
@@ -101,9 +119,11 @@ def test_cli_submits_from_a_csv_follows_and_verifies(
         "deletion-request", "submit", "--model", setup["model"], "--method", "ga",
         "--params", json.dumps({"epochs": 1, "lr": 1e-4, "batch_size": 64}), "--policy", "e2e-cli@1",
         "--forget-file", str(forget_file), "--seed", "5", "--out", str(out), "--public-key", str(pem),
+        "--ticket-reference", "DSR-CLI-1", "--requested-by", "privacy office",
     ]  # fmt: skip
     result = CliRunner().invoke(cli_module.cli, args)
     assert result.exit_code == 0, result.output
+    assert "verdict inconclusive" in result.output and "does not separate" in result.output
     saved = sorted(p.name for p in out.iterdir())
     assert [name.rsplit(".", 1)[1] for name in saved] == ["html", "json", "pdf"]
     assert (out / saved[2]).read_bytes().startswith(b"%PDF-")
@@ -112,6 +132,47 @@ def test_cli_submits_from_a_csv_follows_and_verifies(
     assert ok.exit_code == 0, ok.output
     document = json.loads(report_file.read_bytes())
     # Same indices, model and seed as the first test: its retrain and evaluation are reused (content hash).
+    assert document["deletion_request"]["ticket_reference"] == "DSR-CLI-1"
+    assert document["deletion_request"]["requested_by"] == "privacy office"
     assert document["method"]["name"] == "ga" and document["jobs"]["retrain"]["reused_cached_result"] is True
     assert document["jobs"]["original"]["reused_cached_result"] is True
     assert uuid.UUID(document["deletion_request"]["id"])
+
+
+def test_tight_policy_passes_a_real_method_and_no_control(live_api: TestClient, setup: dict) -> None:
+    tenant = setup["tenant"]
+    client = LetheClient(str(live_api.base_url), tenant.admin, http=live_api)
+    policy = client.create_policy("e2e-tight", TIGHT_RULES)
+    forget_set = client.post(
+        "/v1/forget-sets", {"dataset_id": setup["dataset"]["id"], "spec": {"kind": "class", "class": 3}}
+    )
+    references = {"subject_reference": "subj-0042", "ticket_reference": "DSR-7", "requested_by": "dpo"}
+    body = {
+        "model_id": setup["model"],
+        "forget_set_id": forget_set["id"],
+        "method": "rl",
+        "params": {"epochs": 2, "batch_size": 64},
+        "seed": 5,
+        "policy_id": str(policy.id),
+        **references,
+    }
+    # The dry run on the published policy, before any request: nothing holds by construction but the
+    # utility rule, and without evidence the gap rule is not decided yet.
+    dry = client.post("/v1/policies/check", {"policy_id": str(policy.id)})
+    assert dry["separates"] is None and [w["code"] for w in dry["warnings"]] == ["holds-for-original"]
+    done = client.follow_deletion_request(
+        str(client.submit_deletion_request(body).id), poll_seconds=0.2, timeout_s=TIMEOUT_S
+    )
+    assert done.status.value == "issued", done.error
+    document = json.loads(client.report_bytes(str(done.report_id)))
+    unlearned = {v["metric"]: v for v in document["verdicts"]}
+    assert done.verdict == "pass", (document["verdict_reason"], [v["finding"] for v in document["verdicts"]])
+    assert unlearned["UA"]["passed"] and unlearned["TA"]["passed"]
+    for control in document["controls"].values():
+        assert control["outcome"] == "fail" and control["verdicts"][0]["passed"] is False
+    assert {k: document["deletion_request"][k] for k in references} == references
+    # Now measured, the same policy separates: the request's own controls fail the gap rule.
+    measured = client.post(
+        "/v1/policies/check", {"policy_id": str(policy.id), "deletion_request_id": str(done.id)}
+    )
+    assert measured["separates"] is True and measured["control"]["rules"][0]["passed"] is False

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy import select
 
 from app.api.deps import Admin, PublisherDep, Reader, SessionDep, SettingsDep, Submitter, request_id
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
-from app.core.problems import NotFound
+from app.core.problems import PROBLEM_MEDIA_TYPE, PROBLEM_SCHEMA_REF, NotFound
 from app.models import ComplianceReport, DeletionRequest, DeletionRequestStatus, Policy
 from app.schemas.common import Page
 from app.schemas.compliance import (
     DeletionRequestCreate,
     DeletionRequestOut,
+    PolicyCheck,
+    PolicyCheckOut,
     PolicyCreate,
     PolicyOut,
     ReportOut,
@@ -23,7 +25,8 @@ from app.schemas.compliance import (
 )
 from app.services import deletion_requests as service
 from app.services import jobs as job_service
-from app.services.policies import create_policy, get_policy
+from app.services.policies import create_policy, get_policy, policy_out
+from app.services.policy_check import check_policy
 from app.services.report_pdf import render_pdf
 from app.services.reports import render_html
 from app.services.signing import signing_key
@@ -42,11 +45,46 @@ PDF_RESPONSE = {"content": {"application/pdf": {}}, "description": "The report a
 def publish_policy(
     body: PolicyCreate, principal: Admin, session: SessionDep, request: Request, response: Response
 ) -> PolicyOut:
-    """Publish a policy. A name that exists gets its next version; earlier versions stay as they were."""
+    """Publish a policy. A name that exists gets its next version; earlier versions stay as they were.
+
+    ``warnings`` lists rules the untouched original meets whatever it measures; when every rule is such
+    (``vacuous-policy``) no request under the policy can pass. Dry-run rules first with
+    ``POST /v1/policies/check``."""
     policy = create_policy(session, principal, body, request_id(request))
     session.commit()
     response.headers["Location"] = f"/v1/policies/{policy.id}"
-    return PolicyOut.model_validate(policy)
+    return policy_out(policy)
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA_REF}}}
+
+
+CHECK_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    404: _problem(
+        "`policy-not-found`, `deletion-request-not-found` or `job-not-found` (also another tenant's)."
+    ),
+    409: _problem("`control-not-evaluated`: an evidence job has not succeeded (yet)."),
+    422: _problem(
+        "`validation-error` (rules, evidence combination, metric names, non-finite values) or"
+        " `wrong-control-job` (an evidence job of the wrong kind or method)."
+    ),
+}
+
+
+@router.post("/policies/check", response_model=PolicyCheckOut, responses=CHECK_PROBLEMS)
+def dry_run_policy(
+    body: PolicyCheck, principal: Submitter, session: SessionDep, request: Request
+) -> PolicyCheckOut:
+    """Dry-run a policy (published, or rules not yet published) against the untouched-model control.
+
+    Reports the rules the original meets by construction and, given evidence (a deletion request's
+    controls, succeeded control jobs, or metrics), the untouched model's finding per rule. ``separates``
+    is false when it passes every rule: under such a policy a request can only be inconclusive or fail.
+    Nothing is stored but the check's audit row."""
+    result = check_policy(session, principal, body, request_id(request))
+    session.commit()
+    return result
 
 
 @router.get("/policies", response_model=Page[PolicyOut])
@@ -62,7 +100,7 @@ def list_policies(
         query = query.where(Policy.name == name)
     rows, next_cursor = paginate(session, query, Policy, cursor, limit)
     return Page[PolicyOut](
-        data=[PolicyOut.model_validate(r) for r in rows],
+        data=[policy_out(r) for r in rows],
         next_cursor=next_cursor,
         has_more=next_cursor is not None,
     )
@@ -70,7 +108,7 @@ def list_policies(
 
 @router.get("/policies/{policy_id}", response_model=PolicyOut)
 def read_policy(policy_id: uuid.UUID, principal: Reader, session: SessionDep) -> PolicyOut:
-    return PolicyOut.model_validate(get_policy(session, principal.tenant_id, policy_id))
+    return policy_out(get_policy(session, principal.tenant_id, policy_id))
 
 
 # ------------------------------------------------------------------------------------------ deletion requests

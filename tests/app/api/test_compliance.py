@@ -116,7 +116,7 @@ def test_deletion_request_creates_its_jobs_and_reuses_cached_oracles(api: TestCl
     assert response.status_code == 202, response.text
     created = response.json()
     assert created["status"] == "running" and created["policy"]["version"] == 1
-    assert set(created["jobs"]) == {"unlearn", "retrain", "original"}
+    assert set(created["jobs"]) == {"unlearn", "retrain", "original", "identity"}
     assert not any(entry["reused"] for entry in created["jobs"].values())
     jobs = {
         role: api.get(f"/v1/jobs/{e['job_id']}", headers=tenant.headers("read")).json()
@@ -125,6 +125,12 @@ def test_deletion_request_creates_its_jobs_and_reuses_cached_oracles(api: TestCl
     assert jobs["unlearn"]["method"] == "ft" and jobs["unlearn"]["seed"] == 7
     assert jobs["retrain"]["kind"] == "retrain" and jobs["retrain"]["seed"] == 7
     assert jobs["original"]["kind"] == "evaluate"
+    # the no-op control runs like the unlearning: same kind, seed and device
+    assert (jobs["identity"]["kind"], jobs["identity"]["method"], jobs["identity"]["seed"]) == (
+        "unlearn",
+        "identity",
+        7,
+    )
     assert 0.0 <= created["progress"]["fraction"] < 1.0
 
     # Same inputs again: the retrain and the evaluation are reused, the unlearning runs again.
@@ -150,6 +156,12 @@ def test_deletion_request_creates_its_jobs_and_reuses_cached_oracles(api: TestCl
     assert (
         audit_job["kind"] == "audit" and audit_job["method"] == "ft" and audit_job["params"]["shadows"] == 3
     )
+    # ...and the audit of the identity control, with the same settings (its shadows are shared)
+    control_audit = api.get(
+        f"/v1/jobs/{with_audit['jobs']['audit_identity']['job_id']}", headers=tenant.headers("read")
+    ).json()
+    assert control_audit["kind"] == "audit" and control_audit["method"] == "identity"
+    assert control_audit["params"]["shadows"] == 3 and control_audit["params"]["method_params"] == {}
 
 
 def test_deletion_request_idempotency_and_errors(api: TestClient, world: dict, other_tenant) -> None:
@@ -191,6 +203,16 @@ UNLEARN_METRICS = {"UA": 12.5, "RA": 97.0, "TA": 90.0, "MIA-Efficacy": 20.0, "mi
 RETRAIN_METRICS = {"UA": 10.0, "RA": 99.0, "TA": 91.0, "MIA-Efficacy": 18.0}
 ORIGINAL_METRICS = {"UA": 1.0, "RA": 99.5, "TA": 91.5, "MIA-Efficacy": 2.0}
 AUDIT_METRICS = {"ulira_auc": 0.52, "ulira_auc_ci_low": 0.47, "ulira_auc_ci_high": 0.58, "kaggle_score": 0.9}
+# The identity control's audit: U-LiRA tells the untouched model from the retrained ones.
+AUDIT_IDENTITY_METRICS = {"ulira_auc": 0.72, "ulira_auc_ci_low": 0.66, "ulira_auc_ci_high": 0.78}
+ROLE_METRICS = {
+    "unlearn": UNLEARN_METRICS,
+    "retrain": RETRAIN_METRICS,
+    "original": ORIGINAL_METRICS,
+    "identity": ORIGINAL_METRICS,  # the no-op returns the original weights: the same numbers
+    "audit": AUDIT_METRICS,
+    "audit_identity": AUDIT_IDENTITY_METRICS,
+}
 POPULATION = {
     "attacks": {
         "population": {
@@ -210,7 +232,8 @@ POPULATION = {
 
 
 def finish_jobs(sessions, request: dict, world: dict, metrics: dict[str, dict[str, float]]) -> None:
-    """Write what the workers would have: succeeded, results, environment, timings, metrics."""
+    """Write what the workers would have: succeeded, results, environment, timings, metrics (a role that
+    ``metrics`` leaves out, such as a control, gets ``ROLE_METRICS``')."""
     now = utcnow()
     with sessions() as session:
         for role, entry in request["jobs"].items():
@@ -226,25 +249,27 @@ def finish_jobs(sessions, request: dict, world: dict, metrics: dict[str, dict[st
             job.result = POPULATION if role == "unlearn" else {}
             if role == "unlearn":
                 job.output_model_id = uuid.UUID(world["model"]["id"])  # stands in for the unlearned model
-            for name, value in metrics[role].items():
+            for name, value in metrics.get(role, ROLE_METRICS[role]).items():
                 session.add(Metric(job_id=job.id, tenant_id=job.tenant_id, name=name, value=value, attempt=1))
         session.commit()
 
 
-def issued_request(api: TestClient, world: dict, sessions, migrated, rules: list[dict], **extra) -> dict:
+def issued_request(
+    api: TestClient,
+    world: dict,
+    sessions,
+    migrated,
+    rules: list[dict],
+    metrics: dict[str, dict[str, float]] | None = None,
+    **extra,
+) -> dict:
     tenant = world["tenant"]
     policy = publish(api, tenant, f"p-{uuid.uuid4().hex[:6]}", rules)
     created = api.post(
         "/v1/deletion-requests", json=request_body(world, policy, **extra), headers=tenant.headers("submit")
     ).json()
     assert deletion_requests.advance(sessions, uuid.UUID(created["id"]), migrated) is None  # still running
-    metrics = {
-        "unlearn": UNLEARN_METRICS,
-        "retrain": RETRAIN_METRICS,
-        "original": ORIGINAL_METRICS,
-        "audit": AUDIT_METRICS,
-    }
-    finish_jobs(sessions, created, world, metrics)
+    finish_jobs(sessions, created, world, {**ROLE_METRICS, **(metrics or {})})
     assert deletion_requests.advance(sessions, uuid.UUID(created["id"]), migrated) == "issued"
     assert deletion_requests.advance(sessions, uuid.UUID(created["id"]), migrated) is None  # once only
     done = api.get(f"/v1/deletion-requests/{created['id']}", headers=tenant.headers("read")).json()
@@ -468,3 +493,331 @@ def test_inputs_of_a_deletion_request_cannot_be_deleted(
         assert problem["errors"][0]["id"] == done["id"]
     report = api.get(f"/v1/reports/{done['report_id']}", headers=tenant.headers("read"))
     assert report.status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ controls
+# A gap of 20 points to the retrain's MIA-Efficacy accepts the original too (2.0 vs 18.0: gap 16).
+LOOSE_RULES = [{"metric": "MIA-Efficacy", "relative_to": "retrain", "max_abs_gap": 20}]
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "unlearned"), [("identity", {}, ORIGINAL_METRICS), ("ft", None, UNLEARN_METRICS)]
+)
+def test_loose_policy_is_inconclusive_never_pass(
+    api: TestClient, world: dict, sessions, migrated, method: str, params: dict | None, unlearned: dict
+) -> None:
+    tenant = world["tenant"]
+    extra = {"method": method} | ({"params": params} if params is not None else {})
+    done = issued_request(
+        api, world, sessions, migrated, LOOSE_RULES, metrics={"unlearn": unlearned}, **extra
+    )
+    assert done["verdict"] == "inconclusive"
+    data = api.get(f"/v1/reports/{done['report_id']}", headers=tenant.headers("read")).content
+    document = json.loads(data)
+    assert document["verdicts"][0]["passed"] is True  # the unlearned model meets the rule...
+    controls = document["controls"]
+    assert set(controls) == {"original", "identity"}  # ...and so does every control
+    assert all(c["outcome"] == "pass" and c["verdicts"][0]["passed"] for c in controls.values())
+    assert controls["original"]["verdicts"][0]["finding"] == (
+        "2.00 vs 18.00 for the retrained model, gap 16.00 points, margin 4.00 → pass"
+    )
+    assert "does not separate a model that forgot nothing" in document["verdict_reason"]
+    assert reports.verify_json(data, public_key(api, tenant)).ok
+    page = api.get(f"/v1/reports/{done['report_id']}/html", headers=tenant.headers("read")).text
+    visible = page.split("<script", 1)[0]
+    assert "INCONCLUSIVE" in visible and "does not separate a model that forgot nothing" in visible
+
+
+def test_tight_policy_passes_because_every_control_fails(
+    api: TestClient, world: dict, sessions, migrated
+) -> None:
+    tenant = world["tenant"]
+    done = issued_request(
+        api, world, sessions, migrated, [*POLICY_RULES, AUDIT_RULE], audit={"shadows": 3, "recipe": RECIPE}
+    )
+    document = json.loads(api.get(f"/v1/reports/{done['report_id']}", headers=tenant.headers("read")).content)
+    assert document["verdict"] == "pass"
+    controls = document["controls"]
+    # The original is 16 points off the retrain's MIA-Efficacy (rule 1), and U-LiRA catches the no-op
+    # (rule 4, from the identity control's audit); the utility rule holds for it by construction.
+    for name in ("original", "identity"):
+        assert controls[name]["outcome"] == "fail"
+        assert [v["passed"] for v in controls[name]["verdicts"]] == [False, True, True, False]
+        assert controls[name]["audit_role"] == "audit_identity"
+    assert controls["identity"]["verdicts"][3]["observed"] == 0.78
+    assert document["verdict_reason"].startswith("The unlearned model passes every rule and every control")
+    assert "fails rule 1, 4" in document["verdict_reason"]
+
+
+def test_report_reads_in_plain_language_with_references(
+    api: TestClient, world: dict, sessions, migrated
+) -> None:
+    from app.models import AuditEvent
+    from app.services.report_pdf import report_lines
+
+    tenant = world["tenant"]
+    rules = [
+        {"metric": "forget_accuracy", "relative_to": "retrain", "max_abs_gap": 5},
+        {"metric": "MIA-Efficacy", "relative_to": "retrain", "max_abs_gap": 5},
+    ]
+    metrics = {
+        "unlearn": {**UNLEARN_METRICS, "forget_accuracy": 94.9861},
+        "retrain": {**RETRAIN_METRICS, "forget_accuracy": 95.2646},
+        "original": {**ORIGINAL_METRICS, "forget_accuracy": 100.0},
+        "identity": {**ORIGINAL_METRICS, "forget_accuracy": 100.0},
+    }
+    references = {
+        "subject_reference": "subject-4711 <b>",
+        "ticket_reference": "DSR-2026-0142",
+        "requested_by": "Privacy Office (Zoë)",
+    }
+    done = issued_request(api, world, sessions, migrated, rules, metrics=metrics, **references)
+    assert done["verdict"] == "pass" and {k: done[k] for k in references} == references
+    data = api.get(f"/v1/reports/{done['report_id']}", headers=tenant.headers("read")).content
+    document = json.loads(data)
+    assert {k: document["deletion_request"][k] for k in references} == references
+    first = document["verdicts"][0]
+    expected = "94.99 vs 95.26 for the retrained model, gap 0.28 points, margin 4.72 → pass"
+    assert first["statement"] == "Forget accuracy within 5.0 points of the retrained model"
+    assert first["finding"] == expected and first["meaning"]
+    assert first["observed"] == 94.9861  # the exact numbers stay in the signed JSON
+    assert document["policy"]["created_at"] and document["jobs"]["identity"]["method"] == "identity"
+
+    page = api.get(f"/v1/reports/{done['report_id']}/html", headers=tenant.headers("read")).text
+    visible = page.split("<script", 1)[0]
+    assert "Forget accuracy within 5.0 points of the retrained model" in visible and expected in visible
+    assert "subject-4711 &lt;b&gt;" in visible and "DSR-2026-0142" in visible and "Zoë" in visible
+    assert "the original model (control)" in visible and "the identity method (control)" in visible
+    # no raw numbers or JSON for the reader: rounded metrics, params as "key: value"
+    assert "94.9861" not in visible and "0.2785" not in visible and '{"' not in visible
+    assert "<td>epochs: 1; " in visible or "epochs: 1" in visible
+    assert reports.verify_html(page.encode(), public_key(api, tenant)).ok
+
+    lines = [text for _, text in report_lines(document)]
+    assert "1. Forget accuracy within 5.0 points of the retrained model" in lines
+    assert f"   - the unlearned model: {expected}" in lines
+    assert any(line.startswith("Data subject reference") and "subject-4711 <b>" in line for line in lines)
+    assert any(line.startswith("Ticket reference") and "DSR-2026-0142" in line for line in lines)
+
+    # Personal data stays out of the audit trail: it records which references were given, not their values.
+    with sessions() as session:
+        rows = session.query(AuditEvent).filter(AuditEvent.tenant_id == tenant.id).all()
+    trail = json.dumps([row.details for row in rows], ensure_ascii=False)
+    assert "subject-4711" not in trail and "DSR-2026-0142" not in trail and "Zoë" not in trail
+    created = next(
+        row for row in rows if row.action == "deletion_request.create" and row.resource_id == done["id"]
+    )
+    assert created.details["references"] == ["subject_reference", "ticket_reference", "requested_by"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("subject_reference", "line\nbreak"),
+        ("subject_reference", "nul\x00"),
+        ("ticket_reference", "bell\x07"),
+        ("ticket_reference", "rtl\u202eoverride"),
+        ("requested_by", "x" * 201),
+        ("requested_by", ""),
+        ("requested_by", " padded"),
+        ("subject_reference", 42),
+    ],
+)
+def test_reference_fields_are_validated(api: TestClient, world: dict, field: str, value: object) -> None:
+    tenant = world["tenant"]
+    policy = publish(api, tenant, "refs", POLICY_RULES)
+    response = api.post(
+        "/v1/deletion-requests",
+        json=request_body(world, policy, **{field: value}),
+        headers=tenant.headers("submit"),
+    )
+    assert_problem(response, 422, "validation-error")
+    assert "x" * 201 not in response.text and "\u202e" not in response.text  # the input is not echoed
+
+
+def test_version_1_reports_still_verify_and_render(api: TestClient, world: dict, sessions, migrated) -> None:
+    """Reports issued before controls existed keep verifying, and their HTML keeps its exact rendering."""
+    from app.services.report_html_v1 import render_html_v1
+    from app.services.report_pdf import render_pdf
+
+    tenant = world["tenant"]
+    done = issued_request(api, world, sessions, migrated, POLICY_RULES)
+    document = json.loads(api.get(f"/v1/reports/{done['report_id']}", headers=tenant.headers("read")).content)
+    old = {k: v for k, v in document.items() if k not in ("signature", "controls", "verdict_reason")}
+    old["format"] = reports.FORMAT_V1
+    old["verdicts"] = [
+        {**{k: v for k, v in verdict.items() if k not in ("statement", "finding", "meaning", "margin")},
+         "comparison": "|20 - 18| = 2 <= 5"}
+        for verdict in old["verdicts"]
+    ]  # fmt: skip
+    key = signing.signing_key(migrated)
+    signed = reports.sign_document(old, key)
+    assert reports.verify_json(signed, key.public).ok
+    page = reports.render_html(signed)
+    assert page == render_html_v1(signed) and "|20 - 18| = 2 &lt;= 5" in page
+    assert reports.verify_html(page.encode(), key.public).ok
+    assert render_pdf(signed).startswith(b"%PDF-")
+
+
+# ------------------------------------------------------------------------------------------ dry run
+def check(api: TestClient, tenant, body: dict, status: int = 200) -> dict:
+    response = api.post("/v1/policies/check", json=body, headers=tenant.headers("submit"))
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+def codes(result: dict) -> list[tuple[str, int | None]]:
+    return [(w["code"], w["rule_index"]) for w in result["warnings"]]
+
+
+def test_publishing_a_vacuous_policy_warns(api: TestClient, tenant) -> None:
+    vacuous = [{"metric": "TA", "max_drop_from_original": 2}, {"metric": "UA", "min": 0}]
+    published = publish(api, tenant, "vacuous", vacuous)
+    assert [(w["code"], w["rule_index"]) for w in published["warnings"]] == [
+        ("holds-for-original", 0),
+        ("always-satisfied", 1),
+        ("vacuous-policy", None),
+    ]
+    read = api.get(f"/v1/policies/{published['id']}", headers=tenant.headers("read")).json()
+    assert read["warnings"] == published["warnings"]
+    separating = publish(api, tenant, "separating", POLICY_RULES)["warnings"]
+    assert [(w["code"], w["rule_index"]) for w in separating] == [("holds-for-original", 1)]
+    assert "utility rule" in separating[0]["detail"]
+
+
+def test_dry_run_flags_a_vacuous_policy_and_accepts_a_separating_one(api: TestClient, tenant) -> None:
+    # By construction, without evidence: every rule holds for the original whatever it measures.
+    static = check(api, tenant, {"rules": [{"metric": "TA", "max_drop_from_original": 1}]})
+    assert static["separates"] is False and static["control"] is None
+    assert codes(static)[-1] == ("vacuous-policy", None) and static["summary"].startswith("Vacuous")
+    # Without evidence a forgetting rule is not decided.
+    unknown = check(api, tenant, {"rules": LOOSE_RULES})
+    assert unknown["separates"] is None and unknown["warnings"] == []
+
+    metrics = {"original": ORIGINAL_METRICS, "retrain": RETRAIN_METRICS}
+    loose = check(api, tenant, {"rules": LOOSE_RULES, "metrics": metrics})
+    assert loose["separates"] is False and loose["control"]["outcome"] == "pass"
+    assert codes(loose) == [("control-passes", 0), ("vacuous-policy", None)]
+    assert loose["control"]["rules"][0]["finding"] == (
+        "2.00 vs 18.00 for the retrained model, gap 16.00 points, margin 4.00 → pass"
+    )
+    tight = check(
+        api, tenant, {"rules": [*LOOSE_RULES[:0], *POLICY_RULES[:2]], "metrics": metrics}
+    )  # MIA-Efficacy within 5 of the retrain, TA drop at most 2
+    assert tight["separates"] is True and tight["control"]["outcome"] == "fail"
+    assert [r["passed"] for r in tight["control"]["rules"]] == [False, True]
+    assert tight["summary"] == "Separating: the untouched model fails rule 1, so a pass will mean something."
+    # An audit rule needs the identity control's audit: missing, the check cannot decide.
+    audit_rule = check(api, tenant, {"rules": [AUDIT_RULE], "metrics": metrics})
+    assert audit_rule["separates"] is None and audit_rule["control"]["rules"][0]["passed"] is None
+    caught = check(
+        api, tenant, {"rules": [AUDIT_RULE], "metrics": {**metrics, "audit": AUDIT_IDENTITY_METRICS}}
+    )
+    assert caught["separates"] is True
+
+
+def test_dry_run_on_a_requests_controls_and_on_jobs(
+    api: TestClient, world: dict, sessions, migrated, other_tenant
+) -> None:
+    from app.models import AuditEvent
+
+    tenant = world["tenant"]
+    done = issued_request(api, world, sessions, migrated, POLICY_RULES)
+    jobs = {role: entry["job_id"] for role, entry in done["jobs"].items()}
+    by_request = check(api, tenant, {"rules": LOOSE_RULES, "deletion_request_id": done["id"]})
+    assert by_request["separates"] is False and by_request["control"]["evidence"] == "deletion_request"
+    assert by_request["control"]["jobs"] == {"original": jobs["original"], "retrain": jobs["retrain"]}
+    # On given inputs: the stored evaluation of the model on the forget set (and the pair's retrain).
+    inputs = {"model_id": world["model"]["id"], "forget_set_id": world["forget_set"]["id"]}
+    by_inputs = check(api, tenant, {"rules": POLICY_RULES, **inputs})
+    assert by_inputs["separates"] is True and by_inputs["control"]["evidence"] == "inputs"
+    assert by_inputs["control"]["jobs"] == by_request["control"]["jobs"]
+    fresh = api.post(
+        "/v1/forget-sets",
+        json={"dataset_id": world["dataset"]["id"], "spec": {"kind": "indices", "indices": [2, 3]}},
+        headers=tenant.headers("submit"),
+    ).json()
+    not_evaluated = {"rules": POLICY_RULES, **inputs, "forget_set_id": fresh["id"]}
+    assert_problem(
+        api.post("/v1/policies/check", json=not_evaluated, headers=tenant.headers("submit")),
+        409,
+        "control-not-evaluated",
+    )
+    policy = publish(api, tenant, "to-check", POLICY_RULES)
+    by_jobs = check(
+        api,
+        tenant,
+        {"policy_id": policy["id"], "original_job_id": jobs["original"], "retrain_job_id": jobs["retrain"]},
+    )
+    assert by_jobs["separates"] is True and by_jobs["policy"]["version"] == 1
+    # The identity control's unlearn job measures the untouched model too.
+    identity = {"original_job_id": jobs["identity"], "retrain_job_id": jobs["retrain"]}
+    assert check(api, tenant, {"rules": POLICY_RULES, **identity})["separates"] is True
+    with sessions() as session:
+        row = session.query(AuditEvent).filter(AuditEvent.resource_id == by_jobs["id"]).one()
+        assert row.action == "policy.check" and row.details["separates"] is True
+
+    wrong = {"rules": POLICY_RULES, "original_job_id": jobs["unlearn"]}
+    assert_problem(
+        api.post("/v1/policies/check", json=wrong, headers=tenant.headers("submit")), 422, "wrong-control-job"
+    )
+    swapped = {"rules": POLICY_RULES, "original_job_id": jobs["original"], "retrain_job_id": jobs["original"]}
+    assert_problem(
+        api.post("/v1/policies/check", json=swapped, headers=tenant.headers("submit")),
+        422,
+        "wrong-control-job",
+    )
+    running = api.post(
+        "/v1/deletion-requests", json=request_body(world, policy, seed=99), headers=tenant.headers("submit")
+    ).json()
+    unfinished = {"rules": POLICY_RULES, "original_job_id": running["jobs"]["identity"]["job_id"]}
+    assert_problem(
+        api.post("/v1/policies/check", json=unfinished, headers=tenant.headers("submit")),
+        409,
+        "control-not-evaluated",
+    )
+    for foreign in (
+        {"rules": POLICY_RULES, **inputs},
+        {"rules": POLICY_RULES, "deletion_request_id": done["id"]},
+        {"rules": POLICY_RULES, "original_job_id": jobs["original"]},
+        {"policy_id": policy["id"]},
+    ):
+        body = assert_problem(
+            api.post("/v1/policies/check", json=foreign, headers=other_tenant.headers("admin")), 404
+        )
+        assert body["code"].endswith("-not-found")
+    assert_problem(
+        api.post("/v1/policies/check", json={"rules": POLICY_RULES}, headers=tenant.headers("read")),
+        403,
+        "insufficient-scope",
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"rules": POLICY_RULES, "policy_id": str(uuid.uuid4())},
+        {"rules": []},
+        {"rules": POLICY_RULES, "metrics": {"original": {}}, "deletion_request_id": str(uuid.uuid4())},
+        {"rules": POLICY_RULES, "retrain_job_id": str(uuid.uuid4())},
+        {"rules": POLICY_RULES, "model_id": str(uuid.uuid4())},
+        {
+            "rules": POLICY_RULES,
+            "model_id": str(uuid.uuid4()),
+            "forget_set_id": str(uuid.uuid4()),
+            "metrics": {"original": {}},
+        },
+        {"rules": POLICY_RULES, "metrics": {"original": {"bad name!": 1.0}}},
+        {"rules": POLICY_RULES, "metrics": {"original": {"UA": "high"}}},
+        '{"rules": [{"metric": "UA", "min": 1}], "metrics": {"original": {"UA": 1e400}}}',  # infinity
+        {"rules": POLICY_RULES, "metrics": {"retrain": {"UA": 1.0}}},
+        {"rules": POLICY_RULES, "metrics": {"original": {}, "shadow": {}}},
+        {"rules": [{"metric": "UA"}]},
+    ],
+)
+def test_dry_run_rejects_bad_input_as_problems(api: TestClient, tenant, body: dict | str) -> None:
+    headers = {**tenant.headers("submit"), "Content-Type": "application/json"}
+    content = body if isinstance(body, str) else json.dumps(body)
+    response = api.post("/v1/policies/check", content=content, headers=headers)
+    assert_problem(response, 422, "validation-error")

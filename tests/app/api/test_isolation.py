@@ -304,6 +304,14 @@ ROUTES: dict[str, RouteSpec] = {
     ),
     "GET /v1/policies": RouteSpec(Scope.read, get("/v1/policies")),
     "GET /v1/policies/{policy_id}": RouteSpec(Scope.read, get("/v1/policies/{policy_id}")),
+    "POST /v1/policies/check": RouteSpec(
+        Scope.submit,
+        lambda w: (
+            "/v1/policies/check",
+            {"json": {"policy_id": w.ids["policy_id"], "deletion_request_id": w.ids["request_id"]}},
+        ),
+        audit="policy.check",
+    ),
     "POST /v1/deletion-requests": RouteSpec(
         Scope.submit,
         lambda w: (
