@@ -10,6 +10,7 @@ from app.intake.safetensors_check import (
     SafetensorsSummary,
     load_safetensors_arrays,
     validate_safetensors,
+    weights_digest,
 )
 from app.intake.sniff import UploadFormat, reject_pickle, sniff_format
 
@@ -26,4 +27,5 @@ __all__ = [
     "sniff_format",
     "validate_npz",
     "validate_safetensors",
+    "weights_digest",
 ]

@@ -50,6 +50,8 @@ MAX_TENSOR_COUNT = 100_000
 MAX_TENSOR_RANK = 8
 METADATA_KEY = "__metadata__"
 TENSOR_ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
+# Prefix of every weights digest: a later change of the canonical form changes every digest visibly.
+WEIGHTS_DIGEST_VERSION = b"lethe-weights/1\n"
 
 FLOAT = "floating"
 INTEGER = "integer"
@@ -130,7 +132,8 @@ class SafetensorsSummary:
     total_params: int  # elements over all tensors, buffers included
     total_bytes: int  # size of the whole file
     header_bytes: int
-    sha256: str  # of the whole file
+    sha256: str  # of the whole file (storage identity: metadata and tensor order included)
+    weights_sha256: str  # of the tensors alone (model identity: see ``weights_digest``)
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_manifest(self) -> dict[str, Any]:
@@ -138,6 +141,7 @@ class SafetensorsSummary:
         return {
             "format": "safetensors",
             "sha256": self.sha256,
+            "weights_sha256": self.weights_sha256,
             "total_bytes": self.total_bytes,
             "total_params": self.total_params,
             "metadata": dict(self.metadata),
@@ -542,8 +546,29 @@ def validate_safetensors(
         total_bytes=len(data),
         header_bytes=parsed.header_bytes,
         sha256=hashlib.sha256(data).hexdigest(),
+        weights_sha256=_weights_digest(data, parsed),
         metadata=parsed.metadata,
     )
+
+
+def _weights_digest(data: bytes, parsed: _ParsedFile) -> str:
+    digest = hashlib.sha256(WEIGHTS_DIGEST_VERSION)
+    for tensor in sorted(parsed.tensors, key=lambda entry: entry.name):
+        described = json.dumps([tensor.name, tensor.spec.code, list(tensor.shape)], separators=(",", ":"))
+        encoded = described.encode()
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+        digest.update((tensor.end - tensor.begin).to_bytes(8, "little"))
+        digest.update(memoryview(data)[parsed.data_start + tensor.begin : parsed.data_start + tensor.end])
+    return digest.hexdigest()
+
+
+def weights_digest(data: bytes) -> str:
+    """The identity of a checkpoint's weights: SHA-256 over its tensors in name order, each framed as its
+    length-prefixed ``[name, dtype, shape]`` JSON and its length-prefixed stored bytes (safetensors stores
+    little-endian, so the bytes are canonical). The header's ``__metadata__`` (the producing job, say) and
+    the tensors' order in the file do not count: two bit-identical models hash alike, however saved."""
+    return _weights_digest(data, _parse_structure(data))
 
 
 def load_safetensors_arrays(data: bytes) -> dict[str, np.ndarray]:

@@ -61,7 +61,13 @@ class ModelOut(BaseModel):
     job_id: uuid.UUID | None
     train_recipe: dict[str, Any] | None
     seed: int | None
-    sha256: str
+    sha256: str = Field(
+        description=(
+            "The identity of the weights: SHA-256 over the tensors (names, dtypes, shapes, bytes) in name "
+            "order, independent of the file's metadata and tensor order; bit-identical models share it. "
+            "Provenance (source, job_id) is beside it."
+        )
+    )
     size_bytes: int
     num_params: int
     mask_sha256: str | None = Field(None, description="Set for pruned models: their sparsity masks' hash.")

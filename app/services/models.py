@@ -111,7 +111,7 @@ def register_upload(
         job_id=None,
         train_recipe=None,
         seed=None,
-        sha256=summary.sha256,
+        sha256=summary.weights_sha256,
         storage_key=key,
         size_bytes=len(weights),
         num_params=summary.total_params,

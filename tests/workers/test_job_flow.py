@@ -119,9 +119,14 @@ def test_retrain_and_ft_give_a_comparison_with_avg_gap(live_api: TestClient, tra
         )
         assert ft_row["avg_gap"] == pytest.approx(expected_gap)
         assert ft_row["rte_seconds"] > 0
+        nonmembers = retrain["result"]["attacks"]["population"]["nonmembers"]
         if name == "class":
             assert retrain["metrics"]["UA"] == 100.0
+            # Members and non-members from the forgotten class: the attack cannot just tell classes apart.
+            assert nonmembers["rule"] == "forgotten_class_test" and "class 3" in nonmembers["description"]
+            assert abs(retrain["metrics"]["mia_auc"] - 0.5) < 0.25
         else:
+            assert nonmembers["rule"] == "test_split"
             test_error = 100.0 - retrain["metrics"]["TA"]
             assert abs(retrain["metrics"]["UA"] - test_error) < 8.0
         with sessions() as session:
@@ -143,6 +148,21 @@ def test_same_seed_gives_identical_metrics(live_api: TestClient, trained) -> Non
     }
     again = run(live_api, tenant, body)
     assert again["metrics"] == trained["train"]["metrics"]
+    # The model's identity is its weights: two jobs' bit-identical outputs share one sha256, although each
+    # file's metadata names its own job (so the stored files differ).
+    first_id, second_id = trained["train"]["output_model_id"], again["output_model_id"]
+    first, second = (
+        live_api.get(f"/v1/models/{model_id}", headers=tenant.headers("read")).json()
+        for model_id in (first_id, second_id)
+    )
+    assert first["id"] != second["id"] and first["sha256"] == second["sha256"]
+    files = [
+        live_api.get(f"/v1/models/{model_id}/weights", headers=tenant.headers("read"))
+        for model_id in (first_id, second_id)
+    ]
+    assert files[0].content != files[1].content
+    assert files[0].headers["etag"] == files[1].headers["etag"] == f'"{first["sha256"]}"'
+    assert files[0].headers["digest"] != files[1].headers["digest"]
 
 
 def test_events_stream_replays_and_ends(live_api: TestClient, trained) -> None:

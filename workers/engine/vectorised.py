@@ -416,7 +416,11 @@ class _StackedModels:
             name: value.detach().to(CPU).contiguous().numpy()
             for name, value in {**self.params, **self.buffers}.items()
         }
-        return [{key: stacks[key][index].copy() for key in self.state_keys} for index in range(self.count)]
+        # ``np.array`` rather than ``[index].copy()``: slicing a 1-D stack (BatchNorm's 0-d
+        # ``num_batches_tracked``) yields a numpy scalar, which safetensors cannot save.
+        return [
+            {key: np.array(stacks[key][index]) for key in self.state_keys} for index in range(self.count)
+        ]
 
 
 # ---------------------------------------------------------------------------------------- epoch planning

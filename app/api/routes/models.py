@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from typing import Annotated
@@ -103,13 +104,15 @@ def download_weights(
     model_id: uuid.UUID, principal: Reader, session: SessionDep, store: StoreDep
 ) -> Response:
     row = get_model(session, principal.tenant_id, model_id)
+    body = store.get(row.storage_key)
     return Response(
-        store.get(row.storage_key),
+        body,
         media_type="application/octet-stream",
         headers={
             "Content-Disposition": f'attachment; filename="{row.id}.safetensors"',
+            # The ETag names the weights (the model's identity); the Digest, these bytes (the file).
             "ETag": f'"{row.sha256}"',
-            "Digest": f"sha-256={row.sha256}",
+            "Digest": f"sha-256={hashlib.sha256(body).hexdigest()}",
         },
     )
 

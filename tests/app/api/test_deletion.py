@@ -26,6 +26,8 @@ from app.storage import LocalArtifactStore
 from app.storage.local import content_key, sha256_hex
 from tests.app.api.test_resources import assert_problem, create_digits, model_weights
 
+file_sha256 = sha256_hex  # the artifact store keys model files by their bytes
+
 MLP_CONFIG = {"input_shape": [1, 8, 8], "hidden": [16], "num_classes": 10}
 RECIPE = {"epochs": 1, "batch_size": 64, "lr": 0.05}
 
@@ -194,7 +196,7 @@ def test_model_bytes_leave_the_store_only_with_the_last_row(
     second = upload_model(api, tenant, weights)  # same bytes: one content-addressed file, two rows
     foreign = upload_model(api, other_tenant, weights)
     assert first["sha256"] == second["sha256"] == foreign["sha256"]
-    path = artifacts_dir / content_key("models", str(tenant.id), first["sha256"], ".safetensors")
+    path = artifacts_dir / content_key("models", str(tenant.id), file_sha256(weights), ".safetensors")
     assert path.read_bytes() == weights
 
     report = delete(api, tenant, f"/v1/models/{first['id']}").json()
@@ -245,7 +247,7 @@ def test_dataset_refused_while_in_use_and_with_dependents_then_cascade(
         session.commit()
         shadow_id = shadow.id
     dataset_path = artifacts_dir / content_key("datasets", str(tenant.id), dataset["sha256"], ".npz")
-    model_path = artifacts_dir / content_key("models", str(tenant.id), model["sha256"], ".safetensors")
+    model_path = artifacts_dir / content_key("models", str(tenant.id), file_sha256(weights), ".safetensors")
     assert dataset_path.exists() and model_path.exists()
     dataset_url = f"/v1/datasets/{dataset['id']}"
 
@@ -431,9 +433,10 @@ def test_crash_between_commit_and_file_deletion_is_swept(
     monkeypatch,
 ) -> None:
     model = upload_model(api, tenant, weights)
-    key = content_key("models", str(tenant.id), model["sha256"], ".safetensors")
-    kept = upload_model(api, tenant, model_weights("mlp", MLP_CONFIG))  # other random weights
-    kept_key = content_key("models", str(tenant.id), kept["sha256"], ".safetensors")
+    key = content_key("models", str(tenant.id), file_sha256(weights), ".safetensors")
+    kept_weights = model_weights("mlp", MLP_CONFIG)  # other random weights
+    upload_model(api, tenant, kept_weights)
+    kept_key = content_key("models", str(tenant.id), file_sha256(kept_weights), ".safetensors")
     # The process dies after the commit, before any file is deleted.
     monkeypatch.setattr(deletion, "delete_unreferenced", lambda *args, **kwargs: FileReport())
     assert delete(api, tenant, f"/v1/models/{model['id']}").status_code == 200

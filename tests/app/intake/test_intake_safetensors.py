@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from app.intake import IntakeError, load_safetensors_arrays, validate_safetensors
+from app.intake import IntakeError, load_safetensors_arrays, validate_safetensors, weights_digest
 from app.intake.safetensors_check import MAX_HEADER_BYTES, MAX_TENSOR_RANK
 
 LIMIT = 10 * 1024 * 1024
@@ -80,6 +80,36 @@ def test_valid_checkpoint_summary_describes_the_file() -> None:
     assert json.loads(json.dumps(manifest)) == manifest
     assert manifest["tensors"]["fc.weight"] == {"dtype": "F32", "shape": [10, 4]}
 
+
+def test_weights_digest_names_the_tensors_not_the_file() -> None:
+    """Issue 14: a model's identity is its weights. Metadata (the producing job) and the tensors' order in
+    the file change the file's hash but not the weights digest; one changed value, dtype, shape or name
+    changes it."""
+    arrays = _state_dict()
+    first = safetensors.numpy.save(arrays, metadata={"job_id": "a"})
+    second = safetensors.numpy.save(dict(reversed(list(arrays.items()))), metadata={"job_id": "b"})
+    hand_ordered = _raw_file(
+        {name: _entry("F32", [2], 8 * index, 8 * index + 8) for index, name in enumerate(("b", "a"))},
+        np.array([3, 4, 1, 2], dtype="<f4").tobytes(),
+    )
+    reordered = _raw_file(
+        {name: _entry("F32", [2], 8 * index, 8 * index + 8) for index, name in enumerate(("a", "b"))},
+        np.array([1, 2, 3, 4], dtype="<f4").tobytes(),
+    )
+    assert first != second
+    assert weights_digest(first) == weights_digest(second)
+    assert validate_safetensors(first, EXPECTED, max_bytes=LIMIT).weights_sha256 == weights_digest(first)
+    assert weights_digest(hand_ordered) == weights_digest(reordered)
+    variants = []
+    changed = dict(arrays)
+    changed["fc.bias"] = arrays["fc.bias"].copy()
+    changed["fc.bias"][0] = np.nextafter(changed["fc.bias"][0], np.float32(np.inf))
+    variants.append(changed)
+    variants.append({**arrays, "fc.bias": arrays["fc.bias"].astype(np.float64)})
+    variants.append({**arrays, "fc.bias": arrays["fc.bias"].reshape(2, 5)})
+    variants.append({("head.bias" if k == "fc.bias" else k): v for k, v in arrays.items()})
+    digests = {weights_digest(safetensors.numpy.save(variant)) for variant in variants}
+    assert weights_digest(first) not in digests and len(digests) == len(variants)
 
 @pytest.mark.parametrize("float_dtype", [np.float16, np.float64])
 def test_any_float_dtype_is_accepted_for_float_parameters(float_dtype: type[np.floating[Any]]) -> None:

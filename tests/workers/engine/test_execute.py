@@ -4,12 +4,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from workers.engine.architectures import ARCHITECTURES
+from workers.engine.architectures.build import build_model
 from workers.engine.datasets import ArrayDataset, build_dataset
 from workers.engine.errors import EngineError, InvalidInputError, JobCancelled, UnknownEntryError
-from workers.engine.execute import EngineRequest, EngineResult, execute, resolve_device
+from workers.engine.execute import EngineRequest, EngineResult, execute, predict_logits, resolve_device
 from workers.engine.hooks import RecordingHooks
+from workers.engine.metrics import softmax
+from workers.engine.metrics.attacks import population_attack
 
 MLP_CONFIG: dict[str, Any] = {"input_shape": [1, 8, 8], "hidden": [32]}
 QUICK_RECIPE: dict[str, Any] = {
@@ -158,6 +162,40 @@ def test_forget_class_alone_selects_the_whole_class(digits: ArrayDataset, traine
     )
     assert result.details["counts"]["n_forget"] == int(np.sum(digits.y_train == 5))
     assert result.details["counts"]["n_test_used"] == int(np.sum(digits.y_test != 5))
+
+
+def test_class_forget_set_population_attack_uses_the_forgotten_class_as_non_members(
+    digits: ArrayDataset, trained: EngineResult
+) -> None:
+    """A perfect retrain must read chance: members and non-members both from the forgotten class. The old
+    rule (test samples of the other classes) let the attack tell classes apart instead (AUC near 0 or 1)."""
+    retrain = execute(
+        _request(digits, kind="retrain", method="retrain", params={"recipe": QUICK_RECIPE}, forget_class=5)
+    )
+    population = retrain.details["attacks"]["population"]
+    assert population["nonmembers"]["rule"] == "forgotten_class_test"
+    assert (
+        population["counts"]["nonmembers"] == population["nonmembers"]["n"] == int(np.sum(digits.y_test == 5))
+    )
+    auc = population["attacks"]["logit_confidence"]["threshold"]["auc"]
+    assert auc["ci_low"] <= 0.5 <= auc["ci_high"], auc
+    assert retrain.metrics["mia_auc"] == auc["value"]
+
+    assert retrain.weights is not None
+    model = build_model("mlp", MLP_CONFIG)
+    model.load_state_dict({key: torch.from_numpy(value) for key, value in retrain.weights.items()})
+    train_probs = softmax(predict_logits(model, torch.from_numpy(digits.x_train)))
+    test_probs = softmax(predict_logits(model, torch.from_numpy(digits.x_test)))
+    forget, others = np.flatnonzero(digits.y_train == 5), np.flatnonzero(digits.y_test != 5)
+    old_rule = population_attack(
+        train_probs[forget],
+        digits.y_train[forget],
+        test_probs[others],
+        digits.y_test[others],
+        attackers=("threshold",),
+        n_bootstrap=0,
+    )
+    assert abs(old_rule["attacks"]["logit_confidence"]["threshold"]["auc"]["value"] - 0.5) > 0.3
 
 
 def test_progress_is_reported_and_cancellation_propagates(digits: ArrayDataset) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import save
 from sklearn.datasets import load_digits
 
 from workers.engine import vectorised
@@ -145,6 +146,9 @@ def test_batchnorm_cnns_match_fit(
         # Idle steps must not count as BatchNorm batches either: fit's count is epochs x own steps.
         steps = RECIPE.epochs * len(batch_bounds(len(subset), RECIPE.batch_size))
         assert int(state["blocks.0.bn.num_batches_tracked"]) == steps
+        # The shadow store saves these with safetensors, which needs arrays (a 0-d one here), not scalars.
+        assert all(isinstance(value, np.ndarray) for value in state.values())
+        save(state)
         _assert_states_close(state, expected, CNN_ATOL)
         reference = build_model("small_cnn", CNN_CONFIG)
         reference.load_state_dict({key: torch.from_numpy(value) for key, value in expected.items()})

@@ -1,0 +1,79 @@
+"""An audit with every attack family on every registry architecture that audits accept, through the job
+path (API → broker → prefork worker → shadow store → result), not only the engine.
+
+BatchNorm models (small_cnn, resnet18) carry a 0-d ``num_batches_tracked`` buffer per layer; the shadow
+store once failed to save it (issue 14). Each architecture is tiny so that 4·K models train in seconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.workers.test_job_flow import run
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+SHADOWS = 3
+TINY_RECIPE = {"epochs": 2, "batch_size": 128, "lr": 0.05, "momentum": 0.9}
+QUICK_FT = {"epochs": 1, "lr": 0.01, "batch_size": 128}
+ARCHITECTURES = {
+    "mlp": {"input_shape": [1, 8, 8], "hidden": [16]},
+    "small_cnn": {"in_channels": 1, "image_size": 8, "channels": [4, 8]},
+    "resnet18": {"in_channels": 1, "width": 2},
+}
+ATTACK_METRICS = ("ulira_auc", "kaggle_score", "lira_unlearned_auc", "rmia_unlearned_auc")
+
+
+@pytest.fixture(scope="module")
+def digits(live_api: TestClient, worker_group, sessions, migrated) -> dict:
+    from tests.app.api.test_resources import create_digits
+    from tests.conftest import make_tenant
+
+    tenant = make_tenant(sessions, migrated)
+    dataset = create_digits(live_api, tenant)
+    forget = live_api.post(
+        "/v1/forget-sets",
+        json={"dataset_id": dataset["id"], "spec": {"kind": "random", "fraction": 0.1, "seed": 0}},
+        headers=tenant.headers("submit"),
+    )
+    assert forget.status_code == 201, forget.text
+    return {"tenant": tenant, "dataset": dataset, "forget_set": forget.json()["id"]}
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_audit_with_every_attack_succeeds_on_each_architecture(
+    live_api: TestClient, digits: dict, architecture: str
+) -> None:
+    tenant = digits["tenant"]
+    train = run(
+        live_api,
+        tenant,
+        {
+            "kind": "train",
+            "dataset_id": digits["dataset"]["id"],
+            "architecture": architecture,
+            "arch_config": ARCHITECTURES[architecture],
+            "params": {"recipe": TINY_RECIPE},
+            "seed": 1,
+        },
+    )
+    audit = run(
+        live_api,
+        tenant,
+        {
+            "kind": "audit",
+            "model_id": train["output_model_id"],
+            "forget_set_id": digits["forget_set"],
+            "params": {"method": "ft", "method_params": QUICK_FT, "shadows": SHADOWS, "n_bootstrap": 20},
+            "seed": 2,
+        },
+    )
+    metrics = audit["metrics"]
+    assert metrics["models_trained"] == 4 * SHADOWS, metrics
+    for name in ATTACK_METRICS:
+        assert np.isfinite(metrics[name]), (architecture, name, metrics[name])
+    assert set(audit["result"]["attacks"]) >= {"ulira", "kaggle", "lira", "rmia"}
+    stored = live_api.get("/v1/shadow-models", headers=tenant.headers("read"))
+    assert stored.status_code == 200, stored.text
