@@ -48,7 +48,8 @@ def test_audit_runs_reuses_its_shadows_and_stores_per_example_scores(
     assert first["status"] == "succeeded", first.get("error")
     assert first["method"] == "ft" and first["kind"] == "audit"
     metrics = first["metrics"]
-    assert metrics["models_trained"] == 4 * SHADOWS and metrics["models_reused"] == 0
+    # base, retrain, pool, unlearned pipelines + the released Kaggle runs + the Kaggle calibration retrains.
+    assert metrics["models_trained"] == 6 * SHADOWS and metrics["models_reused"] == 0
     for name in ("ulira_auc", "ulira_accuracy", "kaggle_score", "lira_unlearned_auc", "rmia_unlearned_auc"):
         assert name in metrics, name
     assert 0.0 <= metrics["ulira_auc_ci_low"] <= metrics["ulira_auc"] <= metrics["ulira_auc_ci_high"] <= 1.0
@@ -62,17 +63,29 @@ def test_audit_runs_reuses_its_shadows_and_stores_per_example_scores(
     arrays = live_api.get(f"/v1/jobs/{first['id']}/arrays", headers=tenant.headers("read")).json()
     assert len(arrays["ulira_member_scores"]) == len(arrays["ulira_nonmember_scores"]) == SHADOWS * 144
     assert len(arrays["kaggle_epsilons_0"]) == len(arrays["forget_indices_0"]) == 144
+    # LiRA and RMIA per-example scores too, with their (model, example) layout: 16 unlearned targets.
+    assert len(arrays["lira_online_fixed_unlearned_member_scores"]) == SHADOWS * 144
+    assert len(arrays["rmia_unlearned_member_scores"]) == len(arrays["trials_unlearned_member_model_ids"])
+    assert result["attacks"]["ulira"]["interval"]["method"].startswith("two-way cluster bootstrap")
+    kaggle = result["attacks"]["kaggle"]
+    assert kaggle["protocol"] == "released" and kaggle["n_models"] == SHADOWS and kaggle["points_cap"] == 3.0
+    assert kaggle["warnings"] and "kaggle_ceiling_forgetting_quality" in metrics
+    # The audit lists the same library versions as every other job.
+    import sklearn
+
+    assert first["environment"]["sklearn"] == sklearn.__version__
+    assert {"torch", "numpy", "python", "device", "code_version"} <= set(first["environment"])
     with sessions() as session:
         stored = session.scalar(select(func.count()).select_from(ShadowModel))
-    assert stored is not None and stored >= 4 * SHADOWS
+    assert stored is not None and stored >= 6 * SHADOWS
 
     second = run(live_api, tenant, body)
     assert second["status"] == "succeeded", second.get("error")
     assert second["metrics"]["models_trained"] == 0
-    assert second["metrics"]["models_reused"] == 4 * SHADOWS
+    assert second["metrics"]["models_reused"] == 6 * SHADOWS
     assert second["metrics"]["ulira_auc"] == metrics["ulira_auc"]
     # Reuse replaces every training and unlearning run by a fetch from the store.
-    stages = ("base_s", "retrain_s", "pool_s", "unlearned_s")
+    stages = ("base_s", "retrain_s", "pool_s", "unlearned_s", "unlearned_original_s", "calibration_s")
     training_first = sum(first["timings"][stage] for stage in stages)
     training_second = sum(second["timings"][stage] for stage in stages)
     assert training_second < training_first / 2, (training_first, training_second)
@@ -85,7 +98,7 @@ def test_audit_runs_reuses_its_shadows_and_stores_per_example_scores(
     assert len({row["spec"]["seed"] for row in listed}) == SHADOWS
     events = live_api.get(f"/v1/jobs/{first['id']}/events", headers=tenant.headers("read")).json()
     stages = {e["data"].get("info", {}).get("stage") for e in events if e["type"] == "progress"}
-    assert {"base", "retrain", "pool", "unlearned"} <= stages
+    assert {"base", "retrain", "pool", "unlearned", "unlearned_original", "calibration"} <= stages
 
 
 def test_audit_submission_errors_are_problems(live_api: TestClient, setup) -> None:

@@ -2,7 +2,7 @@
 path (API → broker → prefork worker → shadow store → result), not only the engine.
 
 BatchNorm models (small_cnn, resnet18) carry a 0-d ``num_batches_tracked`` buffer per layer; the shadow
-store once failed to save it (issue 14). Each architecture is tiny so that 4·K models train in seconds.
+store once failed to save it (issue 14). Each architecture is tiny so that its 6·K models train in seconds.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def test_audit_with_every_attack_succeeds_on_each_architecture(
         },
     )
     metrics = audit["metrics"]
-    assert metrics["models_trained"] == 4 * SHADOWS, metrics
+    assert metrics["models_trained"] == 6 * SHADOWS, metrics
     for name in ATTACK_METRICS:
         assert np.isfinite(metrics[name]), (architecture, name, metrics[name])
     assert set(audit["result"]["attacks"]) >= {"ulira", "kaggle", "lira", "rmia"}

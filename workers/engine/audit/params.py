@@ -9,8 +9,23 @@ that repeat the whole story many times with different seeds (peers.md §3.3, §3
 - K LiRA shadows on random halves of the pool (train + test split) for LiRA and RMIA against the original
   and the unlearned models.
 
-Cost in trainings: K + K·F (+ K for LiRA/RMIA); K·F unlearning runs. Everything but the unlearning runs is
-reusable across methods; the store keeps all of it.
+Cost in trainings: K + K·F (+ K for LiRA/RMIA, + K Kaggle calibration retrains); K·F unlearning runs, + K
+for the Kaggle score's released protocol. Everything but the unlearning runs is reusable across methods; the
+store keeps all of it.
+
+Kaggle protocol (``kaggle_protocol``):
+
+- ``released`` (default): as the NeurIPS'23 challenge's released evaluation, N unlearning runs with
+  different seeds from ONE original model (the job's model, trained once) against N retrains without the
+  forget set, here N = K (the challenge used N = 512). Faithful to the definition ((ε, δ)-unlearning is a
+  statement about one D and one S, the randomness being the algorithms' seeds) and on a CPU no dearer than
+  the pipelines: K unlearning runs of the audited method and the K retrains the U-LiRA pipelines need too.
+- ``pipelines``: the unlearned sample is the K pipelines' unlearned models (one per base model), so it also
+  carries the base models' training randomness; cheaper when U-LiRA runs anyway (no extra unlearning),
+  averaged over the F forget sets.
+
+``kaggle_calibration`` (default on) trains K more retrains with fresh seeds and scores retrain against
+retrain at the same N: the ceiling a perfect method can reach at this N.
 """
 
 from __future__ import annotations
@@ -39,6 +54,9 @@ ALL_ATTACKS: tuple[AttackName, ...] = ("ulira", "kaggle", "lira", "rmia")
 POOL_SHADOW_ATTACKS = frozenset({"lira", "rmia"})
 # Attacks that compare unlearned with retrained pipelines.
 RETRAIN_ATTACKS = frozenset({"ulira", "kaggle"})
+# Attacks that use the pipelines' unlearned models (the K base models, each unlearned on each forget set).
+PIPELINE_ATTACKS = frozenset({"ulira", "lira", "rmia"})
+KaggleProtocol = Literal["released", "pipelines"]
 
 Alpha = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
 
@@ -80,7 +98,30 @@ class AuditParams(BaseModel):
     alphas: list[Alpha] = Field(
         default_factory=lambda: [0.01, 0.001], min_length=1, max_length=8, description="FPR levels."
     )
-    n_bootstrap: int = Field(default=DEFAULT_BOOTSTRAP, ge=0, le=MAX_BOOTSTRAP)
+    n_bootstrap: int = Field(
+        default=DEFAULT_BOOTSTRAP,
+        ge=0,
+        le=MAX_BOOTSTRAP,
+        description=(
+            "Bootstrap replicates of every interval; U-LiRA, LiRA and RMIA resample pipelines and examples "
+            "(two-way cluster bootstrap), since their pooled trials are not independent."
+        ),
+    )
+    kaggle_protocol: KaggleProtocol = Field(
+        default="released",
+        description=(
+            "Kaggle ε score: 'released' = N = K unlearning runs (different seeds) of the job's original "
+            "model vs N retrains, as the NeurIPS'23 evaluation; 'pipelines' = the K pipelines' unlearned "
+            "models (K different base models) vs their retrains."
+        ),
+    )
+    kaggle_calibration: bool = Field(
+        default=True,
+        description=(
+            "Also score K fresh retrains against the K retrains (K more trainings): the Kaggle ceiling a "
+            "perfect method reaches at this N."
+        ),
+    )
     chunk_size: int | None = Field(
         default=None, ge=1, le=MAX_SHADOWS, description="Models trained at once (memory bound); null: all."
     )
@@ -113,3 +154,18 @@ class AuditParams(BaseModel):
     @property
     def needs_retrains(self) -> bool:
         return bool(RETRAIN_ATTACKS.intersection(self.attacks))
+
+    @property
+    def needs_pipelines(self) -> bool:
+        """Whether base models and their unlearned versions are needed (not for a released Kaggle alone)."""
+        pipelines_kaggle = "kaggle" in self.attacks and self.kaggle_protocol == "pipelines"
+        return pipelines_kaggle or bool(PIPELINE_ATTACKS.intersection(self.attacks))
+
+    @property
+    def needs_released_unlearning(self) -> bool:
+        """Whether the original model is unlearned K times (the released Kaggle protocol)."""
+        return "kaggle" in self.attacks and self.kaggle_protocol == "released"
+
+    @property
+    def needs_kaggle_calibration(self) -> bool:
+        return "kaggle" in self.attacks and self.kaggle_calibration

@@ -8,17 +8,34 @@ Stages (each model is looked up in the shadow store first and only trained when 
 3. ``pool`` (LiRA / RMIA only): K models on random halves of the pool (train + test), each example IN for
    exactly half of them (the LiRA reference's balanced split).
 4. ``unlearned``: the audited method applied to every base model and forget set (K·F runs); ``retrain`` as
-   the method trains from a seeded initialisation instead, with seeds distinct from stage 2's.
-5. Predictions of every model on the pool, then the attacks:
+   the method trains from a seeded initialisation instead, with seeds distinct from stage 2's. Stages 1 and
+   4 are skipped when only the released Kaggle protocol needs models.
+5. ``unlearned_original`` (Kaggle, ``kaggle_protocol="released"``, the default): the audited method applied
+   K times, with different seeds, to the job's original model and forget set, as the NeurIPS'23 released
+   evaluation (which used N = 512; here N = K).
+6. ``calibration`` (Kaggle, ``kaggle_calibration``): K more retrains on the first forget set with fresh seeds.
+7. Predictions of every model on the pool, then the attacks:
 
    - **U-LiRA** (peers.md §3.3): per forget set, leave-one-pipeline-out per-example Gaussians over the
      unlearned vs the retrained pipelines; trials from all F forget sets are pooled. Perfect unlearning
      gives AUC 0.5 and accuracy 50 %.
-   - **Kaggle ε score** (peers.md §3.5): per forget set from the K unlearned vs K retrained samples of φ,
-     with the retain- and test-accuracy ratios; the reported score is the mean over forget sets.
+   - **Kaggle ε score** (peers.md §3.5): released protocol: the K unlearning runs of stage 5 vs the K
+     retrains of the first forget set; pipelines protocol: per forget set, the K pipelines' unlearned vs
+     retrained models, averaged over forget sets. Always with N and the points cap ⌈ln(N - 1)⌉ next to the
+     score, a warning when N < 128, and the calibration: the same score for retrain vs retrain (stage 6 vs
+     stage 2) at the same N, the ceiling a perfect method reaches at this N (with small N it is far below 1).
    - **LiRA** (online / offline, each also with fixed variance; peers.md §3.2) and **RMIA offline**
      (peers.md §3.4) against two targets: the original model and the K unlearned models of the first
-     forget set (pooled). Members: the first forget set's examples; non-members: the test split.
+     forget set (pooled). Members: the first forget set's examples; non-members: the test split. RMIA's
+     population is the test split with, for every shadow, only the points it did not train on; ``a`` is
+     tuned on the pseudo-target's OUT test points (see ``metrics/rmia.py``).
+
+Intervals: U-LiRA, LiRA and RMIA pool trials over models and examples, which are correlated within a
+model and within an example, so their bootstrap intervals resample pipelines and examples (the two-way
+cluster bootstrap of ``metrics/attacks.py``); each report's ``interval`` names the method and the number of
+clusters. U-LiRA's pipeline cluster is the base model k (its F unlearned models share it); LiRA / RMIA's is
+the target model. Per-example scores and their cluster ids go to the arrays artifact (``AuditResult.arrays``),
+so every AUC can be recomputed from it.
 
 Models are trained with :func:`workers.engine.vectorised.train_models` (K at once); the unlearning runs are
 sequential (methods are arbitrary code). Every trained model is saved to the store as soon as its stage
@@ -41,7 +58,14 @@ from pydantic import ValidationError
 from workers.engine.architectures import ARCHITECTURES
 from workers.engine.architectures.build import build_model, load_weights, state_to_numpy
 from workers.engine.audit.params import AuditParams
-from workers.engine.audit.store import ShadowRole, ShadowSpec, ShadowStore, Weights, indices_digest
+from workers.engine.audit.store import (
+    ShadowRole,
+    ShadowSpec,
+    ShadowStore,
+    Weights,
+    indices_digest,
+    weights_digest,
+)
 from workers.engine.datasets import ArrayDataset
 from workers.engine.errors import InvalidInputError
 from workers.engine.hooks import EngineHooks, NullHooks
@@ -50,10 +74,16 @@ from workers.engine.methods import METHODS, MethodSpec
 from workers.engine.methods.base import DeviceSplits, MethodContext
 from workers.engine.methods.params import TrainRecipe
 from workers.engine.metrics import softmax
-from workers.engine.metrics.attacks import attack_report
-from workers.engine.metrics.kaggle import kaggle_score
+from workers.engine.metrics.attacks import TrialClusters, attack_report
+from workers.engine.metrics.kaggle import (
+    RELEASED_N_MODELS,
+    SMALL_N_WARNING_BELOW,
+    kaggle_score,
+    relative_to_ceiling,
+    small_n_warning,
+)
 from workers.engine.metrics.lira import lira_offline, lira_online, ulira_trials
-from workers.engine.metrics.rmia import rmia_offline, tune_offline_a
+from workers.engine.metrics.rmia import rmia_offline, tune_offline_a, tuning_population
 from workers.engine.vectorised import predict_models, train_models
 
 AUDIT_PHASE = "audit"
@@ -72,6 +102,19 @@ LIRA_VARIANTS: dict[str, tuple[bool, bool]] = {  # name -> (online, fixed_varian
 }
 # The LiRA variant whose figures become flat metrics (the others are in the details).
 HEADLINE_LIRA_VARIANT = "online_fixed"
+KAGGLE_PROTOCOLS: dict[str, str] = {
+    "released": (
+        "N unlearning runs (different seeds) of the job's original model, trained once, vs N retrains "
+        "without the forget set (the NeurIPS'23 released evaluation; N = shadows)"
+    ),
+    "pipelines": (
+        "the unlearned models of N shadow pipelines (N different base models) vs their N retrains, "
+        "averaged over forget sets"
+    ),
+}
+KAGGLE_CALIBRATION = (
+    "N retrains vs N further retrains with fresh seeds: the score of perfect unlearning at this N"
+)
 
 
 @dataclass
@@ -95,6 +138,8 @@ class AuditResult:
     details: dict[str, Any]
     timings: dict[str, float]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # Device and library versions, as every other job's environment (``execute._environment``).
+    environment: dict[str, Any] = field(default_factory=dict)
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -195,7 +240,7 @@ def pool_memberships(shadows: int, pool_size: int, seed: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- training
 def _obtain_trained(
-    context: _Context, stage: ShadowRole, specs: Sequence[ShadowSpec], subsets: Sequence[np.ndarray]
+    context: _Context, stage: str, specs: Sequence[ShadowSpec], subsets: Sequence[np.ndarray]
 ) -> list[Weights]:
     """Stored weights where present; the rest trained together (vectorised) and saved."""
     started = time.perf_counter()
@@ -299,52 +344,87 @@ def _unlearn_one(
     return state_to_numpy(output.model)
 
 
+def _unlearning_spec(
+    context: _Context, method: MethodSpec, base_key: str, forget: np.ndarray, seed: int
+) -> ShadowSpec:
+    return ShadowSpec(
+        "unlearned",
+        context.material(
+            base=base_key,
+            forget=indices_digest(forget),
+            method=method.name,
+            method_params=context.params.method_params,
+            recipe=context.recipe.model_dump(mode="json"),
+            seed=seed,
+            unlearner=UNLEARNER,
+        ),
+    )
+
+
+def _run_unlearning(
+    context: _Context, stage: str, runs: Sequence[tuple[ShadowSpec, Weights, np.ndarray]]
+) -> list[Weights]:
+    """The audited method on each (spec, base weights, forget set), stored ones fetched, sequentially."""
+    started = time.perf_counter()
+    context.progress.stage = stage
+    method = METHODS.get(context.params.method)
+    found = context.store.fetch([spec.key for spec, _, _ in runs])
+    counts = {"reused": 0, "trained": 0}
+    context.progress.counts[stage] = counts
+    result: list[Weights] = []
+    for spec, base, forget in runs:
+        weights = found.get(spec.key)
+        if weights is None:
+            before = context.progress.done
+            weights = _unlearn_one(context, method, base, forget, int(spec.material["seed"]))
+            context.store.save(spec, weights)
+            counts["trained"] += 1
+            context.progress.done = before
+        else:
+            counts["reused"] += 1
+        context.progress.advance(1)
+        result.append(weights)
+    context.seconds[stage] = context.seconds.get(stage, 0.0) + time.perf_counter() - started
+    return result
+
+
 def _obtain_unlearned(
     context: _Context, bases: Sequence[Weights], base_specs: Sequence[ShadowSpec], sets: Sequence[np.ndarray]
 ) -> list[list[Weights]]:
     """[f][k]: the audited method applied to base k and forget set f."""
-    started = time.perf_counter()
-    context.progress.stage = "unlearned"
     method = METHODS.get(context.params.method)
-    specs = [
-        [
-            ShadowSpec(
-                "unlearned",
-                context.material(
-                    base=base_specs[k].key,
-                    forget=indices_digest(forget),
-                    method=method.name,
-                    method_params=context.params.method_params,
-                    recipe=context.recipe.model_dump(mode="json"),
-                    seed=derive_seed(context.request.seed, "unlearn", k, f),
-                    unlearner=UNLEARNER,
-                ),
-            )
-            for k in range(len(bases))
-        ]
+    runs = [
+        (
+            _unlearning_spec(
+                context, method, base_specs[k].key, forget, derive_seed(context.request.seed, "unlearn", k, f)
+            ),
+            bases[k],
+            forget,
+        )
         for f, forget in enumerate(sets)
+        for k in range(len(bases))
     ]
-    found = context.store.fetch([spec.key for row in specs for spec in row])
-    counts = {"reused": 0, "trained": 0}
-    context.progress.counts["unlearned"] = counts
-    result: list[list[Weights]] = []
-    for f, forget in enumerate(sets):
-        row = []
-        for k, spec in enumerate(specs[f]):
-            weights = found.get(spec.key)
-            if weights is None:
-                before = context.progress.done
-                weights = _unlearn_one(context, method, bases[k], forget, int(spec.material["seed"]))
-                context.store.save(spec, weights)
-                counts["trained"] += 1
-                context.progress.done = before
-            else:
-                counts["reused"] += 1
-            context.progress.advance(1)
-            row.append(weights)
-        result.append(row)
-    context.seconds["unlearned"] = time.perf_counter() - started
-    return result
+    flat = _run_unlearning(context, "unlearned", runs)
+    shadows = len(bases)
+    return [flat[f * shadows : (f + 1) * shadows] for f in range(len(sets))]
+
+
+def _obtain_unlearned_original(context: _Context, forget: np.ndarray, count: int) -> list[Weights]:
+    """The released Kaggle protocol's N runs: the audited method on the job's original model, N seeds."""
+    method = METHODS.get(context.params.method)
+    original = context.request.original_weights
+    base_key = f"original:{weights_digest(original)}"
+    runs = [
+        (
+            _unlearning_spec(
+                context, method, base_key, forget, derive_seed(context.request.seed, "unlearn-original", k)
+            ),
+            original,
+            forget,
+        )
+        for k in range(count)
+    ]
+    return _run_unlearning(context, "unlearned_original", runs)
 
 
 # ------------------------------------------------------------------------------------------- attacks
@@ -432,21 +512,31 @@ def run_audit(request: AuditRequest, store: ShadowStore, hooks: EngineHooks | No
             raise InvalidInputError("the forget set must be non-empty and leave training data to retain")
     pool_units = shadows if params.needs_pool_shadows else 0
     retrain_units = shadows * per_shadow if params.needs_retrains else 0
-    total_units = shadows + shadows * per_shadow + retrain_units + pool_units + 2
+    pipeline_units = shadows + shadows * per_shadow if params.needs_pipelines else 0
+    released_units = shadows if params.needs_released_unlearning else 0
+    calibration_units = shadows if params.needs_kaggle_calibration else 0
+    total_units = pipeline_units + retrain_units + pool_units + released_units + calibration_units + 2
     progress = AuditProgress(hooks or NullHooks(), total_units)
     progress.report()
 
-    with reproducible(device):
+    with reproducible(device) as deterministic:
+        from workers.engine.execute import _environment
+
+        # The same environment record as every other job (library versions included).
+        environment = _environment(device, deterministic)
         inputs = torch.from_numpy(np.concatenate([dataset.x_train, dataset.x_test])).to(device)
         labels = torch.from_numpy(np.concatenate([dataset.y_train, dataset.y_test])).to(device)
         context = _Context(params, request, recipe, device, inputs, labels, dataset.n_train, store, progress)
         all_train = np.arange(dataset.n_train, dtype=np.int64)
 
-        base_specs = [
-            _training_spec(context, "base", all_train, derive_seed(request.seed, "base", k))
-            for k in range(shadows)
-        ]
-        bases = _obtain_trained(context, "base", base_specs, [all_train] * shadows)
+        base_specs: list[ShadowSpec] = []
+        bases: list[Weights] = []
+        if params.needs_pipelines:
+            base_specs = [
+                _training_spec(context, "base", all_train, derive_seed(request.seed, "base", k))
+                for k in range(shadows)
+            ]
+            bases = _obtain_trained(context, "base", base_specs, [all_train] * shadows)
 
         retain_sets = [np.setdiff1d(all_train, forget, assume_unique=True) for forget in sets]
         retrained: list[list[Weights]] = [[] for _ in sets]
@@ -474,7 +564,24 @@ def run_audit(request: AuditRequest, store: ShadowStore, hooks: EngineHooks | No
             ]
             pool = _obtain_trained(context, "pool", pool_specs, pool_subsets)
 
-        unlearned = _obtain_unlearned(context, bases, base_specs, sets)
+        calibration: list[Weights] = []
+        if params.needs_kaggle_calibration:
+            calibration_specs = [
+                _training_spec(
+                    context, "retrain", retain_sets[0], derive_seed(request.seed, "retrain-calibration", k)
+                )
+                for k in range(shadows)
+            ]
+            calibration = _obtain_trained(
+                context, "calibration", calibration_specs, [retain_sets[0]] * shadows
+            )
+
+        unlearned: list[list[Weights]] = [[] for _ in sets]
+        if params.needs_pipelines:
+            unlearned = _obtain_unlearned(context, bases, base_specs, sets)
+        released: list[Weights] = []
+        if params.needs_released_unlearning:
+            released = _obtain_unlearned_original(context, sets[0], shadows)
 
         progress.stage = "predict"
         predict_started = time.perf_counter()
@@ -482,6 +589,8 @@ def run_audit(request: AuditRequest, store: ShadowStore, hooks: EngineHooks | No
         unlearned_out = [_predict(context, row) for row in unlearned]
         retrained_out = [_predict(context, row) for row in retrained]
         pool_out = _predict(context, pool) if pool else None
+        released_out = _predict(context, released) if released else None
+        calibration_out = _predict(context, calibration) if calibration else None
         context.seconds["predict"] = time.perf_counter() - predict_started
         progress.advance(1)
 
@@ -498,7 +607,7 @@ def run_audit(request: AuditRequest, store: ShadowStore, hooks: EngineHooks | No
     test_indices = np.arange(dataset.n_train, dataset.n_train + dataset.n_test)
 
     if "ulira" in params.attacks:
-        member_parts, nonmember_parts = [], []
+        member_parts, nonmember_parts, pipeline_ids, example_ids = [], [], [], []
         for f, forget in enumerate(sets):
             members, nonmembers = ulira_trials(
                 unlearned_out[f].phi[:, forget],
@@ -507,50 +616,64 @@ def run_audit(request: AuditRequest, store: ShadowStore, hooks: EngineHooks | No
             )
             member_parts.append(members)
             nonmember_parts.append(nonmembers)
+            # Trial p * n + i is example i under pipeline p; the pipeline cluster is the base model p,
+            # which all F forget sets' unlearned models share; the example cluster is the train index,
+            # which two random forget sets may share.
+            pipeline_ids.append(np.repeat(np.arange(shadows), forget.size))
+            example_ids.append(np.tile(forget, shadows))
         member_scores, nonmember_scores = np.concatenate(member_parts), np.concatenate(nonmember_parts)
+        pipelines, examples = np.concatenate(pipeline_ids), np.concatenate(example_ids)
         report = attack_report(
-            member_scores, nonmember_scores, decision_threshold=LOG_RATIO_DECISION, **report_options
+            member_scores,
+            nonmember_scores,
+            decision_threshold=LOG_RATIO_DECISION,
+            clusters=TrialClusters(pipelines, examples, pipelines, examples),
+            **report_options,
         )
         details["attacks"]["ulira"] = report
         _flatten_report("ulira", report, metrics)
         arrays["ulira_member_scores"] = member_scores
         arrays["ulira_nonmember_scores"] = nonmember_scores
+        # Both sides share the layout: trial j of either side is (pipeline_ids[j], example_ids[j]).
+        arrays["ulira_pipeline_ids"] = pipelines
+        arrays["ulira_example_ids"] = examples
 
     if "kaggle" in params.attacks:
-        per_set = []
-        for f, forget in enumerate(sets):
-            retain = retain_sets[f]
-            summary = kaggle_score(
-                unlearned_out[f].phi[:, forget],
-                retrained_out[f].phi[:, forget],
-                _accuracy(unlearned_out[f].correct, retain),
-                _accuracy(retrained_out[f].correct, retain),
-                _accuracy(unlearned_out[f].correct, test_indices),
-                _accuracy(retrained_out[f].correct, test_indices),
-            )
-            per_set.append(summary)
-            arrays[f"kaggle_epsilons_{f}"] = np.asarray(summary.get("epsilons", []), dtype=np.float64)
-        details["attacks"]["kaggle"] = {
-            "per_forget_set": [
-                {key: value for key, value in summary.items() if key != "epsilons"} for summary in per_set
-            ]
-        }
-        metrics["kaggle_score"] = float(np.mean([summary["score"] for summary in per_set]))
-        metrics["kaggle_forgetting_quality"] = float(
-            np.mean([summary["forgetting_quality"] for summary in per_set])
+        kaggle = _kaggle(
+            params,
+            sets,
+            retain_sets,
+            test_indices,
+            _KaggleOutputs(unlearned_out, retrained_out, released_out, calibration_out),
+            arrays,
+            metrics,
         )
+        details["attacks"]["kaggle"] = kaggle
+        details.setdefault("warnings", []).extend(kaggle["warnings"])
 
     if pool_out is not None:
         forget = sets[0]
         targets = {"original": original, "unlearned": unlearned_out[0]}
+        for target_name, target in targets.items():
+            clusters = _grid_clusters(target.phi.shape[0], forget, test_indices)
+            for side in ("member", "nonmember"):
+                arrays[f"trials_{target_name}_{side}_model_ids"] = getattr(clusters, f"{side}_models")
+                arrays[f"trials_{target_name}_{side}_example_ids"] = getattr(clusters, f"{side}_examples")
         if "lira" in params.attacks:
             details["attacks"]["lira"] = _lira(
-                pool_out, pool_in, targets, forget, test_indices, report_options, metrics
+                pool_out, pool_in, targets, forget, test_indices, report_options, metrics, arrays
             )
             details["lira_headline_variant"] = HEADLINE_LIRA_VARIANT
         if "rmia" in params.attacks:
             details["attacks"]["rmia"] = _rmia(
-                pool_out.true_probability, pool_in, targets, forget, test_indices, report_options, metrics
+                pool_out.true_probability,
+                pool_in,
+                targets,
+                forget,
+                test_indices,
+                report_options,
+                metrics,
+                arrays,
             )
     context.seconds["attacks"] = time.perf_counter() - attacks_started
     progress.advance(1)
@@ -574,7 +697,9 @@ def run_audit(request: AuditRequest, store: ShadowStore, hooks: EngineHooks | No
     metrics["models_reused"] = float(reused)
     timings = {f"{stage}_s": seconds for stage, seconds in context.seconds.items()}
     timings["total_s"] = time.perf_counter() - started
-    return AuditResult(metrics=metrics, details=details, timings=timings, arrays=arrays)
+    return AuditResult(
+        metrics=metrics, details=details, timings=timings, arrays=arrays, environment=environment
+    )
 
 
 def _lira(
@@ -585,9 +710,12 @@ def _lira(
     test_indices: np.ndarray,
     report_options: dict[str, Any],
     metrics: dict[str, float],
+    arrays: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     """Every LiRA variant against every target: members = the forget set, non-members = the test split,
-    scored together (the fixed variance is one over all attacked points) and pooled over target models."""
+    scored together (the fixed variance is one over all attacked points) and pooled over target models,
+    with cluster-bootstrap intervals (models x examples). Per-trial scores go to ``arrays`` as
+    ``lira_<variant>_<target>_{member,nonmember}_scores`` in the ``trials_<target>_*`` layout."""
     points = np.concatenate([forget, test_indices])
     shadow_phi, shadow_in = pool_out.phi[:, points], pool_in[:, points]
     result: dict[str, Any] = {}
@@ -598,22 +726,22 @@ def _lira(
             scores = np.stack(
                 [attack(row[points], shadow_phi, shadow_in, fixed_variance=fixed) for row in target.phi]
             )
-            report = attack_report(
-                scores[:, : forget.size].ravel(), scores[:, forget.size :].ravel(), **report_options
+            member_scores, nonmember_scores = (
+                scores[:, : forget.size].ravel(),
+                scores[:, forget.size :].ravel(),
             )
+            report = attack_report(
+                member_scores,
+                nonmember_scores,
+                clusters=_grid_clusters(scores.shape[0], forget, test_indices),
+                **report_options,
+            )
+            arrays[f"lira_{variant}_{target_name}_member_scores"] = member_scores
+            arrays[f"lira_{variant}_{target_name}_nonmember_scores"] = nonmember_scores
             result[variant][target_name] = report
             if variant == HEADLINE_LIRA_VARIANT:
                 _flatten_report(f"lira_{target_name}", report, metrics)
     return result
-
-
-def _out_filled(probabilities: np.ndarray, out_mask: np.ndarray) -> np.ndarray:
-    """``probabilities`` (models x points) with every IN entry replaced by that point's OUT mean, so that a
-    plain mean over models equals the mean over the OUT models only (population points here are pool
-    points too, IN for half the shadows)."""
-    counts = out_mask.sum(axis=0)
-    out_mean = np.where(out_mask, probabilities, 0.0).sum(axis=0) / np.maximum(counts, 1)
-    return np.where(out_mask, probabilities, out_mean[None, :])
 
 
 def _rmia(
@@ -624,18 +752,33 @@ def _rmia(
     test_indices: np.ndarray,
     report_options: dict[str, Any],
     metrics: dict[str, float],
+    arrays: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     """Offline RMIA with the pool shadows as reference models, each point's P(x) averaged over the shadows
-    it was OUT of; the population z is the test split (whose points are also the non-member trials, so a
-    non-member is compared with itself once: LR = 1, a constant shift of 1/m). ``a`` is tuned as the
-    reference does, by attacking pool shadow 0 with the others."""
+    it was OUT of. The population z is the test split, whose points are also pool points (IN for half the
+    shadows): P(z) averages only the shadows OUT for z, and ``a`` is tuned, as the reference does, by
+    attacking pool shadow 0 with the others on the test points shadow 0 did not train on (so the tuning
+    population holds no member of the attacked shadow). The targets never trained on the test split, so
+    their population is the whole split; its points are also the non-member trials, so a non-member is
+    compared with itself once (LR = 1, a constant shift of 1/m). Intervals: cluster bootstrap (models x
+    examples); per-trial scores go to ``arrays`` as ``rmia_<target>_{member,nonmember}_scores``."""
     out_mask = ~pool_in
-    population = _out_filled(pool_p[:, test_indices], out_mask[:, test_indices])
-    best_a, auc_by_a = tune_offline_a(pool_p, population, out_mask, pseudo_target=0)
+    population = pool_p[:, test_indices]
+    population_out = out_mask[:, test_indices]
+    pseudo_target = 0
+    best_a, auc_by_a = tune_offline_a(
+        pool_p, population, out_mask, pseudo_target=pseudo_target, population_mask=population_out
+    )
+    tuning_size = int(tuning_population(population_out, population.shape, pseudo_target).size)
     result: dict[str, Any] = {
         "a": best_a,
         "auc_by_a": {format(a, "g"): value for a, value in auc_by_a.items()},
-        "population": "test split",
+        "population": "test split; P(z) over the shadows OUT for z",
+        "tuning": {
+            "pseudo_target": pseudo_target,
+            "population": "the test points the pseudo-target shadow did not train on",
+            "population_size": tuning_size,
+        },
     }
     for target_name, target in targets.items():
 
@@ -647,13 +790,114 @@ def _rmia(
                 population,
                 a=best_a,
                 reference_mask=out_mask[:, points],
+                population_mask=population_out,
             )
 
         member_scores = np.concatenate([scores(forget, row) for row in target.true_probability])
         nonmember_scores = np.concatenate([scores(test_indices, row) for row in target.true_probability])
-        report = attack_report(member_scores, nonmember_scores, **report_options)
+        report = attack_report(
+            member_scores,
+            nonmember_scores,
+            clusters=_grid_clusters(target.true_probability.shape[0], forget, test_indices),
+            **report_options,
+        )
+        arrays[f"rmia_{target_name}_member_scores"] = member_scores
+        arrays[f"rmia_{target_name}_nonmember_scores"] = nonmember_scores
         result[target_name] = report
         _flatten_report(f"rmia_{target_name}", report, metrics)
+    return result
+
+
+def _grid_clusters(n_models: int, member_points: np.ndarray, nonmember_points: np.ndarray) -> TrialClusters:
+    """Cluster ids of trials laid out model-major (row t of a models x points score matrix, raveled):
+    model t, and the example's pool index."""
+    return TrialClusters(
+        member_models=np.repeat(np.arange(n_models), member_points.size),
+        member_examples=np.tile(member_points, n_models),
+        nonmember_models=np.repeat(np.arange(n_models), nonmember_points.size),
+        nonmember_examples=np.tile(nonmember_points, n_models),
+    )
+
+
+@dataclass
+class _KaggleOutputs:
+    unlearned: list[_Outputs]  # [f]: the pipelines' unlearned models
+    retrained: list[_Outputs]  # [f]: the retrains
+    released: _Outputs | None  # the original model unlearned N times (released protocol)
+    calibration: _Outputs | None  # N further retrains of forget set 0
+
+
+def _kaggle(
+    params: AuditParams,
+    sets: Sequence[np.ndarray],
+    retain_sets: Sequence[np.ndarray],
+    test_indices: np.ndarray,
+    outputs: _KaggleOutputs,
+    arrays: dict[str, np.ndarray],
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    """The Kaggle score under the chosen protocol, with N, the points cap, the small-N warning and the
+    retrain-vs-retrain ceiling at the same N."""
+
+    def summary(unlearned: _Outputs, retrained: _Outputs, f: int) -> dict[str, Any]:
+        forget, retain = sets[f], retain_sets[f]
+        return kaggle_score(
+            unlearned.phi[:, forget],
+            retrained.phi[:, forget],
+            _accuracy(unlearned.correct, retain),
+            _accuracy(retrained.correct, retain),
+            _accuracy(unlearned.correct, test_indices),
+            _accuracy(retrained.correct, test_indices),
+        )
+
+    protocol = params.kaggle_protocol
+    if protocol == "released":
+        assert outputs.released is not None
+        per_set = [summary(outputs.released, outputs.retrained[0], 0)]
+    else:
+        per_set = [summary(outputs.unlearned[f], outputs.retrained[f], f) for f in range(len(sets))]
+    for f, entry in enumerate(per_set):
+        arrays[f"kaggle_epsilons_{f}"] = np.asarray(entry["epsilons"], dtype=np.float64)
+    n_models, cap = int(per_set[0]["n_models"]), float(per_set[0]["points_cap"])
+    warning = small_n_warning(n_models)
+    result: dict[str, Any] = {
+        "protocol": protocol,
+        "protocol_description": KAGGLE_PROTOCOLS[protocol],
+        "score": float(np.mean([entry["score"] for entry in per_set])),
+        "forgetting_quality": float(np.mean([entry["forgetting_quality"] for entry in per_set])),
+        "n_models": n_models,
+        "points_cap": cap,
+        "released_n_models": RELEASED_N_MODELS,
+        "small_n_below": SMALL_N_WARNING_BELOW,
+        "warnings": [warning] if warning else [],
+        "per_forget_set": [
+            {key: value for key, value in entry.items() if key != "epsilons"} for entry in per_set
+        ],
+        "calibration": None,
+    }
+    metrics["kaggle_score"] = result["score"]
+    metrics["kaggle_forgetting_quality"] = result["forgetting_quality"]
+    metrics["kaggle_n_models"] = float(n_models)
+    metrics["kaggle_points_cap"] = cap
+    if outputs.calibration is not None:
+        ceiling = summary(outputs.calibration, outputs.retrained[0], 0)
+        arrays["kaggle_calibration_epsilons_0"] = np.asarray(ceiling["epsilons"], dtype=np.float64)
+        result["calibration"] = {
+            "description": KAGGLE_CALIBRATION,
+            **{key: value for key, value in ceiling.items() if key != "epsilons"},
+        }
+        relative = {
+            "score_vs_ceiling": relative_to_ceiling(result["score"], ceiling["score"]),
+            "forgetting_quality_vs_ceiling": relative_to_ceiling(
+                result["forgetting_quality"], ceiling["forgetting_quality"]
+            ),
+        }
+        result.update(relative)
+        metrics["kaggle_ceiling_score"] = float(ceiling["score"])
+        metrics["kaggle_ceiling_forgetting_quality"] = float(ceiling["forgetting_quality"])
+        for key, value in relative.items():
+            if value is not None:
+                metrics[f"kaggle_{key}"] = float(value)
     return result
 
 

@@ -33,6 +33,16 @@ def indices_digest(indices: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(np.sort(indices), dtype="<i8").tobytes()).hexdigest()
 
 
+def weights_digest(weights: Weights) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes (names sorted): names a model's weights."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        array = np.ascontiguousarray(weights[name])
+        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class ShadowSpec:
     """One model of an audit, identified by everything that determines it."""

@@ -61,7 +61,28 @@ Metrics from (attack scores s, is_member), with P members and N non-members:
   drawn with ``numpy.random.default_rng(seed)``; members and non-members are resampled *separately*
   with replacement (each keeping its size), so every replicate has both classes. Fitted attackers are not
   refitted: the interval covers evaluation-sample variability, not fitting variability. All
-  (score, attacker) pairs use the same seed, so their replicates are comparable.
+  (score, attacker) pairs use the same seed, so their replicates are comparable. This is the right
+  interval only when trials really are independent, as for a population attack on one model (one trial
+  per example). The report's ``interval`` field names the method used.
+- Cluster bootstrap (``cluster_bootstrap``, used by ``attack_report`` when ``clusters`` is given): per-example
+  attacks pool trials over several models and examples (U-LiRA: pipelines x forget examples; LiRA / RMIA
+  against K unlearned models: models x examples). Trials that share a model, or an example, are correlated,
+  so the iid bootstrap above makes intervals too narrow. Each trial carries two cluster ids, its model
+  (pipeline) and its example. The default ``two-way`` method is the pigeonhole (product-weight) bootstrap of
+  McCullagh (2000) / Owen (2007): per replicate, models are resampled with replacement and, independently,
+  examples are; a trial's multiplicity is (times its model was drawn) x (times its example was drawn), i.e.
+  the trials at the crossing of the drawn models and examples. Its variance estimate is conservative (it
+  counts the residual variance about twice), which is the safe side for a policy reading ``ci_high``.
+  Resampling is stratified like the iid bootstrap: clusters that hold only members, only non-members, or
+  both are each resampled within their own stratum keeping its size (so U-LiRA's member and non-member
+  trials of the same pipeline / example move together, and LiRA's forget examples and test examples each
+  keep their count). ``pipeline`` and ``example`` resample one way only (one-way cluster bootstrap), ``iid``
+  resamples trials (the naive bootstrap, kept for comparison). Statistics of a weighted replicate are exactly
+  those of the resample with each trial repeated by its multiplicity (tested), computed for all replicates
+  at once from one sort. A replicate in which one class gets total weight 0 (possible only when the design
+  is not a full crossing) is dropped; ``interval.n_bootstrap_used`` says how many were kept. Not captured:
+  the dependence U-LiRA's leave-one-pipeline-out fits induce between pipelines (each fit uses all others),
+  and fitted attackers' fitting variability.
 """
 
 from __future__ import annotations
@@ -98,6 +119,19 @@ COUNT_TOLERANCE = 1e-9  # relative slack when turning alpha * N into an integer 
 
 MEMBER = 1
 NONMEMBER = 0
+
+# --- cluster bootstrap ----------------------------------------------------------------------------
+CLUSTER_METHODS: dict[str, str] = {
+    "two-way": "two-way cluster bootstrap (pipelines x examples)",
+    "pipeline": "cluster bootstrap by pipeline (one-way)",
+    "example": "cluster bootstrap by example (one-way)",
+    "iid": "bootstrap over trials (trials treated as independent)",
+}
+DEFAULT_CLUSTER_METHOD = "two-way"
+IID_METHOD_DESCRIPTION = (
+    "percentile bootstrap over trials, members and non-members resampled separately (trials independent)"
+)
+BOOTSTRAP_CELLS_PER_CHUNK = 2_000_000  # replicates x trials held in memory at once
 
 
 # ================================================================================================
@@ -447,6 +481,198 @@ def bootstrap_interval(
     return float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail))
 
 
+@dataclass(frozen=True)
+class TrialClusters:
+    """Cluster ids of every trial: the model (pipeline) it was scored under and the example it is about.
+
+    Arrays are integer ids aligned with the member and the non-member scores. Equal ids are the same
+    cluster *across* the two classes (a U-LiRA pipeline holds both a member and a non-member trial of each
+    forget example); ids only need to be comparable within one kind (models with models).
+    """
+
+    member_models: np.ndarray
+    member_examples: np.ndarray
+    nonmember_models: np.ndarray
+    nonmember_examples: np.ndarray
+
+    def checked(self, n_members: int, n_nonmembers: int) -> TrialClusters:
+        arrays = []
+        for name, size in (
+            ("member_models", n_members),
+            ("member_examples", n_members),
+            ("nonmember_models", n_nonmembers),
+            ("nonmember_examples", n_nonmembers),
+        ):
+            ids = np.asarray(getattr(self, name))
+            if ids.shape != (size,) or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+                raise ValueError(f"cluster ids {name} must be {size} integers, got {ids.dtype} {ids.shape}")
+            arrays.append(ids.astype(np.int64))
+        return TrialClusters(*arrays)
+
+    def counts(self) -> dict[str, int]:
+        """Distinct clusters: models, and examples among members, non-members and in both."""
+        member_examples = set(np.unique(self.member_examples).tolist())
+        nonmember_examples = set(np.unique(self.nonmember_examples).tolist())
+        models = np.unique(np.concatenate([self.member_models, self.nonmember_models]))
+        return {
+            "pipelines": int(models.size),
+            "member_examples": len(member_examples),
+            "nonmember_examples": len(nonmember_examples),
+            "shared_examples": len(member_examples & nonmember_examples),
+        }
+
+
+def _stratified_cluster_counts(
+    member_ids: np.ndarray, nonmember_ids: np.ndarray, rng: np.random.Generator, replicates: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per replicate, how many times each trial's cluster was drawn: ((B, n_m), (B, n_n)).
+
+    Clusters are resampled with replacement within their stratum (member-only, non-member-only, both),
+    each stratum keeping its number of clusters; a multinomial draw of k clusters with equal probabilities
+    is exactly k draws with replacement.
+    """
+    unique, inverse = np.unique(np.concatenate([member_ids, nonmember_ids]), return_inverse=True)
+    in_members = np.zeros(unique.size, dtype=bool)
+    in_members[inverse[: member_ids.size]] = True
+    in_nonmembers = np.zeros(unique.size, dtype=bool)
+    in_nonmembers[inverse[member_ids.size :]] = True
+    stratum = in_members.astype(np.int64) + 2 * in_nonmembers.astype(np.int64)
+    counts = np.zeros((replicates, unique.size))
+    for label in (1, 2, 3):
+        positions = np.flatnonzero(stratum == label)
+        if positions.size:
+            probabilities = np.full(positions.size, 1.0 / positions.size)
+            counts[:, positions] = rng.multinomial(positions.size, probabilities, size=replicates)
+    return counts[:, inverse[: member_ids.size]], counts[:, inverse[member_ids.size :]]
+
+
+def cluster_weights(
+    clusters: TrialClusters, method: str, rng: np.random.Generator, replicates: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap multiplicities of every member and non-member trial, ((B, n_m), (B, n_n)), for ``method``.
+
+    ``two-way``: (draws of the trial's model) x (draws of its example); ``pipeline`` / ``example``: one
+    factor only; ``iid``: every trial is its own cluster (members and non-members resampled separately).
+    """
+    if method not in CLUSTER_METHODS:
+        raise ValueError(f"unknown bootstrap method {method!r}; available: {sorted(CLUSTER_METHODS)}")
+    if method == "iid":
+        n_members = clusters.member_models.shape[0]
+        trials = np.arange(n_members + clusters.nonmember_models.shape[0])
+        return _stratified_cluster_counts(trials[:n_members], trials[n_members:], rng, replicates)
+    member_weights = np.ones((replicates, clusters.member_models.shape[0]))
+    nonmember_weights = np.ones((replicates, clusters.nonmember_models.shape[0]))
+    factors = {
+        "two-way": ("models", "examples"),
+        "pipeline": ("models",),
+        "example": ("examples",),
+    }[method]
+    for factor in factors:
+        member_draws, nonmember_draws = _stratified_cluster_counts(
+            getattr(clusters, f"member_{factor}"), getattr(clusters, f"nonmember_{factor}"), rng, replicates
+        )
+        member_weights *= member_draws
+        nonmember_weights *= nonmember_draws
+    return member_weights, nonmember_weights
+
+
+def weighted_statistics(
+    member_scores: np.ndarray,
+    nonmember_scores: np.ndarray,
+    member_weights: np.ndarray,
+    nonmember_weights: np.ndarray,
+    *,
+    alphas: Sequence[float] = (),
+    decision_threshold: float | None = None,
+) -> dict[str, np.ndarray]:
+    """``_statistics`` of B weighted resamples at once: each (B,) array, NaN where a class weighs 0.
+
+    ``*_weights`` (B, n): non-negative trial multiplicities. With integer weights every value equals that
+    of the resample in which each trial is repeated by its weight (the exact ROC of the weighted counts).
+    """
+    values = np.concatenate([member_scores, nonmember_scores])
+    member = np.concatenate(
+        [np.ones(member_scores.shape[0], bool), np.zeros(nonmember_scores.shape[0], bool)]
+    )
+    order = np.argsort(-values, kind="stable")
+    values, member = values[order], member[order]
+    group_ends = np.concatenate([np.flatnonzero(np.diff(values) != 0), [values.shape[0] - 1]])
+    weights = np.concatenate([member_weights, nonmember_weights], axis=1)[:, order]
+    zero = np.zeros((weights.shape[0], 1))
+    true_positives = np.concatenate([zero, np.cumsum(weights * member, axis=1)[:, group_ends]], axis=1)
+    false_positives = np.concatenate([zero, np.cumsum(weights * ~member, axis=1)[:, group_ends]], axis=1)
+    positives, negatives = true_positives[:, -1], false_positives[:, -1]
+    valid = (positives > 0) & (negatives > 0)
+    positives_safe = np.where(valid, positives, 1.0)
+    negatives_safe = np.where(valid, negatives, 1.0)
+    heights = true_positives[:, :-1] + true_positives[:, 1:]
+    area = np.sum(np.diff(false_positives, axis=1) * heights, axis=1) / (
+        2.0 * positives_safe * negatives_safe
+    )
+    tpr = true_positives / positives_safe[:, None]
+    fpr = false_positives / negatives_safe[:, None]
+    stats = {"auc": area, "balanced_accuracy": np.max((tpr + 1.0 - fpr) / 2.0, axis=1)}
+    if decision_threshold is not None:
+        hits = member_weights @ (member_scores > decision_threshold).astype(np.float64)
+        rejections = nonmember_weights @ (nonmember_scores <= decision_threshold).astype(np.float64)
+        stats["balanced_accuracy_at_decision"] = (hits / positives_safe + rejections / negatives_safe) / 2.0
+    for alpha in alphas:
+        # Integer weights make the weighted counts integers: the same count test as _tpr_at_fpr.
+        limits = np.floor(alpha * negatives * (1.0 + COUNT_TOLERANCE))
+        last = np.sum(false_positives <= limits[:, None], axis=1) - 1
+        stats[alpha_key(alpha)] = tpr[np.arange(tpr.shape[0]), last]
+    return {key: np.where(valid, value, np.nan) for key, value in stats.items()}
+
+
+def cluster_bootstrap(
+    member_scores: np.ndarray,
+    nonmember_scores: np.ndarray,
+    clusters: TrialClusters,
+    *,
+    method: str = DEFAULT_CLUSTER_METHOD,
+    alphas: Sequence[float] = (),
+    decision_threshold: float | None = None,
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
+    seed: int = 0,
+) -> tuple[dict[str, tuple[float, float]], int]:
+    """Percentile intervals (``CONFIDENCE_LEVEL``) of every statistic under a cluster bootstrap.
+
+    Returns ``({statistic: (low, high)}, replicates used)``; see the module docstring for the methods.
+    Replicates are drawn with ``default_rng(seed)`` and evaluated in chunks (memory bound).
+    """
+    if n_bootstrap < 1:
+        raise ValueError("n_bootstrap must be >= 1")
+    members = np.asarray(member_scores, dtype=np.float64)
+    nonmembers = np.asarray(nonmember_scores, dtype=np.float64)
+    checked = clusters.checked(members.shape[0], nonmembers.shape[0])
+    rng = np.random.default_rng(seed)
+    chunk = max(1, BOOTSTRAP_CELLS_PER_CHUNK // max(1, members.shape[0] + nonmembers.shape[0]))
+    replicates: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n_bootstrap, chunk):
+        size = min(chunk, n_bootstrap - start)
+        member_weights, nonmember_weights = cluster_weights(checked, method, rng, size)
+        stats = weighted_statistics(
+            members,
+            nonmembers,
+            member_weights,
+            nonmember_weights,
+            alphas=alphas,
+            decision_threshold=decision_threshold,
+        )
+        for key, values in stats.items():
+            replicates.setdefault(key, []).append(values)
+    tail = (1.0 - CONFIDENCE_LEVEL) / 2.0 * 100.0
+    intervals: dict[str, tuple[float, float]] = {}
+    used = 0
+    for key, parts in replicates.items():
+        values = np.concatenate(parts)
+        values = values[~np.isnan(values)]
+        used = int(values.size)
+        if values.size:
+            intervals[key] = (float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail)))
+    return intervals, used
+
+
 def downsample_roc(curve: RocCurve, max_points: int = MAX_ROC_POINTS) -> dict[str, list[float | None]]:
     """At most ``max_points`` real ROC points, dense at low FPR, for log-log plotting.
 
@@ -484,14 +710,20 @@ def attack_report(
     decision_threshold: float | None = None,
     n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
     seed: int = 0,
+    clusters: TrialClusters | None = None,
+    cluster_method: str = DEFAULT_CLUSTER_METHOD,
 ) -> dict[str, Any]:
     """JSON-able metrics of one attacker's scores (larger = member) on members vs non-members.
 
     Keys: ``n_members``, ``n_nonmembers``, ``auc``, ``balanced_accuracy`` (best threshold),
     ``balanced_accuracy_at_decision`` (rule ``score > decision_threshold``; ``{"value": None, "reason"}``
     when ``decision_threshold`` is None), ``tpr_at_fpr`` ({alpha_key: interval or value None + reason}),
-    ``roc`` (downsampled). Intervals are ``{"value", "ci_low", "ci_high"}``; CIs are None when
-    ``n_bootstrap == 0``.
+    ``roc`` (downsampled), ``interval`` (how the CIs were made: ``method``, ``n_bootstrap``,
+    ``confidence_level``; with ``clusters`` also ``clusters`` (counts) and ``n_bootstrap_used``). Intervals
+    are ``{"value", "ci_low", "ci_high"}``; CIs are None when ``n_bootstrap == 0``.
+
+    ``clusters``: the model and example of every trial; given, the CIs come from ``cluster_bootstrap`` with
+    ``cluster_method`` instead of the iid bootstrap (for trials pooled over models and examples).
     """
     if n_bootstrap < 0:
         raise ValueError("n_bootstrap must be >= 0")
@@ -502,9 +734,33 @@ def attack_report(
     if np.isnan(members).any() or np.isnan(nonmembers).any():
         raise ValueError("attack scores contain NaN")
     point = _statistics(members, nonmembers, alphas, decision_threshold)
-    cis = (
-        _bootstrap(members, nonmembers, alphas, decision_threshold, n_bootstrap, seed) if n_bootstrap else {}
-    )
+    interval: dict[str, Any] = {"n_bootstrap": n_bootstrap, "confidence_level": CONFIDENCE_LEVEL}
+    cis: dict[str, tuple[float, float]] = {}
+    if clusters is None:
+        interval["method"] = IID_METHOD_DESCRIPTION if n_bootstrap else None
+        if n_bootstrap:
+            cis = _bootstrap(members, nonmembers, alphas, decision_threshold, n_bootstrap, seed)
+    else:
+        if cluster_method not in CLUSTER_METHODS:
+            raise ValueError(
+                f"unknown bootstrap method {cluster_method!r}; available: {sorted(CLUSTER_METHODS)}"
+            )
+        checked = clusters.checked(members.shape[0], nonmembers.shape[0])
+        interval.update(
+            method=CLUSTER_METHODS[cluster_method] if n_bootstrap else None, clusters=checked.counts()
+        )
+        if n_bootstrap:
+            cis, used = cluster_bootstrap(
+                members,
+                nonmembers,
+                checked,
+                method=cluster_method,
+                alphas=alphas,
+                decision_threshold=decision_threshold,
+                n_bootstrap=n_bootstrap,
+                seed=seed,
+            )
+            interval["n_bootstrap_used"] = used
     report: dict[str, Any] = {
         "n_members": int(members.shape[0]),
         "n_nonmembers": int(nonmembers.shape[0]),
@@ -526,6 +782,7 @@ def attack_report(
         tprs[key] = {"value": None, "reason": reason} if reason else _interval(point[key], cis.get(key))
     report["tpr_at_fpr"] = tprs
     report["roc"] = downsample_roc(_roc(members, nonmembers))
+    report["interval"] = interval
     return report
 
 

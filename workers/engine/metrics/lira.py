@@ -47,6 +47,11 @@ are fitted on the other P - 1 pipelines' unlearned phi (member side) and retrain
 and pipeline p's unlearned phi is a member trial and its retrained phi a non-member trial, each scored with
 the online log-likelihood ratio. So every trial is scored by an attacker that never saw it. P >= 3 so
 that each fit has >= 2 samples per side. Perfect unlearning gives AUC 0.5 (TPR = FPR).
+
+Trials pooled this way are not independent: the n trials of one pipeline share its models, and the P
+trials of one example share its difficulty. Their intervals need the cluster bootstrap of ``attacks.py``
+with trial p * n + i in cluster (pipeline p, example i) (``attacks.TrialClusters``); the audit pipeline passes
+those ids, and does the same for LiRA pooled over several target models (cluster = target model, example).
 """
 
 from __future__ import annotations

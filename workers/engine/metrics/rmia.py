@@ -16,7 +16,9 @@ under the target model f and under R reference models (peers.md §3.4).
   point with no OUT reference is an error here. (Privacy Meter's single-reference rule instead inverts an
   IN signal as P_out ~ (P_in - (1 - a)) / a, which is undefined at a = 0, where it substitutes 0.3, and can
   go negative; with several references it averages its top-k OUT signals padded with zeros.) Population
-  points are OUT for every reference, as in Privacy Meter.
+  points are OUT for every reference, as in Privacy Meter, unless ``population_mask`` (R, m) says which
+  references are OUT for each z; then P(z) averages those only (a population drawn from the same pool
+  as the references' training halves, as in the audit).
 - Likelihood ratio: LR(x, z) = (Pr(x | f) / P(x)) / (Pr(z | f) / P(z)).
 - Score(x) = fraction of population points z with LR(x, z) >= gamma (gamma = 1 by default), larger =
   member. Privacy Meter's code uses a strict ``> 1``; the paper's definition (and this module) uses
@@ -31,7 +33,13 @@ one reference model (the pseudo-target, whose membership is known from ``referen
 R - 1 references and the population, and keep the a with the largest AUC (the first one on ties, as the
 reference's strict ``>`` update). Privacy Meter attacks the target's *paired* model (trained on the
 complementary half); here the caller names the pseudo-target. Points with no OUT reference among the other
-R - 1 cannot be scored offline and are left out of the tuning attack.
+R - 1 cannot be scored offline and are left out of the tuning attack. The population must be non-members
+of the model attacked: when the caller's population points were training points of some references
+(``population_mask``), the tuning attack keeps only the z the pseudo-target did not train on, and computes
+P(z) from the other references that did not train on z either. (Deviation from Privacy Meter, whose
+population is disjoint from every reference's training data; with references trained on halves of one
+pool, tuning on a population that is IN for about half of them compares members with members and biases
+``a``.)
 """
 
 from __future__ import annotations
@@ -120,12 +128,14 @@ def rmia_offline(
     a: float,
     gamma: float = DEFAULT_GAMMA,
     reference_mask: np.ndarray | None = None,
+    population_mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Offline RMIA score per target point (n,) in [0, 1]: the fraction of z with LR(x, z) >= gamma.
 
     ``target_px`` (n,) / ``target_pz`` (m,): Pr(. | f) under the target model; ``reference_px`` (R, n) /
     ``reference_pz`` (R, m): under the R reference models; ``reference_mask`` (R, n): True where a reference
-    is OUT for x (``None``: all OUT); population points are OUT for every reference. Larger = member.
+    is OUT for x (``None``: all OUT); ``population_mask`` (R, m) likewise for z (``None``: every population
+    point is OUT for every reference). The target model must not have trained on z. Larger = member.
     """
     _check_gamma(gamma)
     px = _as_probabilities(target_px, 1, "target_px")
@@ -140,10 +150,26 @@ def rmia_offline(
     if pz.shape[0] == 0:
         raise ValueError("offline RMIA needs at least one population point")
     ratio_x = px / offline_marginal(ref_x, a=a, reference_mask=reference_mask)
-    ratio_z = np.sort(pz / offline_marginal(ref_z, a=a))
+    ratio_z = np.sort(pz / offline_marginal(ref_z, a=a, reference_mask=population_mask))
     beaten = np.searchsorted(ratio_z, ratio_x / gamma, side="right")
     scores: np.ndarray = beaten / pz.shape[0]
     return scores
+
+
+def tuning_population(
+    population_mask: np.ndarray | None, shape: tuple[int, ...], pseudo_target: int
+) -> np.ndarray:
+    """Indices of the population points the tuning attack on ``pseudo_target`` may use: those it did not
+    train on that also have an OUT reference among the others (all of them when ``population_mask`` is
+    None)."""
+    out = _as_reference_mask(population_mask, shape)
+    others = np.arange(shape[0]) != pseudo_target
+    kept = np.flatnonzero(out[pseudo_target] & out[others].any(axis=0))
+    if kept.size == 0:
+        raise ValueError(
+            f"no population point is OUT for pseudo-target {pseudo_target} and another reference"
+        )
+    return kept
 
 
 def tune_offline_a(
@@ -154,13 +180,17 @@ def tune_offline_a(
     pseudo_target: int = 0,
     gamma: float = DEFAULT_GAMMA,
     grid: Sequence[float] = OFFLINE_A_GRID,
+    population_mask: np.ndarray | None = None,
 ) -> tuple[float, dict[float, float]]:
     """Grid-search a by attacking reference ``pseudo_target`` with the others; ``(best a, {a: AUC})``.
 
     ``reference_mask`` (R, n) bool is required: True where reference r is OUT for x, so the pseudo-target's
     members are the points where its entry is False. Points with no OUT reference among the other R - 1
     are left out; what remains must contain members and non-members of the pseudo-target. Ties keep the
-    smallest a (first on the grid).
+    smallest a (first on the grid). ``population_mask`` (R, m) bool, True where reference r is OUT for
+    population point z (``None``: the population is OUT for every reference): only the z that are OUT for
+    the pseudo-target and for at least one other reference enter the tuning attack, and their P(z) uses
+    the other references' OUT entries only (``tuning_population`` gives the kept z).
     """
     ref_x = _as_probabilities(reference_px, 2, "reference_px")
     ref_z = _as_probabilities(reference_pz, 2, "reference_pz")
@@ -176,6 +206,8 @@ def tune_offline_a(
     if not grid:
         raise ValueError("the grid of a values is empty")
     others = np.arange(n_references) != pseudo_target
+    population = tuning_population(population_mask, ref_z.shape, pseudo_target)
+    population_out = _as_reference_mask(population_mask, ref_z.shape)[others][:, population]
     usable = out[others].any(axis=0)
     is_member = ~out[pseudo_target][usable]
     if is_member.all() or not is_member.any():
@@ -189,11 +221,12 @@ def tune_offline_a(
         scores = rmia_offline(
             ref_x[pseudo_target, usable],
             ref_x[others][:, usable],
-            ref_z[pseudo_target],
-            ref_z[others],
+            ref_z[pseudo_target, population],
+            ref_z[others][:, population],
             a=float(a),
             gamma=gamma,
             reference_mask=out[others][:, usable],
+            population_mask=population_out,
         )
         aucs[float(a)] = auc(scores, is_member)
         if aucs[float(a)] > best_auc:

@@ -43,3 +43,18 @@ def test_attacks_are_deduplicated_in_canonical_order() -> None:
     params = AuditParams(method="ft", attacks=["rmia", "ulira", "rmia"])
     assert params.attacks == ["ulira", "rmia"]
     assert AuditParams(method="ft", attacks=["kaggle"]).needs_pool_shadows is False
+
+
+def test_kaggle_protocol_decides_which_models_the_audit_needs() -> None:
+    released = AuditParams(method="ft", attacks=["kaggle"])
+    assert released.kaggle_protocol == "released" and released.kaggle_calibration
+    assert released.needs_released_unlearning and released.needs_kaggle_calibration
+    assert not released.needs_pipelines and released.needs_retrains
+    pipelines = AuditParams(
+        method="ft", attacks=["kaggle"], kaggle_protocol="pipelines", kaggle_calibration=False
+    )
+    assert pipelines.needs_pipelines and not pipelines.needs_released_unlearning
+    assert not pipelines.needs_kaggle_calibration
+    assert AuditParams(method="ft", attacks=["lira"]).needs_pipelines
+    with pytest.raises(ValidationError):
+        AuditParams(method="ft", kaggle_protocol="kaggle")

@@ -23,6 +23,7 @@ from workers.engine.audit.store import MemoryShadowStore
 from workers.engine.datasets import ArrayDataset, build_dataset
 from workers.engine.errors import InvalidInputError
 from workers.engine.hooks import RecordingHooks
+from workers.engine.metrics.attacks import auc
 
 # Short shadow training: the audit's cost is K + 2 K F models.
 AUDIT_RECIPE: dict[str, Any] = {**DIGITS_RECIPE, "epochs": 12}
@@ -128,14 +129,24 @@ def test_a_repeated_audit_reuses_every_model_and_gives_the_same_figures(
         _request(digits, original_digits_model.weights, random_forget_indices, params), store, hooks
     )
     second = run_audit(_request(digits, original_digits_model.weights, random_forget_indices, params), store)
-    assert first.metrics["models_trained"] == 4 + 4 + 4 + 4 and first.metrics["models_reused"] == 0
-    assert second.metrics["models_trained"] == 0 and second.metrics["models_reused"] == 16
+    # base, retrain, pool, unlearned pipelines, the released Kaggle runs and the Kaggle calibration retrains.
+    assert first.metrics["models_trained"] == 6 * 4 and first.metrics["models_reused"] == 0
+    assert second.metrics["models_trained"] == 0 and second.metrics["models_reused"] == 6 * 4
     figures = [k for k in first.metrics if k not in ("models_trained", "models_reused")]
     assert figures and all(first.metrics[k] == second.metrics[k] for k in figures)
     assert {"ulira", "kaggle", "lira", "rmia"} <= set(first.details["attacks"])
+    _assert_arrays_reproduce_the_reports(first, random_forget_indices, digits)
+    # The audit's environment is every job's: device and library versions, sklearn included.
+    import sklearn
+    import torch
+
+    assert first.environment["sklearn"] == sklearn.__version__
+    assert first.environment["torch"] == torch.__version__ and first.environment["numpy"] == np.__version__
+    assert {"device", "device_name", "python", "threads", "deterministic"} <= set(first.environment)
     # Progress covers every pipeline and ends at the total.
     stages = {call[3]["stage"] for call in hooks.progress_calls}
-    assert {"base", "retrain", "pool", "unlearned", "predict", "attacks"} <= stages
+    assert {"base", "retrain", "pool", "unlearned", "unlearned_original", "calibration"} <= stages
+    assert {"predict", "attacks"} <= stages
     last = hooks.progress_calls[-1]
     assert last[1] == last[2]
     # A different seed is a different audit: nothing reused.
@@ -143,6 +154,41 @@ def test_a_repeated_audit_reuses_every_model_and_gives_the_same_figures(
         _request(digits, original_digits_model.weights, random_forget_indices, params, seed=1), store
     )
     assert third.metrics["models_reused"] == 0
+
+
+def _assert_arrays_reproduce_the_reports(result: Any, forget: np.ndarray, dataset: ArrayDataset) -> None:
+    """Per-example U-LiRA, LiRA and RMIA scores are in the arrays, with their cluster ids, and give back the
+    reported AUCs; every pooled attack's interval is the two-way cluster bootstrap."""
+    arrays, attacks = result.arrays, result.details["attacks"]
+    shadows = result.details["shadows"]
+    test = np.arange(dataset.n_train, dataset.n_train + dataset.n_test)
+
+    def recomputed(prefix: str) -> float:
+        members, nonmembers = arrays[f"{prefix}_member_scores"], arrays[f"{prefix}_nonmember_scores"]
+        labels = np.concatenate([np.ones(members.size, bool), np.zeros(nonmembers.size, bool)])
+        return auc(np.concatenate([members, nonmembers]), labels)
+
+    assert recomputed("ulira") == pytest.approx(attacks["ulira"]["auc"]["value"])
+    assert np.array_equal(arrays["ulira_pipeline_ids"], np.repeat(np.arange(shadows), forget.size))
+    assert np.array_equal(arrays["ulira_example_ids"], np.tile(forget, shadows))
+    for target, models in (("original", 1), ("unlearned", shadows)):
+        assert np.array_equal(
+            arrays[f"trials_{target}_member_model_ids"], np.repeat(np.arange(models), forget.size)
+        )
+        assert np.array_equal(arrays[f"trials_{target}_member_example_ids"], np.tile(forget, models))
+        assert np.array_equal(arrays[f"trials_{target}_nonmember_example_ids"], np.tile(test, models))
+        for variant in ("online", "online_fixed", "offline", "offline_fixed"):
+            report = attacks["lira"][variant][target]
+            assert recomputed(f"lira_{variant}_{target}") == pytest.approx(report["auc"]["value"])
+        assert recomputed(f"rmia_{target}") == pytest.approx(attacks["rmia"][target]["auc"]["value"])
+        assert arrays[f"rmia_{target}_member_scores"].size == models * forget.size
+    for report in (attacks["ulira"], attacks["lira"]["online"]["unlearned"], attacks["rmia"]["unlearned"]):
+        assert report["interval"]["method"] == "two-way cluster bootstrap (pipelines x examples)"
+        assert report["interval"]["clusters"]["pipelines"] == shadows
+    assert attacks["ulira"]["interval"]["clusters"]["shared_examples"] == forget.size
+    # RMIA's a was tuned on test points the pseudo-target shadow did not train on.
+    tuning = attacks["rmia"]["tuning"]
+    assert 0 < tuning["population_size"] < dataset.n_test
 
 
 def test_lira_has_power_against_a_model_that_memorised_noisy_labels() -> None:

@@ -17,6 +17,8 @@ from workers.engine.metrics.kaggle import (
     kaggle_score,
     n_point_bins,
     points_cap,
+    relative_to_ceiling,
+    small_n_warning,
 )
 
 # Hand case, N = 4, equal ranges (3): retrained (larger median) is the positive class.
@@ -239,3 +241,17 @@ def test_score_rejects_bad_shapes_and_zero_accuracy() -> None:
         forgetting_quality(np.zeros((1, 2)), np.zeros((1, 2)))
     with pytest.raises(ValueError, match="retain accuracy must be > 0"):
         kaggle_score(phi, phi, ones, np.zeros(4), ones, ones)
+
+
+def test_small_n_warning_explains_the_cap_below_128_models() -> None:
+    warning = small_n_warning(16)
+    assert warning is not None
+    assert "N = 16" in warning and "ceil(ln(N - 1)) = 3" in warning and "512" in warning
+    assert "6 bins instead of 14" in warning and "calibration ceiling" in warning
+    assert small_n_warning(127) is not None
+    assert small_n_warning(128) is None and small_n_warning(512) is None
+
+
+def test_relative_to_ceiling() -> None:
+    assert relative_to_ceiling(0.1, 0.2) == pytest.approx(0.5)
+    assert relative_to_ceiling(0.0, 0.0) is None

@@ -11,6 +11,7 @@ from workers.engine.metrics.rmia import (
     offline_marginal,
     rmia_offline,
     tune_offline_a,
+    tuning_population,
 )
 
 # Hand case: one reference model, two target points, three population points.
@@ -132,6 +133,38 @@ def test_tune_offline_a_picks_the_grid_value_with_the_best_auc() -> None:
         reference_mask=out[others][:, usable],
     )
     assert aucs[0.5] == pytest.approx(auc(scores, ~out[0, usable]))
+
+
+def test_tuning_population_excludes_the_shadows_in_points() -> None:
+    # A population drawn from the references' own pool: each z is IN for about half of them.
+    rng = np.random.default_rng(6)
+    reference_px, reference_pz, out = _tuning_references(rng)
+    population_out = rng.random(reference_pz.shape) < 0.5
+    kept = tuning_population(population_out, reference_pz.shape, 0)
+    assert population_out[0, kept].all() and population_out[1:, kept].any(axis=0).all()
+    assert set(kept) == set(np.flatnonzero(population_out[0] & population_out[1:].any(axis=0)))
+    best_a, aucs = tune_offline_a(reference_px, reference_pz, out, population_mask=population_out)
+    # Whatever any reference scored on a z it trained on cannot change the tuning: overwrite every IN
+    # entry (the pseudo-target's and the others') with a member-like certainty.
+    tampered = np.where(population_out, reference_pz, 1.0)
+    assert tune_offline_a(reference_px, tampered, out, population_mask=population_out) == (best_a, aucs)
+    # Without the mask the IN entries are used (the bias the mask removes): the AUCs move.
+    assert tune_offline_a(reference_px, tampered, out)[1] != aucs
+    # The tuning attack equals the direct one on the kept population with OUT-only P(z).
+    others = [1, 2, 3]
+    usable = out[others].any(axis=0)
+    scores = rmia_offline(
+        reference_px[0, usable],
+        reference_px[others][:, usable],
+        reference_pz[0, kept],
+        reference_pz[others][:, kept],
+        a=0.3,
+        reference_mask=out[others][:, usable],
+        population_mask=population_out[others][:, kept],
+    )
+    assert aucs[0.3] == pytest.approx(auc(scores, ~out[0, usable]))
+    with pytest.raises(ValueError, match="no population point"):
+        tuning_population(np.zeros((4, 5), dtype=bool), (4, 5), 0)
 
 
 def test_tune_offline_a_ties_keep_the_first_value_and_inputs_are_checked() -> None:
