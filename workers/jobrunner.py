@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import platform
 import time
 import traceback
 import uuid
@@ -20,6 +19,7 @@ from safetensors.numpy import save as save_safetensors
 from sqlalchemy.exc import OperationalError
 
 from app.core.config import code_version
+from app.intake import weights_digest
 from app.models import Dataset, ForgetSet, Job, JobKind, JobStatus, Model
 from app.services import jobs as job_service
 from app.services.forget_sets import indices_digest
@@ -111,10 +111,33 @@ def _load_inputs(runtime: WorkerRuntime, job: Job) -> dict[str, Any]:
             "mask_key": model.mask_key if model else None,
             "architecture": model.architecture if model else job.architecture,
             "arch_config": model.arch_config if model else job.arch_config,
-            "original_recipe": model.train_recipe if model else None,
+            "original_recipe": _training_recipe(session, model) if model else None,
             "checkpoint_key": job.checkpoint_key,
         }
     return inputs
+
+
+# How many producing jobs _training_recipe follows back (prune -> unlearn -> ... -> train).
+MAX_RECIPE_HOPS = 8
+
+
+def _training_recipe(session: Any, model: Model) -> dict[str, Any] | None:
+    """The recipe ``model`` was trained with: its own (train and retrain outputs record one) or, for a model
+    another job derived from an input model (prune, unlearn), that input model's, followed back through the
+    producing jobs. Unlearning methods inherit batch size and augmentation from it; None for uploads."""
+    current: Model | None = model
+    seen: set[uuid.UUID] = set()
+    for _ in range(MAX_RECIPE_HOPS):
+        if current is None or current.id in seen:
+            return None
+        if current.train_recipe is not None:
+            return current.train_recipe
+        seen.add(current.id)
+        producer = session.get(Job, current.job_id) if current.job_id else None
+        if producer is None or producer.model_id is None:
+            return None
+        current = session.get(Model, producer.model_id)
+    return None
 
 
 def _load_weights(data: bytes) -> dict[str, np.ndarray]:
@@ -243,8 +266,10 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
         blob = save_safetensors(
             result.weights, metadata={"job_id": str(job.id), "architecture": architecture}
         )
-        digest = sha256_hex(blob)
-        key = content_key("models", str(job.tenant_id), digest, ".safetensors")
+        # The file (with the producing job in its metadata) is stored by its bytes; the model is
+        # identified by its tensors, so bit-identical outputs of two jobs share one sha256.
+        key = content_key("models", str(job.tenant_id), sha256_hex(blob), ".safetensors")
+        digest = weights_digest(blob)
         runtime.store.put(key, blob)
         recipe = (result.details.get("params") or {}).get("recipe")
         mask_key = mask_digest = None
@@ -254,9 +279,9 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
             mask_digest = sha256_hex(mask_blob)
             mask_key = content_key("masks", str(job.tenant_id), mask_digest, ".safetensors")
             runtime.store.put(mask_key, mask_blob)
-            kept = sum(int(m.sum()) for m in result.masks.values())
-            total = sum(int(m.size) for m in result.masks.values())
-            mask_sparsity = 1.0 - kept / total if total else 0.0
+            # The engine reads sparsity from the output weights (zeros in the prunable layers); the masks'
+            # own fraction would hide weights a mask failed to keep at zero.
+            mask_sparsity = result.metrics["sparsity"] / 100.0 if "sparsity" in result.metrics else None
         output_model = Model(
             tenant_id=job.tenant_id,
             name=f"{job.kind.value}:{job.method}:{str(job.id)[:8]}",
@@ -354,7 +379,6 @@ def _run_audit(
     """An audit: shadows come from (and go to) the tenant's shadow store; per-example scores are stored as
     one npz artifact referenced from the result."""
     from workers.engine.audit.pipeline import AuditRequest, run_audit
-    from workers.engine.execute import resolve_device
     from workers.shadow_store import DbShadowStore
 
     if weights is None or inputs["forget_indices"] is None:
@@ -381,15 +405,10 @@ def _run_audit(
     arrays_blob = buffer.getvalue()
     arrays_key = content_key("audits", str(job.tenant_id), sha256_hex(arrays_blob), ".npz")
     runtime.store.put(arrays_key, arrays_blob)
-    import torch
-
-    device = resolve_device(job.device_requested)
+    # The engine records the environment as for every other job (device, torch, numpy, sklearn, ...); a
+    # hand-written list here had drifted from it (sklearn missing, so reports showed it as null).
     environment = {
-        "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
+        **_jsonable(result.environment),
         "code_version": code_version(),
         "worker": claim.worker,
         "attempt": claim.attempt,

@@ -6,9 +6,9 @@ result in eval mode without augmentation, and returns CPU numpy weights plus fla
 request and seed on CPU, the metrics are bit-identical.
 
 Every evaluation reports ``max_class_fraction`` (percent of test predictions in the most predicted class,
-for the collapse guardrail) and, whenever the model has sparsity masks, ``sparsity`` (percent of the masked
-parameters' entries that are pruned). A ``prune`` request starts from the input weights, takes no forget set
-and returns the new masks.
+for the collapse guardrail) and, whenever the model has sparsity masks, ``sparsity`` (percent of exactly-zero
+entries among the prunable and masked weights, read from the weights, not the masks). A ``prune`` request
+starts from the input weights, takes no forget set and returns the new masks.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from workers.engine.datasets import ArrayDataset
 from workers.engine.errors import EngineError, InvalidInputError
 from workers.engine.hooks import ArtifactCache, EngineHooks, NullHooks
 from workers.engine.imports import import_by_path
-from workers.engine.masks import apply_masks, masks_to_device, masks_to_numpy, sparsity
+from workers.engine.masks import apply_masks, masks_to_device, masks_to_numpy, weight_sparsity
 from workers.engine.methods import METHODS, MethodSpec, relearn
 from workers.engine.methods.base import DeviceSplits, MethodContext, MethodOutput
 from workers.engine.methods.params import TrainRecipe
@@ -51,6 +51,7 @@ from workers.engine.metrics import (
 from workers.engine.metrics import regression as regression_metrics
 from workers.engine.metrics.attacks import ATTACKERS, MIN_PER_CLASS_FITTED, population_attack
 from workers.engine.metrics.mia import MemberSelection
+from workers.engine.metrics.nonmembers import select_nonmembers
 from workers.engine.search.worst_case import SearchOutput
 from workers.engine.tasks import TaskType
 from workers.engine.training import IMAGE_TENSOR_DIMS, reproducible, synchronize
@@ -324,14 +325,21 @@ def evaluate_classification(
         per_class["retain"] = per_class_accuracy(
             train_probabilities[retained], dataset.y_train[retained], dataset.num_classes
         )
-        population = _population_attacks(
-            train_probabilities[forget_indices],
-            dataset.y_train[forget_indices],
-            test_probabilities[used_test],
-            dataset.y_test[used_test],
+        nonmembers = select_nonmembers(
+            dataset.y_train[forget_indices], dataset.y_test, forget_class, MIA_SELECTION_SEED
         )
+        if nonmembers.indices is None:
+            population: dict[str, Any] = {"attacks": {}, "reason": nonmembers.reason}
+        else:
+            population = _population_attacks(
+                train_probabilities[forget_indices],
+                dataset.y_train[forget_indices],
+                test_probabilities[nonmembers.indices],
+                dataset.y_test[nonmembers.indices],
+            )
+            metrics.update(_population_headline(population))
+        population["nonmembers"] = nonmembers.summary()
         progress.advance({"attacks": "population"})
-        metrics.update(_population_headline(population))
         attacks_details = {"population": population}
         members = select_members(retained.size, used_test.size, MIA_MEMBER_SELECTION, MIA_SELECTION_SEED)
         counts.update(
@@ -350,9 +358,10 @@ def _population_attacks(
     nonmember_probabilities: np.ndarray,
     nonmember_labels: np.ndarray,
 ) -> dict[str, Any]:
-    """Every population attack (peers.md §3.1) with the forget set as members and the (used) test split as
-    non-members: ROC, AUC, balanced accuracy and TPR at low FPR with bootstrap intervals. Fitted attackers
-    need a few samples of each side; below that only the threshold attacker runs."""
+    """Every population attack (peers.md §3.1) with the forget set as members and test samples of the same
+    label distribution as non-members (``workers.engine.metrics.nonmembers``): ROC, AUC, balanced accuracy
+    and TPR at low FPR with bootstrap intervals over examples (independent here: one model). Fitted
+    attackers need a few samples of each side; below that only the threshold attacker runs."""
     enough = min(member_labels.size, nonmember_labels.size) >= 2 * MIN_PER_CLASS_FITTED
     return population_attack(
         member_probabilities,
@@ -676,7 +685,7 @@ def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineR
                 model, splits, dataset, plan.forget_indices, request.forget_class, progress
             )
         if masks is not None:
-            metrics["sparsity"] = PERCENT * sparsity(masks)
+            metrics["sparsity"] = PERCENT * weight_sparsity(model, masks)
         if isinstance(output, SearchOutput):
             metrics.update(output.metrics)
         evaluation_seconds = time.perf_counter() - evaluation_started

@@ -49,7 +49,32 @@ def masks_to_numpy(masks: Masks | None) -> dict[str, np.ndarray] | None:
 
 
 def sparsity(masks: Masks) -> float:
-    """Fraction of masked weights among the masked parameters."""
+    """Fraction of masked-out entries among the masked parameters: what a mask asks for, not what the
+    weights are (see :func:`weight_sparsity` for the reported figure)."""
     total = sum(int(mask.numel()) for mask in masks.values())
     kept = sum(int(mask.sum().item()) for mask in masks.values())
     return 1.0 - kept / total if total else 0.0
+
+
+def prunable_parameters(model: nn.Module) -> list[str]:
+    """Names of the weights OMP prunes: all Conv2d weights, or for conv-free models the Linear weights
+    except the classifier (the last Linear layer registered)."""
+    convolutions = [
+        f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Conv2d)
+    ]
+    if convolutions:
+        return convolutions
+    linears = [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return linears[:-1]
+
+
+@torch.no_grad()
+def weight_sparsity(model: nn.Module, masks: Masks | None = None) -> float:
+    """Fraction of exactly-zero entries among the prunable weights (plus any other masked parameter), read
+    from the weights themselves: a mask that was not enforced, or weights that reached zero on their own,
+    show up here, while a mask's own fraction (:func:`sparsity`) would hide both."""
+    parameters = dict(model.named_parameters())
+    names = list(dict.fromkeys([*prunable_parameters(model), *(masks or {})]))
+    total = sum(int(parameters[name].numel()) for name in names)
+    zeros = sum(int((parameters[name] == 0).sum().item()) for name in names)
+    return zeros / total if total else 0.0

@@ -2,8 +2,10 @@
 
 A method is a parameter model plus the import path of its torch implementation. Adding one means writing
 one implementation module (``run(context) -> MethodOutput``, see ``workers.engine.methods.base``) and
-registering it here. The job kind decides the starting point: ``train`` and ``retrain`` start from a seeded
-random initialisation, ``unlearn`` methods start from the original model's weights.
+registering it here. Every method's params have a ``preset`` ('lethe' by default, 'reference' for the
+reference code's values; see ``workers.engine.methods.params``). The job kind decides the starting point:
+``train`` and ``retrain`` start from a seeded random initialisation, ``unlearn`` methods start from the
+original model's weights.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ METHODS.register(
         description=(
             "Influence unlearning (IU, Unlearn-Sparse wfisher): one step theta + alpha * k with "
             "k ~ F^-1 (G_f - n_f/n_r G_r) / n; the reference's rank-1 WoodFisher product or a CG/LiSSA "
-            "inverse of the damped retain Fisher/Gauss-Newton."
+            "inverse of the damped retain Fisher/Gauss-Newton. Default: alpha chosen by a line search that "
+            "keeps retain accuracy within a margin (preset 'reference': the fixed step)."
         ),
         task_types=(TaskType.classification,),
         params_model=IUParams,
@@ -123,8 +126,9 @@ METHODS.register(
         name="scrub",
         job_kind="unlearn",
         description=(
-            "SCRUB (Kurmanji et al., as in Unlearn-WorstCase): max passes pushing the student away from the "
-            "frozen original on D_f, min passes distilling it plus cross-entropy on D_r."
+            "SCRUB (Kurmanji et al.): max passes pushing the student away from the frozen original on D_f, "
+            "min passes distilling it plus cross-entropy on D_r; schedule 'worstcase' (Unlearn-WorstCase, "
+            "preset 'reference') or 'original' (interleaved, the default)."
         ),
         task_types=(TaskType.classification,),
         params_model=SCRUBParams,
@@ -151,7 +155,8 @@ METHODS.register(
         job_kind="unlearn",
         description=(
             "Gradient ascent (GA): maximise the task loss (cross-entropy; L1 for regression) on the forget "
-            "set, no retain term (reference GA, lr 1e-4 x 5 epochs)."
+            "set, no retain term (reference GA: lr 1e-4 x 5 epochs; default lr 5e-4 with frozen BatchNorm "
+            "statistics)."
         ),
         task_types=(TaskType.classification, TaskType.regression),
         params_model=GradientAscentParams,

@@ -12,6 +12,7 @@ D_f (flag u = 1) and of a random ``retain_fraction`` of D_r (u = 0) gets the tar
 
 and the student minimises KL(p_T || softmax(z_student / T)) (``F.kl_div`` with the reference's 'mean'
 reduction by default). No labels are used. Adam, constant LR, student in train mode, teachers in eval mode.
+Batch size and augmentation come from the original model's recipe unless given (the 'lethe' preset).
 Defaults and deviations: see ``BadTeacherParams`` (the incompetent teacher is seeded; the reference's is
 not).
 """
@@ -21,7 +22,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from workers.engine.methods.base import MethodContext, MethodOutput
+from workers.engine.methods.base import (
+    MethodContext,
+    MethodOutput,
+    inheritance_details,
+    resolved_params,
+)
 from workers.engine.methods.distillation import (
     SUBSET_SEED_OFFSET,
     TEACHER_INIT_SEED_OFFSET,
@@ -37,6 +43,7 @@ from workers.engine.methods.params_distillation import BadTeacherParams
 def run(context: MethodContext) -> MethodOutput:
     params = context.params
     assert isinstance(params, BadTeacherParams)
+    inherited = params.resolve(context.original_recipe)
     model = context.model
     device = context.data.x_train.device
     competent = frozen_copy(model)
@@ -71,9 +78,9 @@ def run(context: MethodContext) -> MethodOutput:
         inputs,
         batch_loss,
         epochs=params.epochs,
-        batch_size=params.batch_size,
+        batch_size=inherited.values["batch_size"],
         lr=params.lr,
-        augment=params.augment,
+        augment=inherited.values["augment"],
         generator=generator,
         hooks=context.hooks,
         phase=context.phase,
@@ -82,11 +89,12 @@ def run(context: MethodContext) -> MethodOutput:
     training = run.training
     return MethodOutput(
         model=model,
-        resolved_params=params.model_dump(mode="json"),
+        resolved_params=resolved_params(params, inherited),
         history=run.history,
         details={
             "n_forget_used": int(forget_inputs.shape[0]),
             "n_retain_used": int(subset.shape[0]),
             "augment_applied": training.padding is not None,
+            **inheritance_details(inherited),
         },
     )

@@ -17,7 +17,7 @@ from torch import nn
 
 from workers.engine.hooks import EngineHooks
 from workers.engine.masks import Masks, apply_masks
-from workers.engine.methods.params import TrainRecipe
+from workers.engine.methods.params import Inherited, TrainRecipe
 from workers.engine.tasks import TaskType
 from workers.engine.training import Segment, train_epochs
 
@@ -112,6 +112,40 @@ def fit_method(
     labels: torch.Tensor,
     recipe: TrainRecipe,
     resolved_params: dict[str, Any],
+    details: dict[str, Any] | None = None,
 ) -> MethodOutput:
     """Train ``context.model`` on (inputs, labels) with ``recipe`` and the task's loss."""
-    return train_method(context, [Segment(inputs, labels)], recipe, resolved_params)
+    return train_method(context, [Segment(inputs, labels)], recipe, resolved_params, details=details)
+
+
+def resolved_params(params: BaseModel, inherited: Inherited) -> dict[str, Any]:
+    """The params as run (recorded in the result): the validated values, preset applied, with every
+    inherited field replaced by the value actually used."""
+    return {**params.model_dump(mode="json"), **inherited.values}
+
+
+def inheritance_details(inherited: Inherited) -> dict[str, Any]:
+    """``details.inherited``: each inherited setting's value and source (params, original or fallback)."""
+    return {"inherited": inherited.sources}
+
+
+BATCH_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class BatchNormStatistics:
+    """The running statistics of every BatchNorm layer of a model at construction time; :meth:`restore`
+    puts them back. Used for ``bn='frozen'``: restoring after each forget-only step leaves the statistics
+    exactly as they were while the forward pass keeps normalising with batch statistics (train mode)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for module in model.modules():
+            if isinstance(module, BATCH_NORM_TYPES):
+                for buffer in (module.running_mean, module.running_var, module.num_batches_tracked):
+                    if buffer is not None:
+                        self.saved.append((buffer, buffer.detach().clone()))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for buffer, value in self.saved:
+            buffer.copy_(value)

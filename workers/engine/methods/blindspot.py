@@ -40,7 +40,12 @@ import torch
 import torch.nn.functional as F
 
 from workers.engine.architectures.activations import activation_names, collect_activations
-from workers.engine.methods.base import MethodContext, MethodOutput
+from workers.engine.methods.base import (
+    MethodContext,
+    MethodOutput,
+    inheritance_details,
+    resolved_params,
+)
 from workers.engine.methods.distillation import (
     TEACHER_INIT_SEED_OFFSET,
     attention_map,
@@ -70,6 +75,7 @@ def output_distance(kind: str, student_logits: torch.Tensor, blindspot_logits: t
 def run(context: MethodContext) -> MethodOutput:
     params = context.params
     assert isinstance(params, BlindspotParams)
+    inherited = params.resolve(context.original_recipe)
     model = context.model
     device = context.data.x_train.device
     forget_inputs, forget_labels = context.data.forget()
@@ -100,9 +106,9 @@ def run(context: MethodContext) -> MethodOutput:
         retain_inputs,
         blindspot_loss,
         epochs=params.blindspot_epochs,
-        batch_size=params.blindspot_batch_size,
+        batch_size=inherited.values["blindspot_batch_size"],
         lr=params.blindspot_lr,
-        augment=params.augment,
+        augment=inherited.values["augment"],
         generator=generator,
         hooks=context.hooks,
         phase=f"{context.phase}:{BLINDSPOT_STAGE}",
@@ -144,9 +150,9 @@ def run(context: MethodContext) -> MethodOutput:
         inputs,
         batch_loss,
         epochs=params.epochs,
-        batch_size=params.batch_size,
+        batch_size=inherited.values["batch_size"],
         lr=params.lr,
-        augment=params.augment,
+        augment=inherited.values["augment"],
         generator=generator,
         hooks=context.hooks,
         phase=context.phase,
@@ -163,11 +169,12 @@ def run(context: MethodContext) -> MethodOutput:
     ]
     return MethodOutput(
         model=model,
-        resolved_params=params.model_dump(mode="json"),
+        resolved_params=resolved_params(params, inherited),
         history=history,
         details={
             "blindspot_history": blindspot_history,
             "attention_layers": attention_layers,
             "augment_applied": training.padding is not None,
+            **inheritance_details(inherited),
         },
     )

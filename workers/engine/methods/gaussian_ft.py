@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.engine.errors import InvalidInputError
-from workers.engine.methods.base import MethodContext, MethodOutput
+from workers.engine.methods.base import MethodContext, MethodOutput, inheritance_details, resolved_params
 from workers.engine.methods.distillation import SUBSET_SEED_OFFSET, train_with_adam
 from workers.engine.methods.params_regression import GaussianFinetuneParams
 from workers.engine.tasks import TaskType
@@ -45,6 +45,7 @@ def run(context: MethodContext) -> MethodOutput:
     assert isinstance(params, GaussianFinetuneParams)
     if context.task is not TaskType.regression:
         raise InvalidInputError("gaussian_ft needs a regression task (continuous targets)")
+    inherited = params.resolve(context.original_recipe)
     model = context.model
     inputs = context.data.x_train
     targets, mu, sigma = gaussian_targets(
@@ -62,9 +63,9 @@ def run(context: MethodContext) -> MethodOutput:
         inputs,
         batch_loss,
         epochs=params.epochs,
-        batch_size=params.batch_size,
+        batch_size=inherited.values["batch_size"],
         lr=params.lr,
-        augment=params.augment,
+        augment=inherited.values["augment"],
         generator=generator,
         hooks=context.hooks,
         phase=context.phase,
@@ -72,11 +73,12 @@ def run(context: MethodContext) -> MethodOutput:
     )
     return MethodOutput(
         model=model,
-        resolved_params=params.model_dump(mode="json"),
+        resolved_params=resolved_params(params, inherited),
         history=run.history,
         details={
             "gaussian_mu": mu,
             "gaussian_sigma": sigma,
             "augment_applied": run.training.padding is not None,
+            **inheritance_details(inherited),
         },
     )

@@ -6,6 +6,10 @@ One shot, no optimiser; the model is in eval mode throughout. With the cross-ent
 2. v = (G_f - (n_f / n_r) G_r) / n with n = n_f + n_r;
 3. k ~ F^-1 v, then theta <- theta + alpha * k.
 
+With ``step='line_search'`` (the 'lethe' preset) alpha is the largest of alpha_max * 2^-j whose retain-subset
+accuracy stays within a margin of the original's (the trials are in ``details.line_search``; the step used is
+``params.alpha``, the start ``params.alpha_max``); ``step='fixed'`` (the reference) applies alpha as given.
+
 ``hvp='reference'`` computes k with the reference's "WoodFisher" loop over the first N + 2 retain samples at
 batch size 1: k = v, o = g_1, then for every later sample gradient g, t = o.g, k -= (k.g / (N + t)) o,
 o -= (t / (N + t)) o. Because o is only ever rescaled it stays parallel to the first sample's gradient g_1,
@@ -40,6 +44,7 @@ from workers.engine.methods.distillation import StepProgress
 from workers.engine.methods.params_distillation import IU_NEWTON_ALPHA, IU_REFERENCE_ALPHA, IUParams
 
 LISSA_SEED_OFFSET = 3_000_017
+LINE_SEARCH_SEED_OFFSET = 4_000_037
 POWER_ITERATIONS = 20
 # Auto LiSSA scale = this margin x the power-iteration estimate of the largest eigenvalue of F + lambda I
 # (the estimate is from below, and minibatch curvatures fluctuate around F).
@@ -302,7 +307,8 @@ def run(context: MethodContext) -> MethodOutput:
         solver_steps = params.cg_iterations
     else:
         solver_steps = params.lissa_iterations + (POWER_ITERATIONS if params.lissa_scale is None else 0)
-    progress = StepProgress(context.hooks, context.phase, gradient_steps + solver_steps)
+    search_steps = params.line_search_halvings + 1 if params.step == "line_search" else 0
+    progress = StepProgress(context.hooks, context.phase, gradient_steps + solver_steps + search_steps)
 
     forget_gradient, forget_loss = summed_gradient(
         model, forget_inputs, forget_labels, params.batch_size, progress.step
@@ -360,20 +366,100 @@ def run(context: MethodContext) -> MethodOutput:
     if not bool(torch.isfinite(k).all()):
         raise InvalidInputError("iu: the update is not finite; increase damping or lower alpha")
 
-    with torch.no_grad():
-        for parameter, delta in zip(
-            _parameters(model), unflatten(alpha * k, _parameters(model)), strict=True
-        ):
-            parameter.add_(delta)
+    step = alpha
+    if params.step == "line_search":
+        search = line_search(context, params, k, alpha, retain_inputs, retain_labels, progress.step)
+        step = search.chosen
+        details["line_search"] = search.as_details()
+    apply_step(model, k, step)
     context.enforce_constraints()
 
-    record = {"epoch": 1, "loss": retain_loss / n_retain, "forget_loss": forget_loss / n_forget, "lr": alpha}
+    record = {"epoch": 1, "loss": retain_loss / n_retain, "forget_loss": forget_loss / n_forget, "lr": step}
     progress.done = progress.total
     progress.epoch_end(record)
     details.update(v_norm=float(v.norm().item()), k_norm=float(k.norm().item()))
     return MethodOutput(
         model=model,
-        resolved_params={**params.model_dump(mode="json"), "alpha": alpha},
+        resolved_params={**params.model_dump(mode="json"), "alpha": step, "alpha_max": alpha},
         history=[record],
         details=details,
     )
+
+
+@torch.no_grad()
+def apply_step(model: nn.Module, k: Vector, step: float) -> None:
+    """theta <- theta + step * k over all parameters."""
+    parameters = _parameters(model)
+    for parameter, delta in zip(parameters, unflatten(step * k, parameters), strict=True):
+        parameter.add_(delta)
+
+
+@torch.no_grad()
+def subset_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+    """Percent of ``inputs`` the model (in its current mode) classifies correctly."""
+    correct = 0
+    for start in range(0, inputs.shape[0], batch_size):
+        logits = model(inputs[start : start + batch_size])
+        correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum().item())
+    return 100.0 * correct / max(inputs.shape[0], 1)
+
+
+@dataclass
+class LineSearch:
+    base_accuracy: float
+    margin: float
+    samples: int
+    trials: list[dict[str, float]]
+    chosen: float  # 0.0 when no step kept the accuracy within the margin
+
+    def as_details(self) -> dict[str, Any]:
+        return {
+            "check_samples": self.samples,
+            "base_accuracy": self.base_accuracy,
+            "margin": self.margin,
+            "trials": self.trials,
+            "chosen_alpha": self.chosen,
+            "accepted": self.chosen > 0.0,
+        }
+
+
+def line_search(
+    context: MethodContext,
+    params: IUParams,
+    k: Vector,
+    alpha: float,
+    retain_inputs: torch.Tensor,
+    retain_labels: torch.Tensor,
+    on_trial: Callable[[dict[str, Any]], None] = _noop,
+) -> LineSearch:
+    """Try alpha, alpha / 2, ... on a copy of the weights and return the first step whose accuracy on a
+    seeded retain subset is within the margin of the unmodified model's; the model is left unchanged.
+    Pruning masks are applied to every trial, as they will be to the final step."""
+    model = context.model
+    count = min(params.line_search_samples, retain_inputs.shape[0])
+    generator = torch.Generator().manual_seed(context.seed + LINE_SEARCH_SEED_OFFSET)
+    rows = torch.randperm(retain_inputs.shape[0], generator=generator)[:count].to(retain_inputs.device)
+    inputs, labels = retain_inputs[rows], retain_labels[rows]
+    saved = [parameter.detach().clone() for parameter in _parameters(model)]
+    base = subset_accuracy(model, inputs, labels, params.batch_size)
+    trials: list[dict[str, float]] = []
+    chosen = 0.0
+    try:
+        for halving in range(params.line_search_halvings + 1):
+            candidate = alpha * 0.5**halving
+            apply_step(model, k, candidate)
+            context.enforce_constraints()
+            accuracy = subset_accuracy(model, inputs, labels, params.batch_size)
+            with torch.no_grad():
+                for parameter, value in zip(_parameters(model), saved, strict=True):
+                    parameter.copy_(value)
+            trials.append({"alpha": candidate, "check_accuracy": accuracy})
+            on_trial({"line_search_alpha": candidate, "check_accuracy": accuracy})
+            if accuracy >= base - params.line_search_margin:
+                chosen = candidate
+                break
+    finally:
+        with torch.no_grad():
+            for parameter, value in zip(_parameters(model), saved, strict=True):
+                parameter.copy_(value)
+    return LineSearch(base, params.line_search_margin, count, trials, chosen)

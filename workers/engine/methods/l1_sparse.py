@@ -5,7 +5,8 @@ Every minibatch minimises ``mean CE on D_r + gamma_t * ||theta||_1`` where ``||t
 ALL parameters (the reference's ``torch.linalg.norm(cat(params), ord=1)``; gradient ``gamma_t sign(theta)``)
 and ``gamma_t`` follows the per-epoch linear decay of ``L1SparseParams.l1_gamma``. Weight decay stays on.
 Each epoch's history record carries the ``l1_gamma`` used in it and the ``l1_norm`` at its end. Like the
-reference, no pruning happens afterwards (the model stays dense). Defaults: see ``L1SparseParams``.
+reference, no pruning happens afterwards (the model stays dense). Batch size and augmentation are inherited
+from the original model unless given or set by the 'reference' preset. Defaults: see ``L1SparseParams``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from collections.abc import Sequence
 
 import torch
 
-from workers.engine.methods.base import MethodContext, MethodOutput, train_method
+from workers.engine.methods.base import (
+    MethodContext,
+    MethodOutput,
+    inheritance_details,
+    resolved_params,
+    train_method,
+)
 from workers.engine.methods.params import L1SparseParams
 from workers.engine.training import LOSSES, Segment
 
@@ -26,6 +33,7 @@ def l1_norm(parameters: Sequence[torch.Tensor]) -> torch.Tensor:
 def run(context: MethodContext) -> MethodOutput:
     params = context.params
     assert isinstance(params, L1SparseParams)
+    recipe, inherited = params.resolve_recipe(context.original_recipe)
     retain_inputs, retain_labels = context.data.retain()
     task_loss = LOSSES[context.task]
     parameters = list(context.model.parameters())
@@ -44,8 +52,11 @@ def run(context: MethodContext) -> MethodOutput:
     return train_method(
         context,
         [Segment(retain_inputs, retain_labels, loss=penalised_loss, name="retain")],
-        params,
-        params.model_dump(mode="json"),
+        recipe,
+        resolved_params(params, inherited),
         epoch_record=epoch_record,
-        details={"l1_gamma_schedule": [params.l1_gamma(epoch) for epoch in range(params.epochs)]},
+        details={
+            "l1_gamma_schedule": [params.l1_gamma(epoch) for epoch in range(params.epochs)],
+            **inheritance_details(inherited),
+        },
     )

@@ -1,13 +1,21 @@
 """Validated parameter models of the registered methods (pydantic only, torch-free).
 
-Defaults reproduce the OPTML-Group reference code (optml.md §1.3-§2.8, §6); deviations are noted per field
-and in each model's docstring.
+Every method's params carry a ``preset``: ``"reference"`` fills the fields it does not set with the values of
+the reference code (OPTML-Group, optml.md §1.3-§2.8, §6; the distillation methods' own references), and
+``"lethe"`` (the default) with values that act sensibly on the registry's datasets and inherit the original
+model's recipe (batch size, augmentation) instead of imposing the reference's CIFAR recipe. A field given
+explicitly always wins over the preset. Each field's description names its per-preset values where they
+differ; fields that name none are the same in both presets. Deviations from the references are noted per
+field and in each model's docstring.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -61,6 +69,125 @@ Augment = Annotated[
 Optimizer = Annotated[Literal["sgd"], Field(description="Optimiser; SGD is the only one the reference uses.")]
 
 REFERENCE_MILESTONES = [0.5, 0.75]
+REFERENCE_BATCH_SIZE = 256  # every reference driver's --batch_size (optml.md §1.4)
+
+# ------------------------------------------------------------------------------------------------ presets
+Preset = Literal["lethe", "reference"]
+DEFAULT_PRESET: Preset = "lethe"
+PRESET_KEY = "presets"  # json_schema_extra key of a field's per-preset values (also shown in the schema)
+PRESET_DESCRIPTION = (
+    "Which table fills the fields not given explicitly: 'reference' = the values of the method's reference "
+    "code (to reproduce published numbers), 'lethe' (default) = values that act on the registry's small "
+    "datasets and inherit the original model's recipe (batch size, augmentation) where the method has such a "
+    "setting. An explicitly given field always wins. Fields whose description names no preset values are "
+    "the same in both."
+)
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else json.dumps(value)
+
+
+def preset_field(description: str, *, lethe: Any, reference: Any, **constraints: Any) -> Any:
+    """A field whose default is the ``lethe`` preset's value and whose ``reference`` preset value differs;
+    both are appended to the description and kept in the JSON schema under ``presets``."""
+    return Field(
+        default=lethe,
+        description=(
+            f"{description} Presets: 'lethe' (default) {_shown(lethe)}, 'reference' {_shown(reference)}."
+        ),
+        json_schema_extra={PRESET_KEY: {"lethe": lethe, "reference": reference}},
+        **constraints,
+    )
+
+
+class PresetParams(BaseModel):
+    """Base of every method's params: the ``preset`` field and the validator that resolves it. The before-
+    validator fills each key absent from the input from the chosen preset's table (collected from the fields
+    declared with :func:`preset_field`), so explicit values win and the result is an ordinary validated
+    model; dumping and re-validating it gives the same values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: Preset = Field(default=DEFAULT_PRESET, description=PRESET_DESCRIPTION)
+
+    @classmethod
+    def preset_values(cls, preset: Preset) -> dict[str, Any]:
+        """The fields this preset sets, with their values (only fields declared with preset values)."""
+        values: dict[str, Any] = {}
+        for name, info in cls.model_fields.items():
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and PRESET_KEY in extra:
+                table = extra[PRESET_KEY]
+                assert isinstance(table, dict)
+                values[name] = copy.deepcopy(table[preset])
+        return values
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", DEFAULT_PRESET)
+        if preset not in get_args(Preset):
+            return data  # the field's own validation reports the bad value
+        return {**cls.preset_values(preset), **data}
+
+
+# ------------------------------------------------------------------------------------- recipe inheritance
+InheritedBatchSize = Annotated[int | None, Field(ge=1, le=MAX_BATCH_SIZE)]
+InheritedAugment = bool | None
+INHERIT_NOTE = (
+    "null = the original model's value (its training recipe as recorded by its train job); when that recipe "
+    "is unknown (an uploaded model), {fallback}. The result records the value used and its source under "
+    "details.inherited ('params' = given explicitly or set by the preset, 'original', or 'fallback')."
+)
+INHERIT_BATCH_SIZE = "Samples per optimisation step. " + INHERIT_NOTE.format(
+    fallback=f"{REFERENCE_BATCH_SIZE} (the reference's)"
+)
+INHERIT_AUGMENT = (
+    "Random crop + horizontal flip of each training batch (only for images of at least 16 x 16 pixels; "
+    "ignored and reported as not applied otherwise). Unlearning with augmentation on a model trained "
+    "without it mixes regimes and costs retain accuracy. "
+    + INHERIT_NOTE.format(fallback="false (no augmentation)")
+)
+FALLBACK_AUGMENT = False
+
+
+@dataclass
+class Inherited:
+    """Values resolved against the original model's recipe, and where each came from."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def resolve(
+        self,
+        name: str,
+        given: Any,
+        original: TrainRecipe | None,
+        fallback: Any,
+        original_field: str | None = None,
+    ) -> Any:
+        """``given`` when set, else the original recipe's ``original_field`` (default ``name``), else
+        ``fallback``; recorded under ``name``."""
+        if given is not None:
+            value, source = given, "params"
+        elif original is not None:
+            value, source = getattr(original, original_field or name), "original"
+        else:
+            value, source = fallback, "fallback: the original model's recipe is unknown"
+        self.values[name] = value
+        self.sources[name] = {"value": value, "source": source}
+        return value
+
+    def optimizer(self, family: str, original: TrainRecipe | None, why: str) -> None:
+        """Record the optimiser family the method uses next to the original's (not a choice: see ``why``)."""
+        self.sources["optimizer"] = {
+            "value": family,
+            "original": original.optimizer if original is not None else None,
+            "source": why,
+        }
 
 
 def _check_strictly_increasing(milestones: list[float]) -> list[float]:
@@ -94,12 +221,14 @@ class TrainRecipe(BaseModel):
         return _check_strictly_increasing(milestones)
 
 
-class TrainParams(BaseModel):
-    """Parameters of the ``train`` method, which trains the original model from a seeded random init."""
+class TrainParams(PresetParams):
+    """Parameters of the ``train`` method, which trains the original model from a seeded random init. Both
+    presets use the reference's original-model recipe (``TrainRecipe``'s defaults)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    recipe: TrainRecipe = Field(default_factory=TrainRecipe, description="Training recipe.")
+    recipe: TrainRecipe = Field(
+        default_factory=TrainRecipe,
+        description="Training recipe (the reference's original-model recipe in both presets).",
+    )
 
 
 class IdentityParams(BaseModel):
@@ -108,55 +237,120 @@ class IdentityParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class RetrainParams(BaseModel):
+REFERENCE_RETRAIN_EPOCHS = 160
+
+
+class RetrainParams(PresetParams):
     """Parameters of ``retrain``, the exact-unlearning gold standard: train from a seeded random init on the
-    retain set only (optml.md §2.2). ``recipe=None`` means "the original model's recipe", which the caller
-    supplies; the reference retrains for 160 instead of 182 epochs with otherwise the same settings, so pass
-    an explicit recipe to reproduce that."""
+    retain set only (optml.md §2.2). ``recipe=None`` (the 'lethe' preset) means "the original model's
+    recipe", which the caller supplies, so the gold standard differs from the original only by the forget
+    set; the 'reference' preset is the reference's retrain command (160 instead of 182 epochs, otherwise the
+    original-model recipe: SGD lr 0.1, momentum 0.9, wd 5e-4, batch 256, x0.1 at 50 % / 75 %, crop+flip)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    recipe: TrainRecipe | None = Field(
-        default=None,
-        description="Training recipe; null reuses the recipe the original model was trained with.",
+    recipe: TrainRecipe | None = preset_field(
+        "Training recipe; null reuses the recipe the original model was trained with.",
+        lethe=None,
+        reference=TrainRecipe(epochs=REFERENCE_RETRAIN_EPOCHS).model_dump(mode="json"),
     )
 
 
-class FinetuneParams(TrainRecipe):
+class UnlearnRecipe(PresetParams):
+    """The SGD recipe of the training-style unlearning methods (ft, ga, rl, salun, l1_sparse): the reference
+    driver's ``iterative_unlearn`` (optml.md §1.4: SGD momentum 0.9, wd 5e-4, batch 256, constant LR for
+    short runs, train mode with crop+flip). ``batch_size`` and ``augment`` are inherited from the original
+    model's recipe by default (the 'lethe' preset); the 'reference' preset sets the reference's 256 and
+    crop+flip. The optimiser family is SGD, the only one ``TrainRecipe`` (hence any original trained here)
+    has, so it always matches the original's. :meth:`resolve_recipe` gives the concrete ``TrainRecipe``."""
+
+    epochs: Epochs = 10
+    batch_size: InheritedBatchSize = preset_field(
+        INHERIT_BATCH_SIZE, lethe=None, reference=REFERENCE_BATCH_SIZE
+    )
+    lr: LearningRate = 0.01
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 5e-4
+    schedule: Schedule = "constant"
+    milestones: Milestones = Field(default_factory=lambda: list(REFERENCE_MILESTONES))
+    gamma: Gamma = 0.1
+    augment: InheritedAugment = preset_field(INHERIT_AUGMENT, lethe=None, reference=True)
+    optimizer: Optimizer = "sgd"
+
+    @field_validator("milestones")
+    @classmethod
+    def _strictly_increasing(cls, milestones: list[float]) -> list[float]:
+        return _check_strictly_increasing(milestones)
+
+    def resolve_recipe(self, original: TrainRecipe | None) -> tuple[TrainRecipe, Inherited]:
+        """The concrete recipe: inherited fields filled from ``original`` (or their fallbacks)."""
+        inherited = Inherited()
+        batch_size = inherited.resolve("batch_size", self.batch_size, original, REFERENCE_BATCH_SIZE)
+        augment = inherited.resolve("augment", self.augment, original, FALLBACK_AUGMENT)
+        inherited.optimizer("sgd", original, "method: SGD, the family of every recipe Lethe trains")
+        recipe = TrainRecipe(
+            epochs=self.epochs,
+            batch_size=batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            milestones=list(self.milestones),
+            gamma=self.gamma,
+            augment=augment,
+            optimizer=self.optimizer,
+        )
+        return recipe, inherited
+
+
+class FinetuneParams(UnlearnRecipe):
     """Parameters of ``ft``: continue training the original model on the retain set only.
 
     Reference FT (Unlearn-Sparse unlearn/FT.py, README ``--unlearn FT --unlearn_lr 0.01
     --unlearn_epochs 10``; optml.md §2.3): SGD lr 0.01, momentum 0.9, weight decay 5e-4, 10 epochs,
     batch 256, constant LR (the reference's MultiStepLR milestones 91/136 are never reached in 10 epochs),
-    train mode with crop+flip augmentation. No deviations in the defaults; any schedule may be chosen.
+    train mode with crop+flip augmentation. The 'lethe' preset differs only in inheriting batch size and
+    augmentation from the original model (see ``UnlearnRecipe``); any schedule may be chosen.
     """
-
-    epochs: Epochs = 10
-    lr: LearningRate = 0.01
-    schedule: Schedule = "constant"
 
 
 # ------------------------------------------------------------------------------------ unlearning methods
 MAX_L1_COEFFICIENT = 1.0
+GA_REFERENCE_LR = 1e-4
+GA_LETHE_LR = 5e-4
 
 
-class GradientAscentParams(TrainRecipe):
+BatchNormMode = Literal["train", "frozen"]
+BN_DESCRIPTION = (
+    "BatchNorm running statistics during forget-only batches. 'train': updated from those batches, as the "
+    "reference's train mode does, so after a forget-only pass they describe the forget set rather than the "
+    "data the model is evaluated on (on a class forget set this alone costs retain accuracy and raises UA). "
+    "'frozen': the original's running mean and variance are kept (restored after every forget-only step); "
+    "the forward pass still normalises with batch statistics and BN's affine weights still train, so the "
+    "metrics measure the weight update alone. No effect on models without BatchNorm (the MLP)."
+)
+
+
+class GradientAscentParams(UnlearnRecipe):
     """Parameters of ``ga``: gradient ascent on the forget set, ``min_theta -E_{D_f} CE(theta; x, y)``.
 
     Reference GA (Unlearn-Sparse unlearn/GA.py, README ``--unlearn GA --unlearn_lr 0.0001
     --unlearn_epochs 5``; optml.md §2.4): SGD lr 1e-4, momentum 0.9, weight decay 5e-4, 5 epochs, batch 256,
     constant LR, train mode (BatchNorm statistics are updated on the forget set), train augmentation, no
-    gradient clipping and no retain term. No deviations in the defaults. The reference lr is often too small
-    to forget anything (the SalUn maintainers suggest 5e-4 to 1e-3, SalUn#8); large values destroy the
-    model, which the service's guardrails flag. The run fails only if the weights become non-finite.
+    gradient clipping and no retain term: the 'reference' preset. The 'lethe' preset (default) deviates:
+    batch size and augmentation inherited from the original, BatchNorm running statistics frozen
+    (``bn='frozen'``: with forget-only batches the reference's train mode rewrites them, and the resulting
+    UA/RA mostly measure that rewrite), and lr 5e-4 (the reference lr is often too small to forget anything;
+    the SalUn maintainers suggest 5e-4 to 1e-3, SalUn#8). Large values destroy the model, which the service's
+    guardrails flag. The run fails only if the weights become non-finite.
     """
 
     epochs: Epochs = 5
-    lr: LearningRate = 1e-4
-    schedule: Schedule = "constant"
+    lr: LearningRate = preset_field(
+        "Peak SGD learning rate of the ascent.", lethe=GA_LETHE_LR, reference=GA_REFERENCE_LR
+    )
+    bn: BatchNormMode = preset_field(BN_DESCRIPTION, lethe="frozen", reference="train")
 
 
-class L1SparseParams(TrainRecipe):
+class L1SparseParams(UnlearnRecipe):
     """Parameters of ``l1_sparse`` (the reference's ``FT_prune`` -> ``FT_l1``; optml.md §2.7).
 
     Objective ``E_{D_r} CE(theta; x, y) + gamma_t ||theta||_1`` over ALL parameters (conv, linear, BN,
@@ -166,7 +360,9 @@ class L1SparseParams(TrainRecipe):
     with ``E = epochs`` and ``E0 = no_l1_epochs``; when ``E - E0 = 0`` gamma stays ``alpha`` (as the
     reference). The reference leaves ``alpha`` to tuning (README ``${alpha}``); the default 1e-4 is the value
     of several third-party reproduction scripts and of Unlearn-WorstCase's class-wise/configs/
-    evaluation_ft.json. Like the reference, this runs on the dense model and creates no exact zeros.
+    evaluation_ft.json. Like the reference, this runs on the dense model and creates no exact zeros. Both
+    presets use these values; the 'lethe' preset (default) inherits batch size and augmentation from the
+    original model, the 'reference' preset sets 256 and crop+flip.
     """
 
     epochs: Epochs = 10
@@ -232,7 +428,7 @@ ExcludeTrueLabel = Annotated[
 ]
 
 
-class RandomLabelParams(TrainRecipe):
+class RandomLabelParams(UnlearnRecipe):
     """Parameters of ``rl``: random labelling (the RL baseline of SalUn and Unlearn-WorstCase; optml.md §6.2-
     §6.3), i.e. SalUn's loss without the saliency mask: CE with random labels on the forget set plus CE with
     true labels on the retain set (alpha = 1), from theta_o.
@@ -241,7 +437,9 @@ class RandomLabelParams(TrainRecipe):
     RL --unlearn_epochs 10 --unlearn_lr 0.013``; optml.md §9): SGD lr 0.013, momentum 0.9, weight decay 5e-4,
     10 epochs, batch 256, constant LR, train augmentation, 'sequential' mode, labels from all C classes. The
     reference publishes no separate RL-only learning rate (Unlearn-WorstCase grid-searches it in
-    [1e-4, 1e-1], WC#4), so the RL family's SalUn value is used.
+    [1e-4, 1e-1], WC#4), so the RL family's SalUn value is used. These are the 'reference' preset; the
+    'lethe' preset (default) inherits batch size and augmentation from the original model and freezes the
+    BatchNorm running statistics during the forget-only passes of the 'sequential' mode (``bn``).
     """
 
     epochs: Epochs = 10
@@ -249,6 +447,11 @@ class RandomLabelParams(TrainRecipe):
     schedule: Schedule = "constant"
     mode: RelabelMode = "sequential"
     exclude_true_label: ExcludeTrueLabel = False
+    bn: BatchNormMode = preset_field(
+        BN_DESCRIPTION + " Only the 'sequential' mode has forget-only batches; 'shuffled' ignores it.",
+        lethe="frozen",
+        reference="train",
+    )
 
 
 class SalUnParams(RandomLabelParams):
@@ -264,8 +467,11 @@ class SalUnParams(RandomLabelParams):
     Non-salient weights stay bit-identical to theta_o: after every optimiser step they are restored and
     their momentum buffers cleared, as the reference does since PR #33 (2026-02-28). Before that fix weight
     decay and momentum still moved the "frozen" weights (SalUn#32), and the published numbers predate it;
-    Lethe implements only the fixed behaviour. BatchNorm running statistics are buffers, not weights, and are
-    updated in train mode as in the reference. Defaults: SalUn README (lr 0.013, 10 epochs, mask 0.5).
+    Lethe implements only the fixed behaviour. BatchNorm running statistics are buffers, not weights: with
+    ``bn='train'`` (the 'reference' preset) they are updated in train mode as in the reference, with
+    ``bn='frozen'`` (the 'lethe' preset) the forget-only passes leave them alone. Reference values: SalUn
+    README (lr 0.013, 10 epochs, mask 0.5, batch 256, crop+flip); the 'lethe' preset inherits batch size and
+    augmentation from the original model.
     """
 
     mask_ratio: float = Field(
@@ -281,7 +487,7 @@ class SalUnParams(RandomLabelParams):
     )
 
 
-class PruneParams(BaseModel):
+class PruneParams(PresetParams):
     """Parameters of ``prune``: one-shot global unstructured magnitude pruning (OMP; optml.md §2.8).
 
     Prunes the ``sparsity`` fraction of smallest-|w| entries among all Conv2d weights, globally (the
@@ -293,10 +499,9 @@ class PruneParams(BaseModel):
     rewinds the surviving weights to their epoch-8 values and retrains 182 epochs with the mask; Lethe has no
     early-training snapshot and fine-tunes the pruned trained weights for a few epochs instead. A model that
     is already pruned keeps its pruned weights pruned (they have the lowest magnitude, zero), so the target
-    sparsity must be at least its current one.
+    sparsity must be at least its current one. The 'lethe' preset (default) inherits the fine-tuning batch
+    size and augmentation from the original model; the 'reference' preset uses 256 and crop+flip.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     sparsity: float = Field(
         default=0.95,
@@ -314,21 +519,32 @@ class PruneParams(BaseModel):
             "the reference rewinds to epoch 8 and retrains 182 epochs."
         ),
     )
-    batch_size: BatchSize = 256
+    batch_size: InheritedBatchSize = preset_field(
+        INHERIT_BATCH_SIZE, lethe=None, reference=REFERENCE_BATCH_SIZE
+    )
     lr: LearningRate = 0.01
     momentum: Momentum = 0.9
     weight_decay: WeightDecay = 5e-4
     schedule: Schedule = "constant"
     milestones: Milestones = Field(default_factory=lambda: list(REFERENCE_MILESTONES))
     gamma: Gamma = 0.1
-    augment: Augment = True
+    augment: InheritedAugment = preset_field(INHERIT_AUGMENT, lethe=None, reference=True)
 
     @field_validator("milestones")
     @classmethod
     def _strictly_increasing(cls, milestones: list[float]) -> list[float]:
         return _check_strictly_increasing(milestones)
 
-    def finetune_recipe(self) -> TrainRecipe:
-        """The masked fine-tuning recipe (only meaningful when ``finetune_epochs`` > 0)."""
-        fields = self.model_dump(exclude={"sparsity", "finetune_epochs"})
-        return TrainRecipe(epochs=max(self.finetune_epochs, 1), **fields)
+    def finetune_recipe(self, original: TrainRecipe | None = None) -> tuple[TrainRecipe, Inherited]:
+        """The masked fine-tuning recipe (only meaningful when ``finetune_epochs`` > 0), with batch size and
+        augmentation resolved against the original model's recipe."""
+        inherited = Inherited()
+        fields = self.model_dump(exclude={"sparsity", "finetune_epochs", "preset", "batch_size", "augment"})
+        recipe = TrainRecipe(
+            epochs=max(self.finetune_epochs, 1),
+            batch_size=inherited.resolve("batch_size", self.batch_size, original, REFERENCE_BATCH_SIZE),
+            augment=inherited.resolve("augment", self.augment, original, FALLBACK_AUGMENT),
+            **fields,
+        )
+        inherited.optimizer("sgd", original, "method: SGD, the family of every recipe Lethe trains")
+        return recipe, inherited

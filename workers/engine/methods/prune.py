@@ -20,22 +20,10 @@ import torch
 from torch import nn
 
 from workers.engine.errors import InvalidInputError
-from workers.engine.masks import Masks, apply_masks, sparsity
-from workers.engine.methods.base import MethodContext, MethodOutput
+from workers.engine.masks import Masks, apply_masks, prunable_parameters, sparsity
+from workers.engine.methods.base import MethodContext, MethodOutput, inheritance_details, resolved_params
 from workers.engine.methods.params import PruneParams
 from workers.engine.training import fit
-
-
-def prunable_parameters(model: nn.Module) -> list[str]:
-    """Names of the weights OMP prunes: all Conv2d weights, or for conv-free models the Linear weights
-    except the classifier (the last Linear layer registered)."""
-    convolutions = [
-        f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Conv2d)
-    ]
-    if convolutions:
-        return convolutions
-    linears = [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    return linears[:-1]
 
 
 @torch.no_grad()
@@ -90,12 +78,13 @@ def run(context: MethodContext) -> MethodOutput:
         "pruned_count": sum(int((~pruned[name]).sum().item()) for name in names),
         "prunable_sparsity": sparsity(pruned),
     }
+    recipe, inherited = params.finetune_recipe(context.original_recipe)
     if params.finetune_epochs > 0:
         result = fit(
             context.model,
             context.data.x_train,
             context.data.y_train,
-            params.finetune_recipe(),
+            recipe,
             seed=context.seed,
             phase=context.phase,
             hooks=context.hooks,
@@ -105,9 +94,10 @@ def run(context: MethodContext) -> MethodOutput:
         )
         history = result.history
         details.update(augment_applied=result.augment_applied, resumed_from_epoch=result.resumed_from_epoch)
+    details.update(inheritance_details(inherited))
     return MethodOutput(
         model=context.model,
-        resolved_params=params.model_dump(mode="json"),
+        resolved_params=resolved_params(params, inherited),
         history=history,
         details=details,
         masks=masks,

@@ -7,6 +7,8 @@ reference's CIFAR-100/TinyImageNet path) mixes both into common shuffled batches
 every epoch from the run's seeded generator: uniformly from all C classes as the reference code does (the
 true label survives with probability 1/C; the paper writes y' != y), or from the C - 1 wrong classes with
 ``exclude_true_label``. :func:`run_relabel` is shared with ``salun``, which adds a saliency constraint.
+BatchNorm: ``bn='frozen'`` (the 'lethe' preset) keeps the running statistics through the forget-only passes
+of the 'sequential' mode; ``bn='train'`` (the reference) lets those passes update them.
 """
 
 from __future__ import annotations
@@ -16,9 +18,16 @@ from collections.abc import Callable
 import torch
 
 from workers.engine.errors import InvalidInputError
-from workers.engine.methods.base import MethodContext, MethodOutput, train_method
-from workers.engine.methods.params import RandomLabelParams
-from workers.engine.training import Segment
+from workers.engine.methods.base import (
+    BatchNormStatistics,
+    MethodContext,
+    MethodOutput,
+    inheritance_details,
+    resolved_params,
+    train_method,
+)
+from workers.engine.methods.params import Inherited, RandomLabelParams, TrainRecipe
+from workers.engine.training import LOSSES, BatchLoss, Segment
 
 MIN_CLASSES_FOR_WRONG_LABELS = 2
 
@@ -43,7 +52,27 @@ def random_label_sampler(
     return draw
 
 
-def relabel_segments(context: MethodContext, params: RandomLabelParams) -> list[Segment]:
+class ForgetPassTracker:
+    """Knows whether the step just taken was on a forget-only batch (the 'sequential' mode's forget
+    segment): its segment's loss marks it, so ``after_step`` can restore the BatchNorm statistics
+    (``bn='frozen'``) after forget steps only."""
+
+    def __init__(self, task_loss: BatchLoss) -> None:
+        self.task_loss = task_loss
+        self.on_forget = False
+
+    def forget_loss(self, outputs: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
+        self.on_forget = True
+        return self.task_loss(outputs, labels, epoch)
+
+    def retain_loss(self, outputs: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
+        self.on_forget = False
+        return self.task_loss(outputs, labels, epoch)
+
+
+def relabel_segments(
+    context: MethodContext, params: RandomLabelParams, tracker: ForgetPassTracker | None = None
+) -> list[Segment]:
     forget_inputs, forget_labels = context.data.forget()
     retain_inputs, retain_labels = context.data.retain()
     if params.exclude_true_label and context.num_classes < MIN_CLASSES_FOR_WRONG_LABELS:
@@ -51,8 +80,19 @@ def relabel_segments(context: MethodContext, params: RandomLabelParams) -> list[
     draw = random_label_sampler(forget_labels, context.num_classes, params.exclude_true_label)
     if params.mode == "sequential":
         return [
-            Segment(forget_inputs, forget_labels, relabel=draw, name="forget"),
-            Segment(retain_inputs, retain_labels, name="retain"),
+            Segment(
+                forget_inputs,
+                forget_labels,
+                loss=tracker.forget_loss if tracker is not None else None,
+                relabel=draw,
+                name="forget",
+            ),
+            Segment(
+                retain_inputs,
+                retain_labels,
+                loss=tracker.retain_loss if tracker is not None else None,
+                name="retain",
+            ),
         ]
 
     def draw_mixed(generator: torch.Generator) -> torch.Tensor:
@@ -71,21 +111,39 @@ def relabel_segments(context: MethodContext, params: RandomLabelParams) -> list[
 def run_relabel(
     context: MethodContext,
     params: RandomLabelParams,
+    recipe: TrainRecipe,
+    inherited: Inherited,
     after_step: Callable[[torch.optim.Optimizer], None] | None = None,
     details: dict[str, object] | None = None,
 ) -> MethodOutput:
-    """The random-label loop; ``after_step`` defaults to the pruning-mask constraint."""
+    """The random-label loop with the resolved ``recipe``; ``after_step`` defaults to the pruning-mask
+    constraint. With ``bn='frozen'`` in 'sequential' mode, the BatchNorm statistics are restored after
+    every forget-segment step, before ``after_step``."""
+    tracker = None
+    statistics = None
+    if params.bn == "frozen" and params.mode == "sequential":
+        task_loss = LOSSES[context.task]
+        tracker = ForgetPassTracker(lambda outputs, labels, epoch: task_loss(outputs, labels))
+        statistics = BatchNormStatistics(context.model)
+    constraint = after_step or (lambda _optimizer: context.enforce_constraints())
+
+    def step_done(optimizer: torch.optim.Optimizer) -> None:
+        if statistics is not None and tracker is not None and tracker.on_forget:
+            statistics.restore()
+        constraint(optimizer)
+
     return train_method(
         context,
-        relabel_segments(context, params),
-        params,
-        params.model_dump(mode="json"),
-        after_step=after_step,
-        details=details,
+        relabel_segments(context, params, tracker),
+        recipe,
+        resolved_params(params, inherited),
+        after_step=step_done,
+        details={**(details or {}), **inheritance_details(inherited)},
     )
 
 
 def run(context: MethodContext) -> MethodOutput:
     params = context.params
     assert isinstance(params, RandomLabelParams)
-    return run_relabel(context, params)
+    recipe, inherited = params.resolve_recipe(context.original_recipe)
+    return run_relabel(context, params, recipe, inherited)

@@ -13,8 +13,8 @@
    weight decay and momentum leaked into the "frozen" weights, SalUn#32). Pruning masks are enforced after
    the restore, so a pruned weight stays exactly zero.
 
-BatchNorm running statistics are buffers and follow train mode as in the reference. Defaults and deviations:
-see ``SalUnParams``.
+BatchNorm running statistics are buffers: ``bn`` decides whether the forget-only passes update them (see
+``rl``). Defaults and deviations: see ``SalUnParams``.
 """
 
 from __future__ import annotations
@@ -24,29 +24,30 @@ from typing import Any
 import torch
 
 from workers.engine.methods.base import MethodContext, MethodOutput
-from workers.engine.methods.params import SalUnParams
+from workers.engine.methods.params import SalUnParams, TrainRecipe
 from workers.engine.methods.random_labels import run_relabel
 from workers.engine.training import CROP_PADDING_DIVISOR, LOSSES, augmentation_applies, plan_epoch
 
 Saliency = dict[str, torch.Tensor]
 
 
-def forget_gradient_magnitude(context: MethodContext, params: SalUnParams) -> dict[str, torch.Tensor]:
-    """|sum over forget batches of grad(-mean CE)| per parameter, at the current weights, in eval mode."""
+def forget_gradient_magnitude(context: MethodContext, recipe: TrainRecipe) -> dict[str, torch.Tensor]:
+    """|sum over forget batches of grad(-mean CE)| per parameter, at the current weights, in eval mode, with
+    the resolved recipe's batch size and augmentation."""
     model = context.model
     forget_inputs, forget_labels = context.data.forget()
     task_loss = LOSSES[context.task]
-    augment = augmentation_applies(params, forget_inputs)
+    augment = augmentation_applies(recipe, forget_inputs)
     padding = min(forget_inputs.shape[-2:]) // CROP_PADDING_DIVISOR if augment else None
     count = int(forget_inputs.shape[0])
     plan = plan_epoch(count, padding, torch.Generator().manual_seed(context.seed), forget_inputs.device)
-    starts = range(0, count, params.batch_size)
+    starts = range(0, count, recipe.batch_size)
     phase = f"{context.phase}-mask"
     hooks = context.hooks
     model.eval()
     model.zero_grad(set_to_none=True)
     for step, start in enumerate(starts, 1):
-        end = min(start + params.batch_size, count)
+        end = min(start + recipe.batch_size, count)
         indices = plan.order[start:end]
         batch = forget_inputs[indices]
         if plan.augmentation is not None:
@@ -88,7 +89,8 @@ def saliency_mask(magnitudes: dict[str, torch.Tensor], ratio: float) -> tuple[Sa
 def run(context: MethodContext) -> MethodOutput:
     params = context.params
     assert isinstance(params, SalUnParams)
-    magnitudes = forget_gradient_magnitude(context, params)
+    recipe, inherited = params.resolve_recipe(context.original_recipe)
+    magnitudes = forget_gradient_magnitude(context, recipe)
     salient, threshold = saliency_mask(magnitudes, params.mask_ratio)
     parameters = dict(context.model.named_parameters())
     # (parameter, salient entries, theta_o) for every tensor with at least one non-salient entry.
@@ -121,4 +123,4 @@ def run(context: MethodContext) -> MethodOutput:
             },
         }
     }
-    return run_relabel(context, params, after_step=keep_non_salient, details=details)
+    return run_relabel(context, params, recipe, inherited, after_step=keep_non_salient, details=details)

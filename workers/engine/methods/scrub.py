@@ -1,23 +1,37 @@
-"""``scrub``: SCRUB (Kurmanji et al., NeurIPS 2023) as shipped in Unlearn-WorstCase (optml.md §6.3).
+"""``scrub``: SCRUB (Kurmanji et al., NeurIPS 2023), by default as in Unlearn-WorstCase (optml.md §6.3).
 
 Student = the original model, teacher = a frozen copy of it. With KL_T(s, t) = T^2 * KL(softmax(t / T) ||
 softmax(s / T)) averaged over the batch (``DistillKL``):
 
-* max pass over D_f, in each of the first ``msteps`` epochs: minimise -KL_T(student, teacher), i.e. push
-  the student's forget-set predictions away from the original's;
-* min pass over D_r, every epoch: minimise alpha * KL_T(student, teacher) + gamma * CE(student, y).
+* max pass over D_f: minimise -KL_T(student, teacher), i.e. push the student's forget-set predictions away
+  from the original's (batches of ``forget_batch_size``);
+* min pass over D_r: minimise alpha * KL_T(student, teacher) + gamma * CE(student, y) (batches of
+  ``batch_size``).
 
-One SGD optimiser (momentum, weight decay) is shared by both passes as in the reference; the student trains
-in train mode, the teacher is in eval mode. Defaults and deviations: see ``SCRUBParams`` (the LR default is
-Lethe's choice, ``max_lr`` a Lethe addition).
+Which passes an epoch runs is ``SCRUBParams.passes``: ``schedule='worstcase'`` (WC's code, the default)
+runs only max passes in epochs 1..msteps and only min passes afterwards; ``'original'`` (Kurmanji et al.)
+runs a max then a min pass in epochs 1..msteps and min passes afterwards. The LR of each epoch follows
+``SCRUBParams.learning_rate`` (x lr_decay_rate after each of lr_decay_epochs), from ``max_lr`` for max passes
+and ``lr`` for min passes. One SGD optimiser (momentum, weight decay) is shared by both passes as in the
+reference; the student trains in train mode, the teacher is in eval mode. ``bn='frozen'`` restores the
+student's BatchNorm running statistics after every max step. Each history record lists the passes the
+epoch ran (``passes``) with their LRs. Defaults and deviations: see ``SCRUBParams``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from workers.engine.methods.base import MethodContext, MethodOutput
+from workers.engine.methods.base import (
+    BatchNormStatistics,
+    MethodContext,
+    MethodOutput,
+    inheritance_details,
+    resolved_params,
+)
 from workers.engine.methods.distillation import (
     StepProgress,
     TrainingPass,
@@ -33,11 +47,16 @@ from workers.engine.methods.params_distillation import SCRUBParams
 def run(context: MethodContext) -> MethodOutput:
     params = context.params
     assert isinstance(params, SCRUBParams)
+    inherited = params.resolve(context.original_recipe)
+    batch_size: int = inherited.values["batch_size"]
+    forget_batch_size: int = inherited.values["forget_batch_size"]
+    augment: bool = inherited.values["augment"]
     model = context.model
     teacher = frozen_copy(model)
     forget_inputs, _ = context.data.forget()
     retain_inputs, retain_labels = context.data.retain()
     max_lr = params.max_lr if params.max_lr is not None else params.lr
+    statistics = BatchNormStatistics(model) if params.bn == "frozen" else None
 
     def max_loss(batch: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -52,50 +71,65 @@ def run(context: MethodContext) -> MethodOutput:
             params.gamma * F.cross_entropy(logits, retain_labels[indices])
         )
 
+    def after_max_step() -> None:
+        if statistics is not None:
+            statistics.restore()
+        context.enforce_constraints()
+
     optimizer = torch.optim.SGD(
         model.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
     )
-    max_pass = TrainingPass(
-        model,
-        optimizer,
-        forget_inputs,
-        params.batch_size,
-        augmentation_padding(forget_inputs, params.augment),
-        max_loss,
-        context.enforce_constraints,
-    )
-    min_pass = TrainingPass(
-        model,
-        optimizer,
-        retain_inputs,
-        params.batch_size,
-        augmentation_padding(retain_inputs, params.augment),
-        min_loss,
-        context.enforce_constraints,
-    )
-    total = params.msteps * pass_steps(
-        forget_inputs.shape[0], params.batch_size
-    ) + params.epochs * pass_steps(retain_inputs.shape[0], params.batch_size)
+    training_passes = {
+        "max": TrainingPass(
+            model,
+            optimizer,
+            forget_inputs,
+            forget_batch_size,
+            augmentation_padding(forget_inputs, augment),
+            max_loss,
+            after_max_step,
+        ),
+        "min": TrainingPass(
+            model,
+            optimizer,
+            retain_inputs,
+            batch_size,
+            augmentation_padding(retain_inputs, augment),
+            min_loss,
+            context.enforce_constraints,
+        ),
+    }
+    base_lrs = {"max": max_lr, "min": params.lr}
+    loss_keys = {"max": "max_loss", "min": "loss"}
+    steps = {
+        "max": pass_steps(forget_inputs.shape[0], forget_batch_size),
+        "min": pass_steps(retain_inputs.shape[0], batch_size),
+    }
+    epochs = range(1, params.epochs + 1)
+    total = sum(steps[name] for epoch in epochs for name in params.passes(epoch))
     progress = StepProgress(context.hooks, context.phase, total)
     generator = torch.Generator().manual_seed(context.seed)
     torch.manual_seed(context.seed)  # dropout
-    history: list[dict[str, float]] = []
-    for epoch in range(1, params.epochs + 1):
-        record: dict[str, float] = {"epoch": epoch}
-        if epoch <= params.msteps:
-            set_learning_rate(optimizer, max_lr)
-            record["max_loss"] = max_pass.run(
-                generator, progress, {"epoch": epoch, "pass": "max", "lr": max_lr}
+    history: list[dict[str, Any]] = []
+    for epoch in epochs:
+        record: dict[str, Any] = {"epoch": epoch, "passes": list(params.passes(epoch))}
+        for name in params.passes(epoch):
+            lr = params.learning_rate(base_lrs[name], epoch)
+            set_learning_rate(optimizer, lr)
+            record[loss_keys[name]] = training_passes[name].run(
+                generator, progress, {"epoch": epoch, "pass": name, "lr": lr}
             )
-            record["max_lr"] = max_lr
-        set_learning_rate(optimizer, params.lr)
-        record["loss"] = min_pass.run(generator, progress, {"epoch": epoch, "pass": "min", "lr": params.lr})
-        record["lr"] = params.lr
+            record[f"{name}_lr"] = lr
+        record["lr"] = record.get("min_lr", record.get("max_lr"))
         history.append(record)
         progress.epoch_end(record)
     return MethodOutput(
         model=model,
-        resolved_params={**params.model_dump(mode="json"), "max_lr": max_lr},
+        resolved_params={**resolved_params(params, inherited), "max_lr": max_lr},
         history=history,
-        details={"augment_applied": min_pass.padding is not None},
+        details={
+            "augment_applied": training_passes["min"].padding is not None,
+            "pass_schedule": [record["passes"] for record in history],
+            **inheritance_details(inherited),
+        },
     )

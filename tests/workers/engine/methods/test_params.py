@@ -23,8 +23,8 @@ def test_train_recipe_defaults_are_the_reference_original_recipe() -> None:
     assert [round(fraction * 182) for fraction in recipe.milestones] == [91, 136]
 
 
-def test_finetune_defaults_are_reference_ft() -> None:
-    params = FinetuneParams()
+def test_finetune_reference_preset_is_reference_ft() -> None:
+    params = FinetuneParams(preset="reference")
     assert (params.epochs, params.batch_size, params.lr, params.momentum, params.weight_decay) == (
         10,
         256,
@@ -32,8 +32,9 @@ def test_finetune_defaults_are_reference_ft() -> None:
         0.9,
         5e-4,
     )
-    assert params.schedule == "constant"
-    assert isinstance(params, TrainRecipe)
+    assert params.schedule == "constant" and params.augment is True
+    recipe, _ = params.resolve_recipe(None)
+    assert isinstance(recipe, TrainRecipe) and recipe.batch_size == 256 and recipe.augment
 
 
 def test_retrain_recipe_defaults_to_none_and_accepts_a_recipe() -> None:

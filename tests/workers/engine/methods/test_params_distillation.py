@@ -27,10 +27,11 @@ def test_registered_as_unlearn_methods() -> None:
         assert spec.job_kind == "unlearn" and spec.params_model is model
 
 
-def test_reference_defaults() -> None:
-    iu = IUParams()
+def test_reference_preset() -> None:
+    iu = IUParams(preset="reference")
     assert (iu.hvp, iu.alpha, iu.woodfisher_samples, iu.batch_size) == ("reference", None, 1000, 256)
-    bad = BadTeacherParams()
+    assert iu.step == "fixed"
+    bad = BadTeacherParams(preset="reference")
     assert (bad.retain_fraction, bad.temperature, bad.lr, bad.epochs, bad.batch_size, bad.kl_reduction) == (
         0.3,
         1.0,
@@ -39,16 +40,24 @@ def test_reference_defaults() -> None:
         256,
         "mean",
     )
-    scrub = SCRUBParams()
+    scrub = SCRUBParams(preset="reference")
+    # WC's m_steps = 1 on a 0-based epoch counter: two max-only epochs in Lethe's 1-based numbering.
     assert (scrub.temperature, scrub.alpha, scrub.gamma, scrub.msteps, scrub.epochs) == (
         4.0,
         0.001,
         0.99,
-        1,
+        2,
         10,
     )
+    assert (scrub.schedule, scrub.lr, scrub.lr_decay_epochs, scrub.lr_decay_rate) == (
+        "worstcase",
+        0.01,
+        [4, 6, 10],
+        0.1,
+    )
     assert (scrub.momentum, scrub.weight_decay, scrub.batch_size, scrub.max_lr) == (0.9, 5e-4, 256, None)
-    blind = BlindspotParams()
+    blind = BlindspotParams(preset="reference")
+    assert (blind.batch_size, blind.blindspot_batch_size, blind.augment) == (256, 256, False)
     assert (blind.blindspot_epochs, blind.blindspot_lr, blind.epochs, blind.lr, blind.beta) == (
         2,
         0.01,

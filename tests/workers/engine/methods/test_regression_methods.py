@@ -196,12 +196,16 @@ def test_gaussian_ft_fine_tunes_toward_the_relabelled_targets(
     # the forget patients (targets <= 100) are relabelled around the mean (~150): their error grows
     assert result.metrics["forget_mae"] > original_forget_mae(diabetes, original, forget_indices)
     assert result.details["params"] == {
+        "preset": "lethe",
         "epochs": 3,
         "lr": 1e-3,
         "batch_size": 32,
         "loss": "l1",
         "augment": False,
     }
+    # augmentation was not given: the 'lethe' preset takes the original model's
+    assert result.details["inherited"]["augment"]["source"] == "original"
+    assert result.details["inherited"]["batch_size"]["source"] == "params"
 
 
 def test_gaussian_ft_refuses_classification(digits: ArrayDataset, original_digits_model: Any) -> None:

@@ -26,8 +26,8 @@ UNLEARNING_MODELS: list[type[BaseModel]] = [
 ALL_MODELS: list[type[BaseModel]] = [*UNLEARNING_MODELS, PruneParams]
 
 
-def test_reference_defaults() -> None:
-    ga = GradientAscentParams()
+def test_reference_preset() -> None:
+    ga = GradientAscentParams(preset="reference")
     assert (ga.lr, ga.epochs, ga.batch_size, ga.momentum, ga.weight_decay, ga.schedule) == (
         1e-4,
         5,
@@ -36,16 +36,17 @@ def test_reference_defaults() -> None:
         5e-4,
         "constant",
     )
+    assert ga.bn == "train" and ga.augment is True
     for model in (RandomLabelParams, SalUnParams):
-        params = model()
+        params = model(preset="reference")
         assert (params.lr, params.epochs, params.batch_size, params.weight_decay) == (0.013, 10, 256, 5e-4)
         assert params.mode == "sequential" and params.exclude_true_label is False
     assert SalUnParams().mask_ratio == 0.5
-    l1 = L1SparseParams()
+    l1 = L1SparseParams(preset="reference")
     assert (l1.lr, l1.epochs, l1.alpha, l1.no_l1_epochs, l1.weight_decay) == (0.01, 10, 1e-4, 0, 5e-4)
-    prune = PruneParams()
+    prune = PruneParams(preset="reference")
     assert (prune.sparsity, prune.finetune_epochs, prune.lr, prune.batch_size) == (0.95, 5, 0.01, 256)
-    recipe = PruneParams(finetune_epochs=7).finetune_recipe()
+    recipe, _ = PruneParams(preset="reference", finetune_epochs=7).finetune_recipe()
     assert (recipe.epochs, recipe.lr, recipe.momentum, recipe.weight_decay, recipe.schedule) == (
         7,
         0.01,
