@@ -20,6 +20,7 @@ REAP_TASK = "lethe.reap"
 PURGE_BROKER_TASK = "lethe.purge_broker"
 SWEEP_ORPHANS_TASK = "lethe.sweep_orphans"
 RETENTION_TASK = "lethe.retention"
+AUDIT_CHECKPOINT_TASK = "lethe.audit_checkpoint"
 WORKER_POOL = "workers.pool:TaskPool"
 
 
@@ -71,6 +72,10 @@ def make_celery(settings: Settings) -> Celery:
             "retention-intermediates": {
                 "task": RETENTION_TASK,
                 "schedule": settings.retention_interval_seconds,
+            },
+            "audit-checkpoints": {
+                "task": AUDIT_CHECKPOINT_TASK,
+                "schedule": settings.audit_checkpoint_interval_seconds,
             },
         },
         timezone="UTC",

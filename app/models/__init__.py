@@ -1,6 +1,6 @@
 """ORM tables. Importing this package registers every table on ``Base.metadata``."""
 
-from app.models.audit import AuditEvent
+from app.models.audit import AuditCheckpoint, AuditEvent
 from app.models.base import Base
 from app.models.compliance import ComplianceReport, DeletionRequest, DeletionRequestStatus, Policy
 from app.models.job import Campaign, CampaignStatus, Job, JobEvent, JobKind, JobStatus, Metric
@@ -9,6 +9,7 @@ from app.models.tenant import ApiKey, Tenant
 
 __all__ = [
     "ApiKey",
+    "AuditCheckpoint",
     "AuditEvent",
     "Base",
     "Campaign",

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, UUIDPrimaryKey, utcnow
 
 
 class AuditEvent(Base):
@@ -33,3 +33,25 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]]
     prev_hash: Mapped[str | None] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(UUIDPrimaryKey, Base):
+    """A signed statement "the tenant's audit chain had ``event_count`` rows ending in ``head_hash``".
+
+    The hash chain alone proves nothing against someone who can write the database: they can edit a row and
+    recompute every later hash, or delete the tail. A checkpoint is signed with the audit anchor key, which
+    the database does not hold, so a rewritten chain no longer matches a signed head and a shortened one is
+    shorter than a signed count (app/services/audit.py). ``head_id`` is deliberately not a foreign key: the
+    checkpoint must outlive the rows it vouches for, or deleting them would delete the evidence.
+    """
+
+    __tablename__ = "audit_checkpoints"
+    __table_args__ = (Index("ix_audit_checkpoints_tenant_id_event_count", "tenant_id", "event_count"),)
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    event_count: Mapped[int] = mapped_column(BigInteger)
+    head_id: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(16))
+    signature: Mapped[str] = mapped_column(String(128))

@@ -29,3 +29,6 @@ class ApiKey(UUIDPrimaryKey, CreatedAt, Base):
     expires_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # The key this one replaced (``POST /v1/admin/keys/{key_id}/rotate``): the lineage an operator follows
+    # when a leaked secret is traced back through rotations.
+    rotated_from: Mapped[str | None] = mapped_column(String(32))

@@ -148,3 +148,21 @@ def verify(public: Ed25519PublicKey, message: bytes, signature_b64: str) -> bool
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+# Audit anchors -------------------------------------------------------------------------------------------
+# A key of its own rather than the report key: the report key's public half is handed to third parties to
+# trust compliance reports, the anchor key vouches for the internal audit chain. Separate keys keep the two
+# statements apart (neither signature can stand in for the other; each key can be rotated or revoked for
+# its own reasons without invalidating the other's evidence). Both are stored the same way: a PKCS#8 PEM,
+# 0600, created atomically on first use, never in the database.
+ANCHOR_KEY_FILE_NAME = "audit-anchor.key"
+
+
+def anchor_key_path(settings: Settings) -> Path:
+    configured = settings.audit_anchor_key_file
+    return configured if configured is not None else settings.home.resolve() / ANCHOR_KEY_FILE_NAME
+
+
+def anchor_key(settings: Settings) -> SigningKey:
+    return load_or_create(anchor_key_path(settings))

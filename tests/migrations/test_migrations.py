@@ -57,3 +57,62 @@ def test_deletion_request_references_migrate_up_and_down(tmp_path) -> None:
     assert all(added[name]["nullable"] and added[name]["type"].length == 200 for name in references)
     command.downgrade(config, "0005")
     assert not references & set(columns()) and "policy_id" in columns()
+
+
+def test_key_lifecycle_and_audit_anchors_migrate_up_and_down(tmp_path) -> None:
+    """0007 adds api_keys.rotated_from (existing keys keep null) and the audit_checkpoints table; 0006 takes
+    both away again without touching the keys."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    url = os.environ.get("LETHE_TEST_DATABASE_URL")
+    settings = Settings(
+        home=tmp_path,
+        database_url=_fresh_postgres(url.replace("lethe_test", "lethe_migrations_anchors")) if url else None,
+    )
+    config = alembic_config(settings.db_url)
+    engine = sa.create_engine(settings.db_url)
+    tenant_id, key_pk = uuid.uuid4(), uuid.uuid4()
+    try:
+        command.upgrade(config, "0006")
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("INSERT INTO tenants (id, name, created_at) VALUES (:id, 'm', :now)"),
+                {"id": tenant_id.hex if engine.dialect.name == "sqlite" else tenant_id, "now": "2026-01-01"},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO api_keys (id, tenant_id, key_id, secret_hash, name, scopes, created_at) "
+                    "VALUES (:id, :tenant, 'abcd', 'h', 'k', '[\"read\"]', :now)"
+                ),
+                {
+                    "id": key_pk.hex if engine.dialect.name == "sqlite" else key_pk,
+                    "tenant": tenant_id.hex if engine.dialect.name == "sqlite" else tenant_id,
+                    "now": "2026-01-01",
+                },
+            )
+
+        def inspect() -> tuple[dict[str, Any], set[str]]:
+            inspector = sa.inspect(engine)
+            return {c["name"]: c for c in inspector.get_columns("api_keys")}, set(inspector.get_table_names())
+
+        columns, tables = inspect()
+        assert "rotated_from" not in columns and "audit_checkpoints" not in tables
+        command.upgrade(config, "0007")
+        columns, tables = inspect()
+        assert columns["rotated_from"]["nullable"] and columns["rotated_from"]["type"].length == 32
+        assert "audit_checkpoints" in tables
+        indexes = {i["name"] for i in sa.inspect(engine).get_indexes("audit_checkpoints")}
+        assert "ix_audit_checkpoints_tenant_id_event_count" in indexes
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT rotated_from FROM api_keys WHERE key_id = 'abcd'")).all() == [
+                (None,)
+            ]
+        command.downgrade(config, "0006")
+        columns, tables = inspect()
+        assert "rotated_from" not in columns and "audit_checkpoints" not in tables
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT name FROM api_keys WHERE key_id = 'abcd'")).all() == [("k",)]
+    finally:
+        engine.dispose()
