@@ -22,7 +22,7 @@ from app.services.datasets import get_dataset
 from app.services.forget_sets import get_forget_set
 from app.services.jobs import add_event
 from app.services.models import get_architecture, get_model, validate_arch_config
-from workers.engine.audit.params import AuditParams
+from workers.engine.audit.params import AUDITABLE_JOB_KINDS, AuditParams
 from workers.engine.diffusion.job_params import (
     GENERATIVE_ARCHITECTURES,
     TEACHER,
@@ -228,8 +228,17 @@ def validate_audit_params(params: dict[str, Any]) -> AuditParams:
 def _check_audit(
     audit_params: AuditParams, model: Model, forget_set: ForgetSet, dataset: Dataset | None
 ) -> None:
-    if dataset is not None and dataset.task != "classification":
-        raise Unprocessable("audits support classification models only", code="task-mismatch")
+    # Generative models were refused before (_check_generative); classifiers and regressors are audited
+    # alike (regression scores: workers/engine/metrics/regression_scores.py), so the audited method is what
+    # must fit the model's task.
+    task = TaskType(dataset.task) if dataset is not None else _model_task(model)
+    method = METHODS.get(audit_params.method)
+    if task not in method.task_types:
+        raise Unprocessable(
+            f"method '{method.name}' does not support {task.value} models; audit one of"
+            f" {[m.name for m in METHODS if task in m.task_types and m.job_kind in AUDITABLE_JOB_KINDS]}",
+            code="task-mismatch",
+        )
     if audit_params.recipe is None and model.train_recipe is None:
         raise Unprocessable(
             "this model has no recorded training recipe (it was uploaded): pass params.recipe, the recipe"

@@ -27,6 +27,7 @@ def setup(live_api: TestClient, worker_group, sessions, migrated) -> dict:
     assert response.status_code == 201, response.text
     return {
         "tenant": tenant,
+        "dataset": dataset["id"],
         "model": train["output_model_id"],
         "train_job": train["id"],
         "forget_set": response.json()["id"],
@@ -109,6 +110,8 @@ def test_audit_submission_errors_are_problems(live_api: TestClient, setup) -> No
         ({**base, "params": {"method": "ft", "shadows": 1}}, "invalid-params"),
         ({**base, "method": "ft", "params": {"method": "ft"}}, "unexpected-method"),
         ({"kind": "audit", "model_id": setup["model"], "params": {"method": "ft"}}, "missing-field"),
+        # gaussian_ft redraws regression targets: a classifier cannot be audited with it.
+        ({**base, "params": {"method": "gaussian_ft"}}, "task-mismatch"),
     ]
     for body, code in cases:
         response = live_api.post("/v1/jobs", json=body, headers=tenant.headers("submit"))
@@ -122,3 +125,37 @@ def test_jobs_without_per_example_arrays_answer_404(live_api: TestClient, setup)
     response = live_api.get(f"/v1/jobs/{setup['train_job']}/arrays", headers=tenant.headers("read"))
     assert response.status_code == 404
     assert response.json()["code"] == "arrays-not-found"
+
+
+def test_a_class_forget_set_audit_takes_lira_and_rmia_non_members_from_the_forgotten_class(
+    live_api: TestClient, setup
+) -> None:
+    """Issue 14 §3 through the job path: the worker passes the forget set's kind, so LiRA / RMIA compare the
+    forgotten class's training samples with its test samples, not with every class."""
+    from workers.engine.datasets import build_dataset
+
+    tenant = setup["tenant"]
+    forgotten = 3
+    forget = live_api.post(
+        "/v1/forget-sets",
+        json={"dataset_id": setup["dataset"], "spec": {"kind": "class", "class": forgotten}},
+        headers=tenant.headers("submit"),
+    )
+    assert forget.status_code == 201, forget.text
+    audit = run(
+        live_api,
+        tenant,
+        {
+            "kind": "audit",
+            "model_id": setup["model"],
+            "forget_set_id": forget.json()["id"],
+            "params": {"method": "identity", "shadows": 3, "attacks": ["lira", "rmia"], "n_bootstrap": 10},
+            "seed": 7,
+        },
+    )
+    class_test = int((build_dataset("digits").y_test == forgotten).sum())
+    for attack in ("lira", "rmia"):
+        chosen = audit["result"]["nonmembers"][attack]
+        assert chosen["rule"] == "forgotten_class_test" and chosen["n"] == class_test, chosen
+    arrays = live_api.get(f"/v1/jobs/{audit['id']}/arrays", headers=tenant.headers("read")).json()
+    assert len(arrays["trials_original_nonmember_example_ids"]) == class_test

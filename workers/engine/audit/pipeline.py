@@ -26,9 +26,21 @@ Stages (each model is looked up in the shadow store first and only trained when 
      stage 2) at the same N, the ceiling a perfect method reaches at this N (with small N it is far below 1).
    - **LiRA** (online / offline, each also with fixed variance; peers.md §3.2) and **RMIA offline**
      (peers.md §3.4) against two targets: the original model and the K unlearned models of the first
-     forget set (pooled). Members: the first forget set's examples; non-members: the test split. RMIA's
-     population is the test split with, for every shadow, only the points it did not train on; ``a`` is
-     tuned on the pseudo-target's OUT test points (see ``metrics/rmia.py``).
+     forget set (pooled). Members: the first forget set's examples; non-members: the test samples from the
+     members' distribution (issue 14 §3), recorded in ``details["nonmembers"]`` with rule, n and
+     description: a class forget set takes the forgotten class's test samples, a regression target-range
+     forget set the test samples in that range, any other set the test split unless its labels (targets)
+     differ (``metrics/nonmembers.py``, ``metrics/regression_scores.py``). When no such samples exist, LiRA
+     and RMIA report no figures, with the reason; U-LiRA and Kaggle are unaffected (they compare the same
+     examples across models). RMIA's population is the test split with, for every shadow, only the points
+     it did not train on; ``a`` is tuned on the pseudo-target's OUT test points (see ``metrics/rmia.py``).
+
+Regression models (``mlp_regressor``, ``small_cnn_regressor``, ``resnet18_regressor``) run every attack the
+same way, with regression scores in place of the classifier's (``metrics/regression_scores.py``, where the
+choices are measured and justified; there is no reference for regression audits): φ = -sqrt(|ŷ - y| / s)
+with s the training targets' mean absolute deviation, RMIA's Pr(x | θ) = exp(-|ŷ - y| / b_θ) (the Laplace
+tail probability, b_θ the model's MAE on the test points it did not train on), and the Kaggle utility
+ratios MAE_R / MAE_U instead of accuracy ratios.
 
 Intervals: U-LiRA, LiRA and RMIA pool trials over models and examples, which are correlated within a
 model and within an example, so their bootstrap intervals resample pipelines and examples (the two-way
@@ -83,7 +95,19 @@ from workers.engine.metrics.kaggle import (
     small_n_warning,
 )
 from workers.engine.metrics.lira import lira_offline, lira_online, ulira_trials
+from workers.engine.metrics.nonmembers import NonMembers, select_nonmembers
+from workers.engine.metrics.regression_scores import (
+    RELATIVE_SCALE_FLOOR,
+    RegressionNonMembers,
+    absolute_errors,
+    laplace_scales,
+    laplace_tail_probability,
+    regression_nonmembers,
+    regression_phi,
+    target_scale,
+)
 from workers.engine.metrics.rmia import rmia_offline, tune_offline_a, tuning_population
+from workers.engine.tasks import TaskType
 from workers.engine.vectorised import predict_models, train_models
 
 AUDIT_PHASE = "audit"
@@ -93,7 +117,7 @@ SEED_MODULUS = 2**31 - 1
 # The decision rule of a likelihood-ratio attack: member iff the log-ratio is positive.
 LOG_RATIO_DECISION = 0.0
 PERCENT = 100.0
-ForgetKind = Literal["random", "class", "indices", "worst_case"]
+ForgetKind = Literal["random", "class", "indices", "worst_case", "target_range"]
 LIRA_VARIANTS: dict[str, tuple[bool, bool]] = {  # name -> (online, fixed_variance)
     "online": (True, False),
     "online_fixed": (True, True),
@@ -111,6 +135,13 @@ KAGGLE_PROTOCOLS: dict[str, str] = {
         "the unlearned models of N shadow pipelines (N different base models) vs their N retrains, "
         "averaged over forget sets"
     ),
+}
+# U-LiRA and Kaggle need no test non-members: they compare the same forget examples across models.
+PAIRED_NONMEMBERS: dict[str, Any] = {
+    "rule": "retrained_models",
+    "n": None,
+    "description": "the forget examples themselves under the retrained models (no test samples)",
+    "reason": None,
 }
 KAGGLE_CALIBRATION = (
     "N retrains vs N further retrains with fresh seeds: the score of perfect unlearning at this N"
@@ -430,11 +461,15 @@ def _obtain_unlearned_original(context: _Context, forget: np.ndarray, count: int
 # ------------------------------------------------------------------------------------------- attacks
 @dataclass
 class _Outputs:
-    """Eval-mode outputs of some models on the whole pool (models x pool)."""
+    """Eval-mode outputs of some models on the whole pool (models x pool). Regression fills the same
+    fields with the scores of ``metrics/regression_scores.py``."""
 
-    phi: np.ndarray  # logit-scaled confidence of the true label
-    true_probability: np.ndarray  # softmax probability of the true label
-    correct: np.ndarray  # 1.0 where the prediction is the true label
+    # classification: logit-scaled confidence of the true label; regression: -sqrt(|e| / target scale)
+    phi: np.ndarray
+    # classification: softmax probability of the true label; regression: exp(-|e| / the model's scale)
+    true_probability: np.ndarray
+    # the Kaggle utility: classification 1.0 where the prediction is the true label; regression |e|
+    utility: np.ndarray
 
 
 def logit_scaled_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -448,7 +483,10 @@ def logit_scaled_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarra
     return np.asarray(true_logit - rest, dtype=np.float64)
 
 
-def _predict(context: _Context, states: Sequence[Weights]) -> _Outputs:
+def _predict(context: _Context, states: Sequence[Weights], held_out: np.ndarray | None = None) -> _Outputs:
+    """Outputs of ``states`` on the pool. ``held_out`` (models x pool bool, regression only): the points each
+    model did not train on, for its Laplace scale; ``None`` means the test split (models that never saw
+    it)."""
     pool_size = context.labels.shape[0]
     if not states:
         empty = np.zeros((0, pool_size))
@@ -460,18 +498,39 @@ def _predict(context: _Context, states: Sequence[Weights]) -> _Outputs:
         context.inputs,
         chunk_size=context.params.chunk_size,
     )
+    if context.request.dataset.task is TaskType.regression:
+        return _regression_outputs(context, logits, held_out)
     labels = np.ascontiguousarray(np.broadcast_to(context.labels.cpu().numpy(), logits.shape[:2]))
     probabilities = np.stack([softmax(model_logits) for model_logits in logits])
     return _Outputs(
         phi=logit_scaled_confidence(logits, labels),
         true_probability=np.take_along_axis(probabilities, labels[..., None], axis=-1)[..., 0],
-        correct=(logits.argmax(axis=-1) == labels).astype(np.float64),
+        utility=(logits.argmax(axis=-1) == labels).astype(np.float64),
     )
 
 
-def _accuracy(correct: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Per model, percent of ``indices`` predicted correctly (``correct``: models x pool, 0/1)."""
-    return PERCENT * correct[:, indices].mean(axis=1)
+def _regression_outputs(context: _Context, predictions: np.ndarray, held_out: np.ndarray | None) -> _Outputs:
+    """φ, Pr(x | θ) and |e| of regressors (models x pool predictions); see ``metrics/regression_scores``."""
+    dataset = context.request.dataset
+    targets = context.labels.cpu().numpy()
+    errors = absolute_errors(predictions, targets)
+    if held_out is None:
+        held_out = np.zeros(errors.shape, dtype=bool)
+        held_out[:, context.n_train :] = True
+    scale = target_scale(dataset.y_train)
+    scales = laplace_scales(errors, held_out, floor=RELATIVE_SCALE_FLOOR * scale)
+    return _Outputs(
+        phi=regression_phi(errors, scale),
+        true_probability=laplace_tail_probability(errors, scales),
+        utility=errors,
+    )
+
+
+def _kaggle_utility(outputs: _Outputs, indices: np.ndarray, task: TaskType) -> np.ndarray:
+    """Per model, the Kaggle utility over ``indices``: percent predicted correctly (classification) or the
+    mean absolute error (regression)."""
+    mean = outputs.utility[:, indices].mean(axis=1)
+    return PERCENT * mean if task is TaskType.classification else mean
 
 
 def _flatten_report(prefix: str, report: dict[str, Any], metrics: dict[str, float]) -> None:
@@ -499,8 +558,11 @@ def run_audit(request: AuditRequest, store: ShadowStore, hooks: EngineHooks | No
     started = time.perf_counter()
     params, recipe = _resolve_params(request)
     dataset = request.dataset.validate()
-    if request.dataset.task.value != "classification":
-        raise InvalidInputError("audits support classification models only")
+    if dataset.task not in (TaskType.classification, TaskType.regression):
+        raise InvalidInputError(f"audits support classification and regression models, not {dataset.task}")
+    method_tasks = METHODS.get(params.method).task_types
+    if dataset.task not in method_tasks:
+        raise InvalidInputError(f"method {params.method!r} does not support {dataset.task.value} models")
     from workers.engine.execute import resolve_device
     from workers.engine.training import reproducible
 
@@ -588,7 +650,10 @@ def run_audit(request: AuditRequest, store: ShadowStore, hooks: EngineHooks | No
         original = _predict(context, [request.original_weights])
         unlearned_out = [_predict(context, row) for row in unlearned]
         retrained_out = [_predict(context, row) for row in retrained]
-        pool_out = _predict(context, pool) if pool else None
+        # A pool shadow's Laplace scale (regression) comes from the test points it did not train on.
+        pool_held_out = ~pool_in
+        pool_held_out[:, : dataset.n_train] = False
+        pool_out = _predict(context, pool, pool_held_out) if pool else None
         released_out = _predict(context, released) if released else None
         calibration_out = _predict(context, calibration) if calibration else None
         context.seconds["predict"] = time.perf_counter() - predict_started
@@ -647,34 +712,52 @@ def run_audit(request: AuditRequest, store: ShadowStore, hooks: EngineHooks | No
             _KaggleOutputs(unlearned_out, retrained_out, released_out, calibration_out),
             arrays,
             metrics,
+            dataset.task,
         )
         details["attacks"]["kaggle"] = kaggle
         details.setdefault("warnings", []).extend(kaggle["warnings"])
 
+    nonmember_summaries: dict[str, Any] = {
+        attack: PAIRED_NONMEMBERS for attack in ("ulira", "kaggle") if attack in params.attacks
+    }
     if pool_out is not None:
         forget = sets[0]
-        targets = {"original": original, "unlearned": unlearned_out[0]}
-        for target_name, target in targets.items():
-            clusters = _grid_clusters(target.phi.shape[0], forget, test_indices)
-            for side in ("member", "nonmember"):
-                arrays[f"trials_{target_name}_{side}_model_ids"] = getattr(clusters, f"{side}_models")
-                arrays[f"trials_{target_name}_{side}_example_ids"] = getattr(clusters, f"{side}_examples")
-        if "lira" in params.attacks:
-            details["attacks"]["lira"] = _lira(
-                pool_out, pool_in, targets, forget, test_indices, report_options, metrics, arrays
-            )
-            details["lira_headline_variant"] = HEADLINE_LIRA_VARIANT
-        if "rmia" in params.attacks:
-            details["attacks"]["rmia"] = _rmia(
-                pool_out.true_probability,
-                pool_in,
-                targets,
-                forget,
-                test_indices,
-                report_options,
-                metrics,
-                arrays,
-            )
+        chosen = _attack_nonmembers(request, dataset, forget)
+        summary = chosen.summary()
+        pool_attacks = [attack for attack in ("lira", "rmia") if attack in params.attacks]
+        nonmember_summaries.update({attack: summary for attack in pool_attacks})
+        if chosen.indices is None:
+            # No test samples share the members' distribution: an AUC would measure that difference.
+            for attack in pool_attacks:
+                details["attacks"][attack] = {"nonmembers": summary, "reason": chosen.reason}
+                details.setdefault("warnings", []).append(f"{attack}: not run: {chosen.reason}")
+        else:
+            nonmember_points = dataset.n_train + chosen.indices
+            targets = {"original": original, "unlearned": unlearned_out[0]}
+            for target_name, target in targets.items():
+                clusters = _grid_clusters(target.phi.shape[0], forget, nonmember_points)
+                for side in ("member", "nonmember"):
+                    arrays[f"trials_{target_name}_{side}_model_ids"] = getattr(clusters, f"{side}_models")
+                    arrays[f"trials_{target_name}_{side}_example_ids"] = getattr(clusters, f"{side}_examples")
+            if "lira" in params.attacks:
+                details["attacks"]["lira"] = _lira(
+                    pool_out, pool_in, targets, forget, nonmember_points, report_options, metrics, arrays
+                )
+                details["attacks"]["lira"]["nonmembers"] = summary
+                details["lira_headline_variant"] = HEADLINE_LIRA_VARIANT
+            if "rmia" in params.attacks:
+                details["attacks"]["rmia"] = _rmia(
+                    pool_out.true_probability,
+                    pool_in,
+                    targets,
+                    forget,
+                    _RmiaPoints(nonmember_points, test_indices),
+                    report_options,
+                    metrics,
+                    arrays,
+                )
+                details["attacks"]["rmia"]["nonmembers"] = summary
+    details["nonmembers"] = nonmember_summaries
     context.seconds["attacks"] = time.perf_counter() - attacks_started
     progress.advance(1)
 
@@ -707,16 +790,17 @@ def _lira(
     pool_in: np.ndarray,
     targets: dict[str, _Outputs],
     forget: np.ndarray,
-    test_indices: np.ndarray,
+    nonmember_points: np.ndarray,
     report_options: dict[str, Any],
     metrics: dict[str, float],
     arrays: dict[str, np.ndarray],
 ) -> dict[str, Any]:
-    """Every LiRA variant against every target: members = the forget set, non-members = the test split,
-    scored together (the fixed variance is one over all attacked points) and pooled over target models,
-    with cluster-bootstrap intervals (models x examples). Per-trial scores go to ``arrays`` as
+    """Every LiRA variant against every target: members = the forget set, non-members = the test samples
+    of the members' distribution (``_attack_nonmembers``; pool indices), scored together (the fixed
+    variance is one over all attacked points) and pooled over target models, with cluster-bootstrap
+    intervals (models x examples). Per-trial scores go to ``arrays`` as
     ``lira_<variant>_<target>_{member,nonmember}_scores`` in the ``trials_<target>_*`` layout."""
-    points = np.concatenate([forget, test_indices])
+    points = np.concatenate([forget, nonmember_points])
     shadow_phi, shadow_in = pool_out.phi[:, points], pool_in[:, points]
     result: dict[str, Any] = {}
     for variant, (online, fixed) in LIRA_VARIANTS.items():
@@ -733,7 +817,7 @@ def _lira(
             report = attack_report(
                 member_scores,
                 nonmember_scores,
-                clusters=_grid_clusters(scores.shape[0], forget, test_indices),
+                clusters=_grid_clusters(scores.shape[0], forget, nonmember_points),
                 **report_options,
             )
             arrays[f"lira_{variant}_{target_name}_member_scores"] = member_scores
@@ -749,7 +833,7 @@ def _rmia(
     pool_in: np.ndarray,
     targets: dict[str, _Outputs],
     forget: np.ndarray,
-    test_indices: np.ndarray,
+    points: _RmiaPoints,
     report_options: dict[str, Any],
     metrics: dict[str, float],
     arrays: dict[str, np.ndarray],
@@ -759,9 +843,12 @@ def _rmia(
     shadows): P(z) averages only the shadows OUT for z, and ``a`` is tuned, as the reference does, by
     attacking pool shadow 0 with the others on the test points shadow 0 did not train on (so the tuning
     population holds no member of the attacked shadow). The targets never trained on the test split, so
-    their population is the whole split; its points are also the non-member trials, so a non-member is
-    compared with itself once (LR = 1, a constant shift of 1/m). Intervals: cluster bootstrap (models x
-    examples); per-trial scores go to ``arrays`` as ``rmia_<target>_{member,nonmember}_scores``."""
+    their population is the whole split. The non-member trials are the test samples of the members'
+    distribution (``_attack_nonmembers``), a subset of the population, so a non-member is compared with
+    itself once (LR = 1, a constant shift of 1/m); the population stays the whole split because it only
+    ranks LR(x, z), it is not a side of the attack. Intervals: cluster bootstrap (models x examples);
+    per-trial scores go to ``arrays`` as ``rmia_<target>_{member,nonmember}_scores``."""
+    test_indices, nonmember_points = points.population, points.nonmembers
     out_mask = ~pool_in
     population = pool_p[:, test_indices]
     population_out = out_mask[:, test_indices]
@@ -794,11 +881,11 @@ def _rmia(
             )
 
         member_scores = np.concatenate([scores(forget, row) for row in target.true_probability])
-        nonmember_scores = np.concatenate([scores(test_indices, row) for row in target.true_probability])
+        nonmember_scores = np.concatenate([scores(nonmember_points, row) for row in target.true_probability])
         report = attack_report(
             member_scores,
             nonmember_scores,
-            clusters=_grid_clusters(target.true_probability.shape[0], forget, test_indices),
+            clusters=_grid_clusters(target.true_probability.shape[0], forget, nonmember_points),
             **report_options,
         )
         arrays[f"rmia_{target_name}_member_scores"] = member_scores
@@ -806,6 +893,33 @@ def _rmia(
         result[target_name] = report
         _flatten_report(f"rmia_{target_name}", report, metrics)
     return result
+
+
+@dataclass(frozen=True)
+class _RmiaPoints:
+    """Pool indices of RMIA's non-member trials and of its population (the whole test split)."""
+
+    nonmembers: np.ndarray
+    population: np.ndarray
+
+
+def _attack_nonmembers(
+    request: AuditRequest, dataset: ArrayDataset, forget: np.ndarray
+) -> NonMembers | RegressionNonMembers:
+    """LiRA / RMIA's non-members: the test samples drawn from the forget set's distribution. Classification:
+    ``select_nonmembers`` (a class forget set: the forgotten class's test samples; otherwise the test split
+    unless the labels differ); regression: ``regression_nonmembers`` (a target-range forget set: the test
+    samples in that range)."""
+    if dataset.task is TaskType.regression:
+        return regression_nonmembers(
+            dataset.y_train, forget, dataset.y_test, detect_range=request.forget_kind != "random"
+        )
+    member_labels = dataset.y_train[forget]
+    classes = np.unique(member_labels)
+    forget_class = int(classes[0]) if request.forget_kind == "class" and classes.size == 1 else None
+    return select_nonmembers(
+        member_labels, dataset.y_test, forget_class, derive_seed(request.seed, "nonmembers")
+    )
 
 
 def _grid_clusters(n_models: int, member_points: np.ndarray, nonmember_points: np.ndarray) -> TrialClusters:
@@ -835,19 +949,21 @@ def _kaggle(
     outputs: _KaggleOutputs,
     arrays: dict[str, np.ndarray],
     metrics: dict[str, float],
+    task: TaskType,
 ) -> dict[str, Any]:
     """The Kaggle score under the chosen protocol, with N, the points cap, the small-N warning and the
-    retrain-vs-retrain ceiling at the same N."""
+    retrain-vs-retrain ceiling at the same N. Regression: φ and the MAE ratios of ``regression_scores``."""
 
     def summary(unlearned: _Outputs, retrained: _Outputs, f: int) -> dict[str, Any]:
         forget, retain = sets[f], retain_sets[f]
         return kaggle_score(
             unlearned.phi[:, forget],
             retrained.phi[:, forget],
-            _accuracy(unlearned.correct, retain),
-            _accuracy(retrained.correct, retain),
-            _accuracy(unlearned.correct, test_indices),
-            _accuracy(retrained.correct, test_indices),
+            _kaggle_utility(unlearned, retain, task),
+            _kaggle_utility(retrained, retain, task),
+            _kaggle_utility(unlearned, test_indices, task),
+            _kaggle_utility(retrained, test_indices, task),
+            utility="accuracy" if task is TaskType.classification else "mae",
         )
 
     protocol = params.kaggle_protocol

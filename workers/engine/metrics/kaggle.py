@@ -41,6 +41,9 @@ that end at or below ``ceil(ln(N - 1))`` score (the code's "back-of-the-envelope
 
 Forgetting quality F = mean of H(s) over the forget set. Final score = F * (RA_U / RA_R) * (TA_U / TA_R),
 with RA / TA the retain / test accuracy averaged over the N unlearned (U) and the N retrained (R) models.
+Regression (an addition; the released score is for classifiers): phi is ``regression_scores.regression_phi``
+and the utilities are mean absolute errors, lower is better, so the ratios are inverted, MAE_R / MAE_U
+(``kaggle_score(..., utility="mae")``).
 
 Where the PDF and the released code differ (the code is followed):
 
@@ -75,7 +78,7 @@ Where this module differs from the released code (results are otherwise identica
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -89,6 +92,8 @@ FIRST_BIN_POINTS = 1.0  # H for the bin [0, 0.5); each next bin halves it
 MIN_MODELS = 2  # the points cap ceil(ln(N - 1)) needs N >= 2
 RELEASED_N_MODELS = 512  # N of the challenge's released evaluation
 SMALL_N_WARNING_BELOW = 128  # N below this: the score says more about N than about the method
+# What the utility arrays of kaggle_score hold: accuracies (the released score) or, for regression, MAEs.
+Utility = Literal["accuracy", "mae"]
 
 
 # ================================================================================================
@@ -307,10 +312,10 @@ def _mean_accuracy(values: np.ndarray, name: str) -> float:
     return float(array.mean())
 
 
-def _ratio(unlearned: float, retrained: float, name: str) -> float:
-    if retrained <= 0.0:
-        raise ValueError(f"mean retrained {name} accuracy must be > 0 for the ratio, got {retrained}")
-    return unlearned / retrained
+def _ratio(numerator: float, denominator: float, name: str, *, unit: str = "accuracy") -> float:
+    if denominator <= 0.0:
+        raise ValueError(f"the ratio's mean {name} {unit} must be > 0, got {denominator}")
+    return numerator / denominator
 
 
 def epsilon_histogram(epsilons: np.ndarray, n_models: int) -> dict[str, Any]:
@@ -338,8 +343,15 @@ def kaggle_score(
     test_accuracy_retrained: np.ndarray,
     *,
     delta: float = DELTA,
+    utility: Utility = "accuracy",
 ) -> dict[str, Any]:
     """The final Kaggle score F * (RA_U / RA_R) * (TA_U / TA_R), JSON-able, with its parts.
+
+    ``utility="mae"`` (regression; a deviation, the released score is for classifiers): the four utility
+    arrays are per-model mean absolute errors, where lower is better, and each ratio is inverted,
+    F * (MAE_R^retain / MAE_U^retain) * (MAE_R^test / MAE_U^test): 1 when the unlearned models are as
+    accurate as the retrains, below 1 when worse, as the accuracy ratio. Keys then read ``retain_mae_ratio``,
+    ``test_mae_ratio``, ``retain_mae``, ``test_mae``, and ``utility`` names the choice.
 
     ``*_phi``: (N models, n forget examples). Accuracies: one value per model (any consistent unit: the
     ratios cancel it), averaged per side. Keys: ``score``, ``forgetting_quality``, ``retain_accuracy_ratio``,
@@ -353,17 +365,25 @@ def kaggle_score(
     retain_r = _mean_accuracy(retain_accuracy_retrained, "retain_accuracy_retrained")
     test_u = _mean_accuracy(test_accuracy_unlearned, "test_accuracy_unlearned")
     test_r = _mean_accuracy(test_accuracy_retrained, "test_accuracy_retrained")
-    retain_ratio = _ratio(retain_u, retain_r, "retain")
-    test_ratio = _ratio(test_u, test_r, "test")
+    if utility == "accuracy":
+        retain_ratio = _ratio(retain_u, retain_r, "retain")
+        test_ratio = _ratio(test_u, test_r, "test")
+    elif utility == "mae":
+        # Lower is better: retrained over unlearned, so a worse unlearned model lowers the score.
+        retain_ratio = _ratio(retain_r, retain_u, "retain", unit="MAE")
+        test_ratio = _ratio(test_r, test_u, "test", unit="MAE")
+    else:
+        raise ValueError(f"utility must be 'accuracy' or 'mae', got {utility!r}")
     epsilons: np.ndarray = quality["epsilons"]
     n_models: int = quality["n_models"]
     return {
         "score": quality["forgetting_quality"] * retain_ratio * test_ratio,
         "forgetting_quality": quality["forgetting_quality"],
-        "retain_accuracy_ratio": retain_ratio,
-        "test_accuracy_ratio": test_ratio,
-        "retain_accuracy": {"unlearned_mean": retain_u, "retrained_mean": retain_r},
-        "test_accuracy": {"unlearned_mean": test_u, "retrained_mean": test_r},
+        "utility": utility,
+        f"retain_{utility}_ratio": retain_ratio,
+        f"test_{utility}_ratio": test_ratio,
+        f"retain_{utility}": {"unlearned_mean": retain_u, "retrained_mean": retain_r},
+        f"test_{utility}": {"unlearned_mean": test_u, "retrained_mean": test_r},
         "epsilon_histogram": epsilon_histogram(epsilons, n_models),
         "epsilons": [float(e) for e in epsilons],
         "epsilon_summary": {

@@ -6,7 +6,8 @@ Unlike the population attacks in ``attacks.py`` (one rule for all examples), the
 example* x, Gaussians to the logit-scaled confidence phi(x) = ln p_y - ln(1 - p_y) (``attacks.
 logit_confidence``) observed under many shadow models, and score a target model's phi(x) against them
 (peers.md §3.2, §3.3). Every score is oriented so that **larger = "more likely member"** and is finite,
-so it can go straight into ``attacks.attack_report`` (which rejects NaN).
+so it can go straight into ``attacks.attack_report`` (which rejects NaN). Nothing here depends on what phi
+is: for regression models the audit passes phi = -sqrt(|ŷ - y| / s) (``regression_scores.regression_phi``).
 
 Fitting (``per_example_gaussians``), as the LiRA reference code (TF-Privacy ``mi_lira_2021/plot.py``):
 

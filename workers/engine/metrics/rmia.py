@@ -4,7 +4,9 @@ Torch-free (numpy only; the AUC comes from ``attacks.auc``): this package is imp
 
 Inputs are probabilities of the true label, Pr(x | f) = softmax(f(x))_y (``attacks.true_class_confidence``),
 for target points x (n of them) and population points z (m of them, known non-members of every model),
-under the target model f and under R reference models (peers.md §3.4).
+under the target model f and under R reference models (peers.md §3.4). For regression models the audit
+passes the Laplace tail probability exp(-|ŷ - y| / b) instead, also in (0, 1] and 1 at a perfect fit
+(``regression_scores.laplace_tail_probability``).
 
 - Marginal (offline, OUT references only): P(x) = ((1 + a) / 2) * P_out(x) + (1 - a) / 2, where
   P_out(x) is the mean of Pr(x | f_ref) over the reference models that did **not** train on x. The offline
