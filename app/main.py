@@ -5,16 +5,19 @@ from __future__ import annotations
 import gc
 import logging
 import re
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from anyio import to_thread
 from fastapi import APIRouter, FastAPI, Request
+from sqlalchemy.exc import OperationalError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.deps import PRINCIPAL_STATE, invalid_key, missing_key, resolve_token
 from app.api.routes import (
     admin,
     campaigns,
@@ -32,30 +35,61 @@ from app.api.routes import (
 )
 from app.core.config import Profile, Settings, get_settings
 from app.core.db import make_engine, make_session_factory, read_only
-from app.core.problems import PROBLEM_RESPONSES, install_problem_handlers, problem_response
-from app.core.security import KeyCache
+from app.core.problems import (
+    PROBLEM_RESPONSES,
+    DomainError,
+    install_problem_handlers,
+    problem_response,
+)
+from app.core.security import KeyCache, request_token
 from app.dashboard import mount_dashboard
 from app.services.jobs import Publisher
-from app.storage import LocalArtifactStore
+from app.storage import LocalArtifactStore, ensure_private_dir
 
 log = logging.getLogger(__name__)
 BODY_OVERHEAD_BYTES = 1024 * 1024  # multipart framing and form fields beside the upload itself
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
-class BodyLimit:
-    """Refuses a request body beyond ``limit`` bytes while it is read, whatever its Content-Length says.
+MULTIPART_MEDIA_TYPE = "multipart/form-data"
 
-    The route reading the body gets a 413 HTTPException, rendered as problem+json ``payload-too-large``.
+
+def _is_multipart(headers: Headers) -> bool:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower() == MULTIPART_MEDIA_TYPE
+
+
+def _has_body(headers: Headers) -> bool:
+    length = headers.get("content-length")
+    return "transfer-encoding" in headers or (length is not None and length.strip() != "0")
+
+
+class BodyLimit:
+    """Refuses a request body beyond its limit: multipart uploads ``upload_limit``, every other body (JSON)
+    ``json_limit``.
+
+    A declared Content-Length over the limit is answered 413 before anything is read; a body sent without
+    one (chunked) is counted as it is read, and the route reading it gets a 413 HTTPException the moment it
+    crosses the limit, rendered as problem+json ``payload-too-large``. A JSON route thus never buffers more
+    than ``json_limit`` bytes, whatever the upload limit is.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, upload_limit: int, json_limit: int) -> None:
         self.app = app
-        self.limit = limit
+        self.upload_limit = upload_limit
+        self.json_limit = json_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        limit = self.upload_limit if _is_multipart(headers) else self.json_limit
+        detail = f"the request body exceeds the limit of {limit} bytes" + (
+            "" if limit == self.upload_limit else " for bodies that are not multipart uploads"
+        )
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await problem_response(Request(scope), 413, "payload-too-large", detail)(scope, receive, send)
             return
         received = 0
 
@@ -64,25 +98,79 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise StarletteHTTPException(
-                        413, detail=f"the request body exceeds the limit of {self.limit} bytes"
-                    )
+                if received > limit:
+                    raise StarletteHTTPException(413, detail=detail)
             return message
 
         await self.app(scope, limited_receive, send)
 
 
+class AuthGate:
+    """Verifies the API key of every request that carries a body before anything reads the body.
+
+    FastAPI reads (and parses) a route's body before it resolves the route's dependencies, so without this an
+    unauthenticated client could make the API buffer and parse bodies up to the size limits. A request with a
+    body (Content-Length > 0 or chunked) and no valid key gets the same 401 problem as from the dependencies,
+    and its body is never received. The key is checked by app.api.deps.resolve_token (the process's key
+    cache, else the database); the principal is left in ``request.state`` for the route's dependencies, which
+    still check the scope. Requests without a body are left to the dependencies.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if not _has_body(headers):
+            await self.app(scope, receive, send)
+            return
+        token = request_token(headers.get("authorization"), headers.get("x-api-key"))
+        error: DomainError | None = missing_key() if not token else None
+        if token:
+            try:
+                principal = await resolve_token(scope["app"].state, token)
+            except OperationalError:
+                # Outside the app's exception handlers: answer as they would for a database outage.
+                log.warning("database unavailable while checking an API key")
+                response = problem_response(
+                    Request(scope),
+                    503,
+                    "database-unavailable",
+                    "The database is temporarily unavailable; retry shortly.",
+                    headers={"Retry-After": "5"},
+                )
+                await response(scope, receive, send)
+                return
+            if principal is None:
+                error = invalid_key()
+            else:
+                scope.setdefault("state", {})[PRINCIPAL_STATE] = principal
+        if error is not None:
+            response = problem_response(
+                Request(scope),
+                error.status,
+                error.code,
+                error.detail,
+                title=error.title,
+                headers=error.headers,
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class RequestContext:
-    """Request id and the Content-Length check, as plain ASGI.
+    """The request id, as plain ASGI.
 
     Starlette's BaseHTTPMiddleware (``@app.middleware("http")``) costs a task group, memory streams and a
     streaming wrapper around every response, on every request; this only wraps ``send``.
     """
 
-    def __init__(self, app: ASGIApp, body_limit: int) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.body_limit = body_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,16 +188,6 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", raw_id)]
             await send(message)
 
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.body_limit):
-            response = problem_response(
-                Request(scope),
-                413,
-                "payload-too-large",
-                f"the request body exceeds the limit of {self.body_limit} bytes",
-            )
-            await response(scope, receive, send_with_id)
-            return
         await self.app(scope, receive, send_with_id)
 
 
@@ -170,11 +248,16 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app.state.key_cache = KeyCache()  # per process: revocation reaches every process within its TTL
     install_problem_handlers(app)
 
-    # Bodies sent without Content-Length (chunked) are counted as they are read. Added first, so it sits
-    # inside RequestContext: its 413 then reaches the route's exception handlers unwrapped.
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + BODY_OVERHEAD_BYTES)
-
-    app.add_middleware(RequestContext, body_limit=settings.max_upload_bytes + BODY_OVERHEAD_BYTES)
+    # Requests pass RequestContext (request id), then AuthGate (the key, before any body is read), then
+    # BodyLimit (the size, before and while the body is read); add_middleware puts the last added outermost.
+    # BodyLimit sits innermost so that the 413 it raises mid-read reaches the route's exception handlers.
+    app.add_middleware(
+        BodyLimit,
+        upload_limit=settings.max_upload_bytes + BODY_OVERHEAD_BYTES,
+        json_limit=settings.max_json_body_bytes,
+    )
+    app.add_middleware(AuthGate)
+    app.add_middleware(RequestContext)
 
     v1 = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
     # FastAPI matches a request against the routes one by one, in this order (about 50 before the jobs
@@ -204,6 +287,10 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
 def __getattr__(name: str) -> FastAPI:
     # `uvicorn app.main:app` builds the app lazily, so importing this module has no side effects.
     if name == "app":
+        # Starlette spools multipart parts beyond 1 MiB to tempfile's directory: a served process keeps them
+        # under its own home (0700), not in a shared (or RAM-backed) /tmp. Not in create_app(): tests build
+        # apps inside pytest, whose own temporary directories must stay where they are.
+        tempfile.tempdir = str(ensure_private_dir(get_settings().home.resolve() / "tmp"))
         served = create_app()
         # A served process keeps this app (routes, schemas, SQLAlchemy metadata, ...) for its whole life:
         # freeze it out of the cyclic GC, whose full collections otherwise walk all of it while every request

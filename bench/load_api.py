@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -487,7 +488,11 @@ def main() -> int:
     with throwaway_database(args.pg_url) as db_url:
         flush_redis(args.redis_url)
         settings = Settings(
-            profile=Profile.production, home=home, database_url=db_url, broker_url=args.redis_url
+            profile=Profile.production,
+            home=home,
+            database_url=db_url,
+            broker_url=args.redis_url,
+            key_pepper=secrets.token_hex(32),  # production refuses the default pepper
         )
         try:
             from app.core import migrate

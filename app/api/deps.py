@@ -13,10 +13,11 @@ from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.datastructures import State
 
 from app.core.config import Settings
 from app.core.problems import Forbidden, Unauthorized
-from app.core.security import KeyCache, Principal, Scope
+from app.core.security import KeyCache, Principal, Scope, request_token
 from app.models import ApiKey
 from app.models.base import utcnow
 from app.services.jobs import Publisher
@@ -58,12 +59,27 @@ SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 
-_BEARER = "bearer "
+
+def missing_key() -> Unauthorized:
+    return Unauthorized(
+        "missing API key: send 'Authorization: Bearer lk_...' or 'X-API-Key'",
+        code="missing-api-key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
-def _lookup_key(request: Request, token: str) -> tuple[Principal | None, float | None]:
+def invalid_key() -> Unauthorized:
+    return Unauthorized(
+        "invalid, expired or revoked API key", code="invalid-api-key", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+# Where app.main.AuthGate leaves the principal it verified before the body was read (request.state).
+PRINCIPAL_STATE = "principal"
+
+
+def _lookup_key(state: State, token: str) -> tuple[Principal | None, float | None]:
     """The key's principal and the seconds until it expires (None: never), on a short session of its own."""
-    state = request.app.state
     with state.read_sessions() as session:
         principal = authenticate(session, token, state.settings.key_pepper)
         if principal is None:
@@ -72,36 +88,37 @@ def _lookup_key(request: Request, token: str) -> tuple[Principal | None, float |
     return principal, None if expires_at is None else (expires_at - utcnow()).total_seconds()
 
 
+async def resolve_token(state: State, token: str) -> Principal | None:
+    """The principal of an API key, or None when it is unknown, expired or revoked.
+
+    ``state`` is the app's state. A key verified in the last KEY_CACHE_TTL_SECONDS is trusted without the
+    database (see KeyCache for what that means for revocation); otherwise the lookup runs in a thread on a
+    session of its own, so authentication never holds the route's connection. Shared by the dependencies
+    below and by app.main.AuthGate, which checks keys before a request body is read."""
+    cache: KeyCache | None = getattr(state, "key_cache", None)
+    principal = cache.get(token) if cache is not None else None
+    if principal is None:
+        principal, expires_in = await run_in_threadpool(_lookup_key, state, token)
+        if principal is not None and cache is not None:
+            cache.put(token, principal, expires_in)
+    return principal
+
+
 async def get_principal(
     request: Request,
     authorization: Annotated[str | None, Header(description="`Bearer lk_...` API key.")] = None,
     x_api_key: Annotated[str | None, Header(description="Alternative to Authorization.")] = None,
 ) -> Principal:
-    token = x_api_key
-    if token is None and authorization is not None and authorization.lower().startswith(_BEARER):
-        token = authorization[len(_BEARER) :].strip()
+    verified: Principal | None = getattr(request.state, PRINCIPAL_STATE, None)
+    if verified is not None:
+        return verified  # AuthGate verified this request's own key before reading its body
+    token = request_token(authorization, x_api_key)
     if not token:
-        raise Unauthorized(
-            "missing API key: send 'Authorization: Bearer lk_...' or 'X-API-Key'",
-            code="missing-api-key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    # A key verified in the last KEY_CACHE_TTL_SECONDS is trusted without the database (see KeyCache for
-    # what that means for revocation); otherwise the lookup runs in a thread on a session of its own, so
-    # authentication never holds the route's connection.
-    cache: KeyCache | None = getattr(request.app.state, "key_cache", None)
-    principal = cache.get(token) if cache is not None else None
+        raise missing_key()
+    principal = await resolve_token(request.app.state, token)
     if principal is None:
-        principal, expires_in = await run_in_threadpool(_lookup_key, request, token)
-        if principal is None:
-            raise Unauthorized(
-                "invalid, expired or revoked API key",
-                code="invalid-api-key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if cache is not None:
-            cache.put(token, principal, expires_in)
-    request.state.principal = principal
+        raise invalid_key()
+    setattr(request.state, PRINCIPAL_STATE, principal)
     return principal
 
 

@@ -8,8 +8,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_KEY_PEPPER = "lethe-embedded-pepper"
 
 
 class Profile(StrEnum):
@@ -50,6 +52,13 @@ class Settings(BaseSettings):
 
     # Uploads.
     max_upload_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    max_json_body_bytes: int = Field(
+        1024 * 1024,
+        gt=0,
+        description="Limit of every request body that is not multipart/form-data (JSON bodies): counted "
+        "while it is read, so a chunked body is refused (413 payload-too-large) as soon as it crosses it. "
+        "1 MiB holds an indices forget set of about 120,000 six-digit indices; raise it for larger ones.",
+    )
     max_dataset_uncompressed_bytes: int = Field(1024 * 1024 * 1024, gt=0)
 
     # Quotas (app.services.quotas): every refusal is problem+json with a stable code.
@@ -70,6 +79,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Ceiling on every steps field of a job's params (generative training, SFD and sampling "
         "steps) and on an inherited recipe; beyond it a submission answers 422 steps-over-limit.",
+    )
+    storage_quota_bytes_per_tenant: int | None = Field(
+        10 * 1024**3,
+        ge=0,
+        description="Bytes of stored datasets, models and audit shadow models a tenant may own (the rows' "
+        "size_bytes, each stored file once; a dataset counts as stored, i.e. decompressed float32). Uploads "
+        "beyond it and jobs whose output model would not fit answer 413 storage-quota-exceeded. Unset: no "
+        "limit.",
     )
     job_time_budget_seconds: float | None = Field(
         None,
@@ -108,7 +125,28 @@ class Settings(BaseSettings):
 
     # Auth.
     bootstrap_key_file: Path | None = Field(None, description="Where the embedded admin key is written.")
-    key_pepper: str = Field("lethe-embedded-pepper", description="HMAC pepper for API-key hashes.")
+    key_pepper: str = Field(DEFAULT_KEY_PEPPER, description="HMAC pepper for API-key hashes.")
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token Prometheus sends to GET /metrics (counts across all tenants). Unset: "
+        "/metrics answers 404.",
+    )
+
+    # Audit anchors (issue 17): signed checkpoints of each tenant's audit chain head (app/services/audit.py).
+    audit_checkpoint_interval_seconds: float = Field(
+        300.0, gt=0, description="How often the maintenance worker signs a checkpoint of every changed chain."
+    )
+    audit_anchor_key_file: Path | None = Field(
+        None,
+        description="Ed25519 key (PKCS#8 PEM, 0600) that signs audit checkpoints; kept out of the database. "
+        "Default <home>/audit-anchor.key, created on first use. Share it between the API and the "
+        "maintenance worker.",
+    )
+    audit_anchor_file: Path | None = Field(
+        None,
+        description="Append-only JSON-lines copy of every checkpoint, outside the database (0600). "
+        "Default <home>/audit-anchors.jsonl. Share it between the API and the maintenance worker.",
+    )
 
     @model_validator(mode="after")
     def _fill_profile_defaults(self) -> Self:
@@ -117,6 +155,14 @@ class Settings(BaseSettings):
                 raise ValueError("profile 'production' requires LETHE_DATABASE_URL=postgresql+psycopg://...")
             if not self.broker_url or not self.broker_url.startswith(("redis://", "rediss://")):
                 raise ValueError("profile 'production' requires LETHE_BROKER_URL=redis://...")
+            if self.key_pepper == DEFAULT_KEY_PEPPER:
+                # The default is in the source code: with it, anyone holding a copy of the api_keys table
+                # can test guessed secrets offline.
+                raise ValueError(
+                    "profile 'production' refuses the default key_pepper: set LETHE_KEY_PEPPER to a long "
+                    "random secret (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
+                    "the same for every API process, and keep it for as long as the keys it hashed"
+                )
         home = self.home.resolve()
         if self.database_url is None:
             self.database_url = f"sqlite:///{home / 'app.sqlite'}"

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 KEY_PREFIX = "lk"
@@ -79,12 +80,42 @@ def verify_secret(secret: str, stored_hash: str, pepper: str) -> bool:
     return hmac.compare_digest(hash_secret(secret, pepper), stored_hash)
 
 
+BEARER_PREFIX = "bearer "
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credential of an ``Authorization: Bearer ...`` header (scheme case-insensitive), else None."""
+    if authorization is None or not authorization.lower().startswith(BEARER_PREFIX):
+        return None
+    return authorization[len(BEARER_PREFIX) :].strip() or None
+
+
+def request_token(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The API key a request presents: ``X-API-Key`` first, else the bearer token."""
+    return x_api_key or bearer_token(authorization)
+
+
+def bearer_matches(authorization: str | None, expected: str) -> bool:
+    """Whether the bearer token equals ``expected``, compared in constant time (a shared scrape token)."""
+    token = bearer_token(authorization)
+    return token is not None and hmac.compare_digest(token.encode(), expected.encode())
+
+
 # How long an API process trusts a key it has verified without asking the database again. Keys are revoked
 # (revoked_at) in the database, possibly by another process, so this is the bound on how long a revoked key
 # keeps working: at most KEY_CACHE_TTL_SECONDS after the revocation commits, in every API process. Expiry
 # (expires_at) is exact: an entry never outlives its key.
 KEY_CACHE_TTL_SECONDS = 1.0
 KEY_CACHE_MAX_ENTRIES = 10_000
+
+# last_used_at is written at most once per this many seconds per key: a busy key would otherwise turn every
+# authenticated read (one lookup per key and second per process, past the cache) into a write.
+LAST_USED_RESOLUTION_SECONDS = 60.0
+
+
+def last_used_due(last_used_at: datetime | None, now: datetime) -> bool:
+    """Is the stored last use stale enough to be written again?"""
+    return last_used_at is None or (now - last_used_at).total_seconds() >= LAST_USED_RESOLUTION_SECONDS
 
 
 class KeyCache:

@@ -32,9 +32,9 @@ import hashlib
 import io
 import math
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 
@@ -112,19 +112,28 @@ class NpzDataset:
 class _NpyHeader:
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+    fortran_order: bool = False
 
 
 def _structure_error(message: str) -> IntakeError:
     return IntakeError(IntakeErrorCode.NPZ_STRUCTURE, f"{message} {NPZ_FORMAT_HINT}")
 
 
-def _read_members(data: bytes) -> list[zipfile.ZipInfo]:
-    if data.startswith(NPY_MAGIC):
+def _read_members(data: bytes | BinaryIO) -> list[zipfile.ZipInfo]:
+    if isinstance(data, bytes):
+        head = data[: len(NPY_MAGIC)]
+    else:
+        data.seek(0)
+        head = data.read(len(NPY_MAGIC))
+    if head.startswith(NPY_MAGIC):
         raise _structure_error("The upload is a single .npy array, not an .npz archive of named arrays.")
-    if not starts_like_zip(data):
+    if not starts_like_zip(head):
         raise _structure_error("The upload is not an .npz (zip) archive.")
     try:
-        return read_zip_directory(data)
+        if isinstance(data, bytes):
+            return read_zip_directory(data)
+        with zipfile.ZipFile(data) as archive:  # the central directory only, nothing decompressed
+            return archive.infolist()
     except ZIP_PARSE_ERRORS:
         raise _structure_error(
             "The .npz archive is corrupt or truncated: its zip directory cannot be read."
@@ -229,7 +238,7 @@ def _read_npy_header(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> _NpyH
             version = np.lib.format.read_magic(stream)
             read_header = _NPY_HEADER_READERS.get(version)
             if read_header is not None:
-                shape, _, dtype = read_header(stream, max_header_size=MAX_NPY_HEADER_BYTES)
+                shape, fortran_order, dtype = read_header(stream, max_header_size=MAX_NPY_HEADER_BYTES)
                 header_bytes = stream.tell()
     except ZIP_PARSE_ERRORS:
         raise _structure_error(
@@ -253,12 +262,12 @@ def _read_npy_header(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> _NpyH
             f"Array {array_name!r} declares shape {format_shape(shape)} of {dtype} ({data_bytes} bytes), "
             f"but its archive member holds {member.file_size - header_bytes} bytes of data."
         )
-    return _NpyHeader(shape=tuple(shape), dtype=dtype)
+    return _NpyHeader(shape=tuple(shape), dtype=dtype, fortran_order=bool(fortran_order))
 
 
-def _read_npy_headers(data: bytes, members: list[zipfile.ZipInfo]) -> dict[str, _NpyHeader]:
+def _read_npy_headers(data: bytes | BinaryIO, members: list[zipfile.ZipInfo]) -> dict[str, _NpyHeader]:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
     except ZIP_PARSE_ERRORS:
         raise _structure_error("The .npz archive is corrupt: it cannot be opened.") from None
     with archive:
@@ -414,7 +423,8 @@ def _load_arrays(data: bytes, headers: Mapping[str, _NpyHeader]) -> dict[str, np
 
 def _to_float32_features(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "u":
-        scaled: np.ndarray = values.astype(np.float32) / np.float32(UINT8_SCALE)
+        scaled: np.ndarray = values.astype(np.float32)
+        scaled /= np.float32(UINT8_SCALE)  # in place: no second float32 copy of the array
         return scaled
     # Values beyond float32's range become inf here and are reported by the finiteness check.
     with np.errstate(over="ignore"):
@@ -644,4 +654,274 @@ def validate_npz(
         n_train=int(x_train.shape[0]),
         n_test=int(x_test.shape[0]),
         sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+# ---------------------------------------------------------------------------------- streaming intake
+# validate_npz above holds the upload, every decompressed array and their float32 copies at once. The API's
+# upload route uses the streaming variant below instead: the upload stays in its (spooled) file, the labels
+# are loaded (they are needed whole for the class checks, and are small next to the features), and each
+# feature array is decompressed, normalised and checked a chunk of rows at a time while the caller writes it
+# out, so the API holds about one chunk, not the dataset.
+
+STREAM_CHUNK_BYTES = 8 * 1024 * 1024
+SNIFF_HEAD_BYTES = 64 * 1024
+HASH_CHUNK_BYTES = 1024 * 1024
+FLOAT32_ITEMSIZE = 4
+INT64_ITEMSIZE = 8
+# N x H x W x C images with C in these (and a non-channel-like second axis) are stored channels-first, as
+# ArrayDataset.from_arrays does for them.
+IMAGE_CHANNEL_COUNTS = (1, 3, 4)
+_PICKLE_MEMBER_SUFFIX = ".pkl"
+
+
+def _file_size(source: BinaryIO) -> int:
+    source.seek(0, io.SEEK_END)
+    size = source.tell()
+    source.seek(0)
+    return size
+
+
+def _sniff_bytes(source: BinaryIO, size: int) -> bytes:
+    """The first bytes and the last byte: what pickle sniffing looks at outside zip archives."""
+    source.seek(0)
+    head = source.read(SNIFF_HEAD_BYTES)
+    if size > len(head):
+        source.seek(size - 1)
+        head += source.read(1)
+    source.seek(0)
+    return head
+
+
+def _file_sha256(source: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    source.seek(0)
+    while chunk := source.read(HASH_CHUNK_BYTES):
+        digest.update(chunk)
+    source.seek(0)
+    return digest.hexdigest()
+
+
+def stored_feature_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The stored (channels-first, float32) shape of a feature array of ``shape``."""
+    if len(shape) == IMAGE_WITHOUT_CHANNEL_NDIM:
+        return (shape[0], 1, *shape[1:])
+    if len(shape) == 4 and shape[3] in IMAGE_CHANNEL_COUNTS and shape[1] not in IMAGE_CHANNEL_COUNTS:
+        return (shape[0], shape[3], shape[1], shape[2])
+    return shape
+
+
+def _normalise_feature_chunk(raw: np.ndarray) -> np.ndarray:
+    """One chunk of rows as stored: float32 (uint8 scaled to [0, 1]), channels-first, C-contiguous."""
+    values = _to_float32_features(raw)
+    if values.ndim == IMAGE_WITHOUT_CHANNEL_NDIM:
+        values = values[:, np.newaxis, :, :]
+    elif stored_feature_shape(values.shape) != values.shape:
+        values = values.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+@dataclass(eq=False)
+class NpzPlan:
+    """An uploaded .npz that passed every check short of its feature values: what it will store and how
+    big that is, before anything is decompressed beyond the labels. ``feature_chunks`` then streams each
+    feature array, checking its values as it goes."""
+
+    source: BinaryIO
+    members: dict[str, zipfile.ZipInfo]
+    headers: dict[str, _NpyHeader]
+    y_train: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    regression: bool
+    sha256: str  # of the uploaded bytes
+    upload_bytes: int
+
+    def feature_shape(self, name: str) -> tuple[int, ...]:
+        return stored_feature_shape(self.headers[name].shape)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.feature_shape("x_train")[1:]
+
+    @property
+    def n_train(self) -> int:
+        return int(self.y_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.y_test.shape[0])
+
+    @property
+    def stored_bytes(self) -> int:
+        """The bytes of the stored arrays (float32 features, int64 or float32 labels): the stored archive's
+        size less its few hundred bytes of npy headers and zip records, known before anything is written."""
+        features = sum(math.prod(self.feature_shape(name)) * FLOAT32_ITEMSIZE for name in FEATURE_ARRAYS)
+        labels = (self.n_train + self.n_test) * (FLOAT32_ITEMSIZE if self.regression else INT64_ITEMSIZE)
+        return features + labels
+
+    def feature_chunks(self, name: str) -> Iterator[np.ndarray]:
+        """The feature array ``name`` as stored, in chunks of rows of about STREAM_CHUNK_BYTES; raises
+        IntakeError (non-finite-values) after the last chunk when any value is NaN or infinite, and
+        npz-structure when the compressed data is corrupt."""
+        header = self.headers[name]
+        nan = inf = 0
+        try:
+            with zipfile.ZipFile(self.source) as archive, archive.open(self.members[name]) as stream:
+                version = np.lib.format.read_magic(stream)
+                _NPY_HEADER_READERS[version](stream, max_header_size=MAX_NPY_HEADER_BYTES)
+                for raw in _raw_row_chunks(stream, header):
+                    chunk = _normalise_feature_chunk(raw)
+                    counts = count_non_finite(chunk)
+                    nan, inf = nan + counts.nan, inf + counts.inf
+                    yield chunk
+                # Reading past the last byte (zipfile stops at the member's declared size, which the header
+                # check matched to the data) is what makes zipfile compare the member's CRC.
+                stream.read(1)
+        except ZIP_PARSE_ERRORS:
+            raise _structure_error(
+                f"Array {name!r} could not be read: its compressed data is corrupt or fails its checksum."
+            ) from None
+        if nan or inf:
+            overflow_note = (
+                " (float64 values beyond float32's ±3.4e38 range count as infinite)"
+                if header.dtype == np.float64
+                else ""
+            )
+            raise_findings(
+                [
+                    finding(
+                        IntakeErrorCode.NON_FINITE_VALUES,
+                        f"Array {name!r} contains {nan} NaN and {inf} infinite value(s){overflow_note}.",
+                        array=name,
+                        nan_count=nan,
+                        inf_count=inf,
+                    )
+                ],
+                mixed_code=IntakeErrorCode.NON_FINITE_VALUES,
+                summary="Features must be finite; impute or drop the affected samples.",
+            )
+
+
+def _read_exact(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise EOFError("truncated array data")
+    return data
+
+
+def _raw_row_chunks(stream: IO[bytes], header: _NpyHeader) -> Iterator[np.ndarray]:
+    """The array's rows as read from the member, a chunk at a time (C order); a Fortran-ordered array is
+    read whole (numpy stores it column by column, so rows cannot be streamed), which np.savez only writes
+    for arrays that were Fortran-contiguous in memory."""
+    rows, row_shape = header.shape[0], header.shape[1:]
+    # Sized by the float32 rows the caller makes of them (larger than the raw rows for uint8 and float16).
+    itemsize = max(FLOAT32_ITEMSIZE, header.dtype.itemsize)
+    step = max(1, STREAM_CHUNK_BYTES // max(1, math.prod(row_shape) * itemsize))
+    if header.fortran_order:
+        whole = np.frombuffer(
+            _read_exact(stream, math.prod(header.shape) * header.dtype.itemsize), header.dtype
+        )
+        array = whole.reshape(header.shape, order="F")
+        for start in range(0, rows, step):
+            yield array[start : start + step]
+        return
+    row_bytes = math.prod(row_shape) * header.dtype.itemsize
+    for start in range(0, rows, step):
+        count = min(step, rows - start)
+        yield np.frombuffer(_read_exact(stream, count * row_bytes), header.dtype).reshape(count, *row_shape)
+
+
+def _load_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, header: _NpyHeader) -> np.ndarray:
+    name = member.filename.removesuffix(NPY_SUFFIX)
+    try:
+        with archive.open(member) as stream:
+            loaded = np.lib.format.read_array(
+                stream, allow_pickle=False, max_header_size=MAX_NPY_HEADER_BYTES
+            )
+    except ZIP_PARSE_ERRORS:
+        raise _structure_error(
+            f"Array {name!r} could not be read: its compressed data is corrupt or fails its checksum."
+        ) from None
+    if loaded.shape != header.shape or loaded.dtype != header.dtype:
+        raise _structure_error(f"Array {name!r} does not match its own .npy header.")
+    return loaded
+
+
+def inspect_npz(
+    source: BinaryIO,
+    *,
+    max_bytes: int,
+    max_uncompressed_bytes: int,
+    max_entries: int = 16,
+    task: str = "classification",
+) -> NpzPlan:
+    """The checks of validate_npz on an upload in a seekable file, without decompressing the features.
+
+    Everything but the feature values is checked here (format, pickles, zip bombs, names, dtypes, shapes,
+    labels and classes); the feature values are checked by ``NpzPlan.feature_chunks`` as they are read.
+    """
+    size = _file_size(source)
+    if size > max_bytes:
+        raise IntakeError(
+            IntakeErrorCode.UPLOAD_TOO_LARGE,
+            f"The dataset is {size} bytes, over the upload limit of {max_bytes} bytes. "
+            "Upload a smaller file or ask the operator to raise the limit.",
+        )
+    if size == 0:
+        raise IntakeError(IntakeErrorCode.EMPTY_UPLOAD, "The uploaded dataset is empty (0 bytes).")
+    head = _sniff_bytes(source, size)
+    if not starts_like_zip(head):
+        reject_pickle(head, "dataset", hint=NPZ_FORMAT_HINT)
+    members = _read_members(source)
+    if any(member.filename.endswith(_PICKLE_MEMBER_SUFFIX) for member in members):
+        raise IntakeError(
+            IntakeErrorCode.PICKLE_REJECTED,
+            "The uploaded dataset is a zip archive with pickled members (the format torch.save, TorchScript "
+            "and torch.package write). Lethe never loads pickles, because unpickling can run arbitrary code "
+            f"on the server. {NPZ_FORMAT_HINT}",
+        )
+    _check_members(members, max_entries=max_entries, max_uncompressed_bytes=max_uncompressed_bytes)
+    _check_array_names({member.filename.removesuffix(NPY_SUFFIX) for member in members})
+    headers = _read_npy_headers(source, members)
+    raise_findings(
+        _dtype_findings(headers),
+        mixed_code=IntakeErrorCode.DTYPE_NOT_ALLOWED,
+        summary="Some arrays have a dtype Lethe cannot use.",
+    )
+    raise_findings(
+        _shape_findings(headers),
+        mixed_code=IntakeErrorCode.SHAPE_MISMATCH,
+        summary="The dataset arrays have inconsistent or unsupported shapes.",
+    )
+    by_name = {member.filename.removesuffix(NPY_SUFFIX): member for member in members}
+    try:
+        archive = zipfile.ZipFile(source)
+    except ZIP_PARSE_ERRORS:
+        raise _structure_error("The .npz archive is corrupt: it cannot be opened.") from None
+    with archive:
+        small = {
+            name: _load_member(archive, by_name[name], headers[name])
+            for name in (*LABEL_ARRAYS, *OPTIONAL_ARRAYS)
+            if name in by_name
+        }
+    raw_labels = {name: small[name] for name in LABEL_ARRAYS}
+    regression = task == REGRESSION_TASK
+    if regression:
+        labels = _regression_targets(raw_labels, NUM_CLASSES_ARRAY in small)
+        num_classes = REGRESSION_OUTPUTS
+    else:
+        _check_labels_integral(raw_labels)
+        num_classes = _resolve_num_classes(raw_labels, small.get(NUM_CLASSES_ARRAY))
+        labels = {name: values.astype(np.int64) for name, values in raw_labels.items()}
+    return NpzPlan(
+        source=source,
+        members=by_name,
+        headers=headers,
+        y_train=np.ascontiguousarray(labels["y_train"]),
+        y_test=np.ascontiguousarray(labels["y_test"]),
+        num_classes=num_classes,
+        regression=regression,
+        sha256=_file_sha256(source),
+        upload_bytes=size,
     )

@@ -6,10 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-NAME_MAX = 200
-# Names are shown in tables, CSV exports and logs: no control characters (C0, DEL, C1), which would
-# also be rejected by Postgres (NUL) or break terminals and CSV readers.
-NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+from app.schemas.common import NAME_MAX, NAME_PATTERN  # the shared name rules (control and bidi characters)
+
 MAX_FORGET_INDICES = 10_000_000
 # Indices are stored as int64: anything beyond that range can only be out of range anyway.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

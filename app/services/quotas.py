@@ -8,7 +8,13 @@
 * wall-clock time of a running attempt, ``job_time_budget_seconds``: the reaper beat fails the job with
   ``time-budget-exceeded`` and its worker stops at the next heartbeat;
 * the size of a generated built-in dataset, ``max_dataset_uncompressed_bytes``: ``POST /v1/datasets``
-  answers 422 ``dataset-too-large`` before generating anything.
+  answers 422 ``dataset-too-large`` before generating anything;
+* the bytes a tenant stores, ``storage_quota_bytes_per_tenant``: datasets, models and audit shadow models,
+  counted from their rows' ``size_bytes`` (each stored file once). A dataset or model upload that would not
+  fit answers 413 ``storage-quota-exceeded`` before anything is written (a dataset counts as stored, i.e.
+  its decompressed float32 arrays, not as uploaded); a job submission answers 422 ``storage-quota-exceeded``
+  when the output models of the tenant's queued and running jobs, this one included, would not fit: each
+  reserves the size of its input model, or for a train job the float32 size of its architecture.
 
 Uploads are bounded elsewhere with the same settings: request bodies and uploaded files by
 ``max_upload_bytes`` (413 ``payload-too-large`` / ``upload-too-large``), dataset archives' declared
@@ -29,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.problems import DomainError, Unprocessable
-from app.models import Job, JobKind, JobStatus, Model, Tenant
+from app.models import Dataset, Job, JobKind, JobStatus, Model, ShadowModel, Tenant
 from app.models.base import utcnow
 from app.services.jobs import add_event
 
@@ -49,6 +55,111 @@ def active_jobs(session: Session, tenant_id: uuid.UUID) -> int:
     )
 
 
+STORED_TABLES = (Dataset, Model, ShadowModel)
+# Job kinds whose success stores a new model (the output reserves its size while the job is active).
+MODEL_PRODUCING_KINDS = (JobKind.train, JobKind.retrain, JobKind.unlearn, JobKind.prune)
+STORAGE_QUOTA_CODE = "storage-quota-exceeded"
+
+
+def storage_used(session: Session, tenant_id: uuid.UUID) -> int:
+    """Bytes of the tenant's datasets, models and shadow models, each stored file counted once (identical
+    content shares one content-addressed file)."""
+    total = 0
+    for table in STORED_TABLES:
+        per_file = (
+            select(func.max(table.size_bytes).label("size"))
+            .where(table.tenant_id == tenant_id)
+            .group_by(table.storage_key)
+            .subquery()
+        )
+        total += int(session.scalar(select(func.coalesce(func.sum(per_file.c.size), 0))) or 0)
+    return total
+
+
+def _lock_tenant(session: Session, tenant_id: uuid.UUID) -> None:
+    # FOR NO KEY UPDATE, as audit.record does: of two concurrent writers for the last bytes or the last job
+    # slot, the second counts the first's rows (SQLite serialises writers anyway).
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
+
+
+def _quota_refusal(what: str, used: int, limit: int, requested: int, status: int) -> DomainError:
+    return DomainError(
+        f"{what} needs {requested} bytes of storage; this tenant uses {used} of its {limit} bytes"
+        f" (LETHE_STORAGE_QUOTA_BYTES_PER_TENANT), {max(limit - used, 0)} left: delete datasets, models or"
+        " jobs it no longer needs, or ask the operator for a larger quota",
+        code=STORAGE_QUOTA_CODE,
+        status=status,
+        errors=[{"used_bytes": used, "limit_bytes": limit, "requested_bytes": requested}],
+    )
+
+
+def check_storage(
+    session: Session, tenant_id: uuid.UUID, requested: int, settings: Settings, *, what: str
+) -> None:
+    """Refuse (413 ``storage-quota-exceeded``) when storing ``requested`` more bytes would take the tenant
+    over its quota. Locks the tenant row first: call it in the transaction that inserts the new row, so a
+    concurrent upload waits and then counts it."""
+    limit = settings.storage_quota_bytes_per_tenant
+    if limit is None:
+        return
+    _lock_tenant(session, tenant_id)
+    used = storage_used(session, tenant_id)
+    if used + requested > limit:
+        raise _quota_refusal(what, used, limit, requested, 413)
+
+
+def _output_model_bytes(
+    kind: JobKind, input_model_bytes: int | None, architecture: str | None, arch_config: dict[str, Any] | None
+) -> int:
+    """What a job's output model will take: its input model's size (unlearning, retraining and pruning
+    keep the architecture), else the float32 size of the architecture it trains."""
+    if input_model_bytes is not None:
+        return input_model_bytes
+    if kind is not JobKind.train or architecture is None:
+        return 0
+    from workers.engine.architectures import ARCHITECTURES, parameter_count
+    from workers.engine.errors import InvalidInputError, UnknownEntryError
+
+    try:
+        spec = ARCHITECTURES.get(architecture)
+        return parameter_count(spec.expected_state(arch_config or {})) * FLOAT32_BYTES
+    except (UnknownEntryError, InvalidInputError):
+        return 0  # refused by submission's own validation
+
+
+def reserved_output_bytes(session: Session, tenant_id: uuid.UUID) -> tuple[int, int]:
+    """(reserved bytes, model-producing jobs) over the tenant's queued and running jobs."""
+    active = session.execute(
+        select(Job.kind, Model.size_bytes, Job.architecture, Job.arch_config)
+        .outerjoin(Model, Model.id == Job.model_id)
+        .where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE), Job.kind.in_(MODEL_PRODUCING_KINDS))
+    ).all()
+    return sum(_output_model_bytes(kind, size, arch, config) for kind, size, arch, config in active), len(
+        active
+    )
+
+
+def check_storage_for_jobs(session: Session, tenant_id: uuid.UUID, settings: Settings) -> None:
+    """Refuse (422 ``storage-quota-exceeded``) a submission whose jobs' output models, with those of the
+    tenant's other queued and running jobs, would not fit in its quota. Called by check_active_jobs, after
+    the new jobs were flushed and the tenant row locked."""
+    limit = settings.storage_quota_bytes_per_tenant
+    if limit is None:
+        return
+    reserved, jobs = reserved_output_bytes(session, tenant_id)
+    if not reserved:
+        return
+    used = storage_used(session, tenant_id)
+    if used + reserved > limit:
+        raise _quota_refusal(
+            f"the output models of this tenant's {jobs} queued or running model-producing job(s)",
+            used,
+            limit,
+            reserved,
+            422,
+        )
+
+
 def check_active_jobs(session: Session, tenant_id: uuid.UUID, settings: Settings) -> None:
     """Refuse when the tenant's queued + running jobs exceed the limit. Call it after the new jobs were
     flushed: they count themselves, and the refusal rolls them back with the rest of the transaction.
@@ -56,11 +167,15 @@ def check_active_jobs(session: Session, tenant_id: uuid.UUID, settings: Settings
     The tenant row is locked before counting (FOR NO KEY UPDATE, as audit.record does: it does not wait for
     the KEY SHARE that inserted rows hold on their tenant; SQLite serialises writers anyway), so of two
     concurrent submissions for the last slot the second counts the first's job. Taking it after the inserts
-    keeps every writer's lock order (referenced rows, then the tenant row, as audit.record and DELETE do)."""
+    keeps every writer's lock order (referenced rows, then the tenant row, as audit.record and DELETE do).
+    The storage quota of the jobs' output models is checked under the same lock (check_storage_for_jobs)."""
     limit = settings.max_active_jobs_per_tenant
+    if limit is None and settings.storage_quota_bytes_per_tenant is None:
+        return
+    _lock_tenant(session, tenant_id)
+    check_storage_for_jobs(session, tenant_id, settings)
     if limit is None:
         return
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
     current = active_jobs(session, tenant_id)
     if current > limit:
         raise TooManyRequests(

@@ -1,5 +1,5 @@
 """Artifact storage chosen by settings. Keys are relative paths; the store writes atomically."""
 
-from app.storage.local import ArtifactStore, LocalArtifactStore, StorageError
+from app.storage.local import ArtifactStore, LocalArtifactStore, StorageError, ensure_private_dir
 
-__all__ = ["ArtifactStore", "LocalArtifactStore", "StorageError"]
+__all__ = ["ArtifactStore", "LocalArtifactStore", "StorageError", "ensure_private_dir"]

@@ -11,8 +11,34 @@ class StorageError(RuntimeError):
     """The store could not write or read an artifact (disk full, permissions, missing file)."""
 
 
+# Artifacts are tenants' data: only the service's own user may list or read them.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def ensure_private_dir(path: Path, *, root: Path | None = None) -> Path:
+    """Create ``path`` and its missing parents as 0700 (below ``root`` only, when given), and return it.
+
+    ``Path.mkdir(parents=True, mode=...)`` applies the mode to the last directory only, and the umask to all
+    of them; an existing directory is left as it is (an operator may have chosen its mode)."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists() and current != root and current.parent != current:
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue  # a concurrent writer created it
+        os.chmod(directory, PRIVATE_DIR_MODE)  # mkdir's mode is filtered through the umask
+    return path
+
+
 class ArtifactStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
+    def put_file(self, key: str, source: Path) -> None: ...
+    def staging_path(self, prefix: str) -> Path: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
@@ -20,7 +46,8 @@ class ArtifactStore(Protocol):
 
 class LocalArtifactStore:
     """Files under a root directory. A write lands under a temporary name and is renamed into place,
-    so a reader never sees a half-written artifact, even when the disk fills up mid-write."""
+    so a reader never sees a half-written artifact, even when the disk fills up mid-write. Directories are
+    created 0700 and files 0600 (mkstemp's mode, kept by the rename)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
@@ -31,10 +58,40 @@ class LocalArtifactStore:
             raise StorageError(f"artifact key escapes the store: {key!r}")
         return path
 
+    def _parent_dir(self, path: Path) -> None:
+        ensure_private_dir(self.root)
+        ensure_private_dir(path.parent, root=self.root)
+
+    def staging_path(self, prefix: str) -> Path:
+        """A new, empty 0600 temporary file in the directory of key prefix ``prefix`` (e.g.
+        ``<tenant>/datasets``): on the artifacts' file system, so ``put_file`` renames it into place without
+        copying, and named like ``put``'s temporary files, so the orphan sweep removes it if the process dies
+        before it is put or deleted. The caller deletes it when it is not put."""
+        directory = self._path(f"{prefix}/x").parent
+        try:
+            self._parent_dir(directory / "x")
+            fd, name = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        except OSError as exc:
+            raise StorageError(f"cannot create a staging file: {exc.strerror or exc}") from exc
+        os.close(fd)
+        return Path(name)
+
+    def put_file(self, key: str, source: Path) -> None:
+        """Move a complete file (from ``staging_path``) to ``key``: fsync, then rename into place."""
+        path = self._path(key)
+        try:
+            self._parent_dir(path)
+            os.chmod(source, PRIVATE_FILE_MODE)
+            with open(source, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(source, path)
+        except OSError as exc:
+            raise StorageError(f"cannot write artifact {key!r}: {exc.strerror or exc}") from exc
+
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._parent_dir(path)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as handle:

@@ -60,6 +60,7 @@ LOGS_COPY = REPO / "var" / "fault-logs"  # the service's logs of the last run, f
 # Short leases and a fast reaper so a killed job is requeued within seconds; enough attempts that two dozen
 # kills (and a spurious lease loss on a loaded machine) cannot exhaust them.
 LEASE_SECONDS = 3.0
+FAULT_KEY_PEPPER = "fault-injection-pepper-" + "0" * 32
 HEARTBEAT_SECONDS = 0.2
 REAPER_INTERVAL_SECONDS = 0.5
 MAX_ATTEMPTS = 30
@@ -248,6 +249,7 @@ def service() -> Iterator[FaultService]:
             heartbeat_seconds=HEARTBEAT_SECONDS,
             reaper_interval_seconds=REAPER_INTERVAL_SECONDS,
             max_attempts=MAX_ATTEMPTS,
+            key_pepper=FAULT_KEY_PEPPER,
         )
         migrate.upgrade(settings)  # production's pre-start step (`lethe migrate`)
         env = {
@@ -256,6 +258,7 @@ def service() -> Iterator[FaultService]:
             "LETHE_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
             "LETHE_REAPER_INTERVAL_SECONDS": str(REAPER_INTERVAL_SECONDS),
             "LETHE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+            "LETHE_KEY_PEPPER": FAULT_KEY_PEPPER,  # production refuses the default pepper
             # One intra-op thread per worker: the workers then share the two cores instead of twice as many
             # threads fighting over them, which starved the reaper and slowed every worker restart.
             "OMP_NUM_THREADS": "1",

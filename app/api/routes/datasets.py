@@ -9,15 +9,11 @@ from sqlalchemy import select
 from app.api.deps import Admin, Reader, SessionDep, SettingsDep, StoreDep, Submitter, request_id
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.routes.discovery import builtin_datasets
-from app.api.uploads import read_upload
-from app.core.problems import DomainError, Unprocessable
 from app.models import Dataset
 from app.schemas.resources import NAME_MAX, NAME_PATTERN, BuiltinDatasetCreate, DatasetOut, DatasetPage
 from app.services import audit, quotas
-from app.services.datasets import build_builtin, get_dataset, store_dataset
+from app.services.datasets import build_builtin, get_dataset, store_dataset, store_uploaded_dataset
 from app.services.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
-from workers.engine.datasets import ArrayDataset
-from workers.engine.errors import InvalidInputError
 from workers.engine.tasks import DatasetTask, TaskType
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -68,6 +64,7 @@ def create_builtin_dataset(
     row, created = store_dataset(
         session,
         store,
+        settings,
         tenant_id=principal.tenant_id,
         dataset=dataset,
         name=body.name or body.builtin,
@@ -102,7 +99,7 @@ def _name_from_filename(filename: str | None) -> str:
     status_code=201,
     responses={200: {"description": "Identical data already stored"}},
 )
-async def upload_dataset(
+def upload_dataset(
     principal: Submitter,
     session: SessionDep,
     store: StoreDep,
@@ -116,38 +113,18 @@ async def upload_dataset(
         Form(description="'classification' (integer class labels) or 'regression' (continuous targets)."),
     ] = DatasetTask.classification,
 ) -> DatasetOut:
-    from app.intake import IntakeError, reject_pickle, validate_npz
-
-    data = await read_upload(file, settings.max_upload_bytes)
-    try:
-        reject_pickle(data, "dataset")
-        parsed = validate_npz(
-            data,
-            max_bytes=settings.max_upload_bytes,
-            max_uncompressed_bytes=settings.max_dataset_uncompressed_bytes,
-            task=task.value,
-        )
-        dataset = ArrayDataset.from_arrays(
-            parsed.x_train,
-            parsed.y_train,
-            parsed.x_test,
-            parsed.y_test,
-            num_classes=parsed.num_classes,
-            task=TaskType(task.value),
-        )
-    except IntakeError as exc:
-        raise DomainError(exc.detail, code=exc.code, status=exc.status, errors=exc.errors or None) from exc
-    except InvalidInputError as exc:
-        raise Unprocessable(str(exc), code="invalid-dataset") from exc
-    row, created = store_dataset(
+    """Upload an .npz dataset. Validated and converted from the spooled upload file a chunk of rows at a
+    time (a plain ``def``: the work runs in the thread pool, off the event loop); counted against the
+    tenant's storage quota at its stored (float32) size before anything is written (413
+    storage-quota-exceeded)."""
+    row, created, plan = store_uploaded_dataset(
         session,
         store,
+        settings,
         tenant_id=principal.tenant_id,
-        dataset=dataset,
+        source=file.file,
         name=name or _name_from_filename(file.filename),
-        source="upload",
-        builtin=None,
-        config={"upload_sha256": parsed.sha256},
+        task=TaskType(task.value),
     )
     if created:
         audit.record(
@@ -158,7 +135,7 @@ async def upload_dataset(
             resource_type="dataset",
             resource_id=str(row.id),
             request_id=request_id(request),
-            details={"sha256": row.sha256, "upload_sha256": parsed.sha256, "bytes": len(data)},
+            details={"sha256": row.sha256, "upload_sha256": plan.sha256, "bytes": plan.upload_bytes},
         )
     session.commit()
     return _created(response, row, created)

@@ -15,7 +15,7 @@ from app.core.problems import NotFound, Unprocessable
 from app.models import Model
 from app.schemas.common import Page
 from app.schemas.resources import NAME_MAX, NAME_PATTERN, ModelOut
-from app.services import audit
+from app.services import audit, quotas
 from app.services.datasets import get_dataset
 from app.services.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
 from app.services.models import get_model, register_upload
@@ -64,6 +64,9 @@ async def upload_model(
         raise Unprocessable("config must be a JSON object", code="invalid-architecture-config")
     dataset = get_dataset(session, principal.tenant_id, dataset_id) if dataset_id else None
     data = await read_upload(weights, settings.max_upload_bytes)
+    # Weights are stored as uploaded. The tenant row stays locked until the commit below, so a concurrent
+    # upload of the same tenant waits and then counts this one.
+    quotas.check_storage(session, principal.tenant_id, len(data), settings, what="these weights")
     row = register_upload(
         session,
         store,

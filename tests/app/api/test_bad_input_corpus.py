@@ -37,6 +37,7 @@ PROBLEM = "application/problem+json"
 UPLOAD_LIMIT = 256 * 1024
 UNCOMPRESSED_LIMIT = 2 * 1024 * 1024
 BODY_LIMIT = UPLOAD_LIMIT + BODY_OVERHEAD_BYTES
+JSON_LIMIT = 512 * 1024
 MLP_CONFIG = {"input_shape": [1, 8, 8], "hidden": [8], "num_classes": 10}
 ST_DTYPES = {"F32": "<f4", "F64": "<f8", "I64": "<i8"}
 
@@ -317,10 +318,11 @@ CASES: list[Case] = [
     Case("zip-lying-central-directory", "zip bomb", "POST", UPLOAD, 422, "npz-structure", "x_train",
          dataset_file(lambda ctx: lying_central_directory())),
     # --- oversized bodies and uploads (limits from Settings)
+    # JSON bodies have their own, smaller limit than multipart uploads (LETHE_MAX_JSON_BODY_BYTES).
     Case("body-over-limit-content-length", "oversized", "POST", JOBS, 413, "payload-too-large",
-         f"limit of {BODY_LIMIT} bytes", raw_json(" " * (BODY_LIMIT + 1))),
+         f"limit of {JSON_LIMIT} bytes", raw_json(" " * (JSON_LIMIT + 1))),
     Case("body-over-limit-chunked", "oversized", "POST", JOBS, 413, "payload-too-large",
-         f"limit of {BODY_LIMIT} bytes", chunked(BODY_LIMIT + 1)),
+         f"limit of {JSON_LIMIT} bytes", chunked(JSON_LIMIT + 1)),
     Case("upload-over-limit-chunked", "oversized", "POST", UPLOAD, 413, "payload-too-large",
          f"limit of {BODY_LIMIT} bytes", chunked(BODY_LIMIT + 1, "multipart/form-data; boundary=x")),
     Case("weights-over-upload-limit", "oversized", "POST", MODELS, 413, "upload-too-large",
@@ -500,6 +502,22 @@ CASES: list[Case] = [
          dataset_file(lambda ctx: npz_with(), name="csv\x85injection")),
     Case("key-name-control-chars", "names", "POST", "/v1/keys", 422, "validation-error", "body.name",
          as_json({"name": "tab\there", "scopes": ["read"]}), scope="admin"),
+    # Bidi_Control characters reorder how a name is displayed ("model\u202egpj.exe" shows as "modelexe.jpg").
+    Case("name-bidi-override-forget-set", "names", "POST", FS, 422, "validation-error", "body.name",
+         forget({"kind": "class", "class": 1}, name="model\u202egpj.exe")),
+    Case("name-bidi-isolate-builtin-dataset", "names", "POST", "/v1/datasets", 422, "validation-error",
+         "body.name", as_json({"builtin": "digits", "name": "a\u2067b\u2069"})),
+    Case("name-bidi-mark-in-upload-form", "names", "POST", UPLOAD, 422, "validation-error", "name",
+         dataset_file(lambda ctx: npz_with(), name="rtl\u200fmark")),
+    Case("name-bidi-embedding-in-model-form", "names", "POST", MODELS, 422, "validation-error", "name",
+         weights(lambda ctx: safetensors_bytes(mlp_state()), name="x\u202bembedded\u202c")),
+    Case("name-arabic-letter-mark-campaign", "names", "POST", "/v1/campaigns", 422, "validation-error",
+         "body.name", as_json(lambda ctx: {"name": "c\u061c", "model_id": ctx.model,
+                                           "methods": [{"method": "ft"}],
+                                           "forget_sets": [{"forget_set_id": ctx.forget_set}],
+                                           "seeds": [1]})),
+    Case("tenant-name-bidi", "names", "POST", "/v1/keys", 422, "validation-error", "body.name",
+         as_json({"name": "k\u202d", "scopes": ["read"]}), scope="admin"),
     Case("campaign-label-too-long", "names", "POST", "/v1/campaigns", 422, "validation-error", "label",
          as_json(lambda ctx: {"name": "c", "model_id": ctx.model,
                               "methods": [{"method": "ft", "label": "x" * 101}],
@@ -534,7 +552,11 @@ RESULTS: dict[str, int] = {}
 @pytest.fixture(scope="module")
 def corpus_settings(migrated: Settings) -> Settings:
     return migrated.model_copy(
-        update={"max_upload_bytes": UPLOAD_LIMIT, "max_dataset_uncompressed_bytes": UNCOMPRESSED_LIMIT}
+        update={
+            "max_upload_bytes": UPLOAD_LIMIT,
+            "max_dataset_uncompressed_bytes": UNCOMPRESSED_LIMIT,
+            "max_json_body_bytes": JSON_LIMIT,
+        }
     )
 
 

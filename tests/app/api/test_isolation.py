@@ -142,6 +142,11 @@ def npz_upload() -> dict[str, Any]:
     return {"files": {"file": ("d.npz", buffer.getvalue())}}
 
 
+def fresh_key_id(w: World) -> str:
+    """A new read key of the owner's tenant, for requests that revoke or rotate one."""
+    return str(w.post("/v1/keys", "admin", json={"name": f"k{next(UNIQUE)}", "scopes": ["read"]})["key_id"])
+
+
 # ------------------------------------------------------------------------------------- the route table
 @dataclass(frozen=True)
 class RouteSpec:
@@ -159,6 +164,7 @@ def get(path: str, **kwargs: Any) -> Callable[[World], Request]:
     return lambda w: (path.format(**w.ids), kwargs)
 
 
+OPERATOR_ONLY = {"GET /metrics"}  # public paths that no tenant's key can read
 ROUTES: dict[str, RouteSpec] = {
     # discovery and health
     "GET /v1/methods": RouteSpec(Scope.read, get("/v1/methods")),
@@ -167,7 +173,8 @@ ROUTES: dict[str, RouteSpec] = {
     "GET /v1/audit-params": RouteSpec(Scope.read, get("/v1/audit-params")),
     "GET /healthz": RouteSpec(None, get("/healthz")),
     "GET /readyz": RouteSpec(None, get("/readyz")),
-    "GET /metrics": RouteSpec(None, get("/metrics")),  # Prometheus: counts over all tenants, no ids
+    # Prometheus: counts over all tenants, for the operator's scrape token only (no API key reads it).
+    "GET /metrics": RouteSpec(None, get("/metrics")),
     # datasets
     "GET /v1/datasets": RouteSpec(Scope.read, get("/v1/datasets")),
     "POST /v1/datasets": RouteSpec(
@@ -355,6 +362,18 @@ ROUTES: dict[str, RouteSpec] = {
         Scope.admin, lambda w: ("/v1/keys", {"json": {"name": "k", "scopes": ["read"]}}), audit="key.create"
     ),
     "GET /v1/audit-events": RouteSpec(Scope.admin, get("/v1/audit-events")),
+    # key lifecycle and audit anchors (issue 17): an admin key manages its own tenant's keys only
+    "GET /v1/admin/keys": RouteSpec(Scope.admin, get("/v1/admin/keys")),
+    "POST /v1/admin/keys/{key_id}/revoke": RouteSpec(
+        Scope.admin, lambda w: (f"/v1/admin/keys/{fresh_key_id(w)}/revoke", {}), audit="key.revoke"
+    ),
+    "POST /v1/admin/keys/{key_id}/rotate": RouteSpec(
+        Scope.admin, lambda w: (f"/v1/admin/keys/{fresh_key_id(w)}/rotate", {}), audit="key.rotate"
+    ),
+    "GET /v1/admin/audit/verify": RouteSpec(Scope.admin, get("/v1/admin/audit/verify")),
+    "POST /v1/admin/audit/checkpoints": RouteSpec(
+        Scope.admin, lambda w: ("/v1/admin/audit/checkpoints", {}), audit="audit.checkpoint"
+    ),
 }
 # Served by FastAPI itself (no tenant data): the OpenAPI document and its viewers.
 DOCUMENTATION = frozenset({"GET /openapi.json", "GET /docs", "GET /docs/oauth2-redirect", "GET /redoc"})
@@ -505,6 +524,10 @@ def test_foreign_tenant_gets_404(
     path, kwargs = request
     before = audit_trails()
     response = api.request(method, path, headers=foreign.headers("admin"), **kwargs)
+    if route in OPERATOR_ONLY:
+        # Off unless a scrape token is set, and then only for that token: never for a tenant's key.
+        assert response.status_code in (401, 404), response.text
+        return
     if path_ids(route) or body_ids(request, world):
         body = assert_problem(response, 404)
         assert body["code"].endswith("-not-found"), body

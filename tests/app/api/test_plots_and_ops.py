@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from tests.app.api.test_compliance import (
     ORIGINAL_METRICS,
@@ -100,8 +101,12 @@ def test_scores_histogram(api: TestClient, finished: dict, sessions) -> None:
     assert_image(response, "png")
 
 
-def test_prometheus_metrics(api: TestClient, finished: dict) -> None:
-    response = api.get("/metrics")
+def test_prometheus_metrics(api: TestClient, finished: dict, monkeypatch) -> None:
+    assert_problem(api.get("/metrics"), 404, "not-found")  # off by default: counts span every tenant
+    monkeypatch.setattr(api.app.state.settings, "metrics_token", SecretStr("scrape-token"))
+    tenant_key = finished["tenant"].headers("admin")  # a tenant's key must not see other tenants' counts
+    assert_problem(api.get("/metrics", headers=tenant_key), 401, "invalid-metrics-token")
+    response = api.get("/metrics", headers={"Authorization": "Bearer scrape-token"})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
     for series in (

@@ -37,7 +37,10 @@ def test_production_requires_postgres_and_redis(database_url, broker_url) -> Non
 
 def test_production_accepts_postgres_and_redis() -> None:
     settings = Settings(
-        profile=Profile.production, database_url="postgresql+psycopg://u@h/db", broker_url="redis://h:6379/0"
+        profile=Profile.production,
+        database_url="postgresql+psycopg://u@h/db",
+        broker_url="redis://h:6379/0",
+        key_pepper="a-long-random-operator-secret",
     )
     assert not settings.is_sqlite
 
