@@ -10,7 +10,7 @@ from tests.workers.test_job_flow import run
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-# A quick search: the default T=10, K=10 is a retrain's worth of work.
+# A quick search: the default T=10, K=5 is more than a retrain's worth of work on digits.
 QUICK_SEARCH = {"fraction": 0.1, "outer_iterations": 3, "lower_epochs": 1, "batch_size": 128}
 
 
@@ -23,7 +23,21 @@ def test_search_job_produces_a_forget_set_with_provenance_and_scores(live_api: T
     )
     forget_set_id = job["result"]["forget_set_id"]
     assert job["output_model_id"] is None
-    assert {"upper_objective_initial", "upper_objective_final"} <= set(job["metrics"])
+    assert {
+        "upper_objective_initial",
+        "upper_objective_final",
+        "overlap_with_initial",
+        "objective_initial_set",
+        "objective_final_set",
+    } <= set(job["metrics"])
+    # The API stores the preset-resolved params, and the result records what the search ran with.
+    result = job["result"]
+    assert job["params"]["preset"] == "lethe" and job["params"]["w_step"] == "normalized"
+    assert result["params"] == job["params"]
+    assert result["overlap_with_initial"] == job["metrics"]["overlap_with_initial"]
+    assert result["objective_final_set"] == job["metrics"]["objective_final_set"]
+    assert isinstance(result["warnings"], list)
+    assert result["inherited"]["batch_size"] == {"value": 128, "source": "params"}
     forget_set = live_api.get(f"/v1/forget-sets/{forget_set_id}", headers=tenant.headers("read")).json()
     assert forget_set["kind"] == "worst_case" and forget_set["job_id"] == job["id"]
     assert forget_set["size"] == round(0.1 * setup["dataset"]["n_train"])

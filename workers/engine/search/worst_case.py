@@ -20,16 +20,26 @@ algorithm, as the reference implements it:
      mean CE of the class's training samples is used.
   4. Record ``F(w^(t-1))``, take the partial gradient ``g = loss + 2 gamma w`` and step
      ``w^t = Proj_C(w^(t-1) -+ eta g)``: ``-`` for "hardest", ``+`` for "easiest". Sign-SGD has zero
-     Jacobian in w, so the implicit gradient vanishes (optml.md §5.2).
+     Jacobian in w, so the implicit gradient vanishes (optml.md §5.2). ``eta`` is ``w_lr`` (``w_step=
+     "fixed"``, the reference) or ``w_lr / mean_i |g_i|`` (``"normalized"``, the 'lethe' preset): with the
+     fixed step an item's w moves by w_lr times its loss, which for the reference's w_lr 0.01 and losses
+     below 1 never adds up to the 1 an item needs to enter or leave the top-m in T = 10 iterations.
 
 * Read-off: the top-m items of the final continuous ``w^T`` in BOTH modes. Ties (entries clipped at 0 or
   1) go to the lower last-iteration loss for "hardest", the higher for "easiest", then the lower index. The
   reference's ``--mode re_optm`` also reads off the top-m of its ascended w. Its evaluation-time
   ``--reverse`` (the bottom-m of a descent run) is not offered.
 * With ``evaluate_selection`` (default), one more lower-level solve runs at the binary indicator of the
-  selected items. It gives ``upper_objective_final``, the objective of the SELECTED forget set, which
-  compares directly with ``upper_objective_initial = F(w^0)``. ``F(w^0)`` comes from iteration 1's lower
-  solve at ``w^0``, before any update.
+  selected items, with iteration 1's draws. It gives ``objective_final_set`` (also
+  ``upper_objective_final``), the objective of the SELECTED forget set, not of the last iterate. With a
+  random start, ``w^0`` is the start's indicator, so iteration 1's ``F(w^0)`` is ``objective_initial_set``
+  (also ``upper_objective_initial``): the two read-off sets are evaluated by the same procedure with the
+  same draws, and a selection that did not move re-evaluates to exactly the start's value. The last
+  iterate's objective, in contrast, moves with the lower level's draws even when the set does not (issue
+  15: "76.5 -> 60.1" at a 100 % overlap).
+* ``overlap_with_initial``: the fraction of the selected items that were in the random start. ``warnings``
+  says so when it exceeds 90 % (the selection is close to a random set), and when the selected set's
+  re-evaluated objective is no better than the start's. A 'uniform' start is no set: both are then null.
 
 What is recorded:
 
@@ -40,6 +50,9 @@ What is recorded:
 * Pruning masks are enforced after every lower-level step.
 * The model is restored to theta_o at the end. The search produces a forget set, not a model.
 * Lower-level epoch checkpoints are not forwarded: the search cannot resume mid-way.
+
+The lower level's batch size and augmentation are the original model's (its recipe) unless given, as the
+unlearning methods' 'lethe' preset inherits them (``details.inherited`` records the values and sources).
 
 Cost: ``(T + 1) K`` lower epochs (``T K`` without the final solve) plus ``T (+1)`` forward passes over
 the training split. One forward pass is counted as 1/3 of a training epoch (forward + backward ~ 3
@@ -64,7 +77,12 @@ from workers.engine.hooks import EngineHooks
 from workers.engine.methods.base import MethodContext, MethodOutput
 from workers.engine.methods.l1_sparse import l1_norm
 from workers.engine.methods.params import TrainRecipe
-from workers.engine.search.params import WorstCaseSearchParams
+from workers.engine.search.params import (
+    FALLBACK_AUGMENT,
+    REFERENCE_BATCH_SIZE,
+    STUCK_OVERLAP,
+    WorstCaseSearchParams,
+)
 from workers.engine.search.projection import project_capped_simplex
 from workers.engine.tasks import TaskType
 from workers.engine.training import (
@@ -78,7 +96,7 @@ from workers.engine.training import (
     train_epochs,
 )
 
-__all__ = ["SearchOutput", "read_off", "run"]
+__all__ = ["SearchOutput", "read_off", "run", "search_warnings", "sign_gradients"]
 
 SEARCH_PHASE = "search"
 LOWER_PHASE = "search.lower"
@@ -134,6 +152,22 @@ def read_off(w: np.ndarray, m: int, item_losses: np.ndarray, mode: str) -> np.nd
     return np.sort(order[:m]).astype(np.int64)
 
 
+def _inherit(params: WorstCaseSearchParams, original: TrainRecipe | None) -> dict[str, dict[str, Any]]:
+    """batch_size and augment of the lower level: given, else the original's, else the fallback; with the
+    source of each, as the unlearning methods record theirs (details.inherited)."""
+    fallbacks = {"batch_size": REFERENCE_BATCH_SIZE, "augment": FALLBACK_AUGMENT}
+    resolved: dict[str, dict[str, Any]] = {}
+    for name, fallback in fallbacks.items():
+        given = getattr(params, name)
+        if given is not None:
+            resolved[name] = {"value": given, "source": "params"}
+        elif original is not None:
+            resolved[name] = {"value": getattr(original, name), "source": "original"}
+        else:
+            resolved[name] = {"value": fallback, "source": "fallback: the original model's recipe is unknown"}
+    return resolved
+
+
 class _Search:
     def __init__(self, context: MethodContext, params: WorstCaseSearchParams) -> None:
         self.context, self.params = context, params
@@ -156,27 +190,29 @@ class _Search:
         except ValueError as error:
             raise InvalidInputError(f"worst_case_search: {error}") from None
         self.theta_o = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
+        self.inherited = _inherit(params, context.original_recipe)
         self.recipe = TrainRecipe(
             epochs=params.lower_epochs,
-            batch_size=params.batch_size,
+            batch_size=self.inherited["batch_size"]["value"],
             lr=params.theta_lr,
             momentum=0.0,
             weight_decay=0.0,
             schedule="constant",
             milestones=[],
-            augment=params.augment,
+            augment=self.inherited["augment"]["value"],
         )
         self.solves = params.outer_iterations + (1 if params.evaluate_selection else 0)
         self.lower_steps_done = 0
         self.lower_steps_total = (
-            self.solves * params.lower_epochs * len(batch_bounds(self.n_train, params.batch_size))
+            self.solves * params.lower_epochs * len(batch_bounds(self.n_train, self.recipe.batch_size))
         )
         self.samples_per_lower_epoch = 0
         self.augment_applied = False
 
     # ----------------------------------------------------------------------------------------- lower level
-    def lower_solve(self, w: np.ndarray, iteration: int) -> FitResult:
-        """K epochs of sign-SGD from theta_o on the (1 - w)-weighted loss; leaves theta_u in the model."""
+    def lower_solve(self, w: np.ndarray, iteration: int, seed_iteration: int | None = None) -> FitResult:
+        """K epochs of sign-SGD from theta_o on the (1 - w)-weighted loss; leaves theta_u in the model.
+        ``seed_iteration`` (default ``iteration``) picks the batch order and augmentation draws."""
         self.model.load_state_dict(self.theta_o)
         weights = torch.as_tensor(1.0 - w, dtype=torch.float32, device=self.device)
         sample_weights = weights[self.y] if self.class_wise else weights
@@ -200,7 +236,9 @@ class _Search:
             self.model,
             [Segment(self.x, indices, loss=weighted_loss, name="train")],
             self.recipe,
-            seed=_derived_seed(self.context.seed, LOWER_STREAM, iteration),
+            seed=_derived_seed(
+                self.context.seed, LOWER_STREAM, iteration if seed_iteration is None else seed_iteration
+            ),
             phase=LOWER_PHASE,
             hooks=forwarded,
             task=self.context.task,
@@ -213,7 +251,7 @@ class _Search:
 
     # ----------------------------------------------------------------------------------------- upper level
     def _upper_batches(self) -> list[tuple[int, int]]:
-        size = UPPER_BATCH_SIZE if self.params.upper_pass == "eval" else self.params.batch_size
+        size = UPPER_BATCH_SIZE if self.params.upper_pass == "eval" else self.recipe.batch_size
         bounds = [(start, min(start + size, self.n_train)) for start in range(0, self.n_train, size)]
         if self.params.upper_pass == "train" and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
             # BatchNorm cannot normalise one sample in train mode: merge it into the previous batch.
@@ -221,8 +259,9 @@ class _Search:
         return bounds
 
     @torch.no_grad()
-    def sample_losses(self, iteration: int) -> np.ndarray:
-        """The per-sample loss of every training sample under the current model (float64)."""
+    def sample_losses(self, iteration: int, seed_iteration: int | None = None) -> np.ndarray:
+        """The per-sample loss of every training sample under the current model (float64).
+        ``seed_iteration`` (default ``iteration``) picks the train-mode pass's order and augmentation."""
         train_mode = self.params.upper_pass == "train"
         self.model.train(train_mode)
         on_cuda = self.device.type == "cuda"
@@ -231,7 +270,9 @@ class _Search:
             augment = augmentation_applies(self.recipe, self.x)
             padding = min(self.x.shape[-2:]) // CROP_PADDING_DIVISOR if augment else None
             generator = torch.Generator().manual_seed(
-                _derived_seed(self.context.seed, UPPER_STREAM, iteration)
+                _derived_seed(
+                    self.context.seed, UPPER_STREAM, iteration if seed_iteration is None else seed_iteration
+                )
             )
             plan = plan_epoch(self.n_train, padding, generator, self.device)
             order, augmentation = plan.order, plan.augmentation
@@ -274,6 +315,25 @@ class _Search:
     def objective(self, w: np.ndarray, losses: np.ndarray) -> float:
         return float(w @ losses + self.params.gamma * (w @ w))
 
+    def set_objective(self, items: np.ndarray, iteration: int) -> float:
+        """F at the indicator of ``items``: a lower-level solve there, then the upper pass. It uses the draws
+        of iteration 1's solve at w^0 (batch order, augmentation, train-mode upper pass), so that two sets'
+        objectives differ by the sets alone, not by the draws: a read-off that is the random start
+        re-evaluates to exactly F(w^0). ``iteration`` only labels the progress reports."""
+        indicator = np.zeros(self.items)
+        indicator[items] = 1.0
+        self.lower_solve(indicator, iteration, seed_iteration=1)
+        return self.objective(indicator, self.item_losses(self.sample_losses(iteration, seed_iteration=1)))
+
+    def step_size(self, gradient: np.ndarray) -> float:
+        """eta for this iteration: w_lr, or w_lr / mean |g| for the 'normalized' step (a step-size rule:
+        the objective is unchanged, only how far one iteration goes along its gradient)."""
+        if self.params.w_step == "fixed":
+            return self.params.w_lr
+        scale = float(np.abs(gradient).mean())
+        # An all-zero gradient moves nothing whatever the step; avoid dividing by zero.
+        return self.params.w_lr / scale if scale > 0.0 else self.params.w_lr
+
     # ------------------------------------------------------------------------------------------ the search
     def initial_w(self, rng: np.random.Generator) -> np.ndarray:
         if self.params.init == "uniform":
@@ -299,13 +359,15 @@ class _Search:
             value = self.objective(w, losses)
             objectives.append(value)
             gradient = losses + 2.0 * params.gamma * w
-            w = project_capped_simplex(w + direction * params.w_lr * gradient, self.m)
+            step = self.step_size(gradient)
+            w = project_capped_simplex(w + direction * step * gradient, self.m)
             top = read_off(w, self.m, losses, params.mode)
             record = {
                 "iteration": iteration,
                 "upper_objective": value,  # F(w^(t-1)): the w this iteration's lower solve used
                 "lower_loss": solve.history[-1]["loss"],
                 "mean_item_loss": float(losses.mean()),
+                "w_step_size": step,
                 "w_min": float(w.min()),
                 "w_max": float(w.max()),
                 "w_fractional": int(np.count_nonzero((w > 0.0) & (w < 1.0))),
@@ -321,11 +383,7 @@ class _Search:
         final_objective = objectives[-1]
         final_source = "last_iterate"
         if params.evaluate_selection:
-            indicator = np.zeros(self.items)
-            indicator[selected] = 1.0
-            self.lower_solve(indicator, params.outer_iterations + 1)
-            final_losses = self.item_losses(self.sample_losses(params.outer_iterations + 1))
-            final_objective = self.objective(indicator, final_losses)
+            final_objective = self.set_objective(selected, params.outer_iterations + 1)
             final_source = "selected_set"
             if hooks is not None:
                 hooks.progress(
@@ -369,12 +427,25 @@ class _Search:
             "original_recipe_epochs": original.epochs if original is not None else None,
             "cost_vs_retrain": epoch_equivalents / original.epochs if original is not None else None,
         }
+        # A 'uniform' start is no set: there is nothing to overlap or to re-evaluate at the start.
+        random_start = params.init == "random"
+        overlap = float(np.intersect1d(selected, initial_top).size / self.m) if random_start else None
+        # w^0 is the random set's indicator, so F(w^0) (iteration 1's solve) is that set's objective.
+        initial_set = objectives[0] if random_start else None
+        final_set = final_objective if final_source == "selected_set" else None
         metrics = {
             "upper_objective_initial": objectives[0],
             "upper_objective_final": final_objective,
             "selected_items": float(self.m),
             "selected_samples": float(forget_indices.size),
         }
+        for name, value in (
+            ("overlap_with_initial", overlap),
+            ("objective_initial_set", initial_set),
+            ("objective_final_set", final_set),
+        ):
+            if value is not None:
+                metrics[name] = value
         details = {
             "granularity": params.granularity,
             "mode": params.mode,
@@ -382,9 +453,13 @@ class _Search:
             "items": self.items,
             "objective_history": objectives,
             "upper_objective_final_source": final_source,
-            "overlap_with_initial": float(np.intersect1d(selected, initial_top).size / self.m),
+            "overlap_with_initial": overlap,
+            "objective_initial_set": initial_set,
+            "objective_final_set": final_set,
+            "warnings": search_warnings(params, overlap, initial_set, final_set),
             "selected_classes": selected.tolist() if self.class_wise else None,
             "augment_applied": self.augment_applied,
+            "inherited": self.inherited,
             "cost": cost,
         }
         return SearchOutput(
@@ -401,7 +476,38 @@ class _Search:
         )
 
 
-def _sign_gradients(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+def search_warnings(
+    params: WorstCaseSearchParams,
+    overlap: float | None,
+    initial_set: float | None,
+    final_set: float | None,
+) -> list[str]:
+    """What the result must say when the search did not do its job: the selection stayed at its random
+    start, or the selected set is no worse (by the search's own re-evaluated objective) than that start."""
+    warnings: list[str] = []
+    if overlap is not None and overlap > STUCK_OVERLAP:
+        hint = (
+            "use w_step 'normalized' (the 'lethe' preset) or a larger w_lr"
+            if params.w_step == "fixed"
+            else "raise w_lr or outer_iterations"
+        )
+        warnings.append(
+            f"the selected set overlaps its random start by {overlap:.0%} (more than {STUCK_OVERLAP:.0%}): w "
+            f"barely moved, so this forget set is close to a random one, not a searched one; {hint}"
+        )
+    if initial_set is not None and final_set is not None:
+        better = final_set < initial_set if params.mode == "hardest" else final_set > initial_set
+        if not better:
+            wanted, claim = ("lower", "harder") if params.mode == "hardest" else ("higher", "easier")
+            warnings.append(
+                f"the selected set's re-evaluated upper objective ({final_set:.4g}) is not {wanted} than the "
+                f"random start's ({initial_set:.4g}): by the search's own measure it is no {claim} to "
+                "unlearn than a random set"
+            )
+    return warnings
+
+
+def sign_gradients(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
     """Replace every accumulated gradient by its sign: SGD (no momentum/decay) then makes sign-SGD steps."""
 
     def to_sign(parameter: torch.Tensor) -> None:
@@ -421,7 +527,7 @@ def run(context: MethodContext) -> SearchOutput:
     if context.task not in PER_SAMPLE_LOSSES:
         raise InvalidInputError(f"worst_case_search does not support {context.task.value} tasks")
     search = _Search(context, params)
-    handles = _sign_gradients(context.model)
+    handles = sign_gradients(context.model)
     try:
         return search.run()
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -11,24 +12,82 @@ from pydantic import ValidationError
 from workers.engine.methods import METHODS
 from workers.engine.search.params import WorstCaseSearchParams
 
+# The reference code's data-wise defaults (Unlearn-WorstCase data-wise/arg_parser.py; optml.md §5.3) and the
+# 'lethe' preset's values, as the field descriptions document them.
+REFERENCE: dict[str, Any] = {
+    "outer_iterations": 10,
+    "lower_epochs": 10,
+    "theta_lr": 0.01,
+    "w_lr": 0.01,
+    "w_step": "fixed",
+    "gamma": 0.0,
+    "upper_pass": "train",
+    "batch_size": 256,
+    "augment": True,
+}
+LETHE: dict[str, Any] = {
+    "outer_iterations": 10,
+    "lower_epochs": 5,
+    "theta_lr": 1e-3,
+    "w_lr": 0.2,
+    "w_step": "normalized",
+    "gamma": 0.0,
+    "upper_pass": "eval",
+    "batch_size": None,
+    "augment": None,
+}
+COMMON: dict[str, Any] = {
+    "granularity": "data",
+    "mode": "hardest",
+    "lower_level": "ft",
+    "init": "random",
+    "evaluate_selection": True,
+}
 
-def test_defaults_are_the_reference_codes() -> None:
-    params = WorstCaseSearchParams()
-    assert (params.outer_iterations, params.lower_epochs) == (10, 10)
-    assert (params.theta_lr, params.w_lr, params.gamma) == (0.01, 0.01, 0.0)
-    assert (params.granularity, params.mode, params.lower_level, params.upper_pass) == (
-        "data",
-        "hardest",
-        "ft",
-        "eval",
-    )
-    assert (params.batch_size, params.augment, params.init, params.evaluate_selection) == (
-        256,
-        True,
-        "random",
-        True,
-    )
+
+def _values(params: WorstCaseSearchParams, names: dict[str, Any]) -> dict[str, Any]:
+    return {name: getattr(params, name) for name in names}
+
+
+def test_the_reference_preset_is_the_reference_codes_defaults() -> None:
+    params = WorstCaseSearchParams(preset="reference")
+    assert _values(params, REFERENCE) == REFERENCE
+    assert _values(params, COMMON) == COMMON
     assert params.item_count(45_000) == 4_500  # the reference's 10 % of CIFAR-10's 45k split
+
+
+def test_the_default_is_the_lethe_preset() -> None:
+    params = WorstCaseSearchParams()
+    assert params.preset == "lethe"
+    assert _values(params, LETHE) == LETHE
+    assert _values(params, COMMON) == COMMON
+    assert WorstCaseSearchParams.preset_values("lethe") == LETHE
+    assert WorstCaseSearchParams.preset_values("reference") == REFERENCE
+
+
+def test_explicit_fields_win_and_the_dump_validates_back() -> None:
+    params = WorstCaseSearchParams.model_validate(
+        {"preset": "reference", "w_step": "normalized", "w_lr": 0.5}
+    )
+    assert (params.w_step, params.w_lr) == ("normalized", 0.5)
+    assert (params.theta_lr, params.upper_pass) == (0.01, "train")  # the rest from the preset
+    # An explicit null (inherit from the original) wins over the reference preset's 256 too.
+    inherit = WorstCaseSearchParams.model_validate({"preset": "reference", "batch_size": None})
+    assert inherit.batch_size is None
+    for preset in ("lethe", "reference"):
+        dumped = WorstCaseSearchParams(preset=preset).model_dump(mode="json")
+        assert WorstCaseSearchParams.model_validate(dumped).model_dump(mode="json") == dumped
+
+
+def test_every_preset_value_is_in_the_description_and_the_schema() -> None:
+    properties = WorstCaseSearchParams.model_json_schema()["properties"]
+    assert properties["preset"]["default"] == "lethe"
+    assert set(properties["preset"]["enum"]) == {"lethe", "reference"}
+    for name in REFERENCE:
+        description = properties[name]["description"]
+        assert f"'reference' {json.dumps(REFERENCE[name])}" in description, name
+        assert "Presets: 'lethe' (default)" in description, name
+        assert properties[name]["presets"] == {"lethe": LETHE[name], "reference": REFERENCE[name]}
 
 
 def test_the_papers_settings_are_accepted() -> None:
@@ -72,6 +131,8 @@ def test_size_and_fraction() -> None:
         {"upper_pass": "test"},
         {"init": "ones"},
         {"select_epochs": 10},  # unknown (reference) names are rejected, not ignored
+        {"preset": "paper"},
+        {"w_step": "sign"},
     ],
 )
 def test_invalid_values_are_rejected(bad: dict[str, Any]) -> None:

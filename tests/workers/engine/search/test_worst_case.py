@@ -1,8 +1,8 @@
 """worst_case_search on real data (scikit-learn digits, the session's trained MLP).
 
-Digits-sized settings: 1,438 training samples in batches of 64 make 23 sign-SGD steps per epoch. The
-reference's theta_lr 0.01 would move every weight of the tiny MLP by 0.23 per epoch, so 1e-3 is used. The
-per-sample losses of a well-fitted model are about 0.03, so w_lr 10 lets w move within 5 iterations.
+Quick settings: the 'lethe' preset (normalised step on w, theta_lr 1e-3, batch size inherited from the
+original's recipe when the request carries it, else 256) with fewer iterations and epochs. The presets' own
+values are exercised by the tests that name them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.workers.engine.conftest import DIGITS_RECIPE
 from workers.engine.architectures import ARCHITECTURES
 from workers.engine.architectures.build import build_model, load_weights
 from workers.engine.datasets import ArrayDataset
@@ -23,19 +24,33 @@ from workers.engine.hooks import RecordingHooks
 from workers.engine.masks import apply_masks, masks_to_device
 from workers.engine.methods.base import DeviceSplits, MethodContext
 from workers.engine.search.params import WorstCaseSearchParams
-from workers.engine.search.worst_case import run
+from workers.engine.search.worst_case import _Search, run, search_warnings, sign_gradients
 from workers.engine.tasks import TaskType
 
-SEARCH_PARAMS: dict[str, Any] = {
-    "outer_iterations": 5,
-    "lower_epochs": 2,
-    "theta_lr": 1e-3,
-    "w_lr": 10.0,
-    "batch_size": 64,
+SEARCH_PARAMS: dict[str, Any] = {"outer_iterations": 5, "lower_epochs": 2, "batch_size": 64}
+REFERENCE_VALUES: dict[str, Any] = {
+    "outer_iterations": 10,
+    "lower_epochs": 10,
+    "theta_lr": 0.01,
+    "w_lr": 0.01,
+    "w_step": "fixed",
+    "gamma": 0.0,
+    "upper_pass": "train",
+    "batch_size": 256,
+    "augment": True,
 }
 FT_PARAMS: dict[str, Any] = {"epochs": 5, "batch_size": 64, "lr": 0.01, "augment": False}
 RANDOM_SETS = 4
-SEARCH_METRICS = {"upper_objective_initial", "upper_objective_final", "selected_items", "selected_samples"}
+SEARCH_METRICS = {
+    "upper_objective_initial",
+    "upper_objective_final",
+    "selected_items",
+    "selected_samples",
+    "overlap_with_initial",
+    "objective_initial_set",
+    "objective_final_set",
+}
+STUCK_WARNING = "overlaps its random start"
 
 
 def _request(digits: ArrayDataset, original: EngineResult, **overrides: Any) -> EngineRequest:
@@ -70,7 +85,7 @@ def _mean_losses(digits: ArrayDataset, result: EngineResult, index_sets: list[np
 
 @pytest.fixture(scope="module")
 def hardest(digits: ArrayDataset, original_digits_model: EngineResult) -> EngineResult:
-    return execute(_request(digits, original_digits_model, original_recipe={"epochs": 20}))
+    return execute(_request(digits, original_digits_model, original_recipe=DIGITS_RECIPE))
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +124,14 @@ def test_result_shape(
         m,
         digits.n_train,
     )
-    assert details["params"]["w_lr"] == SEARCH_PARAMS["w_lr"]
+    # The resolved params: the preset's values where the request gave none.
+    assert details["params"]["preset"] == "lethe" and details["params"]["w_step"] == "normalized"
+    assert details["params"]["batch_size"] == 64 and details["params"]["w_lr"] == 0.2
+    assert details["inherited"]["batch_size"] == {"value": 64, "source": "params"}
+    assert details["inherited"]["augment"] == {"value": False, "source": "original"}
+    assert details["warnings"] == []
+    assert details["overlap_with_initial"] == hardest.metrics["overlap_with_initial"]
+    assert details["objective_final_set"] == hardest.metrics["objective_final_set"]
     assert details["objective_history"] == history.tolist()
     assert [record["iteration"] for record in details["history"]] == [1, 2, 3, 4, 5]
     assert details["upper_objective_final_source"] == "selected_set"
@@ -130,7 +152,63 @@ def test_the_upper_objective_decreases(hardest: EngineResult) -> None:
     history = hardest.arrays["objective_history"]
     assert history[-1] < history[0]
     assert hardest.metrics["upper_objective_final"] < hardest.metrics["upper_objective_initial"]
+    assert hardest.metrics["objective_final_set"] < hardest.metrics["objective_initial_set"]
     assert hardest.details["overlap_with_initial"] < 1.0  # the search did move away from the random set
+
+
+def _random_start(seed: int, items: int, m: int) -> np.ndarray:
+    """The search's random start for ``seed``, drawn the way the search draws it."""
+    return np.sort(np.random.default_rng(seed).choice(items, size=m, replace=False))
+
+
+def test_the_lethe_defaults_move_the_selection_on_digits(
+    digits: ArrayDataset, original_digits_model: EngineResult
+) -> None:
+    """Issue 15: with every default (the 'lethe' preset), the selection leaves its random start and the
+    selected set's re-evaluated objective is far below the start's, without warnings."""
+    result = execute(_request(digits, original_digits_model, params={}, original_recipe=DIGITS_RECIPE))
+    details, metrics = result.details, result.metrics
+    assert details["params"] == WorstCaseSearchParams().model_dump(mode="json")
+    selected = result.arrays["forget_indices"]
+    start = _random_start(0, digits.n_train, selected.size)
+    overlap = np.intersect1d(selected, start).size / selected.size
+    assert metrics["overlap_with_initial"] == details["overlap_with_initial"] == overlap
+    assert overlap < 0.9
+    assert metrics["objective_final_set"] < 0.5 * metrics["objective_initial_set"]
+    assert details["warnings"] == []
+
+
+def test_the_reference_preset_stays_at_its_random_start_and_says_so(
+    digits: ArrayDataset, original_digits_model: EngineResult
+) -> None:
+    """The reference code's defaults exactly (issue 15's finding): w moves by w_lr * loss ~ 1e-4 per
+    iteration, the read-off is the random start, and its re-evaluated objective is exactly the start's,
+    whatever the last iterate's (noisy) objective did."""
+    result = execute(
+        _request(digits, original_digits_model, params={"preset": "reference"}, original_recipe=DIGITS_RECIPE)
+    )
+    details, metrics = result.details, result.metrics
+    resolved = details["params"]
+    assert {name: resolved[name] for name in REFERENCE_VALUES} == REFERENCE_VALUES
+    assert details["inherited"]["batch_size"] == {"value": 256, "source": "params"}
+    selected = result.arrays["forget_indices"]
+    assert np.array_equal(selected, _random_start(0, digits.n_train, selected.size))
+    assert metrics["overlap_with_initial"] == 1.0
+    # The same set under the same lower-level draws: the very same objective.
+    assert metrics["objective_final_set"] == metrics["objective_initial_set"]
+    assert metrics["objective_initial_set"] == result.arrays["objective_history"][0]
+    assert any(STUCK_WARNING in warning and "normalized" in warning for warning in details["warnings"])
+    assert any("is not lower than the random start" in warning for warning in details["warnings"])
+
+
+def test_a_selection_that_barely_moves_is_flagged(
+    digits: ArrayDataset, original_digits_model: EngineResult
+) -> None:
+    params = {**SEARCH_PARAMS, "outer_iterations": 2, "lower_epochs": 1, "w_lr": 1e-6}
+    result = execute(_request(digits, original_digits_model, params=params))
+    assert result.metrics["overlap_with_initial"] > 0.9
+    (warning, *_) = result.details["warnings"]
+    assert STUCK_WARNING in warning and "raise w_lr" in warning
 
 
 def test_easiest_mode_gives_the_opposite_ordering(
@@ -195,7 +273,7 @@ def test_class_wise_search_selects_whole_classes(
 def test_determinism_with_a_fixed_seed(
     hardest: EngineResult, digits: ArrayDataset, original_digits_model: EngineResult
 ) -> None:
-    again = execute(_request(digits, original_digits_model, original_recipe={"epochs": 20}))
+    again = execute(_request(digits, original_digits_model, original_recipe=DIGITS_RECIPE))
     for key, value in hardest.arrays.items():
         assert np.array_equal(again.arrays[key], value), key
     assert again.metrics == hardest.metrics
@@ -257,6 +335,12 @@ def test_variants_run(
         assert result.details["upper_objective_final_source"] == "last_iterate"
         assert result.metrics["upper_objective_final"] == result.arrays["objective_history"][-1]
         assert result.details["cost"]["lower_epochs"] == 2
+        assert result.details["objective_final_set"] is None
+    if params.get("init") == "uniform":
+        # No random start: nothing to overlap with or to re-evaluate there.
+        assert result.details["overlap_with_initial"] is None
+        assert result.details["objective_initial_set"] is None
+        assert "overlap_with_initial" not in result.metrics
 
 
 def test_method_may_be_omitted(digits: ArrayDataset, original_digits_model: EngineResult) -> None:
@@ -373,6 +457,47 @@ def test_lower_level_is_sign_sgd_from_theta_o_under_masks(
     # The search restores theta_o.
     for name, value in original.items():
         assert torch.equal(output.model.state_dict()[name], value)
+
+
+def test_the_re_evaluated_objectives_are_those_of_the_read_off_sets(
+    digits: ArrayDataset, original_digits_model: EngineResult
+) -> None:
+    """objective_final_set is F of the selected set (not of the last iterate w^(T-1)), objective_initial_set
+    F of the random start; both match an independent evaluation of each set by a fresh search."""
+    params = {**SEARCH_PARAMS, "outer_iterations": 3, "lower_epochs": 1}
+    output = run(_context(digits, original_digits_model, params, None))
+    selected = output.arrays["forget_indices"]
+    start = _random_start(0, digits.n_train, selected.size)
+    assert 0 < np.intersect1d(selected, start).size < selected.size
+
+    context = _context(digits, original_digits_model, params, None)
+    assert isinstance(context.params, WorstCaseSearchParams)
+    fresh = _Search(context, context.params)
+    handles = sign_gradients(context.model)
+    try:
+        final_set, initial_set = fresh.set_objective(selected, 1), fresh.set_objective(start, 1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert output.details["objective_final_set"] == output.metrics["upper_objective_final"] == final_set
+    assert output.details["objective_initial_set"] == initial_set == output.details["objective_history"][0]
+    assert final_set != output.details["objective_history"][-1]  # the last iterate's is another number
+    assert final_set < initial_set
+
+
+def test_search_warnings() -> None:
+    lethe, easiest = WorstCaseSearchParams(), WorstCaseSearchParams(mode="easiest")
+    assert search_warnings(lethe, 0.9, 10.0, 5.0) == []  # 90 % is not "more than 90 %"
+    (stuck,) = search_warnings(lethe, 0.91, 10.0, 5.0)
+    assert "overlaps its random start by 91%" in stuck and "raise w_lr" in stuck
+    (stuck,) = search_warnings(WorstCaseSearchParams(preset="reference"), 0.95, 10.0, 5.0)
+    assert "use w_step 'normalized'" in stuck
+    (no_better,) = search_warnings(lethe, 0.5, 10.0, 10.0)
+    assert "(10) is not lower than the random start's (10)" in no_better and "no harder" in no_better
+    assert search_warnings(easiest, 0.5, 10.0, 12.0) == []
+    assert "is not higher" in search_warnings(easiest, 0.5, 10.0, 8.0)[0]
+    assert "no easier to unlearn" in search_warnings(easiest, 0.5, 10.0, 8.0)[0]
+    assert search_warnings(lethe, None, None, 5.0) == []  # a uniform start has no set to compare with
 
 
 def test_cancelled_search_restores_the_input_weights(
