@@ -147,10 +147,18 @@ def _load_weights(data: bytes) -> dict[str, np.ndarray]:
 
 
 def run_claimed_job(runtime: WorkerRuntime, job_id: uuid.UUID) -> None:
-    claim = job_service.claim(runtime.sessions, job_id, runtime.worker_name, runtime.settings.lease_seconds)
+    """Run the job whose turn it is. The message named ``job_id``, but the fair pick decides: one tenant's
+    backlog of messages cannot hold back another tenant's job (app.services.jobs.claim_next)."""
+    claim = job_service.claim_next(runtime.sessions, runtime.worker_name, runtime.settings.lease_seconds)
     if claim is None:
-        log.info("job %s not claimable (owned elsewhere, finished or cancelled)", job_id)
+        log.info("message for job %s: no job is waiting (taken elsewhere, finished or cancelled)", job_id)
         return
+    if claim.job_id != job_id:
+        from workers.celery_app import CeleryPublisher, celery_app
+
+        log.info("message for job %s: running job %s, whose turn it is", job_id, claim.job_id)
+        job_service.hand_on(runtime.sessions, CeleryPublisher(celery_app), job_id)
+    job_id = claim.job_id
     with runtime.sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None

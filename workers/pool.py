@@ -19,6 +19,9 @@ made up the gap, and each is removed here:
    The parent's preloaded objects are frozen (``gc.freeze``) when the pool starts, so the collection only
    walks what was allocated since (and children's collections skip them, which also spares copy-on-write).
 
+The embedded beat of ``-B`` dies with the worker's main process (``PR_SET_PDEATHSIG``), as Celery already
+makes pool children do: otherwise a killed worker (or a killed ``lethe up``) left it scheduling the reaper.
+
 Selected for every Lethe worker by ``worker_pool`` in :mod:`workers.celery_app` (Celery prefers it to the
 command line's default ``-P prefork``). Points 1-3 apply with the event loop (Redis broker); the blocking pool
 used without one (embedded broker) replaces children from its own supervisor thread every 0.8 s.
@@ -44,6 +47,9 @@ from billiard.pool import (
 from celery.concurrency.asynpool import AsynPool
 from celery.concurrency.asynpool import Worker as AsynWorker
 from celery.concurrency.prefork import TaskPool as PreforkTaskPool
+from celery.signals import beat_embedded_init
+
+from app.services.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +117,24 @@ def _exitcode(proc: Any) -> int | None:
     return code
 
 
+# The worker's main process, recorded before its first fork (TaskPool.on_start).
+_worker_pid: int | None = None
+
+
+@beat_embedded_init.connect
+def _die_with_worker(**_: object) -> None:
+    """In the embedded beat (forked by the worker's main thread): SIGKILL when the worker's main exits."""
+    die_with_parent(signal.SIGKILL, _worker_pid or os.getppid())
+
+
 class TaskPool(PreforkTaskPool):
     """Celery's prefork pool with :class:`ReplacingAsynPool` and a frozen heap (``workers.pool:TaskPool``)."""
 
     Pool = ReplacingAsynPool
 
     def on_start(self) -> None:
+        global _worker_pid
+        _worker_pid = os.getpid()
         # In the parent, after the worker_init preload (torch, the engine) and before the first fork.
         gc.collect()
         gc.freeze()

@@ -11,12 +11,14 @@ from sqlalchemy import text
 
 from app.models.base import utcnow
 from app.services import artifacts as artifact_service
+from app.services import audit as audit_service
 from app.services import campaigns as campaign_service
 from app.services import deletion_requests as deletion_request_service
 from app.services import jobs as job_service
 from app.services import quotas, retention
 from workers import embedded
 from workers.celery_app import (
+    AUDIT_CHECKPOINT_TASK,
     PURGE_BROKER_TASK,
     REAP_TASK,
     RETENTION_TASK,
@@ -46,7 +48,11 @@ def _preload_engine(**_: object) -> None:
     import workers.engine.execute  # noqa: F401
 
 
-@celery_app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
+# The request class checks in the worker's parent whether any job waits before a child is spent on the
+# message (workers/dispatch.py); the child then runs whichever job's turn it is (jobrunner.run_claimed_job).
+@celery_app.task(
+    name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, Request="workers.dispatch:RunJobRequest"
+)
 def run_job(job_id: str) -> None:
     from workers.jobrunner import run_claimed_job
 
@@ -111,6 +117,16 @@ def purge_intermediates() -> dict[str, int]:
     if report.purged:
         log.info("retention: purged %d intermediates, %d files", report.purged, len(report.files.deleted))
     return {"purged": report.purged, "files": len(report.files.deleted), "bytes": report.files.bytes_freed}
+
+
+@celery_app.task(name=AUDIT_CHECKPOINT_TASK)
+def audit_checkpoint() -> int:
+    """Sign the head of every audit chain that changed since its last checkpoint (app/services/audit.py)."""
+    runtime = get_runtime()
+    taken = audit_service.checkpoint_all(runtime.sessions, runtime.settings)
+    if taken:
+        log.info("audit: signed %d checkpoints", taken)
+    return taken
 
 
 @celery_app.task(name=PURGE_BROKER_TASK)

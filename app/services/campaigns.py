@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
 from app.core.db import session_scope
-from app.core.problems import NotFound, Unprocessable
+from app.core.problems import DomainError, NotFound, Unprocessable
 from app.core.security import Principal, Scope
 from app.models import Campaign, CampaignStatus, ForgetSet, Job, JobKind, JobStatus, Model
 from app.models.base import utcnow
@@ -40,7 +40,7 @@ from app.schemas.campaigns import (
 )
 from app.schemas.jobs import JobCreate
 from app.schemas.resources import ForgetSetCreate
-from app.services import audit
+from app.services import audit, quotas
 from app.services import jobs as job_service
 from app.services.datasets import get_dataset
 from app.services.forget_sets import create_forget_set, get_forget_set
@@ -235,6 +235,61 @@ def _submit_main(submitter: _Submitter) -> list[dict[str, Any]]:
     return cells
 
 
+# Campaign cells count toward the tenant's active-jobs quota (LETHE_MAX_ACTIVE_JOBS_PER_TENANT) like any job:
+# creation is refused when its first stage would not fit (or a later stage could never fit), and a later
+# stage that would not fit when its turn comes stops the campaign with the reason in spec["failure"].
+QUOTA_CODE = "too-many-active-jobs"
+
+
+def _quota_problem(
+    session: Session, tenant_id: uuid.UUID, settings: Settings, requested: int, stage: str, *, flushed: bool
+) -> DomainError:
+    """429 naming the tenant's active jobs (before this stage), the limit and the stage's new jobs."""
+    limit = settings.max_active_jobs_per_tenant
+    assert limit is not None
+    active = quotas.active_jobs(session, tenant_id) - (requested if flushed else 0)
+    if requested > limit:
+        advice = (
+            "it can never run at once: split the campaign (fewer methods, forget sets, seeds or grid"
+            " candidates)"
+        )
+        headers = {}
+    else:
+        advice = "wait for some jobs to finish or cancel them, then retry"
+        headers = {"Retry-After": str(quotas.RETRY_AFTER_SECONDS)}
+    needs = str(requested) if flushed else f"up to {requested}"  # later stages: before cache reuse
+    return quotas.TooManyRequests(
+        f"this campaign's {stage} stage needs {needs} new jobs; the tenant has {active} queued or running"
+        f" jobs and the limit is {limit} (LETHE_MAX_ACTIVE_JOBS_PER_TENANT): {advice}",
+        code=QUOTA_CODE,
+        headers=headers,
+        errors=[{"active": active, "limit": limit, "requested": requested, "stage": stage}],
+    )
+
+
+def _admit(session: Session, tenant_id: uuid.UUID, settings: Settings, requested: int, stage: str) -> None:
+    """Count a stage's new jobs, already flushed, toward the quotas (app.services.quotas, under the tenant
+    lock it takes). A stage that only reuses cached jobs creates nothing and is never refused."""
+    if not requested:
+        return
+    try:
+        quotas.check_active_jobs(session, tenant_id, settings)
+    except quotas.TooManyRequests as exc:
+        raise _quota_problem(session, tenant_id, settings, requested, stage, flushed=True) from exc
+
+
+def _later_stages(body: CampaignCreate, first_stage: str) -> dict[str, int]:
+    """Upper bounds of the new jobs of the stages after the first (cached retrains and evaluations can make
+    them smaller, never larger)."""
+    seeds, methods = len(body.seeds), len(body.methods)
+    forget_sets = len(body.forget_sets)  # the fixed ones plus one searched set per search
+    sizes = {STAGE_MAIN: forget_sets * (1 + seeds * (1 + methods))}
+    if first_stage == STAGE_SEARCH and any(entry.grid for entry in body.methods):
+        # the sweep set's original and first-seed retrain, and each grid candidate on the first seed
+        sizes[STAGE_TUNING] = 2 + sum(len(candidates(entry)) for entry in body.methods if entry.grid)
+    return sizes
+
+
 def create(
     session: Session,
     store: ArtifactStore,
@@ -275,6 +330,11 @@ def create(
     spec["sweep_forget_set_id"] = str(sweep_id) if sweep_id else None
     tuning = any(entry.grid for entry in body.methods)
     first_stage = STAGE_SEARCH if searches else (STAGE_TUNING if tuning else STAGE_MAIN)
+    limit = settings.max_active_jobs_per_tenant
+    if limit is not None and first_stage != STAGE_MAIN:
+        for stage, size in _later_stages(body, first_stage).items():
+            if size > limit:
+                raise _quota_problem(session, principal.tenant_id, settings, size, stage, flushed=False)
     campaign = Campaign(
         tenant_id=principal.tenant_id,
         name=body.name,
@@ -316,6 +376,7 @@ def create(
         ]
     else:
         campaign.cells = _submit_tuning(submitter) if tuning else _submit_main(submitter)
+    _admit(session, principal.tenant_id, settings, len(submitter.new_jobs), first_stage)
     audit.record(
         session,
         tenant_id=principal.tenant_id,
@@ -437,6 +498,12 @@ def advance(factory: sessionmaker[Session], campaign_id: uuid.UUID, settings: Se
             new_stage, status, new_jobs = STAGE_MAIN, CampaignStatus.running, submitter.new_jobs
         else:
             cells, new_stage, status, new_jobs = campaign.cells, STAGE_DONE, CampaignStatus.finished, []
+        try:
+            _admit(session, campaign.tenant_id, settings, len(new_jobs), new_stage)
+        except DomainError as exc:
+            session.rollback()  # the stage's jobs are not created
+            _stop_over_quota(session, campaign_id, version, new_stage, exc)
+            return []
         # Conditional on the version so two concurrent ticks cannot both advance the stage.
         changed = session.execute(
             update(Campaign)
@@ -456,6 +523,30 @@ def advance(factory: sessionmaker[Session], campaign_id: uuid.UUID, settings: Se
             session.rollback()
             return []
         return new_jobs
+
+
+def _stop_over_quota(
+    session: Session, campaign_id: uuid.UUID, version: int, stage: str, exc: DomainError
+) -> None:
+    """End a campaign whose next stage the quotas refused: status cancelled (nothing more will run), the
+    refusal in spec["failure"] (code, detail, and active / limit / requested for the jobs quota)."""
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None or campaign.version != version:
+        return  # another tick got here first
+    failure: dict[str, Any] = {"code": exc.code, "stage": stage, "detail": exc.detail}
+    for extra in exc.errors or []:
+        failure.update(extra)
+    session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.version == version)
+        .values(
+            status=CampaignStatus.cancelled,
+            spec={**campaign.spec, "failure": failure},
+            finished_at=utcnow(),
+            version=version + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _adopt_searched_sets(campaign: Campaign, jobs: dict[str, Job]) -> dict[str, Any]:

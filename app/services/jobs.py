@@ -10,10 +10,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, and_, or_, select, update
+from sqlalchemy import CursorResult, Update, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.db import session_scope
@@ -50,40 +50,146 @@ def add_event(
     session.add(JobEvent(job_id=job_id, type=type_, attempt=attempt, data=data or {}))
 
 
+def _claimable(now: datetime) -> Any:
+    """Jobs a worker may take: queued, or running under an expired lease (its worker died), not cancelled
+    and with attempts left. Both branches are ranges of ix_jobs_status_lease."""
+    return and_(
+        Job.cancel_requested.is_(False),
+        Job.attempt < Job.max_attempts,
+        or_(
+            Job.status == JobStatus.queued,
+            and_(Job.status == JobStatus.running, Job.lease_expires_at < now),
+        ),
+    )
+
+
+def claimable_exists(factory: sessionmaker[Session], now: datetime | None = None) -> bool:
+    """Whether any job is waiting for a worker: one indexed probe, cheap enough for every broker message."""
+    with factory() as session:
+        return session.scalar(select(Job.id).where(_claimable(now or utcnow())).limit(1)) is not None
+
+
+# The oldest possible start, so that tenants that never started a job sort first.
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def next_fair_job(session: Session, now: datetime | None = None) -> uuid.UUID | None:
+    """The job a free worker should take next: round robin over the tenants with waiting work.
+
+    The tenant whose latest job start is oldest goes first (a tenant that never started one before all
+    others; ties by the tenant's oldest waiting job), and within it the oldest waiting job. So a tenant with a
+    thousand queued jobs takes every other turn at most, and a tenant with one waits for at most one turn per
+    other tenant with waiting work, whatever the order of the broker's messages.
+    """
+    now = now or utcnow()
+    waiting = session.execute(
+        select(Job.tenant_id, func.min(Job.created_at)).where(_claimable(now)).group_by(Job.tenant_id)
+    ).all()
+    if not waiting:
+        return None
+    tenants = [tenant_id for tenant_id, _ in waiting]
+    last_start: dict[uuid.UUID, datetime | None] = {
+        tenant_id: started
+        for tenant_id, started in session.execute(
+            select(Job.tenant_id, func.max(Job.started_at))
+            .where(Job.tenant_id.in_(tenants))
+            .group_by(Job.tenant_id)
+        ).all()
+    }
+
+    def turn(row: Any) -> tuple[datetime, datetime, str]:
+        tenant_id, oldest_waiting = row
+        return (last_start.get(tenant_id) or _NEVER, oldest_waiting, str(tenant_id))
+
+    for tenant_id, _ in sorted(waiting, key=turn):
+        job_id = session.scalar(
+            select(Job.id)
+            .where(Job.tenant_id == tenant_id, _claimable(now))
+            .order_by(Job.created_at, Job.id)
+            .limit(1)
+            # Postgres: concurrent pickers skip a row another one is claiming instead of queueing behind it
+            # (and go on to the next tenant when that was the tenant's only waiting job)
+            .with_for_update(skip_locked=True)
+        )
+        if job_id is not None:
+            return job_id
+    return None
+
+
+# How often claim_next picks again after another worker took its pick first.
+CLAIM_NEXT_TRIES = 5
+
+
+def claim_next(factory: sessionmaker[Session], worker: str, lease_seconds: float) -> Claim | None:
+    """Claim the next job by the fair pick (next_fair_job). None: nothing is waiting.
+
+    A broker message is only a wake-up call: whichever job it was published for, the worker runs the one
+    whose turn it is. Every queued job has a message of its own (or the reaper's sweep sends one), a message
+    spent on another job is handed on (hand_on), and each message claims at most one job, so every job still
+    runs, and once (the claim is the same conditional UPDATE as ``claim``)."""
+    for _ in range(CLAIM_NEXT_TRIES):
+        with session_scope(factory) as session:
+            now = _now_in_transaction(session)
+            job_id = next_fair_job(session, now)
+            if job_id is None:
+                return None
+            claimed = _claim_in(session, job_id, worker, lease_seconds, now)
+            if claimed is not None:
+                return claimed
+    return None
+
+
+def hand_on(factory: sessionmaker[Session], publisher: Publisher, job_id: uuid.UUID) -> bool:
+    """Send a new message for ``job_id`` if it still waits: its message was spent on another job (claim_next).
+
+    Without it, a job queued without a message of its own (its publish failed, the broker lost it) would take
+    another job's message, and that job would wait for the reaper's sweep (minutes). Each claim hands on at
+    most one message, so this cannot loop; a duplicate is dropped in the worker's parent at no cost."""
+    with factory() as session:
+        waiting = session.scalar(select(Job.id).where(Job.id == job_id, _claimable(utcnow())))
+    if waiting is None:
+        return False
+    return bool(publish_all(factory, publisher, [job_id]))
+
+
 def claim(
     factory: sessionmaker[Session], job_id: uuid.UUID, worker: str, lease_seconds: float
 ) -> Claim | None:
     """Take the job if it is queued, or running under an expired lease. None: someone else owns it."""
-    now = utcnow()
     with session_scope(factory) as session:
-        changed = _execute_update(
-            session,
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.cancel_requested.is_(False),
-                Job.attempt < Job.max_attempts,
-                or_(
-                    Job.status == JobStatus.queued,
-                    and_(Job.status == JobStatus.running, Job.lease_expires_at < now),
-                ),
-            )
-            .values(
-                status=JobStatus.running,
-                worker=worker,
-                attempt=Job.attempt + 1,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                heartbeat_at=now,
-                started_at=now,
-                version=Job.version + 1,
-            ),
-        )
-        if changed != 1:
-            return None
-        attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
-        assert attempt is not None
-        add_event(session, job_id, "started", attempt, {"worker": worker})
-        return Claim(job_id=job_id, worker=worker, attempt=attempt)
+        return _claim_in(session, job_id, worker, lease_seconds, _now_in_transaction(session))
+
+
+def _now_in_transaction(session: Session) -> datetime:
+    """The clock, read once the transaction has begun: on SQLite beginning waits for the write lock, and a
+    time read before that wait would date the start (and the lease) before the commit that queued the job."""
+    session.connection()
+    return utcnow()
+
+
+def _claim_in(
+    session: Session, job_id: uuid.UUID, worker: str, lease_seconds: float, now: datetime
+) -> Claim | None:
+    changed = _execute_update(
+        session,
+        update(Job)
+        .where(Job.id == job_id, _claimable(now))
+        .values(
+            status=JobStatus.running,
+            worker=worker,
+            attempt=Job.attempt + 1,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            started_at=now,
+            version=Job.version + 1,
+        ),
+    )
+    if changed != 1:
+        return None
+    attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
+    assert attempt is not None
+    add_event(session, job_id, "started", attempt, {"worker": worker})
+    return Claim(job_id=job_id, worker=worker, attempt=attempt)
 
 
 def _owned(claim_: Claim) -> Any:
@@ -331,16 +437,26 @@ def mark_enqueued(factory: sessionmaker[Session], job_ids: Iterable[uuid.UUID]) 
 Publisher = Callable[[uuid.UUID], None]
 
 
+# publish_all records what it sent every this many messages: until then the reaper's sweep sees the jobs as
+# never published and sends them again (a thousand jobs take seconds to publish: one duplicate each).
+MARK_ENQUEUED_EVERY = 50
+
+
 def publish_all(
     factory: sessionmaker[Session], publisher: Publisher, job_ids: Iterable[uuid.UUID]
 ) -> list[uuid.UUID]:
     """Publish each job; a broker failure leaves enqueued_at empty so the reaper retries later."""
-    sent = []
+    sent: list[uuid.UUID] = []
+    unmarked: list[uuid.UUID] = []
     for job_id in job_ids:
         try:
             publisher(job_id)
         except Exception:  # the broker is down: the sweep will publish it later
             continue
         sent.append(job_id)
-    mark_enqueued(factory, sent)
+        unmarked.append(job_id)
+        if len(unmarked) >= MARK_ENQUEUED_EVERY:
+            mark_enqueued(factory, unmarked)
+            unmarked = []
+    mark_enqueued(factory, unmarked)
     return sent

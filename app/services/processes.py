@@ -1,15 +1,31 @@
-"""Starting and stopping the service's processes (API server, GPU worker, maintenance worker + beat)."""
+"""Starting and stopping the service's processes (API server, GPU worker, maintenance worker + beat).
+
+``ServiceGroup`` supervises them: they stop when it stops, when it is sent SIGTERM / SIGHUP / SIGINT, and,
+on Linux, when it is killed outright (each child asks the kernel for SIGKILL on its parent's death,
+``PR_SET_PDEATHSIG``; a worker's prefork children do the same towards the worker (Celery sets it), and so
+does its embedded beat (workers/pool.py)). The API's listening socket is bound here, before anything
+starts, and handed to uvicorn: a busy port is a clear error, and ``/readyz`` can only be answered by this
+group's own API.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import httpx
 
@@ -17,6 +33,97 @@ from app.core.config import Settings
 
 READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 20.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Signals that stop a supervising process cleanly (SIGINT arrives as KeyboardInterrupt).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class PortInUse(RuntimeError):
+    """The API's address is taken (often by another Lethe still running)."""
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound and listening; PortInUse when the address is taken."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    # As uvicorn does: lets a restart bind while old connections linger in TIME_WAIT; on Linux it does not
+    # let two processes listen on one port.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"{host}:{port} is already in use (another Lethe, or another server, is listening there):"
+                " stop it or choose another port with --port"
+            ) from exc
+        raise
+    return sock
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once in the parent: a child between fork and exec must not dlopen."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return prctl
+
+
+def die_with_parent(sig: int = signal.SIGKILL, parent_pid: int | None = None) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent exits, however the parent dies (a no-op
+    elsewhere). With ``parent_pid``, a parent that died before the request took effect is caught too.
+
+    The kernel tracks the thread that forked this process: fork from a thread that lives as long as the
+    parent (the main thread, here and in a worker)."""
+    prctl = _prctl()
+    if prctl is None or prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0) != 0:
+        return  # not fatal: the supervisor's own shutdown still stops the process
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os.kill(os.getpid(), sig)
+
+
+class StopRequested(Exception):
+    """A stop signal reached the supervising process."""
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise StopRequested (as Ctrl-C raises KeyboardInterrupt), so the
+    supervisor's cleanup runs for them too; the previous handlers come back afterwards."""
+
+    def _raise(signum: int, _frame: FrameType | None) -> None:
+        raise StopRequested(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python runs signal handlers in the main thread only
+        return
+    previous = {sig: signal.signal(sig, _raise) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Within the block, stop signals and Ctrl-C are ignored: the shutdown they asked for is under way and
+    must not be cut short half-way (it is bounded by STOP_GRACE_S, then SIGKILL)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # a stop from another thread: the main thread's handlers are not ours to change
+        return
+    ignored = (*STOP_SIGNALS, signal.SIGINT)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in ignored}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def worker_command(settings: Settings, queues: str, name: str, beat: bool = False) -> list[str]:
@@ -47,19 +154,10 @@ def worker_command(settings: Settings, queues: str, name: str, beat: bool = Fals
     return cmd
 
 
-def api_command(host: str, port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "app.main:app",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
+def api_command(host: str, port: int, fd: int | None = None) -> list[str]:
+    """uvicorn on ``host:port``, or on the already bound listening socket ``fd`` (see bind_listener)."""
+    address = ["--fd", str(fd)] if fd is not None else ["--host", host, "--port", str(port)]
+    return [sys.executable, "-m", "uvicorn", "app.main:app", *address, "--log-level", "warning"]
 
 
 @dataclass
@@ -77,7 +175,9 @@ class ServiceGroup:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def _spawn(self, cmd: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, cmd: list[str], log_name: str, pass_fds: tuple[int, ...] = ()
+    ) -> subprocess.Popen[bytes]:
         env = {
             **os.environ,
             "LETHE_HOME": str(self.settings.home.resolve()),
@@ -92,8 +192,16 @@ class ServiceGroup:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             stdout = open(self.log_dir / f"{log_name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        # Each child leads its own process group (stop and kill signal a worker with its prefork children)
+        # and dies with this process even when this one is SIGKILLed.
         proc = subprocess.Popen(
-            cmd, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None, start_new_session=True
+            cmd,
+            env=env,
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout else None,
+            start_new_session=True,
+            pass_fds=pass_fds,
+            preexec_fn=_die_with(os.getpid()),
         )
         self.processes.append(proc)
         return proc
@@ -109,14 +217,27 @@ class ServiceGroup:
             worker_command(self.settings, "default", "maintenance", beat=True), "worker-maintenance"
         )
 
-    def start_api(self) -> subprocess.Popen[bytes]:
-        return self._spawn(api_command(self.host, self.port), "api")
+    def start_api(self, listener: socket.socket | None = None) -> subprocess.Popen[bytes]:
+        """The API on ``listener`` (bound here when not given: PortInUse if the port is taken). Only the
+        API keeps the socket open, so the port is free again once the API exits."""
+        sock = listener if listener is not None else bind_listener(self.host, self.port)
+        try:
+            return self._spawn(api_command(self.host, self.port, sock.fileno()), "api", (sock.fileno(),))
+        finally:
+            sock.close()
 
-    def start(self, api: bool = True) -> None:
-        self.start_gpu_worker()
-        self.start_maintenance_worker()
-        if api:
-            self.start_api()
+    def start(self, api: bool = True, listener: socket.socket | None = None) -> None:
+        # The port first: a busy one fails before any worker starts.
+        sock = (listener if listener is not None else bind_listener(self.host, self.port)) if api else None
+        try:
+            self.start_gpu_worker()
+            self.start_maintenance_worker()
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        if sock is not None:
+            self.start_api(sock)
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGKILL a process and everything in its session (a worker's prefork children), as a crash would,
@@ -144,6 +265,10 @@ class ServiceGroup:
         raise TimeoutError(f"the API did not become ready within {timeout_s} s")
 
     def stop(self) -> None:
+        with signals_deferred():
+            self._stop()
+
+    def _stop(self) -> None:
         for proc in self.processes:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -156,12 +281,22 @@ class ServiceGroup:
                 proc.wait()
 
     def wait(self) -> int:
-        """Block until any process exits (or Ctrl-C), then stop the rest."""
+        """Block until any process exits (or Ctrl-C, SIGTERM, SIGHUP), then stop the rest."""
         try:
-            while all(p.poll() is None for p in self.processes):
-                time.sleep(0.5)
-        except KeyboardInterrupt:
+            with stop_signals_raise():
+                while all(p.poll() is None for p in self.processes):
+                    time.sleep(0.5)
+        except (KeyboardInterrupt, StopRequested):
             pass
         finally:
             self.stop()
         return max((p.returncode or 0) for p in self.processes)
+
+
+def _die_with(parent_pid: int) -> Callable[[], Any]:
+    _prctl()  # resolved before the fork
+
+    def setup() -> None:  # runs in the child between fork and exec
+        die_with_parent(signal.SIGKILL, parent_pid)
+
+    return setup
