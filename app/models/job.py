@@ -45,6 +45,7 @@ class Job(UUIDPrimaryKey, CreatedAt, Base):
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_tenant_started", "tenant_id", "started_at"),  # the fair pick's latest start per tenant
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
