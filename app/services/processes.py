@@ -191,7 +191,10 @@ class ServiceGroup:
         stdout = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            stdout = open(self.log_dir / f"{log_name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+            # 0600: service logs may name tenants and jobs; open(..., "ab") would create them 0644.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+            descriptor = os.open(self.log_dir / f"{log_name}.log", flags, 0o600)
+            stdout = os.fdopen(descriptor, "ab")  # lives as long as the process
         # Each child leads its own process group (stop and kill signal a worker with its prefork children)
         # and dies with this process even when this one is SIGKILLed.
         proc = subprocess.Popen(
