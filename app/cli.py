@@ -47,21 +47,46 @@ def up(
     host: Annotated[str, typer.Option(help="API bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
 ) -> None:
-    """Start the whole service: migrate, a GPU worker, a maintenance worker with the reaper, the API."""
-    from app.services.processes import ServiceGroup
+    """Start the whole service: migrate, a GPU worker, a maintenance worker with the reaper, the API.
+
+    It supervises them in the foreground: Ctrl-C, SIGTERM or SIGHUP stop them all, and they die with it if it
+    is killed. "Lethe is up" is printed once this process's own API answers /readyz."""
+    from app.services.processes import (
+        PortInUse,
+        ServiceGroup,
+        StopRequested,
+        bind_listener,
+        stop_signals_raise,
+    )
 
     settings = get_settings()
-    created = _prepare(settings)
-    from app.services.signing import key_path, signing_key
-
-    console.print(f"report signing key {signing_key(settings).key_id} ({key_path(settings)})")
-    if created:
-        console.print(f"[bold]Created the local admin API key[/bold]; it is stored in {created}")
-    elif settings.profile is Profile.embedded:
-        console.print(f"admin API key file: {settings.bootstrap_key_file}")
+    try:
+        # Before anything else: a second `lethe up` on a busy port must fail, not report the first one's API.
+        listener = bind_listener(host, port)
+    except PortInUse as exc:
+        console.print(f"[bold red]Cannot start Lethe:[/bold red] {exc}")
+        raise typer.Exit(1) from exc
     group = ServiceGroup(settings, host=host, port=port, log_dir=settings.home.resolve() / "logs")
-    group.start()
-    group.wait_ready()
+    try:
+        with stop_signals_raise():
+            created = _prepare(settings)
+            from app.services.signing import key_path, signing_key
+
+            console.print(f"report signing key {signing_key(settings).key_id} ({key_path(settings)})")
+            if created:
+                console.print(f"[bold]Created the local admin API key[/bold]; it is stored in {created}")
+            elif settings.profile is Profile.embedded:
+                console.print(f"admin API key file: {settings.bootstrap_key_file}")
+            group.start(listener=listener)
+            group.wait_ready()
+    except (KeyboardInterrupt, StopRequested):
+        group.stop()
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        listener.close()
+        group.stop()
+        console.print(f"[bold red]Lethe did not start:[/bold red] {exc}; logs in {group.log_dir}")
+        raise typer.Exit(1) from exc
     console.print(
         f"Lethe is up at {group.base_url} (OpenAPI: {group.base_url}/docs); logs in {group.log_dir}."
         " Ctrl-C stops it."
@@ -409,15 +434,244 @@ def verify_report(
     raise typer.Exit(1)
 
 
+keys_cli = typer.Typer(help="API keys of a tenant: list, revoke, rotate (secrets are shown only once).")
+audit_cli = typer.Typer(help="The audit trail: verify the chains against their signed checkpoints.")
+cli.add_typer(keys_cli, name="keys")
+cli.add_typer(audit_cli, name="audit")
+TenantOption = Annotated[str, typer.Option(help="Tenant name.")]
+
+
+def _db_sessions() -> Any:
+    """A session factory on this installation's database, and the engine to dispose of."""
+    from app.core.db import make_engine, make_session_factory
+
+    engine = make_engine(get_settings().db_url)
+    return engine, make_session_factory(engine)
+
+
+def _tenant_id(session: Any, name: str) -> Any:
+    from sqlalchemy import select
+
+    from app.models import Tenant
+
+    tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == name))
+    if tenant_id is None:
+        raise typer.BadParameter(f"no tenant named {name!r}", param_hint="--tenant")
+    return tenant_id
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]{message}[/red]")
+    return typer.Exit(1)
+
+
+@keys_cli.command("list")
+def keys_list(
+    tenant: TenantOption,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a tab-separated table.")
+    ] = False,
+) -> None:
+    """List the tenant's keys: id, prefix, scopes, status, created / last used / expiry / revoked."""
+    from sqlalchemy import select
+
+    from app.models import ApiKey
+    from app.models.base import utcnow
+    from app.schemas.admin import KeyOut
+
+    engine, sessions = _db_sessions()
+    try:
+        with sessions() as session:
+            rows = list(
+                session.scalars(
+                    select(ApiKey)
+                    .where(ApiKey.tenant_id == _tenant_id(session, tenant))
+                    .order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
+                )
+            )
+    finally:
+        engine.dispose()
+    now = utcnow()
+    keys = [KeyOut.of(row, now).model_dump(mode="json") for row in rows]
+    if as_json:
+        typer.echo(json.dumps(keys, indent=2))
+        return
+    # Plain tab-separated lines rather than a rich table: never truncated, and easy to cut/grep in scripts.
+    columns = ("key_id", "prefix", "name", "scopes", "status", "created_at", "last_used_at", "expires_at")
+    typer.echo("\t".join((*columns, "revoked_at")))
+    for key in keys:
+        cells = [",".join(key[c]) if c == "scopes" else key[c] or "-" for c in (*columns, "revoked_at")]
+        typer.echo("\t".join(cells))
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (lk_<key id>_...).")], tenant: TenantOption
+) -> None:
+    """Revoke a key. Running API processes refuse it within a second (their key cache's lifetime)."""
+    from app.core.problems import DomainError
+    from app.services.keys import revoke_key
+
+    engine, sessions = _db_sessions()
+    try:
+        with sessions() as session:
+            try:
+                revoke_key(session, tenant_id=_tenant_id(session, tenant), key_id=key_id, actor="cli")
+            except DomainError as exc:
+                raise _fail(exc.detail) from exc
+            session.commit()
+    finally:
+        engine.dispose()
+    console.print(f"revoked {key_id}")
+
+
+@keys_cli.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key id to replace.")],
+    tenant: TenantOption,
+    expires_at: Annotated[
+        str | None, typer.Option(help="Expiry of the new key, ISO 8601 with a UTC offset.")
+    ] = None,
+) -> None:
+    """Replace a key by a new one with the same name and scopes; print the new key (shown once)."""
+    from datetime import datetime
+
+    from app.core.problems import DomainError
+    from app.models.base import utcnow
+    from app.services.keys import rotate_key
+
+    expiry = None
+    if expires_at is not None:
+        try:
+            expiry = datetime.fromisoformat(expires_at)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--expires-at") from exc
+        if expiry.tzinfo is None or expiry <= utcnow():
+            raise typer.BadParameter("needs a UTC offset and a time in the future", param_hint="--expires-at")
+    engine, sessions = _db_sessions()
+    try:
+        with sessions() as session:
+            try:
+                _, new = rotate_key(
+                    session,
+                    tenant_id=_tenant_id(session, tenant),
+                    key_id=key_id,
+                    pepper=get_settings().key_pepper,
+                    actor="cli",
+                    expires_at=expiry,
+                )
+            except DomainError as exc:
+                raise _fail(exc.detail) from exc
+            session.commit()
+    finally:
+        engine.dispose()
+    typer.echo(new.token)
+
+
+@audit_cli.command("verify")
+def audit_verify(
+    tenant: Annotated[str | None, typer.Option(help="Tenant name. Default: every tenant.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+) -> None:
+    """Check audit chains: links, signed checkpoints, the anchor file. Exit 0 when all are intact, else 1."""
+    from sqlalchemy import select
+
+    from app.models import Tenant
+    from app.schemas.admin import AuditVerification
+    from app.services import audit
+
+    settings = get_settings()
+    engine, sessions = _db_sessions()
+    try:
+        with sessions() as session:
+            if tenant is not None:
+                targets = [(tenant, _tenant_id(session, tenant))]
+            else:
+                targets = [(t.name, t.id) for t in session.scalars(select(Tenant).order_by(Tenant.name))]
+            reports = [
+                (name, AuditVerification.of(audit.verify(session, tid, settings))) for name, tid in targets
+            ]
+    finally:
+        engine.dispose()
+    if as_json:
+        typer.echo(json.dumps({name: report.model_dump(mode="json") for name, report in reports}, indent=2))
+    else:
+        for name, report in reports:
+            verdict = "[green]ok[/green]" if report.ok else f"[red]{', '.join(report.problems)}[/red]"
+            console.print(f"{name}: {verdict} — {report.events} events, {report.unsigned_tail} unsigned")
+            if report.first_broken_link is not None:
+                link = report.first_broken_link
+                console.print(
+                    f"  first broken link: row {link.id} at position {link.position} ({link.reason})"
+                )
+            if report.checkpoint_mismatch is not None:
+                head = report.checkpoint_mismatch.checkpoint
+                console.print(
+                    f"  rewritten: the {head.source} checkpoint {head.id} signed {head.event_count} rows "
+                    f"ending {head.head_hash[:16]}…, position {head.event_count} now has "
+                    f"{report.checkpoint_mismatch.found_hash[:16]}…"
+                )
+            if report.truncation is not None:
+                head = report.truncation.checkpoint
+                console.print(
+                    f"  truncated: the {head.source} checkpoint {head.id} signed {head.event_count} rows, "
+                    f"the chain has {report.truncation.events}"
+                )
+            for ref in report.invalid_signatures:
+                console.print(f"  invalid signature: {ref}")
+            if report.anchor_file_behind:
+                console.print(
+                    "  the anchor file lacks checkpoints the database holds: "
+                    f"{audit.anchor_file_path(settings)}"
+                )
+    raise typer.Exit(0 if all(report.ok for _, report in reports) else 1)
+
+
+@audit_cli.command("checkpoint")
+def audit_checkpoint(
+    tenant: Annotated[
+        str | None, typer.Option(help="Tenant name (signed even if unchanged). Default: every changed chain.")
+    ] = None,
+) -> None:
+    """Sign the chain heads now (the maintenance worker also does it every few minutes)."""
+    from app.core.db import session_scope
+    from app.services import audit
+
+    settings = get_settings()
+    engine, sessions = _db_sessions()
+    try:
+        if tenant is None:
+            taken = audit.checkpoint_all(sessions, settings)
+        else:
+            try:
+                with session_scope(sessions) as session:
+                    row = audit.take_checkpoint(
+                        session, _tenant_id(session, tenant), settings, only_if_changed=False
+                    )
+            except audit.ChainInconsistent as exc:
+                raise _fail(exc.detail) from exc
+            taken = int(row is not None)
+    finally:
+        engine.dispose()
+    console.print(f"{taken} checkpoint(s) signed; anchor file {audit.anchor_file_path(settings)}")
+
+
 @cli.command()
 def demo(
     port: Annotated[int, typer.Option(help="API port for the demo service.")] = 8765,
     home: Annotated[Path, typer.Option(help="Where the demo service keeps its files.")] = Path("var/demo"),
+    keep: Annotated[
+        bool, typer.Option(help="Leave the service up afterwards (dashboard URL printed) until Ctrl-C.")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write what the demo printed, as data, to this file.")
+    ] = None,
 ) -> None:
-    """Start the embedded service, train, forget (random 10 % and one class) with retrain and ft, compare."""
+    """Start the embedded service and show what Lethe is for: methods against the retrain oracle, a worst-case
+    forget set, a privacy audit with its control, a deletion request ending in a signed, verified report."""
     from app.demo import run_demo
 
-    raise typer.Exit(run_demo(port=port, home=home, console=console))
+    raise typer.Exit(run_demo(port=port, home=home, console=console, keep=keep, json_path=json_out))
 
 
 def main() -> None:
