@@ -11,13 +11,13 @@ field and in each model's docstring.
 
 from __future__ import annotations
 
-import copy
-import json
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from workers.engine.presets import DEFAULT_PRESET, Preset, PresetModel, preset_field
 
 MAX_EPOCHS = 1000
 MAX_BATCH_SIZE = 65_536
@@ -72,9 +72,6 @@ REFERENCE_MILESTONES = [0.5, 0.75]
 REFERENCE_BATCH_SIZE = 256  # every reference driver's --batch_size (optml.md §1.4)
 
 # ------------------------------------------------------------------------------------------------ presets
-Preset = Literal["lethe", "reference"]
-DEFAULT_PRESET: Preset = "lethe"
-PRESET_KEY = "presets"  # json_schema_extra key of a field's per-preset values (also shown in the schema)
 PRESET_DESCRIPTION = (
     "Which table fills the fields not given explicitly: 'reference' = the values of the method's reference "
     "code (to reproduce published numbers), 'lethe' (default) = values that act on the registry's small "
@@ -84,54 +81,10 @@ PRESET_DESCRIPTION = (
 )
 
 
-def _shown(value: Any) -> str:
-    return "null" if value is None else json.dumps(value)
-
-
-def preset_field(description: str, *, lethe: Any, reference: Any, **constraints: Any) -> Any:
-    """A field whose default is the ``lethe`` preset's value and whose ``reference`` preset value differs;
-    both are appended to the description and kept in the JSON schema under ``presets``."""
-    return Field(
-        default=lethe,
-        description=(
-            f"{description} Presets: 'lethe' (default) {_shown(lethe)}, 'reference' {_shown(reference)}."
-        ),
-        json_schema_extra={PRESET_KEY: {"lethe": lethe, "reference": reference}},
-        **constraints,
-    )
-
-
-class PresetParams(BaseModel):
-    """Base of every method's params: the ``preset`` field and the validator that resolves it. The before-
-    validator fills each key absent from the input from the chosen preset's table (collected from the fields
-    declared with :func:`preset_field`), so explicit values win and the result is an ordinary validated
-    model; dumping and re-validating it gives the same values."""
-
-    model_config = ConfigDict(extra="forbid")
+class PresetParams(PresetModel):
+    """Base of every method's params: the ``preset`` field and its resolution (workers.engine.presets)."""
 
     preset: Preset = Field(default=DEFAULT_PRESET, description=PRESET_DESCRIPTION)
-
-    @classmethod
-    def preset_values(cls, preset: Preset) -> dict[str, Any]:
-        """The fields this preset sets, with their values (only fields declared with preset values)."""
-        values: dict[str, Any] = {}
-        for name, info in cls.model_fields.items():
-            extra = info.json_schema_extra
-            if isinstance(extra, dict) and PRESET_KEY in extra:
-                table = extra[PRESET_KEY]
-                assert isinstance(table, dict)
-                values[name] = copy.deepcopy(table[preset])
-        return values
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_from_preset(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        preset = data.get("preset", DEFAULT_PRESET)
-        if preset not in get_args(Preset):
-            return data  # the field's own validation reports the bad value
-        return {**cls.preset_values(preset), **data}
 
 
 # ------------------------------------------------------------------------------------- recipe inheritance

@@ -3,12 +3,12 @@ optml.md §5). Pydantic only, torch-free: the API imports this through the metho
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-from typing import Any, Literal, get_args
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from workers.engine.presets import DEFAULT_PRESET, Preset, PresetModel, preset_field
 
 # The method catalog (workers.engine.methods) imports this module, so importing from that package here would
 # be circular: the few shared limits are restated (same values as workers.engine.methods.params).
@@ -39,31 +39,7 @@ LETHE_THETA_LR = 1e-3
 LETHE_W_LR = 0.2
 LETHE_GAMMA = 0.0  # as the reference code (the paper's 1e-4 was not tried)
 
-# Presets, as every method's params have them (workers.engine.methods.params, restated: see above). The
-# same schema key and description wording, so the catalog shows the search like the methods.
-SearchPreset = Literal["lethe", "reference"]
-DEFAULT_PRESET: SearchPreset = "lethe"
-PRESET_KEY = "presets"
-
-
-def _shown(value: Any) -> str:
-    return "null" if value is None else json.dumps(value)
-
-
-def _preset_field(description: str, *, lethe: Any, reference: Any, **constraints: Any) -> Any:
-    """A field whose default is the 'lethe' preset's value; both presets' values are appended to the
-    description and kept in the JSON schema under ``presets``."""
-    return Field(
-        default=lethe,
-        description=(
-            f"{description} Presets: 'lethe' (default) {_shown(lethe)}, 'reference' {_shown(reference)}."
-        ),
-        json_schema_extra={PRESET_KEY: {"lethe": lethe, "reference": reference}},
-        **constraints,
-    )
-
-
-class WorstCaseSearchParams(BaseModel):
+class WorstCaseSearchParams(PresetModel):
     """Parameters of ``worst_case_search``: the bi-level search for the forget set that is hardest (or
     easiest) to unlearn.
 
@@ -98,7 +74,7 @@ class WorstCaseSearchParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: SearchPreset = Field(
+    preset: Preset = Field(
         default=DEFAULT_PRESET,
         description=(
             "Which table fills the fields not given explicitly: 'reference' = the reference code's "
@@ -144,7 +120,7 @@ class WorstCaseSearchParams(BaseModel):
             "the model fits worst. In both modes the read-off is the top-m of the final w."
         ),
     )
-    outer_iterations: int = _preset_field(
+    outer_iterations: int = preset_field(
         "T, the upper-level iterations (the reference's --select_epochs; code default 10, the paper's 20). "
         "Each one runs a lower-level solve of lower_epochs epochs from the input weights.",
         lethe=LETHE_OUTER_ITERATIONS,
@@ -152,7 +128,7 @@ class WorstCaseSearchParams(BaseModel):
         ge=1,
         le=MAX_OUTER_ITERATIONS,
     )
-    lower_epochs: int = _preset_field(
+    lower_epochs: int = preset_field(
         "K, the sign-SGD epochs over the whole training split per lower-level solve (the reference's "
         "--unlearn_steps; code default 10, paper 10).",
         lethe=LETHE_LOWER_EPOCHS,
@@ -160,7 +136,7 @@ class WorstCaseSearchParams(BaseModel):
         ge=1,
         le=MAX_EPOCHS,
     )
-    theta_lr: float = _preset_field(
+    theta_lr: float = preset_field(
         "beta, the lower-level sign-SGD step: theta <- theta - beta * sign(grad) (the reference's "
         "--theta_lr: code default 0.01, paper/WC#6 1e-3). Every weight moves by beta per step, so small "
         "models need a small beta: K * steps-per-epoch * 0.01 is of the order of a small model's weights.",
@@ -170,7 +146,7 @@ class WorstCaseSearchParams(BaseModel):
         le=MAX_LEARNING_RATE,
         allow_inf_nan=False,
     )
-    w_step: Literal["fixed", "normalized"] = _preset_field(
+    w_step: Literal["fixed", "normalized"] = preset_field(
         "How the upper-level step on w is sized. 'fixed' (the reference): w <- Proj_C(w -+ w_lr * g), so w "
         "moves by w_lr times a per-sample loss and the step depends on the loss scale of the dataset and "
         "model. 'normalized': w <- Proj_C(w -+ (w_lr / mean_i |g_i|) * g), a step-size rule (the "
@@ -180,7 +156,7 @@ class WorstCaseSearchParams(BaseModel):
         lethe="normalized",
         reference="fixed",
     )
-    w_lr: float = _preset_field(
+    w_lr: float = preset_field(
         "eta, the upper-level projected-gradient step on w (the reference's --w_lr; code default 0.01, "
         "paper 1e-3, both for the 'fixed' step). With w_step 'fixed', w moves by eta * loss per "
         "iteration, so with per-sample losses below 1 the final w stays at its random initialisation unless "
@@ -191,7 +167,7 @@ class WorstCaseSearchParams(BaseModel):
         le=MAX_W_LR,
         allow_inf_nan=False,
     )
-    gamma: float = _preset_field(
+    gamma: float = preset_field(
         "gamma of the upper objective's gamma * ||w||^2 term (the reference's --gamma; code default 0, "
         "paper and class-wise config 1e-4).",
         lethe=LETHE_GAMMA,
@@ -219,7 +195,7 @@ class WorstCaseSearchParams(BaseModel):
             "is the value of the l1_sparse method and of the reference's class-wise config."
         ),
     )
-    upper_pass: Literal["eval", "train"] = _preset_field(
+    upper_pass: Literal["eval", "train"] = preset_field(
         "How the per-sample losses of the upper gradient are computed. 'eval': eval mode without "
         "augmentation, so BatchNorm uses running statistics and the losses are deterministic. 'train': the "
         "reference's pass, in train mode (batch statistics, batches of batch_size) over the training split "
@@ -227,7 +203,7 @@ class WorstCaseSearchParams(BaseModel):
         lethe="eval",
         reference="train",
     )
-    batch_size: int | None = _preset_field(
+    batch_size: int | None = preset_field(
         "Samples per lower-level sign-SGD step (the reference's --batch_size 256). null = the original "
         "model's batch size (its training recipe, as the unlearning methods' 'lethe' preset inherits it); "
         f"when that recipe is unknown (an uploaded model), {REFERENCE_BATCH_SIZE}. The result records the "
@@ -237,7 +213,7 @@ class WorstCaseSearchParams(BaseModel):
         ge=1,
         le=MAX_BATCH_SIZE,
     )
-    augment: bool | None = _preset_field(
+    augment: bool | None = preset_field(
         "Random crop + horizontal flip in the lower-level training, as the reference's train-mode loader "
         "(applied only to images of at least 16 x 16 pixels, as in every Lethe method). null = the original "
         "model's setting (a lower level that augments a model trained without augmentation raises every "
@@ -265,30 +241,6 @@ class WorstCaseSearchParams(BaseModel):
             "objective_final_set is null."
         ),
     )
-
-    @classmethod
-    def preset_values(cls, preset: SearchPreset) -> dict[str, Any]:
-        """The fields this preset sets, with their values."""
-        values: dict[str, Any] = {}
-        for name, info in cls.model_fields.items():
-            extra = info.json_schema_extra
-            if isinstance(extra, dict) and PRESET_KEY in extra:
-                table = extra[PRESET_KEY]
-                assert isinstance(table, dict)
-                values[name] = copy.deepcopy(table[preset])
-        return values
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_from_preset(cls, data: Any) -> Any:
-        # Before validation, so that a key absent from the input takes the preset's value and an explicit
-        # one wins; the validated model is then ordinary and its dump re-validates to the same values.
-        if not isinstance(data, dict):
-            return data
-        preset = data.get("preset", DEFAULT_PRESET)
-        if preset not in get_args(SearchPreset):
-            return data  # the field's own validation reports the bad value
-        return {**cls.preset_values(preset), **data}
 
     @model_validator(mode="after")
     def _size_or_fraction(self) -> WorstCaseSearchParams:

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ValidationError
 
 from workers.engine.methods import METHODS
 from workers.engine.methods.params import (
-    PRESET_KEY,
     FinetuneParams,
     GradientAscentParams,
     L1SparseParams,
@@ -30,6 +29,7 @@ from workers.engine.methods.params_distillation import (
     SCRUBParams,
 )
 from workers.engine.methods.params_regression import GaussianFinetuneParams
+from workers.engine.presets import PRESET_KEY
 from workers.engine.tasks import TaskType
 
 # The documented values of each preset (the docstrings and field descriptions say the same). Reference
