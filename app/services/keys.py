@@ -127,6 +127,10 @@ def _record_use(session: Session, key_pk: uuid.UUID, now: datetime) -> None:
                 raw.execute(f"PRAGMA busy_timeout={LAST_USED_LOCK_WAIT_MS}")
             try:
                 with connection.begin():
+                    if writer.dialect.name == "postgresql":
+                        # The same on Postgres, where the wait is for the key's row lock (a revoke or rotate
+                        # in flight): bounded for this transaction only.
+                        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {LAST_USED_LOCK_WAIT_MS}")
                     connection.execute(statement)
             finally:
                 if raw is not None:
