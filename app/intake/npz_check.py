@@ -596,6 +596,27 @@ def _regression_targets(raw: Mapping[str, np.ndarray], has_num_classes: bool) ->
     return targets
 
 
+def _checked_headers(
+    source: bytes | BinaryIO, members: list[zipfile.ZipInfo], *, max_entries: int, max_uncompressed_bytes: int
+) -> dict[str, _NpyHeader]:
+    """The archive's members and .npy headers checked (counts, sizes, names, dtypes, shapes), before any
+    array is decompressed: the same checks for an upload in memory and one spooled to a file."""
+    _check_members(members, max_entries=max_entries, max_uncompressed_bytes=max_uncompressed_bytes)
+    _check_array_names({member.filename.removesuffix(NPY_SUFFIX) for member in members})
+    headers = _read_npy_headers(source, members)
+    raise_findings(
+        _dtype_findings(headers),
+        mixed_code=IntakeErrorCode.DTYPE_NOT_ALLOWED,
+        summary="Some arrays have a dtype Lethe cannot use.",
+    )
+    raise_findings(
+        _shape_findings(headers),
+        mixed_code=IntakeErrorCode.SHAPE_MISMATCH,
+        summary="The dataset arrays have inconsistent or unsupported shapes.",
+    )
+    return headers
+
+
 def validate_npz(
     data: bytes,
     *,
@@ -612,18 +633,8 @@ def validate_npz(
     check_upload_size(data, max_bytes, "dataset")
     reject_pickle(data, "dataset", hint=NPZ_FORMAT_HINT)
     members = _read_members(data)
-    _check_members(members, max_entries=max_entries, max_uncompressed_bytes=max_uncompressed_bytes)
-    _check_array_names({member.filename.removesuffix(NPY_SUFFIX) for member in members})
-    headers = _read_npy_headers(data, members)
-    raise_findings(
-        _dtype_findings(headers),
-        mixed_code=IntakeErrorCode.DTYPE_NOT_ALLOWED,
-        summary="Some arrays have a dtype Lethe cannot use.",
-    )
-    raise_findings(
-        _shape_findings(headers),
-        mixed_code=IntakeErrorCode.SHAPE_MISMATCH,
-        summary="The dataset arrays have inconsistent or unsupported shapes.",
+    headers = _checked_headers(
+        data, members, max_entries=max_entries, max_uncompressed_bytes=max_uncompressed_bytes
     )
     arrays = _load_arrays(data, headers)
 
@@ -881,18 +892,8 @@ def inspect_npz(
             "and torch.package write). Lethe never loads pickles, because unpickling can run arbitrary code "
             f"on the server. {NPZ_FORMAT_HINT}",
         )
-    _check_members(members, max_entries=max_entries, max_uncompressed_bytes=max_uncompressed_bytes)
-    _check_array_names({member.filename.removesuffix(NPY_SUFFIX) for member in members})
-    headers = _read_npy_headers(source, members)
-    raise_findings(
-        _dtype_findings(headers),
-        mixed_code=IntakeErrorCode.DTYPE_NOT_ALLOWED,
-        summary="Some arrays have a dtype Lethe cannot use.",
-    )
-    raise_findings(
-        _shape_findings(headers),
-        mixed_code=IntakeErrorCode.SHAPE_MISMATCH,
-        summary="The dataset arrays have inconsistent or unsupported shapes.",
+    headers = _checked_headers(
+        source, members, max_entries=max_entries, max_uncompressed_bytes=max_uncompressed_bytes
     )
     by_name = {member.filename.removesuffix(NPY_SUFFIX): member for member in members}
     try:
