@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests.workers.engine.audit.test_pipeline import AUDIT_RECIPE, _request
+from tests.workers.engine.conftest import DIABETES_MLP_CONFIG, DIABETES_RECIPE
 from workers.engine.audit.pipeline import AuditRequest, AuditResult, run_audit
 from workers.engine.audit.store import MemoryShadowStore
 from workers.engine.datasets import ArrayDataset, build_dataset
@@ -23,16 +24,8 @@ from workers.engine.errors import InvalidInputError
 from workers.engine.metrics.attacks import auc
 
 ARCH = "mlp_regressor"
-ARCH_CONFIG: dict[str, Any] = {"input_shape": [10], "hidden": [64, 64]}
-RECIPE: dict[str, Any] = {
-    "epochs": 40,
-    "batch_size": 32,
-    "lr": 0.01,
-    "momentum": 0.9,
-    "weight_decay": 0.0,
-    "schedule": "cosine",
-    "augment": False,
-}
+ARCH_CONFIG: dict[str, Any] = DIABETES_MLP_CONFIG
+RECIPE: dict[str, Any] = {**DIABETES_RECIPE, "epochs": 40}
 FORGET_THRESHOLD = 100.0
 SHADOWS = 8
 ALL_ATTACKS = ["ulira", "kaggle", "lira", "rmia"]

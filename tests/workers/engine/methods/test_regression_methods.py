@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.workers.engine.conftest import DIABETES_MLP_CONFIG, DIABETES_RECIPE
 from workers.engine.architectures.build import build_model
 from workers.engine.datasets import ArrayDataset, build_dataset
 from workers.engine.errors import InvalidInputError
@@ -20,17 +21,8 @@ from workers.engine.methods.relearn import relearn_steps
 from workers.engine.metrics.regression import comparison_metrics
 
 ARCH = "mlp_regressor"
-ARCH_CONFIG: dict[str, Any] = {"input_shape": [10], "hidden": [64, 64]}
-# A few-second recipe: the reference's 100 Adam epochs on AgeDB, reduced for a 354-sample set on a CPU.
-RECIPE: dict[str, Any] = {
-    "epochs": 60,
-    "batch_size": 32,
-    "lr": 0.01,
-    "momentum": 0.9,
-    "weight_decay": 0.0,
-    "schedule": "cosine",
-    "augment": False,
-}
+ARCH_CONFIG: dict[str, Any] = DIABETES_MLP_CONFIG
+RECIPE: dict[str, Any] = DIABETES_RECIPE
 FORGET_THRESHOLD = 100.0  # forget every training patient with target <= 100 (113 of 354, 32 %)
 # The reference's blindspot run takes ~96 Adam steps to build b (2 epochs of 12,208 AgeDB images at batch
 # 256) and ~48 unlearning steps (1 epoch). On 354 samples, batch 32 gives 8 retain / 11 full batches per
