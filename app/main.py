@@ -44,7 +44,7 @@ from app.core.problems import (
 from app.core.security import KeyCache, request_token
 from app.dashboard import mount_dashboard
 from app.services.jobs import Publisher
-from app.storage import LocalArtifactStore, ensure_private_dir
+from app.storage import create_store, ensure_private_dir
 
 log = logging.getLogger(__name__)
 BODY_OVERHEAD_BYTES = 1024 * 1024  # multipart framing and form fields beside the upload itself
@@ -243,7 +243,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app.state.read_engine = (
         read_only(engine) if settings.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
     )
-    app.state.store = LocalArtifactStore(settings.artifacts)
+    app.state.store = create_store(settings)
     app.state.publisher = publisher or _default_publisher(settings)
     app.state.key_cache = KeyCache()  # per process: revocation reaches every process within its TTL
     install_problem_handlers(app)

@@ -51,9 +51,12 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     database_url = _fresh_postgres(TEST_DATABASE_URL) if TEST_DATABASE_URL else None
     if TEST_BROKER_URL:
         _fresh_redis(TEST_BROKER_URL)
+    data_root = home / "data-root"  # tests write tiny datasets in torchvision's formats here
+    data_root.mkdir()
     return Settings(
         profile=Profile.embedded,
         home=home,
+        data_root=data_root,
         database_url=database_url,
         broker_url=TEST_BROKER_URL,
         lease_seconds=TEST_LEASE_SECONDS,
@@ -75,6 +78,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "LETHE_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
         "LETHE_REAPER_INTERVAL_SECONDS": str(settings.reaper_interval_seconds),
         "LETHE_MAX_ATTEMPTS": str(settings.max_attempts),
+        **({"LETHE_DATA_ROOT": str(settings.data_root)} if settings.data_root else {}),
     }
 
 

@@ -20,14 +20,15 @@ from sqlalchemy.exc import OperationalError
 
 from app.core.config import code_version
 from app.intake import weights_digest
-from app.models import Dataset, ForgetSet, Job, JobKind, JobStatus, Model
+from app.models import Dataset, ForgetSet, Job, JobStatus, Model
 from app.services import jobs as job_service
+from app.services.dataset_sources import DatasetRef, load_dataset
 from app.services.forget_sets import indices_digest
 from app.services.jobs import Claim, JobOutcome, LeaseLost
 from app.storage import StorageError
 from app.storage.local import content_key, sha256_hex
-from workers.engine.datasets import ArrayDataset
 from workers.engine.errors import InvalidInputError, JobCancelled
+from workers.engine.job_kinds import job_kind
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def _load_inputs(runtime: WorkerRuntime, job: Job) -> dict[str, Any]:
             raise InvalidInputError("the job has no dataset")
         inputs: dict[str, Any] = {
             "dataset_key": dataset.storage_key,
+            "dataset": DatasetRef.of(dataset),  # loaded by its source (app.services.dataset_sources)
             "dataset_sha256": dataset.sha256,
             "model_sha256": model.sha256 if model else None,
             "dataset_id": dataset.id,
@@ -233,19 +235,23 @@ def _finish_after_error(runtime: WorkerRuntime, claim: Claim, exc: Exception) ->
 def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
     from workers.engine.execute import EngineRequest, execute
 
+    kind = job_kind(job.kind)
     started = time.perf_counter()
     inputs = _load_inputs(runtime, job)
-    dataset = ArrayDataset.from_npz_bytes(runtime.store.get(inputs["dataset_key"]))
+    dataset = load_dataset(runtime.store, inputs["dataset"])
     weights = _load_weights(runtime.store.get(inputs["model_key"])) if inputs["model_key"] else None
     masks = _load_weights(runtime.store.get(inputs["mask_key"])) if inputs["mask_key"] else None
     resume = None
     if inputs["checkpoint_key"] and runtime.store.exists(inputs["checkpoint_key"]):
         resume = runtime.store.get(inputs["checkpoint_key"])
-    if job.kind is JobKind.audit:
-        _run_audit(runtime, claim, job, inputs, dataset, weights, started)
-        return
+    shadow_store = None
+    if kind.uses_shadow_store:
+        from workers.shadow_store import DbShadowStore
+
+        # Audit shadows come from (and go to) the tenant's shadow store.
+        shadow_store = DbShadowStore(runtime, job.tenant_id, job.id)
     request = EngineRequest(
-        kind=job.kind.value,  # type: ignore[arg-type]
+        kind=kind.name,
         method=job.method,
         params=job.params,
         seed=job.seed,
@@ -261,6 +267,8 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
         masks=masks,
         cache=StoreCache(runtime, job.tenant_id),
         dataset_sha256=inputs["dataset_sha256"],
+        forget_kind=inputs["forget_kind"],
+        shadow_store=shadow_store,
     )
     load_s = time.perf_counter() - started
     hooks = DbHooks(runtime, claim, job)
@@ -298,7 +306,7 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
             dataset_id=inputs["dataset_id"],
             source="job",
             job_id=job.id,
-            train_recipe=recipe if job.kind in (JobKind.train, JobKind.retrain) else None,
+            train_recipe=recipe if kind.records_recipe else None,
             seed=job.seed,
             sha256=digest,
             storage_key=key,
@@ -308,6 +316,8 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
             mask_sha256=mask_digest,
             sparsity=mask_sparsity,
         )
+    # The engine records the environment as for every other job (device, torch, numpy, sklearn, ...); a
+    # hand-written list here had drifted from it (sklearn missing, so reports showed it as null).
     environment = {
         **_jsonable(result.environment),
         "code_version": code_version(),
@@ -316,10 +326,14 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
     }
     timings = {**result.timings, "load_s": load_s, "wall_s": time.perf_counter() - started}
     output_forget_set = None
-    if job.kind is JobKind.worst_case_search:
+    if "forget_set" in kind.produces:
         output_forget_set = _searched_forget_set(runtime, job, inputs, result)
     details = _jsonable(result.details)
-    details.update(_store_images(runtime, job, result))
+    # How the stored inputs became the model's (uint8 scale, per-channel normalisation), in every result.
+    details.setdefault("dataset_inputs", dataset.input_record())
+    details.update(_store_images(runtime, job, result, store_samples="samples" in kind.produces))
+    if "report" in kind.produces:
+        details.update(_store_report_arrays(runtime, job, result))
     outcome = JobOutcome(
         output_forget_set=output_forget_set,
         metrics=result.metrics,
@@ -354,7 +368,7 @@ class StoreCache:
         return key
 
 
-def _store_images(runtime: WorkerRuntime, job: Job, result: Any) -> dict[str, Any]:
+def _store_images(runtime: WorkerRuntime, job: Job, result: Any, *, store_samples: bool) -> dict[str, Any]:
     """PNG grids (``grids``: name -> key) and a sample job's images (``samples_key``, an npz)."""
     stored: dict[str, Any] = {}
     if result.pngs:
@@ -365,7 +379,7 @@ def _store_images(runtime: WorkerRuntime, job: Job, result: Any) -> dict[str, An
             grids[name] = key
         stored["grids"] = grids
         stored["grid_url"] = f"/v1/jobs/{job.id}/grid.png"
-    if result.arrays and job.kind is JobKind.sample:
+    if result.arrays and store_samples:
         buffer = io.BytesIO()
         np.savez(buffer, allow_pickle=False, **result.arrays)
         blob = buffer.getvalue()
@@ -375,61 +389,14 @@ def _store_images(runtime: WorkerRuntime, job: Job, result: Any) -> dict[str, An
     return stored
 
 
-def _run_audit(
-    runtime: WorkerRuntime,
-    claim: Claim,
-    job: Job,
-    inputs: dict[str, Any],
-    dataset: ArrayDataset,
-    weights: dict[str, np.ndarray] | None,
-    started: float,
-) -> None:
-    """An audit: shadows come from (and go to) the tenant's shadow store; per-example scores are stored as
-    one npz artifact referenced from the result."""
-    from workers.engine.audit.pipeline import AuditRequest, run_audit
-    from workers.shadow_store import DbShadowStore
-
-    if weights is None or inputs["forget_indices"] is None:
-        raise InvalidInputError("an audit needs a model and a forget set")
-    request = AuditRequest(
-        params=job.params,
-        seed=job.seed,
-        device=job.device_requested,
-        dataset=dataset,
-        dataset_sha256=inputs["dataset_sha256"],
-        architecture=inputs["architecture"],
-        arch_config=inputs["arch_config"],
-        original_weights=weights,
-        original_recipe=inputs["original_recipe"],
-        forget_indices=inputs["forget_indices"],
-        forget_kind=inputs["forget_kind"] or "indices",
-    )
-    load_s = time.perf_counter() - started
-    hooks = DbHooks(runtime, claim, job)
-    hooks.progress("load", 1, 1, {})
-    result = run_audit(request, DbShadowStore(runtime, job.tenant_id, job.id), hooks)
+def _store_report_arrays(runtime: WorkerRuntime, job: Job, result: Any) -> dict[str, Any]:
+    """An audit's per-example scores, stored as one npz artifact referenced from the result."""
     buffer = io.BytesIO()
     np.savez(buffer, allow_pickle=False, **result.arrays)
     arrays_blob = buffer.getvalue()
     arrays_key = content_key("audits", str(job.tenant_id), sha256_hex(arrays_blob), ".npz")
     runtime.store.put(arrays_key, arrays_blob)
-    # The engine records the environment as for every other job (device, torch, numpy, sklearn, ...); a
-    # hand-written list here had drifted from it (sklearn missing, so reports showed it as null).
-    environment = {
-        **_jsonable(result.environment),
-        "code_version": code_version(),
-        "worker": claim.worker,
-        "attempt": claim.attempt,
-    }
-    details = _jsonable({**result.details, "arrays_key": arrays_key, "arrays": sorted(result.arrays)})
-    outcome = JobOutcome(
-        metrics=result.metrics,
-        result=details,
-        environment=environment,
-        timings={**result.timings, "load_s": load_s, "wall_s": time.perf_counter() - started},
-    )
-    if not job_service.finish_succeeded(runtime.sessions, claim, job, outcome):
-        log.warning("job %s: finished but no longer owned; results discarded", job.id)
+    return {"arrays_key": arrays_key, "arrays": sorted(result.arrays)}
 
 
 def _searched_forget_set(runtime: WorkerRuntime, job: Job, inputs: dict[str, Any], result: Any) -> ForgetSet:

@@ -14,14 +14,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings, get_settings
 from app.core.db import make_engine, make_session_factory
-from app.storage import LocalArtifactStore
+from app.storage import ArtifactStore, create_store
 
 
 @dataclass
 class WorkerRuntime:
     settings: Settings
     sessions: sessionmaker[Session]
-    store: LocalArtifactStore
+    store: ArtifactStore
 
     @property
     def worker_name(self) -> str:
@@ -33,5 +33,5 @@ def get_runtime() -> WorkerRuntime:
     settings = get_settings()
     engine = make_engine(settings.db_url)
     return WorkerRuntime(
-        settings=settings, sessions=make_session_factory(engine), store=LocalArtifactStore(settings.artifacts)
+        settings=settings, sessions=make_session_factory(engine), store=create_store(settings)
     )

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_KEY_PEPPER = "lethe-embedded-pepper"
@@ -35,8 +35,19 @@ class Settings(BaseSettings):
     home: Path = Field(Path("var"), description="Directory for the embedded profile's files.")
     database_url: str | None = Field(None, description="SQLAlchemy URL of the app DB.")
     broker_url: str | None = Field(None, description="Celery broker URL.")
+    artifact_backend: str = Field(
+        "local",
+        description="Artifact store backend, a name registered in app.storage.backends.ARTIFACT_BACKENDS.",
+    )
     artifact_root: Path | None = Field(None, description="Directory of the local artifact store.")
     device: str = Field("auto", description="'auto' picks cuda when available, else cpu.")
+    data_root: Path | None = Field(
+        None,
+        description="Operator directory of datasets in torchvision's on-disk formats (CIFAR-10/100, SVHN, "
+        "MNIST, Fashion-MNIST, ImageFolder) that tenants register by format and relative path "
+        "(POST /v1/datasets/data-root); read by the API at registration and by workers at each load, never "
+        "written. Mount it at this same path for the API and every GPU worker. Unset: that source is off.",
+    )
 
     # Jobs: the DB lease is the only guard against double execution.
     lease_seconds: float = Field(60.0, gt=0, description="A running job's lease; heartbeats extend it.")
@@ -147,6 +158,17 @@ class Settings(BaseSettings):
         description="Append-only JSON-lines copy of every checkpoint, outside the database (0600). "
         "Default <home>/audit-anchors.jsonl. Share it between the API and the maintenance worker.",
     )
+
+    @field_validator("artifact_backend")
+    @classmethod
+    def _known_artifact_backend(cls, name: str) -> str:
+        # Imported on use: importing the settings module stays free of the stores and the engine's registry.
+        from app.storage.backends import ARTIFACT_BACKENDS
+
+        if name not in ARTIFACT_BACKENDS:
+            available = ", ".join(ARTIFACT_BACKENDS.names())
+            raise ValueError(f"unknown artifact backend {name!r}; available: {available}")
+        return name
 
     @model_validator(mode="after")
     def _fill_profile_defaults(self) -> Self:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -33,6 +34,14 @@ class JobKind(StrEnum):
     worst_case_search = "worst_case_search"
     audit = "audit"
     sample = "sample"  # images + a PNG grid from a generative model
+
+
+def stored_kinds(names: Iterable[str]) -> list[JobKind]:
+    """The members of ``names`` (job-kind registry names, ``workers.engine.job_kinds``) as stored kinds, for
+    queries that select jobs by what their kind's entry says. A kind registered without a member here
+    (a test's) cannot be stored, so it is left out."""
+    stored = {kind.value for kind in JobKind}
+    return [JobKind(name) for name in names if name in stored]
 
 
 def _enum(cls: type[StrEnum]) -> Enum:

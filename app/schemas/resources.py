@@ -47,6 +47,32 @@ class BuiltinDatasetCreate(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
 
 
+class DataRootDatasetCreate(BaseModel):
+    """A dataset in the operator's data root (``LETHE_DATA_ROOT``), named by format and relative path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["data_root"] = "data_root"
+    format: str = Field(
+        max_length=50,
+        description="cifar10, cifar100, svhn, mnist, fashion_mnist or image_folder (torchvision's on-disk "
+        "formats; the README's data-root table lists the files each expects).",
+    )
+    path: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[^\x00-\x1f\x7f\\]+$",
+        description="Directory relative to the data root, e.g. 'cifar-10-batches-py'. Absolute paths, "
+        "'..' and symbolic links that leave the root are refused.",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The format's options: normalization {mean, std} per channel (every format); label "
+        "(cifar100: fine | coarse); image_size, channels, test_fraction, split_seed (image_folder).",
+    )
+    name: str | None = Field(None, min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
+
+
 class ModelOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -10,20 +10,18 @@ committed yet).
 
 Every column that holds an artifact key must be listed in ``KEY_COLUMNS`` (job results are searched for
 keys whatever the field); the sweep only looks at the kinds in ``ARTIFACT_KINDS`` and leaves anything else
-under the root alone.
+in the store alone. Files are reached only through the ``ArtifactStore`` interface (stat, scan, delete), so
+the same rules hold for every backend.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import select
@@ -32,7 +30,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 from app.core.db import session_scope
 from app.models import Dataset, ForgetSet, Job, Model, ShadowModel, Tenant
 from app.services import audit
-from app.storage import ArtifactStore, LocalArtifactStore
+from app.storage import ArtifactInfo, ArtifactStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +50,6 @@ ARTIFACT_KINDS = frozenset(
         "classifiers",  # the generative metric classifier, shared by the jobs that name it
     }
 )
-TEMP_PREFIX = ".tmp-"  # LocalArtifactStore.put's temporary files
 SWEEP_ACTOR = "system:maintenance"
 CHUNK = 500
 
@@ -130,11 +127,6 @@ def referenced(session: Session, keys: Iterable[str]) -> set[str]:
     return found
 
 
-def local_path(store: ArtifactStore, key: str) -> Path | None:
-    root = getattr(store, "root", None)
-    return Path(root) / key if root is not None else None
-
-
 @dataclass
 class FileReport:
     deleted: list[str] = field(default_factory=list)
@@ -151,18 +143,13 @@ class FileReport:
 
 def _unlink(store: ArtifactStore, key: str, *, written_before: float | None) -> tuple[bool, int]:
     """Delete one file unless it was (re)written after ``written_before``. Returns (deleted, bytes)."""
-    path = local_path(store, key)
-    size = 0
-    if path is not None:
-        try:
-            info = path.lstat()
-        except FileNotFoundError:
-            return True, 0  # already gone
-        if written_before is not None and info.st_mtime > written_before:
-            return False, 0  # identical content stored again since: its row may be about to commit
-        size = info.st_size
+    info = store.stat(key)
+    if info is None:
+        return True, 0  # already gone
+    if written_before is not None and info.modified > written_before:
+        return False, 0  # identical content stored again since: its row may be about to commit
     store.delete(key)
-    return True, size
+    return True, info.size
 
 
 def delete_unreferenced(
@@ -191,7 +178,7 @@ def delete_unreferenced(
                 continue
             try:
                 deleted, size = _unlink(store, key, written_before=written_before)
-            except OSError as exc:
+            except (OSError, StorageError) as exc:
                 log.warning("artifact %s not deleted (the orphan sweep retries): %s", key, exc)
                 deleted, size = False, 0
             if deleted:
@@ -211,31 +198,14 @@ class SweepReport:
     audited_tenants: list[uuid.UUID] = field(default_factory=list)
 
 
-def _artifact_files(
-    root: Path, tenant_ids: Collection[uuid.UUID] | None
-) -> Iterator[tuple[str, os.stat_result]]:
-    """(key, stat) of every regular file under ``<tenant uuid>/<known kind>/``; symlinks are not followed."""
-    if not root.is_dir():
+def _artifact_files(store: ArtifactStore, tenant_ids: Collection[uuid.UUID] | None) -> Iterator[ArtifactInfo]:
+    """Every object under ``<tenant uuid>/<known kind>/`` (of the given tenants), in key order."""
+    if tenant_ids is None:
+        yield from (info for info in store.scan() if is_artifact_key(info.key))
         return
-    for tenant_dir in sorted(root.iterdir()):
-        tenant = tenant_of(tenant_dir.name)
-        if tenant is None or tenant_dir.is_symlink() or not tenant_dir.is_dir():
-            continue
-        if tenant_ids is not None and tenant not in tenant_ids:
-            continue
+    for tenant in sorted(str(t) for t in tenant_ids):
         for kind in sorted(ARTIFACT_KINDS):
-            kind_dir = tenant_dir / kind
-            if kind_dir.is_symlink() or not kind_dir.is_dir():
-                continue
-            for dirpath, _dirnames, filenames in os.walk(kind_dir, followlinks=False):
-                for name in filenames:
-                    path = Path(dirpath) / name
-                    try:
-                        info = path.lstat()
-                    except FileNotFoundError:
-                        continue
-                    if stat.S_ISREG(info.st_mode):
-                        yield path.relative_to(root).as_posix(), info
+            yield from store.scan(f"{tenant}/{kind}/")
 
 
 def sweep_orphans(
@@ -250,19 +220,16 @@ def sweep_orphans(
     leftover temporary files of interrupted writes; one audit row per tenant that lost files.
     ``tenant_ids`` limits the sweep to those tenants' files."""
     report = SweepReport()
-    if not isinstance(store, LocalArtifactStore):
-        log.info("orphan sweep: only the local artifact store can be listed; skipped")
-        return report
     cutoff = (time.time() if now is None else now) - grace_seconds
     candidates: list[str] = []
-    for key, info in _artifact_files(store.root, tenant_ids):
-        if info.st_mtime >= cutoff:
+    for info in _artifact_files(store, tenant_ids):
+        if info.modified >= cutoff:
             report.skipped_young += 1
-        elif key.rsplit("/", 1)[-1].startswith(TEMP_PREFIX):
-            if _unlink(store, key, written_before=cutoff)[0]:
-                report.temp_deleted.append(key)
+        elif info.temporary:
+            if _unlink(store, info.key, written_before=cutoff)[0]:
+                report.temp_deleted.append(info.key)
         else:
-            candidates.append(key)
+            candidates.append(info.key)
     per_tenant: dict[uuid.UUID, list[tuple[str, int]]] = defaultdict(list)
     for chunk in chunks(candidates):
         with session_scope(factory) as session:
@@ -273,7 +240,7 @@ def sweep_orphans(
                 try:
                     # Re-checked against the cutoff: a put of the same bytes since the listing refreshes it.
                     deleted, size = _unlink(store, key, written_before=cutoff)
-                except OSError as exc:
+                except (OSError, StorageError) as exc:
                     log.warning("orphan sweep: cannot delete %s: %s", key, exc)
                     continue
                 if deleted:

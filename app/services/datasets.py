@@ -1,6 +1,7 @@
 """Datasets: built-ins materialised from the engine's numpy registry, or validated .npz uploads.
 
-Content-addressed by a hash of the normalised arrays, so the same data is stored once per tenant.
+Content-addressed by a hash of the normalised arrays, so the same data is stored once per tenant. The
+sources that use these (and how a worker loads what they stored) are app.services.dataset_sources.
 """
 
 from __future__ import annotations
@@ -237,7 +238,3 @@ def get_dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -
     if row is None or row.tenant_id != tenant_id:
         raise NotFound(f"dataset {dataset_id} not found", code="dataset-not-found")
     return row
-
-
-def load_train_labels(store: ArtifactStore, row: Dataset) -> np.ndarray:
-    return ArrayDataset.from_npz_bytes(store.get(row.storage_key)).y_train

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from app.core.problems import Conflict, NotFound, Unprocessable
 from app.core.security import Principal
-from app.models import Job, JobKind, JobStatus
+from app.models import Job, JobStatus
+from app.models.job import stored_kinds
 from app.schemas.compliance import (
     ControlCheck,
     PolicyCheck,
@@ -42,6 +43,7 @@ from app.services.policies import Table, evaluate_rule, get_policy, lint, rules_
 from app.services.reports import metric_table, values_table
 from app.services.results import metrics_for
 from app.services.signing import canonical_json
+from workers.engine.job_kinds import comparison_role, job_kind, kinds_producing, kinds_where
 
 Evidence = Literal["inputs", "deletion_request", "jobs", "metrics"]
 
@@ -61,10 +63,10 @@ def _job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, role: str) -
 def _check_kind(job: Job, role: str) -> None:
     """The job must measure what its role claims, or the check would judge the wrong model."""
     expected = {
-        ROLE_ORIGINAL: job.kind is JobKind.evaluate
-        or (job.kind is JobKind.unlearn and job.method == IDENTITY_METHOD),
-        ROLE_RETRAIN: job.kind is JobKind.retrain,
-        ROLE_AUDIT_IDENTITY: job.kind is JobKind.audit and job.method == IDENTITY_METHOD,
+        ROLE_ORIGINAL: comparison_role(job.kind) == "original"
+        or (comparison_role(job.kind) == "method" and job.method == IDENTITY_METHOD),
+        ROLE_RETRAIN: comparison_role(job.kind) == "reference",
+        ROLE_AUDIT_IDENTITY: "report" in job_kind(job.kind).produces and job.method == IDENTITY_METHOD,
     }[role]
     if not expected:
         wanted = {
@@ -86,14 +88,14 @@ def _tables_from_jobs(session: Session, jobs: dict[str, Job]) -> dict[str, Table
 
 def _newest(session: Session, tenant_id: uuid.UUID, body: PolicyCheck, role: str) -> Job | None:
     """The newest succeeded job of ``role`` on the request's model and forget set."""
-    kind = {
-        ROLE_ORIGINAL: JobKind.evaluate,
-        ROLE_RETRAIN: JobKind.retrain,
-        ROLE_AUDIT_IDENTITY: JobKind.audit,
+    kinds = {
+        ROLE_ORIGINAL: kinds_where(comparison_role="original"),
+        ROLE_RETRAIN: kinds_where(comparison_role="reference"),
+        ROLE_AUDIT_IDENTITY: kinds_producing("report"),
     }
     query = select(Job).where(
         Job.tenant_id == tenant_id,
-        Job.kind == kind[role],
+        Job.kind.in_(stored_kinds(kinds[role])),
         Job.model_id == body.model_id,
         Job.forget_set_id == body.forget_set_id,
         Job.status == JobStatus.succeeded,

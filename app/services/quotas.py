@@ -37,7 +37,9 @@ from app.core.db import session_scope
 from app.core.problems import DomainError, Unprocessable
 from app.models import Dataset, Job, JobKind, JobStatus, Model, ShadowModel, Tenant
 from app.models.base import utcnow
+from app.models.job import stored_kinds
 from app.services.jobs import add_event
+from workers.engine.job_kinds import job_kind, kinds_producing
 
 ACTIVE = (JobStatus.queued, JobStatus.running)
 RETRY_AFTER_SECONDS = 30
@@ -56,8 +58,6 @@ def active_jobs(session: Session, tenant_id: uuid.UUID) -> int:
 
 
 STORED_TABLES = (Dataset, Model, ShadowModel)
-# Job kinds whose success stores a new model (the output reserves its size while the job is active).
-MODEL_PRODUCING_KINDS = (JobKind.train, JobKind.retrain, JobKind.unlearn, JobKind.prune)
 STORAGE_QUOTA_CODE = "storage-quota-exceeded"
 
 
@@ -108,6 +108,11 @@ def check_storage(
         raise _quota_refusal(what, used, limit, requested, 413)
 
 
+def model_producing_kinds() -> list[JobKind]:
+    """Job kinds whose success stores a new model (the output reserves its size while the job is active)."""
+    return stored_kinds(kinds_producing("model"))
+
+
 def _output_model_bytes(
     kind: JobKind, input_model_bytes: int | None, architecture: str | None, arch_config: dict[str, Any] | None
 ) -> int:
@@ -115,7 +120,7 @@ def _output_model_bytes(
     keep the architecture), else the float32 size of the architecture it trains."""
     if input_model_bytes is not None:
         return input_model_bytes
-    if kind is not JobKind.train or architecture is None:
+    if "architecture" not in job_kind(kind).required or architecture is None:
         return 0
     from workers.engine.architectures import ARCHITECTURES, parameter_count
     from workers.engine.errors import InvalidInputError, UnknownEntryError
@@ -132,7 +137,7 @@ def reserved_output_bytes(session: Session, tenant_id: uuid.UUID) -> tuple[int, 
     active = session.execute(
         select(Job.kind, Model.size_bytes, Job.architecture, Job.arch_config)
         .outerjoin(Model, Model.id == Job.model_id)
-        .where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE), Job.kind.in_(MODEL_PRODUCING_KINDS))
+        .where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE), Job.kind.in_(model_producing_kinds()))
     ).all()
     return sum(_output_model_bytes(kind, size, arch, config) for kind, size, arch, config in active), len(
         active
@@ -202,15 +207,16 @@ def _counted_fields(
             yield from _counted_fields(item, unit, (*path, index))
 
 
-def check_job_limits(settings: Settings, kind: JobKind, params: dict[str, Any], model: Model | None) -> None:
+def check_job_limits(settings: Settings, kind: str, params: dict[str, Any], model: Model | None) -> None:
     """The epochs and steps ceilings, on the validated params and, for kinds that train with the original
-    model's recipe when none is given (retrain, audit), on that recipe."""
+    model's recipe when none is given (``inherits_recipe``: retrain, audit), on that recipe."""
+    inherits_recipe = job_kind(kind).inherits_recipe
     for unit, ceiling, setting in (
         ("epochs", settings.max_job_epochs, "LETHE_MAX_JOB_EPOCHS"),
         ("steps", settings.max_job_steps, "LETHE_MAX_JOB_STEPS"),
     ):
         found = [(("params", *path), value) for path, value in _counted_fields(params, unit)]
-        if kind in (JobKind.retrain, JobKind.audit) and params.get("recipe") is None and model is not None:
+        if inherits_recipe and params.get("recipe") is None and model is not None:
             found += [
                 (("model", "train_recipe", *path), v)
                 for path, v in _counted_fields(model.train_recipe or {}, unit)

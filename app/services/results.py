@@ -16,10 +16,12 @@ from collections import defaultdict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Dataset, ForgetSet, Job, JobKind, JobStatus, Metric, Model
+from app.models import Dataset, ForgetSet, Job, JobStatus, Metric, Model
+from app.models.job import stored_kinds
 from app.schemas.jobs import Comparison, ComparisonRow
 from app.services.guardrails import Guardrails, guardrail_flags
 from workers.engine.diffusion.job_params import GENERATIVE_ARCHITECTURES
+from workers.engine.job_kinds import comparison_role, kinds_compared
 from workers.engine.metrics import avg_gap
 from workers.engine.metrics.regression import REGRESSION_COLUMNS, REGRESSION_GAP_KEYS, comparison_metrics
 
@@ -117,7 +119,7 @@ def compare(
         Job.tenant_id == tenant_id,
         Job.forget_set_id == forget_set_id,
         Job.status == JobStatus.succeeded,
-        Job.kind.in_([JobKind.retrain, JobKind.unlearn, JobKind.evaluate]),
+        Job.kind.in_(stored_kinds(kinds_compared())),
     )
     if model_id is not None:
         query = query.where(Job.model_id == model_id)
@@ -135,8 +137,10 @@ def compare(
     jobs = [j for j in jobs if (j.model_id in generative) == wanted_generative]
     keys = gap_keys(task)
     metrics = metrics_for(session, [j.id for j in jobs])
-    retrains = [j for j in jobs if j.kind is JobKind.retrain]
-    originals = {j.model_id: metrics[j.id] for j in jobs if j.kind is JobKind.evaluate}
+    # The reference rows (retrain) are the yardstick, the original rows (evaluate) the starting point of the
+    # guardrails; the method rows (unlearn) are the ones judged.
+    retrains = [j for j in jobs if comparison_role(j.kind) == "reference"]
+    originals = {j.model_id: metrics[j.id] for j in jobs if comparison_role(j.kind) == "original"}
     rows = []
     for job in jobs:
         reference = _pick_reference(job, retrains)
@@ -144,7 +148,7 @@ def compare(
         if reference is not None and all(k in metrics[job.id] and k in metrics[reference.id] for k in keys):
             gap = avg_gap(metrics[job.id], metrics[reference.id], keys=keys)
         flags: list[str] = []
-        if job.kind is JobKind.unlearn:
+        if comparison_role(job.kind) == "method":
             reference_metrics = metrics[reference.id] if reference else None
             flags = guardrail_flags(metrics[job.id], originals.get(job.model_id), reference_metrics, rails)
         rows.append(
@@ -167,7 +171,7 @@ def compare(
             )
         )
     # Retrain rows first: they are the yardstick.
-    rows.sort(key=lambda r: (r.kind is not JobKind.retrain, r.kind is not JobKind.evaluate))
+    rows.sort(key=lambda r: (comparison_role(r.kind) != "reference", comparison_role(r.kind) != "original"))
     return Comparison(
         forget_set_id=forget_set_id,
         task=task,

@@ -32,14 +32,25 @@ from app.core.config import Settings
 from app.core.db import session_scope
 from app.models import ForgetSet, Job, JobKind, JobStatus, ShadowModel
 from app.models.base import utcnow
-from app.models.job import TERMINAL_STATUSES
+from app.models.job import TERMINAL_STATUSES, stored_kinds
 from app.services import audit
 from app.services.artifacts import FileReport, delete_unreferenced
 from app.storage import ArtifactStore
+from workers.engine.job_kinds import kinds_producing, kinds_where
 
 RETENTION_ACTOR = "system:retention"
 ACTIVE = (JobStatus.queued, JobStatus.running)
 MAX_AUDITED_IDS = 1000
+
+
+def _report_kinds() -> list[JobKind]:
+    """Kinds whose results reference per-example report arrays (audits: ``arrays_key``)."""
+    return stored_kinds(kinds_producing("report"))
+
+
+def _shadow_store_kinds() -> list[JobKind]:
+    """Kinds that read and write the tenant's shadow models while they run (audits)."""
+    return stored_kinds(kinds_where(uses_shadow_store=True))
 
 
 @dataclass
@@ -67,7 +78,7 @@ def _candidate_tenants(session: Session, cutoff: datetime) -> set[uuid.UUID]:
             .where(
                 Job.status.in_(TERMINAL_STATUSES),
                 Job.finished_at < cutoff,
-                (Job.checkpoint_key.is_not(None)) | (Job.kind == JobKind.audit),
+                (Job.checkpoint_key.is_not(None)) | (Job.kind.in_(_report_kinds())),
             )
             .distinct()
         )
@@ -89,7 +100,7 @@ def _purge_tenant(
     purged: dict[str, list[str]] = defaultdict(list)
     audit_running = session.scalar(
         select(func.count(Job.id)).where(
-            Job.tenant_id == tenant_id, Job.kind == JobKind.audit, Job.status.in_(ACTIVE)
+            Job.tenant_id == tenant_id, Job.kind.in_(_shadow_store_kinds()), Job.status.in_(ACTIVE)
         )
     )
     if not audit_running:
@@ -106,7 +117,7 @@ def _purge_tenant(
             Job.tenant_id == tenant_id,
             Job.status.in_(TERMINAL_STATUSES),
             Job.finished_at < cutoff,
-            (Job.checkpoint_key.is_not(None)) | (Job.kind == JobKind.audit),
+            (Job.checkpoint_key.is_not(None)) | (Job.kind.in_(_report_kinds())),
         )
     ).all()
     for job in ended:

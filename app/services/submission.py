@@ -1,4 +1,9 @@
-"""Validating and recording a job submission (the job row, its first event and the audit row)."""
+"""Validating and recording a job submission (the job row, its first event and the audit row).
+
+What a job kind needs comes from its registry entry (``workers.engine.job_kinds``): the inputs it requires
+and forbids, the method it runs, its params model, the task types it supports, its own checks and whether
+its result is cached. This module applies them in one order for every kind.
+"""
 
 from __future__ import annotations
 
@@ -15,48 +20,24 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings, code_version
 from app.core.problems import Unprocessable, validation_errors
 from app.core.security import Principal
-from app.models import Dataset, ForgetSet, Job, JobKind, JobStatus, Model
+from app.models import Dataset, ForgetSet, Job, JobStatus, Model
 from app.schemas.jobs import MAX_SEED, JobCreate
 from app.services import audit, quotas
 from app.services.datasets import get_dataset
 from app.services.forget_sets import get_forget_set
 from app.services.jobs import add_event
 from app.services.models import get_architecture, get_model, validate_arch_config
-from workers.engine.audit.params import AUDITABLE_JOB_KINDS, AuditParams
-from workers.engine.diffusion.job_params import (
-    GENERATIVE_ARCHITECTURES,
-    TEACHER,
-    GenerativeEvaluation,
-    SampleJobParams,
-)
+from workers.engine.architectures import ArchitectureSpec
 from workers.engine.errors import UnknownEntryError
-from workers.engine.methods import DEFAULT_METHODS, METHODS, MethodSpec
+from workers.engine.job_kinds import JobKindSpec, MethodUse, SubmissionContext, SubmissionRefused, job_kind
+from workers.engine.methods import METHODS, MethodSpec
 from workers.engine.tasks import TaskType
 
-# Which method each model-modifying kind runs (train and retrain: by task type, DEFAULT_METHODS).
-_KIND_METHOD = {
-    JobKind.prune: "prune",
-    JobKind.worst_case_search: "worst_case_search",
-}
-# The engine's name for a job kind, where it differs.
-_ENGINE_KIND = {JobKind.worst_case_search: "search"}
-# Kinds that run no method; generative models take params for them.
-_KINDS_WITHOUT_METHOD = (JobKind.evaluate, JobKind.sample)
-_GENERATIVE_PARAMS: dict[JobKind, type[BaseModel]] = {
-    JobKind.evaluate: GenerativeEvaluation,
-    JobKind.sample: SampleJobParams,
-}
-# Kinds that only classification / regression models support.
-_DISCRIMINATIVE_ONLY = (JobKind.prune, JobKind.worst_case_search, JobKind.audit)
-
-
-# Kinds whose result depends only on their inputs: the retrain oracle and evaluations of a model.
-CACHEABLE_KINDS = frozenset({JobKind.retrain, JobKind.evaluate})
 REUSABLE_STATUSES = (JobStatus.queued, JobStatus.running, JobStatus.succeeded)
 
 
 def result_cache_key(
-    kind: JobKind,
+    kind: str,
     model: Model,
     forget_set: ForgetSet,
     dataset: Dataset,
@@ -65,10 +46,11 @@ def result_cache_key(
     device: str,
 ) -> str:
     """Content hash of every input that determines the result; any change gives another key."""
-    if kind is JobKind.retrain and params.get("recipe") is None:
+    spec = job_kind(kind)
+    if spec.inherits_recipe and params.get("recipe") is None:
         params = {**params, "recipe": model.train_recipe}  # retrain with the original's recipe
     material = {
-        "kind": kind.value,
+        "kind": spec.name,
         "model": model.sha256,
         "architecture": model.architecture,
         "arch_config": model.arch_config,
@@ -78,7 +60,7 @@ def result_cache_key(
         "forget_class": forget_set.forget_class,
         "params": params,
         # evaluate is deterministic given the weights; retrain depends on its seed
-        "seed": seed if kind is JobKind.retrain else None,
+        "seed": seed if spec.cache_by_seed else None,
         "device": device,
         "code_version": code_version(),
     }
@@ -98,159 +80,108 @@ def request_fingerprint(body: JobCreate) -> str:
     return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
-def method_spec(kind: JobKind, name: str | None, task: TaskType | None) -> MethodSpec | None:
-    """The method a job of ``kind`` on a model of task type ``task`` runs (None: evaluate / sample).
-    ``task=None`` checks a named method before the inputs are known (it returns None for an unnamed one)."""
-    if kind in _KINDS_WITHOUT_METHOD:
+def method_spec(kind: str, name: str | None, task: TaskType | None) -> MethodSpec | None:
+    """The method a job of ``kind`` on a model of task type ``task`` runs (None: a kind that runs none, or
+    names it in its params). ``task=None`` checks a named method before the inputs are known (it returns None
+    for an unnamed one)."""
+    spec = job_kind(kind)
+    if spec.method_use is not MethodUse.named:
         if name is not None:
-            raise Unprocessable(f"{kind.value} jobs take no method", code="unexpected-method")
+            raise Unprocessable(
+                spec.method_refusal or f"{spec.name} jobs take no method", code="unexpected-method"
+            )
         return None
     if task is None and name is None:
         return None
-    expected = _KIND_METHOD.get(kind)
-    if expected is None and task is not None:
-        expected = DEFAULT_METHODS.get((kind.value, task))  # type: ignore[arg-type]
+    expected = spec.default_method(task)
     if expected is not None:
         if name not in (None, expected):
             raise Unprocessable(
-                f"{kind.value} jobs{f' on {task.value} models' if task else ''} run method '{expected}',"
+                f"{spec.name} jobs{f' on {task.value} models' if task else ''} run method '{expected}',"
                 f" not '{name}'",
                 code="unexpected-method",
             )
         name = expected
     if name is None:
-        unlearn = [m.name for m in METHODS if m.job_kind == "unlearn" and task in m.task_types]
+        choices = [m.name for m in METHODS if m.job_kind == spec.method_kind and task in m.task_types]
         if task is None:
             return None
-        raise Unprocessable(f"unlearn jobs need a method: one of {unlearn}", code="missing-method")
+        raise Unprocessable(f"{spec.name} jobs need a method: one of {choices}", code="missing-method")
     try:
-        spec = METHODS.get(name)
+        method = METHODS.get(name)
     except UnknownEntryError as exc:
         raise Unprocessable(
             f"unknown method '{name}'; available: {METHODS.names()}", code="unknown-method"
         ) from exc
-    if spec.job_kind != _ENGINE_KIND.get(kind, kind.value):
+    if method.job_kind != spec.method_kind:
         raise Unprocessable(
-            f"method '{name}' runs in {spec.job_kind} jobs, not {kind.value}", code="unexpected-method"
+            f"method '{name}' runs in {method.job_kind} jobs, not {spec.name}", code="unexpected-method"
         )
-    if task is not None and task not in spec.task_types:
+    if task is not None and task not in method.task_types:
         raise Unprocessable(
-            f"method '{spec.name}' does not support {task.value} models", code="task-mismatch"
+            f"method '{method.name}' does not support {task.value} models", code="task-mismatch"
         )
-    return spec
+    return method
 
 
-def validate_params(
-    spec: MethodSpec | None, params: dict[str, Any], kind: JobKind, task: TaskType
-) -> dict[str, Any]:
-    if spec is None:
-        schema = _GENERATIVE_PARAMS.get(kind) if task is TaskType.generative else None
+def _parse_params(
+    method: MethodSpec | None, params: dict[str, Any], kind: str, task: TaskType
+) -> BaseModel | None:
+    """The params parsed with the method's model, or the kind's for this task type (None: takes none)."""
+    if method is None:
+        spec = job_kind(kind)
+        schema = spec.params_model(task)
         if schema is None:
             if params:
-                raise Unprocessable(f"{kind.value} jobs take no params", code="invalid-params")
-            return {}
-        what = f"a generative {kind.value} job"
+                raise Unprocessable(f"{spec.name} jobs take no params", code="invalid-params")
+            return None
+        what = spec.params_label or f"a {task.value} {spec.name} job"
     else:
-        schema = spec.params_model
-        what = f"method '{spec.name}'"
+        schema = method.params_model
+        what = f"method '{method.name}'"
     try:
-        parsed: BaseModel = schema.model_validate(params)
+        return schema.model_validate(params)
     except ValidationError as exc:
         raise Unprocessable(
             f"invalid params for {what}",
             code="invalid-params",
             errors=validation_errors(exc.errors(), prefix=("params",)),
         ) from exc
-    return parsed.model_dump(mode="json")
 
 
-def _check_generative(
-    kind: JobKind, model: Model, forget_set: ForgetSet | None, params: dict[str, Any]
-) -> None:
-    """Generative models forget whole classes, starting from a multi-step teacher."""
-    if kind in _DISCRIMINATIVE_ONLY:
-        raise Unprocessable(
-            f"{kind.value} jobs support classification and regression models, not generative ones",
-            code="task-mismatch",
-        )
-    if forget_set is not None and forget_set.kind != "class":
-        raise Unprocessable(
-            f"generative models forget whole classes: this forget set is '{forget_set.kind}', not 'class'",
-            code="forget-set-kind",
-        )
-    if kind in (JobKind.retrain, JobKind.unlearn) and model.architecture != TEACHER:
-        raise Unprocessable(
-            f"{kind.value} starts from a multi-step teacher ({TEACHER}); this model is {model.architecture}",
-            code="task-mismatch",
-        )
-    if kind is JobKind.unlearn and forget_set is not None:
-        given = params.get("forget_class")
-        if given is not None and given != forget_set.forget_class:
-            raise Unprocessable(
-                f"params.forget_class {given} differs from the forget set's class {forget_set.forget_class}",
-                code="invalid-params",
-            )
-        if params.get("override_class") == forget_set.forget_class:
-            raise Unprocessable(
-                f"params.override_class must differ from the forgotten class {forget_set.forget_class}",
-                code="invalid-params",
-            )
-    if kind is JobKind.retrain and params.get("recipe") is None and model.train_recipe is None:
-        raise Unprocessable(
-            "this teacher has no recorded training recipe (it was uploaded): pass params.recipe",
-            code="missing-recipe",
-        )
+def validate_params(
+    method: MethodSpec | None, params: dict[str, Any], kind: str, task: TaskType
+) -> dict[str, Any]:
+    parsed = _parse_params(method, params, kind, task)
+    return parsed.model_dump(mode="json") if parsed is not None else {}
 
 
-def _require(value: uuid.UUID | None, field: str, kind: JobKind) -> uuid.UUID:
+def _require(value: uuid.UUID | None, field: str, spec: JobKindSpec) -> uuid.UUID:
     if value is None:
-        raise Unprocessable(f"{kind.value} jobs need '{field}'", code="missing-field")
+        raise Unprocessable(f"{spec.name} jobs need '{field}'", code="missing-field")
     return value
 
 
-def _forbid(body: JobCreate, fields: tuple[str, ...]) -> None:
-    for field in fields:
+def _forbid(body: JobCreate, spec: JobKindSpec) -> None:
+    for field in spec.forbidden:
         if getattr(body, field) not in (None, {}):
-            raise Unprocessable(f"{body.kind.value} jobs do not take '{field}'", code="unexpected-field")
+            raise Unprocessable(f"{spec.name} jobs do not take '{field}'", code="unexpected-field")
 
 
-def validate_audit_params(params: dict[str, Any]) -> AuditParams:
-    try:
-        return AuditParams.model_validate(params)
-    except ValidationError as exc:
+def _architecture(body: JobCreate, spec: JobKindSpec, dataset: Dataset | None) -> ArchitectureSpec:
+    """The architecture a job builds (train), checked against the dataset it is trained on."""
+    # An entry that builds an architecture also takes the dataset it trains on (required dataset_id).
+    assert dataset is not None, f"job kind {spec.name} requires 'architecture' without 'dataset_id'"
+    if body.architecture is None:
         raise Unprocessable(
-            "invalid params for an audit",
-            code="invalid-params",
-            errors=validation_errors(exc.errors(), prefix=("params",)),
-        ) from exc
-
-
-def _check_audit(
-    audit_params: AuditParams, model: Model, forget_set: ForgetSet, dataset: Dataset | None
-) -> None:
-    # Generative models were refused before (_check_generative); classifiers and regressors are audited
-    # alike (regression scores: workers/engine/metrics/regression_scores.py), so the audited method is what
-    # must fit the model's task.
-    task = TaskType(dataset.task) if dataset is not None else _model_task(model)
-    method = METHODS.get(audit_params.method)
-    if task not in method.task_types:
-        raise Unprocessable(
-            f"method '{method.name}' does not support {task.value} models; audit one of"
-            f" {[m.name for m in METHODS if task in m.task_types and m.job_kind in AUDITABLE_JOB_KINDS]}",
-            code="task-mismatch",
+            f"{spec.name} jobs need 'architecture' (see GET /v1/architectures)", code="missing-field"
         )
-    if audit_params.recipe is None and model.train_recipe is None:
+    arch = get_architecture(body.architecture)
+    if not arch.supports_dataset(dataset.task):
         raise Unprocessable(
-            "this model has no recorded training recipe (it was uploaded): pass params.recipe, the recipe"
-            " every shadow model is trained with",
-            code="missing-recipe",
+            f"architecture '{arch.name}' does not support {dataset.task} datasets", code="task-mismatch"
         )
-    if audit_params.forget_sets_per_shadow > 1 and forget_set.kind != "random":
-        raise Unprocessable(
-            "params.forget_sets_per_shadow > 1 redraws random forget sets of the same size: it needs a random"
-            f" forget set, this one is '{forget_set.kind}'",
-            code="invalid-params",
-        )
+    return arch
 
 
 def _model_task(model: Model) -> TaskType:
@@ -259,107 +190,87 @@ def _model_task(model: Model) -> TaskType:
 
 def build_job(session: Session, principal: Principal, body: JobCreate, settings: Settings) -> Job:
     tenant = principal.tenant_id
-    if body.kind is not JobKind.audit:
-        method_spec(body.kind, body.method, None)  # a named method is checked before any input is read
+    spec = job_kind(body.kind)
+    if spec.method_use is not MethodUse.in_params:
+        # A named method is checked before any input is read (an audit's, in its params, after them).
+        method_spec(spec.name, body.method, None)
     dataset: Dataset | None = None
     model: Model | None = None
     forget_set: ForgetSet | None = None
-    architecture: str | None = None
+    arch: ArchitectureSpec | None = None
     arch_config: dict[str, Any] | None = None
 
-    if body.kind is JobKind.train:
-        _forbid(body, ("model_id", "forget_set_id"))
-        dataset = get_dataset(session, tenant, _require(body.dataset_id, "dataset_id", body.kind))
-        if body.architecture is None:
-            raise Unprocessable(
-                "train jobs need 'architecture' (see GET /v1/architectures)", code="missing-field"
-            )
-        arch = get_architecture(body.architecture)
-        if not arch.supports_dataset(dataset.task):
-            raise Unprocessable(
-                f"architecture '{arch.name}' does not support {dataset.task} datasets", code="task-mismatch"
-            )
-        architecture = arch.name
+    _forbid(body, spec)
+    if "dataset_id" in spec.required:
+        dataset = get_dataset(session, tenant, _require(body.dataset_id, "dataset_id", spec))
+    if "architecture" in spec.required:
+        arch = _architecture(body, spec, dataset)
+        assert dataset is not None
         arch_config = validate_arch_config(arch, body.arch_config, dataset).model_dump(mode="json")
-        task = arch.task
-    elif body.kind in (JobKind.prune, JobKind.worst_case_search, JobKind.sample):
-        _forbid(body, ("dataset_id", "architecture", "arch_config", "forget_set_id"))
-        model = get_model(session, tenant, _require(body.model_id, "model_id", body.kind))
-        if model.dataset_id is None:
-            raise Unprocessable(
-                f"{body.kind.value} works on the model's training data: upload the model with its dataset_id",
-                code="missing-dataset",
-            )
-        dataset = session.get(Dataset, model.dataset_id)
-        task = _model_task(model)
-    else:
-        _forbid(body, ("dataset_id", "architecture", "arch_config"))
-        model = get_model(session, tenant, _require(body.model_id, "model_id", body.kind))
-        forget_set = get_forget_set(session, tenant, _require(body.forget_set_id, "forget_set_id", body.kind))
-        if model.dataset_id is not None and model.dataset_id != forget_set.dataset_id:
+    if "model_id" in spec.required:
+        model = get_model(session, tenant, _require(body.model_id, "model_id", spec))
+    if "forget_set_id" in spec.required:
+        forget_set = get_forget_set(session, tenant, _require(body.forget_set_id, "forget_set_id", spec))
+        if model is not None and model.dataset_id is not None and model.dataset_id != forget_set.dataset_id:
             raise Unprocessable(
                 f"the forget set belongs to dataset {forget_set.dataset_id} but the model was trained on"
                 f" {model.dataset_id}",
                 code="dataset-mismatch",
             )
         dataset = session.get(Dataset, forget_set.dataset_id)
+    elif model is not None and dataset is None:
+        if model.dataset_id is None:
+            raise Unprocessable(
+                f"{spec.name} works on the model's training data: upload the model with its dataset_id",
+                code="missing-dataset",
+            )
+        dataset = session.get(Dataset, model.dataset_id)
+    if arch is not None:
+        task = arch.task
+    else:
+        assert model is not None, f"job kind {spec.name} requires neither 'architecture' nor 'model_id'"
         task = _model_task(model)
 
-    audit_params: AuditParams | None = None
-    if body.kind is JobKind.audit:
-        if body.method is not None:
-            raise Unprocessable(
-                "audit jobs name the audited method in params.method", code="unexpected-method"
-            )
-        spec = None
-        audit_params = validate_audit_params(body.params)
-        params = audit_params.model_dump(mode="json")
-    else:
-        spec = method_spec(body.kind, body.method, task)
-        params = validate_params(spec, body.params, body.kind, task)
-
-    if task is TaskType.generative:
-        assert model is not None or body.kind is JobKind.train
-        if model is not None:
-            _check_generative(body.kind, model, forget_set, params)
-    elif body.kind is JobKind.sample:
+    method = method_spec(spec.name, body.method, task)
+    parsed = _parse_params(method, body.params, spec.name, task)
+    params = parsed.model_dump(mode="json") if parsed is not None else {}
+    if not spec.supports(task):
+        raise Unprocessable(spec.task_refusal(task), code="task-mismatch")
+    if task is TaskType.generative and forget_set is not None and forget_set.kind != "class":
+        # Generative models forget whole classes.
         raise Unprocessable(
-            f"sample jobs need a generative model ({', '.join(GENERATIVE_ARCHITECTURES)}); this one is"
-            f" {task.value}",
-            code="task-mismatch",
+            f"generative models forget whole classes: this forget set is '{forget_set.kind}', not 'class'",
+            code="forget-set-kind",
         )
-    else:
-        if audit_params is not None:
-            assert model is not None and forget_set is not None
-            _check_audit(audit_params, model, forget_set, dataset)
-        if body.kind is JobKind.retrain and params.get("recipe") is None:
-            assert model is not None
-            if model.train_recipe is None:
-                raise Unprocessable(
-                    "this model has no recorded training recipe (it was uploaded):"
-                    " pass params.recipe for the retrain",
-                    code="missing-recipe",
-                )
-        if (
-            spec is not None
-            and dataset is not None
-            and body.kind is not JobKind.train
-            and dataset.task not in {t.value for t in spec.task_types}
-        ):
-            raise Unprocessable(
-                f"method '{spec.name}' does not support {dataset.task} tasks", code="task-mismatch"
-            )
+    if spec.check is not None:
+        try:
+            spec.check(SubmissionContext(task, params, parsed, model, forget_set, dataset))
+        except SubmissionRefused as exc:
+            raise Unprocessable(exc.message, code=exc.code) from exc
+    if (
+        task is not TaskType.generative
+        and method is not None
+        and dataset is not None
+        and "dataset_id" not in spec.required  # a dataset given in the body was checked with the architecture
+        and dataset.task not in {t.value for t in method.task_types}
+    ):
+        raise Unprocessable(
+            f"method '{method.name}' does not support {dataset.task} tasks", code="task-mismatch"
+        )
 
-    quotas.check_job_limits(settings, body.kind, params, model)
+    quotas.check_job_limits(settings, spec.name, params, model)
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     cache_key = None
-    if body.kind in CACHEABLE_KINDS and model is not None and forget_set is not None and dataset is not None:
-        cache_key = result_cache_key(body.kind, model, forget_set, dataset, params, seed, body.device)
+    if spec.cacheable and model is not None and forget_set is not None and dataset is not None:
+        cache_key = result_cache_key(spec.name, model, forget_set, dataset, params, seed, body.device)
+    method_name = method.name if method is not None else None
+    if spec.method_use is MethodUse.in_params:
+        method_name = str(params["method"])  # the audited method: what the job's rows are listed under
     return Job(
         cache_key=cache_key,
         tenant_id=tenant,
         kind=body.kind,
-        method=spec.name if spec else (audit_params.method if audit_params else None),
+        method=method_name,
         status=JobStatus.queued,
         params=params,
         seed=seed,
@@ -367,7 +278,7 @@ def build_job(session: Session, principal: Principal, body: JobCreate, settings:
         dataset_id=dataset.id if dataset else None,
         model_id=model.id if model else None,
         forget_set_id=forget_set.id if forget_set else None,
-        architecture=architecture,
+        architecture=arch.name if arch is not None else None,
         arch_config=arch_config,
         progress={"phase": "queued", "fraction": 0.0},
         attempt=0,

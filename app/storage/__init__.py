@@ -1,5 +1,16 @@
-"""Artifact storage chosen by settings. Keys are relative paths; the store writes atomically."""
+"""Artifact storage chosen by settings (``create_store``). Keys are relative paths; writes are atomic."""
 
-from app.storage.local import ArtifactStore, LocalArtifactStore, StorageError, ensure_private_dir
+from app.storage.backends import ARTIFACT_BACKENDS, ArtifactBackend, create_store
+from app.storage.base import ArtifactInfo, ArtifactStore, StorageError
+from app.storage.local import LocalArtifactStore, ensure_private_dir
 
-__all__ = ["ArtifactStore", "LocalArtifactStore", "StorageError", "ensure_private_dir"]
+__all__ = [
+    "ARTIFACT_BACKENDS",
+    "ArtifactBackend",
+    "ArtifactInfo",
+    "ArtifactStore",
+    "LocalArtifactStore",
+    "StorageError",
+    "create_store",
+    "ensure_private_dir",
+]

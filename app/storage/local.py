@@ -1,19 +1,41 @@
+"""The local-directory artifact store (the embedded default; a shared volume in production)."""
+
 from __future__ import annotations
 
-import hashlib
 import os
+import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
+# Re-exported: callers imported the interface and the key helpers from here before backends were pluggable.
+from app.storage.base import (
+    ArtifactInfo,
+    ArtifactStore,
+    StorageError,
+    check_key,
+    check_prefix,
+    content_key,
+    sha256_hex,
+)
 
-class StorageError(RuntimeError):
-    """The store could not write or read an artifact (disk full, permissions, missing file)."""
-
+__all__ = [
+    "PRIVATE_DIR_MODE",
+    "PRIVATE_FILE_MODE",
+    "TEMP_PREFIX",
+    "ArtifactStore",
+    "LocalArtifactStore",
+    "StorageError",
+    "content_key",
+    "ensure_private_dir",
+    "sha256_hex",
+]
 
 # Artifacts are tenants' data: only the service's own user may list or read them.
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
+# Temporary files of writes in progress (put, staging_path): scan() reports them as temporary.
+TEMP_PREFIX = ".tmp-"
 
 
 def ensure_private_dir(path: Path, *, root: Path | None = None) -> Path:
@@ -35,15 +57,6 @@ def ensure_private_dir(path: Path, *, root: Path | None = None) -> Path:
     return path
 
 
-class ArtifactStore(Protocol):
-    def put(self, key: str, data: bytes) -> None: ...
-    def put_file(self, key: str, source: Path) -> None: ...
-    def staging_path(self, prefix: str) -> Path: ...
-    def get(self, key: str) -> bytes: ...
-    def exists(self, key: str) -> bool: ...
-    def delete(self, key: str) -> None: ...
-
-
 class LocalArtifactStore:
     """Files under a root directory. A write lands under a temporary name and is renamed into place,
     so a reader never sees a half-written artifact, even when the disk fills up mid-write. Directories are
@@ -53,7 +66,7 @@ class LocalArtifactStore:
         self.root = Path(root).resolve()
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
+        path = (self.root / check_key(key)).resolve()
         if self.root not in path.parents:
             raise StorageError(f"artifact key escapes the store: {key!r}")
         return path
@@ -70,7 +83,7 @@ class LocalArtifactStore:
         directory = self._path(f"{prefix}/x").parent
         try:
             self._parent_dir(directory / "x")
-            fd, name = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+            fd, name = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
         except OSError as exc:
             raise StorageError(f"cannot create a staging file: {exc.strerror or exc}") from exc
         os.close(fd)
@@ -92,7 +105,7 @@ class LocalArtifactStore:
         path = self._path(key)
         try:
             self._parent_dir(path)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
@@ -114,14 +127,46 @@ class LocalArtifactStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def stat(self, key: str) -> ArtifactInfo | None:
+        self._path(key)  # refuses a key that leaves the root
+        try:
+            # lstat: the entry itself; a symbolic link under the root is never followed
+            info = (self.root / key).lstat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot stat artifact {key!r}: {exc.strerror or exc}") from exc
+        return ArtifactInfo(key, info.st_size, info.st_mtime, key.rsplit("/", 1)[-1].startswith(TEMP_PREFIX))
+
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def scan(self, prefix: str = "") -> Iterator[ArtifactInfo]:
+        """Regular files below ``prefix``, depth first in name order; symbolic links are neither followed
+        nor listed (nothing the store wrote is one), unreadable directories are skipped like os.walk does."""
+        directory = self.root
+        for part in check_prefix(prefix).split("/")[:-1]:
+            directory = directory / part
+            try:
+                if not stat.S_ISDIR(directory.lstat().st_mode):
+                    return
+            except OSError:
+                return
+        yield from self._walk(directory, prefix)
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def content_key(kind: str, tenant_id: str, digest: str, suffix: str) -> str:
-    """Content-addressed key: identical bytes of one tenant share one file."""
-    return f"{tenant_id}/{kind}/{digest[:2]}/{digest}{suffix}"
+    def _walk(self, directory: Path, prefix: str) -> Iterator[ArtifactInfo]:
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:
+            return
+        for entry in entries:
+            key = prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(entry.path), key + "/")
+            elif entry.is_file(follow_symlinks=False):
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted since the listing
+                yield ArtifactInfo(key, info.st_size, info.st_mtime, entry.name.startswith(TEMP_PREFIX))

@@ -1,9 +1,12 @@
-"""The engine's single entry point: run one train / retrain / unlearn / prune / evaluate request.
+"""The engine's single entry point: run one job request through its kind's entry.
 
-``execute`` validates the request (user mistakes become :class:`InvalidInputError` with a readable
-message), builds the model, runs the method while timing it alone (RTE, optml.md §3.2), evaluates the
-result in eval mode without augmentation, and returns CPU numpy weights plus flat metrics. Given the same
-request and seed on CPU, the metrics are bit-identical.
+``execute`` looks the request's kind up in the job-kind registry (``workers.engine.job_kinds``) and calls
+the entry's run function. ``run_method_request``, the run of every kind that runs a registered method on one
+model or evaluates it (train, retrain, unlearn, prune, worst_case_search, evaluate; on generative models
+sample too), validates the request from the entry's fields (user mistakes become :class:`InvalidInputError`
+with a readable message), builds the model, runs the method while timing it alone (RTE, optml.md §3.2),
+evaluates the result in eval mode without augmentation, and returns CPU numpy weights plus flat metrics.
+Given the same request and seed on CPU, the metrics are bit-identical.
 
 Every evaluation reports ``max_class_fraction`` (percent of test predictions in the most predicted class,
 for the collapse guardrail) and, whenever the model has sparsity masks, ``sparsity`` (percent of exactly-zero
@@ -18,7 +21,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import sklearn
@@ -28,10 +31,13 @@ from torch import nn
 
 from workers.engine.architectures import ARCHITECTURES, ArchitectureSpec
 from workers.engine.architectures.build import build_model, load_weights, state_to_numpy
+from workers.engine.audit.store import ShadowStore
 from workers.engine.datasets import ArrayDataset
-from workers.engine.errors import EngineError, InvalidInputError
+from workers.engine.device_inputs import device_inputs
+from workers.engine.errors import EngineError, InvalidInputError, UnknownEntryError
 from workers.engine.hooks import ArtifactCache, EngineHooks, NullHooks
 from workers.engine.imports import import_by_path
+from workers.engine.job_kinds import JobKindSpec, MethodUse, Presence, job_kind
 from workers.engine.masks import apply_masks, masks_to_device, masks_to_numpy, weight_sparsity
 from workers.engine.methods import METHODS, MethodSpec, relearn
 from workers.engine.methods.base import DeviceSplits, MethodContext, MethodOutput
@@ -56,23 +62,12 @@ from workers.engine.search.worst_case import SearchOutput
 from workers.engine.tasks import TaskType
 from workers.engine.training import IMAGE_TENSOR_DIMS, reproducible, synchronize
 
-__all__ = ["EngineHooks", "EngineRequest", "EngineResult", "execute", "resolve_device"]
+__all__ = ["EngineHooks", "EngineRequest", "EngineResult", "execute", "resolve_device", "run_method_request"]
 
-JobKindName = Literal["train", "retrain", "unlearn", "prune", "evaluate", "worst_case_search", "sample"]
-# Request kinds whose methods are registered under another job kind (workers.engine.methods.JobKind), and the
-# method such a request runs when it names none.
-REQUEST_JOB_KINDS: dict[str, str] = {"worst_case_search": "search"}
-DEFAULT_METHODS: dict[str, str] = {"worst_case_search": "worst_case_search"}
-# Kinds that produce no model: their result carries no weights or masks.
-KINDS_WITHOUT_OUTPUT_MODEL = ("evaluate", "worst_case_search")
+# A job-kind registry name (workers.engine.job_kinds.JOB_KINDS).
+JobKindName = str
 EVALUATE_PHASE = "evaluate"
 EVAL_BATCH_SIZE = 1024
-# Kinds whose model starts from the request's weights rather than a seeded random initialisation.
-KINDS_STARTING_FROM_WEIGHTS = ("unlearn", "prune", "evaluate", "worst_case_search")
-KINDS_NEEDING_FORGET_SET = ("retrain", "unlearn")
-# Model modifiers (pruning) and the forget-set search have no forget set; their evaluation reports train/test
-# accuracy only (for the search: of the input model, which it leaves unchanged).
-KINDS_WITHOUT_FORGET_SET = ("prune", "worst_case_search")
 # The reference's MIA member set: the first |D_test| retain samples (optml.md §3.1); the seed only matters
 # for "random" selection.
 MIA_MEMBER_SELECTION: MemberSelection = "first"
@@ -85,7 +80,7 @@ HEADLINE_POPULATION_SCORE = "logit_confidence"
 
 @dataclass
 class EngineRequest:
-    kind: JobKindName
+    kind: JobKindName  # what the entry's fields say about the request: JOB_KINDS.get(kind)
     method: str | None  # "train" / "retrain" / an unlearning method / "prune"; None for evaluate
     params: dict[str, Any]  # raw; validated with the method's params_model
     seed: int
@@ -103,6 +98,10 @@ class EngineRequest:
     # hash that keys them.
     cache: ArtifactCache | None = None
     dataset_sha256: str | None = None
+    # The forget set's kind (indices | class | random: an audit redraws random ones) and where audit shadow
+    # models are read and written (kinds whose entry ``uses_shadow_store``).
+    forget_kind: str | None = None
+    shadow_store: ShadowStore | None = None
 
 
 @dataclass
@@ -155,16 +154,19 @@ def _validation_message(error: ValidationError) -> str:
     )
 
 
-def _resolve_method(request: EngineRequest, task: TaskType) -> tuple[MethodSpec | None, BaseModel | None]:
-    if request.kind == "evaluate":
+def _resolve_method(
+    request: EngineRequest, kind: JobKindSpec, task: TaskType
+) -> tuple[MethodSpec | None, BaseModel | None]:
+    if kind.method_use is not MethodUse.named:
         if request.method is not None:
-            raise InvalidInputError("evaluate requests take no method")
+            raise InvalidInputError(f"{kind.name} requests take no method")
         return None, None
-    method = request.method if request.method is not None else DEFAULT_METHODS.get(request.kind)
+    # The library names the method of train / retrain / unlearn requests itself; fixed ones are defaults.
+    method = request.method if request.method is not None else kind.fixed_method
     if method is None:
         raise InvalidInputError(f"a {request.kind} request needs a method")
     spec = METHODS.get(method)
-    if spec.job_kind != REQUEST_JOB_KINDS.get(request.kind, request.kind):
+    if spec.job_kind != kind.method_kind:
         raise InvalidInputError(
             f"method {spec.name!r} is a {spec.job_kind} method, not a {request.kind} method"
         )
@@ -201,9 +203,11 @@ def _resolve_forget_set(request: EngineRequest, dataset: ArrayDataset) -> np.nda
     return indices
 
 
-def _validate(request: EngineRequest) -> _Plan:
+def _validate(request: EngineRequest, kind: JobKindSpec) -> _Plan:
     dataset = request.dataset.validate()
-    method, params = _resolve_method(request, dataset.task)
+    if dataset.task not in kind.task_types:
+        raise InvalidInputError(f"{kind.name} requests do not support {dataset.task.value} tasks")
+    method, params = _resolve_method(request, kind, dataset.task)
     architecture = ARCHITECTURES.get(request.architecture)
     if dataset.task not in architecture.task_types:
         raise InvalidInputError(
@@ -212,14 +216,16 @@ def _validate(request: EngineRequest) -> _Plan:
     arch_config = architecture.parse_config(request.arch_config)
     if architecture.check_input is not None:
         architecture.check_input(arch_config, dataset.input_shape, dataset.num_classes)
-    if request.kind in KINDS_STARTING_FROM_WEIGHTS and request.weights is None:
+    if kind.starts_from_weights and request.weights is None:
         raise InvalidInputError(f"a {request.kind} request needs the input model's weights")
-    if request.kind in KINDS_WITHOUT_FORGET_SET and (
+    # Model modifiers (pruning) and the forget-set search have no forget set; their evaluation reports
+    # train/test accuracy only (for the search: of the input model, which it leaves unchanged).
+    if kind.engine_forget_set is Presence.forbidden and (
         request.forget_indices is not None or request.forget_class is not None
     ):
         raise InvalidInputError(f"a {request.kind} request takes no forget set")
     forget_indices = _resolve_forget_set(request, dataset)
-    if request.kind in KINDS_NEEDING_FORGET_SET and forget_indices is None:
+    if kind.engine_forget_set is Presence.required and forget_indices is None:
         raise InvalidInputError(
             f"a {request.kind} request needs a forget set (forget_indices or forget_class)"
         )
@@ -512,16 +518,17 @@ EVALUATORS: dict[TaskType, Evaluator] = {
     TaskType.classification: evaluate_classification,
     TaskType.regression: evaluate_regression,
 }
-# Request kinds whose regression evaluation measures relearning time against the original (request.weights).
-KINDS_MEASURING_RELEARNING = ("retrain", "unlearn")
 
 
-def _relearning_reference(request: EngineRequest, plan: _Plan, device: torch.device) -> nn.Module | None:
+def _relearning_reference(
+    request: EngineRequest, kind: JobKindSpec, plan: _Plan, device: torch.device
+) -> nn.Module | None:
     """The original model f_o (the request's input weights) for AIN's threshold, when the job has one: a
-    regression retrain or unlearn job with a forget set. Built without touching the global RNG."""
+    regression job of a kind that ``measures_relearning`` (retrain, unlearn) with a forget set. Built
+    without touching the global RNG."""
     if (
         request.dataset.task is not TaskType.regression
-        or request.kind not in KINDS_MEASURING_RELEARNING
+        or not kind.measures_relearning
         or request.weights is None
         or plan.forget_indices is None
     ):
@@ -538,9 +545,10 @@ def _device_splits(
 ) -> DeviceSplits:
     forget = forget_indices if forget_indices is not None else np.zeros(0, dtype=np.int64)
     return DeviceSplits(
-        x_train=torch.from_numpy(dataset.x_train).to(device),
+        # uint8 pixels are scaled and the dataset's normalisation applied on the device (device_inputs).
+        x_train=device_inputs(dataset, dataset.x_train, device),
         y_train=torch.from_numpy(dataset.y_train).to(device),
-        x_test=torch.from_numpy(dataset.x_test).to(device),
+        x_test=device_inputs(dataset, dataset.x_test, device),
         y_test=torch.from_numpy(dataset.y_test).to(device),
         forget_indices=torch.from_numpy(forget).to(device),
         retain_indices=torch.from_numpy(retain_indices(dataset.n_train, forget)).to(device),
@@ -619,20 +627,31 @@ def _execute_generative(request: EngineRequest, hooks: EngineHooks | None, start
 
 
 def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineResult:
-    """Run ``request``; ``hooks`` receives progress (may raise JobCancelled) and epoch checkpoints."""
+    """Run ``request`` with its kind's entry; ``hooks`` receives progress (may raise JobCancelled) and epoch
+    checkpoints."""
+    try:
+        kind = job_kind(request.kind)
+    except UnknownEntryError as error:
+        raise InvalidInputError(str(error)) from None
+    return kind.resolve_run()(request, hooks)
+
+
+def run_method_request(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineResult:
+    """The run of the kinds that run a registered method on one model, or evaluate it."""
     started = time.perf_counter()
+    kind = job_kind(request.kind)
     if TaskType.generative in ARCHITECTURES.get(request.architecture).task_types:
         return _execute_generative(request, hooks, started)
-    if request.kind == "sample":
-        raise InvalidInputError("sample requests need a generative model")
-    plan = _validate(request)
+    if not any(task is not TaskType.generative for task in kind.task_types):
+        raise InvalidInputError(f"{request.kind} requests need a generative model")
+    plan = _validate(request, kind)
     dataset = request.dataset
     device = torch.device(resolve_device(request.device))
     progress = hooks or NullHooks()
     with reproducible(device) as deterministic:
         torch.manual_seed(request.seed)  # the random initialisation of train/retrain
         model = build_model(plan.architecture.name, plan.arch_config)
-        if request.kind in KINDS_STARTING_FROM_WEIGHTS:
+        if kind.starts_from_weights:
             assert request.weights is not None
             load_weights(model, request.weights, plan.architecture.param_shapes(plan.arch_config))
         model.to(device)
@@ -678,7 +697,7 @@ def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineR
                 plan.forget_indices,
                 request.forget_class,
                 progress,
-                original=_relearning_reference(request, plan, device),
+                original=_relearning_reference(request, kind, plan, device),
             )
         else:
             metrics, details = EVALUATORS[dataset.task](
@@ -689,7 +708,9 @@ def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineR
         if isinstance(output, SearchOutput):
             metrics.update(output.metrics)
         evaluation_seconds = time.perf_counter() - evaluation_started
-        weights = state_to_numpy(model) if request.kind not in KINDS_WITHOUT_OUTPUT_MODEL else None
+        # Kinds that produce no model (evaluate, the search) return no weights or masks.
+        produces_model = "model" in kind.produces
+        weights = state_to_numpy(model) if produces_model else None
 
     details.update(
         kind=request.kind,
@@ -712,6 +733,6 @@ def execute(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineR
             "total_s": time.perf_counter() - started,
         },
         environment=_environment(device, deterministic),
-        masks=masks_to_numpy(masks) if request.kind not in KINDS_WITHOUT_OUTPUT_MODEL else None,
+        masks=masks_to_numpy(masks) if produces_model else None,
         arrays=dict(output.arrays) if isinstance(output, SearchOutput) else {},
     )

@@ -33,6 +33,13 @@ class Registry(Generic[EntryT]):
         self._entries[entry.name] = entry
         return entry
 
+    def unregister(self, name: str) -> EntryT:
+        """Remove and return an entry (tests register entries of their own and take them out again)."""
+        try:
+            return self._entries.pop(name)
+        except KeyError:
+            raise UnknownEntryError(f"unknown {self.kind} {name!r}") from None
+
     def get(self, name: str) -> EntryT:
         try:
             return self._entries[name]

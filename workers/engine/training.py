@@ -10,10 +10,16 @@ RNG states, metadata) resumes to exactly the same final weights as an uninterrup
 Deviation from the reference loop (torch DataLoader, ``drop_last=False``): a trailing batch of a single
 sample is skipped for that epoch (BatchNorm cannot normalise one sample); shuffling puts that sample in a
 full batch in other epochs.
+
+The speed-run fields of ``TrainRecipe`` (issue 20) plug in around the step and change nothing while off:
+nesterov momentum (the optimiser), label smoothing (the task loss), the crop padding (``translate``), a
+data-dependent first layer (``whiten``, before the first epoch of a fresh run) and :class:`Lookahead`
+(after each optimiser step; its slow weights are checkpointed with the rest).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -21,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import safetensors.torch
 import torch
@@ -57,6 +63,7 @@ class FitResult:
     steps_per_epoch: int = 0
     samples_per_epoch: int = 0
     resumed_from_epoch: int | None = None
+    whitened: bool = False  # the recipe's whiten initialised the model's first layer from the inputs
 
 
 def augmentation_applies(recipe: TrainRecipe, inputs: torch.Tensor) -> bool:
@@ -66,6 +73,63 @@ def augmentation_applies(recipe: TrainRecipe, inputs: torch.Tensor) -> bool:
         and inputs.dim() == IMAGE_TENSOR_DIMS
         and min(inputs.shape[-2:]) >= MIN_AUGMENT_IMAGE_SIZE
     )
+
+
+def crop_padding(recipe: TrainRecipe, inputs: torch.Tensor) -> int | None:
+    """Pixels of the random crop's zero padding, or None when the recipe's augmentation does not apply."""
+    if not augmentation_applies(recipe, inputs):
+        return None
+    if recipe.translate is not None:
+        return recipe.translate
+    return min(inputs.shape[-2:]) // CROP_PADDING_DIVISOR
+
+
+def task_loss_of(task: TaskType, recipe: TrainRecipe) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The task's loss as the recipe asks for it (label smoothing applies to classification only)."""
+    if task is TaskType.classification and recipe.label_smoothing > 0:
+        return functools.partial(F.cross_entropy, label_smoothing=recipe.label_smoothing)
+    return LOSSES[task]
+
+
+@runtime_checkable
+class InitialisesFromData(Protocol):
+    """An architecture with a data-dependent initialisation (speedrun_cnn's whitening layer)."""
+
+    def initialise_from_data(self, inputs: torch.Tensor) -> None: ...
+
+
+def initialise_from_data(model: nn.Module, recipe: TrainRecipe, inputs: torch.Tensor) -> bool:
+    """Apply the recipe's ``whiten`` to a model that supports it; return whether it was applied."""
+    if not recipe.whiten or not isinstance(model, InitialisesFromData):
+        return False
+    model.initialise_from_data(inputs)
+    return True
+
+
+class Lookahead:
+    """Slow copies of the model's floating-point state (parameters and BatchNorm statistics) that follow the
+    trained ("fast") weights every ``recipe.lookahead_steps`` steps and at the last step: slow = d slow +
+    (1 - d) fast, then fast = slow, with d = lookahead_decay * (step / total)^3 (the published speed run's
+    ramp: no averaging early, strong averaging late). The state dict shares storage with the model, so the
+    copy-back is in place and the optimiser keeps its references."""
+
+    def __init__(self, model: nn.Module, recipe: TrainRecipe, total_steps: int) -> None:
+        self.every, self.decay, self.total_steps = recipe.lookahead_steps, recipe.lookahead_decay, total_steps
+        live = [value for value in model.state_dict().values() if value.is_floating_point()]
+        self.pairs = [(value, value.detach().clone()) for value in live]
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """After global optimiser step ``step`` (1-based)."""
+        if step % self.every != 0 and step != self.total_steps:
+            return
+        decay = self.decay * (step / self.total_steps) ** 3
+        live, slow = [pair[0] for pair in self.pairs], self.slow_state()
+        torch._foreach_lerp_(slow, live, 1.0 - decay)  # one kernel per op for all tensors on CUDA
+        torch._foreach_copy_(live, slow)
+
+    def slow_state(self) -> list[torch.Tensor]:
+        return [slow for _, slow in self.pairs]
 
 
 def batch_bounds(sample_count: int, batch_size: int) -> list[tuple[int, int]]:
@@ -87,6 +151,12 @@ def learning_rate(recipe: TrainRecipe, epoch: int, step: int, total_steps: int) 
     if recipe.schedule == "multistep":
         drops = sum(epoch >= milestone_epoch(fraction, recipe.epochs) for fraction in recipe.milestones)
         return float(recipe.lr * recipe.gamma**drops)
+    if recipe.schedule == "warmup_linear":
+        # At the step's midpoint, so that neither the first nor the last step has a zero LR.
+        position = (step + 0.5) / total_steps
+        if position < recipe.warmup:
+            return recipe.lr * position / recipe.warmup
+        return recipe.lr * (1.0 - position) / (1.0 - recipe.warmup)
     return 0.5 * recipe.lr * (1.0 + math.cos(math.pi * step / total_steps))
 
 
@@ -267,10 +337,9 @@ def train_epochs(
     device = segments[0].inputs.device
     on_cuda = device.type == "cuda"
     progress = hooks or NullHooks()
-    task_loss = LOSSES[task]
+    task_loss = task_loss_of(task, recipe)
     reference_inputs = segments[0].inputs
-    augment = augmentation_applies(recipe, reference_inputs)
-    padding = min(reference_inputs.shape[-2:]) // CROP_PADDING_DIVISOR if augment else None
+    padding = crop_padding(recipe, reference_inputs)
     segment_bounds = [batch_bounds(segment.inputs.shape[0], recipe.batch_size) for segment in segments]
     steps_per_epoch = sum(len(bounds) for bounds in segment_bounds)
     samples_per_epoch = sum(bounds[-1][1] for bounds in segment_bounds if bounds)
@@ -281,18 +350,26 @@ def train_epochs(
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        nesterov=recipe.nesterov,
     )
     generator = torch.Generator().manual_seed(seed)
     result = FitResult(
-        augment_applied=augment, steps_per_epoch=steps_per_epoch, samples_per_epoch=samples_per_epoch
+        augment_applied=padding is not None,
+        steps_per_epoch=steps_per_epoch,
+        samples_per_epoch=samples_per_epoch,
     )
     start_epoch = 0
     if resume is None:
         torch.manual_seed(seed)  # dropout and any other in-model randomness
-    else:
+        result.whitened = initialise_from_data(model, recipe, reference_inputs)
+    lookahead = Lookahead(model, recipe, total_steps) if recipe.lookahead_steps > 0 else None
+    if resume is not None:
         start_epoch, result.history = restore_checkpoint(
-            resume, model, optimizer, generator, phase, recipe, seed
+            resume, model, optimizer, generator, phase, recipe, seed, lookahead
         )
         result.resumed_from_epoch = start_epoch
 
@@ -325,6 +402,8 @@ def train_epochs(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if lookahead is not None:
+                    lookahead.after_step(step + 1)
                 if after_step is not None:
                     after_step(optimizer)
                 loss_sum += loss.detach().float() * (end - start)
@@ -360,7 +439,7 @@ def train_epochs(
         progress.progress(phase, (epoch + 1) * steps_per_epoch, total_steps, {**record, "epoch_end": True})
         if hooks is not None:
             blob = checkpoint_blob(
-                model, optimizer, generator, phase, epoch + 1, recipe, seed, result.history
+                model, optimizer, generator, phase, epoch + 1, recipe, seed, result.history, lookahead
             )
             hooks.checkpoint(phase, epoch + 1, blob)
     return result
@@ -386,6 +465,7 @@ def checkpoint_blob(
     recipe: TrainRecipe,
     seed: int,
     history: list[dict[str, float]],
+    lookahead: Lookahead | None = None,
 ) -> bytes:
     """Everything needed to continue after ``completed_epochs`` as one safetensors blob (no pickle)."""
     tensors = {
@@ -395,6 +475,9 @@ def checkpoint_blob(
         buffer = optimizer.state.get(parameter, {}).get("momentum_buffer")
         if buffer is not None:
             tensors[f"optimizer/{index}/momentum_buffer"] = buffer.detach().to("cpu").contiguous()
+    if lookahead is not None:
+        for index, slow in enumerate(lookahead.slow_state()):
+            tensors[f"lookahead/{index}"] = slow.detach().to("cpu").contiguous()
     tensors["rng/generator"] = generator.get_state()
     tensors["rng/torch_cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -431,6 +514,7 @@ def restore_checkpoint(
     phase: str,
     recipe: TrainRecipe,
     seed: int,
+    lookahead: Lookahead | None = None,
 ) -> tuple[int, list[dict[str, float]]]:
     """Load a :func:`checkpoint_blob` into the live objects; return (completed epochs, history so far)."""
     metadata = checkpoint_metadata(blob)
@@ -453,6 +537,9 @@ def restore_checkpoint(
         buffer = tensors.get(f"optimizer/{index}/momentum_buffer")
         if buffer is not None:
             optimizer.state[parameter]["momentum_buffer"] = buffer.to(device)
+    if lookahead is not None:
+        for index, slow in enumerate(lookahead.slow_state()):
+            slow.copy_(tensors[f"lookahead/{index}"])
     generator.set_state(tensors["rng/generator"])
     torch.set_rng_state(tensors["rng/torch_cpu"])
     if "rng/torch_cuda" in tensors and device.type == "cuda":

@@ -67,6 +67,12 @@ stacked activations in the MLP) from the global torch RNG, seeded with the chunk
 therefore differ from the ones ``fit`` draws for the same seed: dropout models are statistically equivalent
 to sequentially trained ones, not identical, and depend on how the models are chunked.
 
+Speed-run recipes (issue 20). Nesterov momentum, label smoothing, lookahead and the whitening initialisation
+are not batched: a recipe that uses any of them (:data:`SEQUENTIAL_ONLY`) is trained by calling ``fit`` once
+per model, so its models equal the engine's bit for bit on CPU. On a GPU the speed-run network at batch 1024
+fills the device on its own, which is where the batched step earned its keep for small models; the warm-up
+schedule and the ``translate`` padding are batched like the other schedules and crops.
+
 Deviations from ``train_epochs``: no epoch checkpoints and no resume inside a vectorised run (the caller
 stores the finished models; a cancelled run starts again), no per-epoch history or ``EngineHooks``
 (``progress(done_steps, total_steps)`` is called after every vectorised step instead), a single segment
@@ -91,19 +97,19 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from workers.engine.architectures import ARCHITECTURES
-from workers.engine.architectures.build import build_model, check_weights
+from workers.engine.architectures.build import build_model, check_weights, state_to_numpy
 from workers.engine.architectures.mlp import MLP
 from workers.engine.architectures.small_cnn import POOL_FACTOR, ConvBlock, SmallCNN
 from workers.engine.errors import InvalidInputError
 from workers.engine.methods.params import TrainRecipe
 from workers.engine.tasks import TaskType
 from workers.engine.training import (
-    CROP_PADDING_DIVISOR,
     IMAGE_TENSOR_DIMS,
     LOSSES,
-    augmentation_applies,
     batch_bounds,
     crop_and_flip,
+    crop_padding,
+    fit,
     learning_rate,
     plan_epoch,
 )
@@ -117,6 +123,9 @@ MIN_BATCH_NORM_SAMPLES = 2
 CPU = torch.device("cpu")
 # Whether mlp and small_cnn use their hand-written batched forwards (tests switch it off to check vmap's).
 HAND_BATCHED = True
+# Recipe features the batched step does not implement: recipes that use one train their models one after
+# another with ``fit`` (see ``train_models``). The warm-up schedule and ``translate`` are batched.
+SEQUENTIAL_ONLY = frozenset({"nesterov", "label_smoothing", "lookahead_steps", "whiten"})
 
 
 # ------------------------------------------------------------------------------------------- BatchNorm
@@ -418,9 +427,7 @@ class _StackedModels:
         }
         # ``np.array`` rather than ``[index].copy()``: slicing a 1-D stack (BatchNorm's 0-d
         # ``num_batches_tracked``) yields a numpy scalar, which safetensors cannot save.
-        return [
-            {key: np.array(stacks[key][index]) for key in self.state_keys} for index in range(self.count)
-        ]
+        return [{key: np.array(stacks[key][index]) for key in self.state_keys} for index in range(self.count)]
 
 
 # ---------------------------------------------------------------------------------------- epoch planning
@@ -606,6 +613,8 @@ def train_models(
     RNG state (as the engine's seeded initialisation does). Returns one CPU numpy state dict per model, in
     ``subsets`` order and in the format of ``state_to_numpy`` (``load_weights`` accepts it). Raises
     :class:`InvalidInputError` for unusable inputs and when a model's training diverges (non-finite loss).
+    Recipes with a speed-run feature the batched step lacks (:data:`SEQUENTIAL_ONLY`) train the models one
+    after another with ``fit`` instead, exactly as ``fit`` (``chunk_size`` then plays no part).
     """
     spec = ARCHITECTURES.get(architecture)
     config = spec.parse_config(arch_config)
@@ -615,8 +624,11 @@ def train_models(
     checked = _check_inputs(inputs, labels, subsets, seeds, chunk_size, task, minimum)
     if not checked:
         return []
-    augment = augmentation_applies(recipe, inputs)
-    padding = min(inputs.shape[-2:]) // CROP_PADDING_DIVISOR if augment else None
+    if any(name in SEQUENTIAL_ONLY for name in recipe.loop_extensions()):
+        return _train_sequentially(
+            architecture, config, inputs, labels, checked, recipe, seeds, progress, task
+        )
+    padding = crop_padding(recipe, inputs)
     chunks = _chunks(len(checked), chunk_size)
     plans = [_chunk_plan([checked[index] for index in chunk], recipe.batch_size) for chunk in chunks]
     total_steps = sum(recipe.epochs * plan.steps for plan in plans)
@@ -630,6 +642,47 @@ def train_models(
             if progress is not None:
                 progress(done, total_steps)
         states.extend(trainer.models.to_numpy())
+    return states
+
+
+class _StepHooks:
+    """``EngineHooks`` of one sequential ``fit``: its steps, offset by the models before it, reported as
+    ``progress(done, total)``; epoch checkpoints are dropped (the caller stores the finished models)."""
+
+    def __init__(self, progress: Progress | None, before: int, total: int) -> None:
+        self.report, self.before, self.total = progress, before, total
+
+    def progress(self, phase: str, step: int, total: int, info: dict[str, Any]) -> None:
+        if self.report is not None and not info.get("epoch_end"):
+            self.report(self.before + step, self.total)
+
+    def checkpoint(self, phase: str, epoch: int, blob: bytes) -> None:
+        return None
+
+
+def _train_sequentially(
+    architecture: str,
+    config: Any,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    subsets: Sequence[torch.Tensor],
+    recipe: TrainRecipe,
+    seeds: Sequence[int],
+    progress: Progress | None,
+    task: TaskType,
+) -> list[StateDict]:
+    """The fallback for recipes the batched step does not implement (:data:`SEQUENTIAL_ONLY`): one ``fit``
+    per model, initialised as the engine does, so each model is exactly (bit for bit on CPU) the one a train
+    or retrain job on that subset with that seed produces."""
+    steps = [recipe.epochs * len(batch_bounds(int(subset.shape[0]), recipe.batch_size)) for subset in subsets]
+    states: list[StateDict] = []
+    for subset, seed, before in zip(subsets, seeds, np.cumsum([0, *steps[:-1]]).tolist(), strict=True):
+        torch.manual_seed(int(seed))  # the engine's initialisation
+        model = build_model(architecture, config).to(inputs.device)
+        rows = subset.to(inputs.device)
+        hooks = _StepHooks(progress, int(before), sum(steps))
+        fit(model, inputs[rows], labels[rows], recipe, seed=int(seed), phase="shadow", hooks=hooks, task=task)
+        states.append(state_to_numpy(model))
     return states
 
 

@@ -5,15 +5,34 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.api.deps import Admin, Reader, SessionDep, SettingsDep, StoreDep, Submitter, request_id
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.routes.discovery import builtin_datasets
+from app.core.config import Settings
+from app.core.security import Principal
 from app.models import Dataset
-from app.schemas.resources import NAME_MAX, NAME_PATTERN, BuiltinDatasetCreate, DatasetOut, DatasetPage
-from app.services import audit, quotas
-from app.services.datasets import build_builtin, get_dataset, store_dataset, store_uploaded_dataset
+from app.schemas.resources import (
+    NAME_MAX,
+    NAME_PATTERN,
+    BuiltinDatasetCreate,
+    DataRootDatasetCreate,
+    DatasetOut,
+    DatasetPage,
+)
+from app.services import audit
+from app.services.dataset_sources import (
+    BUILTIN,
+    DATA_ROOT,
+    UPLOAD,
+    DatasetUpload,
+    IntakeContext,
+    create_dataset,
+)
+from app.services.datasets import get_dataset
 from app.services.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
+from app.storage import ArtifactStore
 from workers.engine.tasks import DatasetTask, TaskType
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -37,8 +56,33 @@ def list_datasets(
     )
 
 
-def _created(response: Response, row: Dataset, created: bool) -> DatasetOut:
-    response.status_code = 201 if created else 200
+def _create(
+    source: str,
+    description: object,
+    principal: Principal,
+    session: Session,
+    store: ArtifactStore,
+    settings: Settings,
+    request: Request,
+    response: Response,
+) -> DatasetOut:
+    """Every source's route: the source's own intake, then the same audit row, commit and answer."""
+    context = IntakeContext(session=session, store=store, settings=settings, tenant_id=principal.tenant_id)
+    intake = create_dataset(source, context, description)
+    row = intake.row
+    if intake.created:
+        audit.record(
+            session,
+            tenant_id=principal.tenant_id,
+            actor=principal.actor,
+            action=intake.audit_action,
+            resource_type="dataset",
+            resource_id=str(row.id),
+            request_id=request_id(request),
+            details=intake.audit_details,
+        )
+    session.commit()
+    response.status_code = 201 if intake.created else 200
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return DatasetOut.model_validate(row)
 
@@ -59,32 +103,7 @@ def create_builtin_dataset(
     response: Response,
 ) -> DatasetOut:
     """Materialise a built-in dataset (digits, procedural, …) with a config."""
-    quotas.check_builtin_dataset(body.builtin, body.config, settings)
-    dataset, config = build_builtin(body.builtin, body.config)
-    row, created = store_dataset(
-        session,
-        store,
-        settings,
-        tenant_id=principal.tenant_id,
-        dataset=dataset,
-        name=body.name or body.builtin,
-        source="builtin",
-        builtin=body.builtin,
-        config=config,
-    )
-    if created:
-        audit.record(
-            session,
-            tenant_id=principal.tenant_id,
-            actor=principal.actor,
-            action="dataset.create",
-            resource_type="dataset",
-            resource_id=str(row.id),
-            request_id=request_id(request),
-            details={"builtin": body.builtin, "sha256": row.sha256},
-        )
-    session.commit()
-    return _created(response, row, created)
+    return _create(BUILTIN, body, principal, session, store, settings, request, response)
 
 
 def _name_from_filename(filename: str | None) -> str:
@@ -117,28 +136,34 @@ def upload_dataset(
     time (a plain ``def``: the work runs in the thread pool, off the event loop); counted against the
     tenant's storage quota at its stored (float32) size before anything is written (413
     storage-quota-exceeded)."""
-    row, created, plan = store_uploaded_dataset(
-        session,
-        store,
-        settings,
-        tenant_id=principal.tenant_id,
-        source=file.file,
-        name=name or _name_from_filename(file.filename),
-        task=TaskType(task.value),
+    upload = DatasetUpload(
+        file=file.file, name=name or _name_from_filename(file.filename), task=TaskType(task.value)
     )
-    if created:
-        audit.record(
-            session,
-            tenant_id=principal.tenant_id,
-            actor=principal.actor,
-            action="dataset.upload",
-            resource_type="dataset",
-            resource_id=str(row.id),
-            request_id=request_id(request),
-            details={"sha256": row.sha256, "upload_sha256": plan.sha256, "bytes": plan.upload_bytes},
-        )
-    session.commit()
-    return _created(response, row, created)
+    return _create(UPLOAD, upload, principal, session, store, settings, request, response)
+
+
+@router.post(
+    "/data-root",
+    response_model=DatasetOut,
+    status_code=201,
+    responses={200: {"description": "The same files with the same options already registered"}},
+)
+def register_data_root_dataset(
+    body: DataRootDatasetCreate,
+    principal: Submitter,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    request: Request,
+    response: Response,
+) -> DatasetOut:
+    """Register a dataset from the operator's data root (``LETHE_DATA_ROOT``) by format and relative path,
+    e.g. ``{"format": "cifar10", "path": "cifar-10-batches-py"}``. Every file is read and validated here (a
+    plain ``def``: in the thread pool) and its SHA-256 recorded; workers read the files at each job and
+    refuse them if they changed. 409 ``data-root-disabled`` when the operator set no data root; 422
+    ``invalid-data-root-path`` (absolute, ``..``, a link out of the root), ``invalid-dataset-files``,
+    ``unknown-data-root-format`` or ``invalid-dataset-config`` otherwise."""
+    return _create(DATA_ROOT, body, principal, session, store, settings, request, response)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)

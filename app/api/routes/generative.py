@@ -17,7 +17,9 @@ from app.api.deps import Reader, SessionDep, StoreDep
 from app.api.routes.jobs import get_job
 from app.core.problems import NotFound
 from app.models import Job, JobKind, JobStatus
+from app.models.job import stored_kinds
 from app.services.models import get_model
+from workers.engine.job_kinds import JOB_KINDS, job_kind
 
 router = APIRouter(tags=["generative"])
 GRID_NAME = "samples"
@@ -73,7 +75,7 @@ def job_samples(job_id: uuid.UUID, principal: Reader, session: SessionDep, store
     """A sample job's images and their class labels as an npz (no pickled objects)."""
     job = get_job(session, principal.tenant_id, job_id)
     key = (job.result or {}).get("samples_key")
-    if job.kind is not JobKind.sample or not isinstance(key, str) or not store.exists(key):
+    if "samples" not in job_kind(job.kind).produces or not isinstance(key, str) or not store.exists(key):
         raise NotFound(f"job {job_id} has no stored samples", code="samples-not-found")
     return Response(
         store.get(key),
@@ -82,6 +84,14 @@ def job_samples(job_id: uuid.UUID, principal: Reader, session: SessionDep, store
             "Content-Disposition": f'attachment; filename="samples-{job_id}.npz"',
             "Cache-Control": IMMUTABLE,
         },
+    )
+
+
+def _kinds_showing_samples() -> list[JobKind]:
+    """The kinds whose grids stand for a model: the rows of a comparison (retrain, unlearn: of their output
+    model; evaluate: of the model evaluated) and the kinds that produce samples."""
+    return stored_kinds(
+        spec.name for spec in JOB_KINDS if spec.comparison_role is not None or "samples" in spec.produces
     )
 
 
@@ -99,13 +109,13 @@ def model_grid(model_id: uuid.UUID, principal: Reader, session: SessionDep, stor
                 Job.output_model_id == model.id,
                 Job.model_id == model.id,
             ),
-            Job.kind.in_([JobKind.retrain, JobKind.unlearn, JobKind.evaluate, JobKind.sample]),
+            Job.kind.in_(_kinds_showing_samples()),
         )
         .order_by(Job.finished_at.desc(), Job.id.desc())
     )
     for job in candidates:
         # Jobs that start from this model but output another one show that other model's samples.
-        if job.model_id == model.id and job.kind in (JobKind.retrain, JobKind.unlearn):
+        if job.model_id == model.id and "model" in job_kind(job.kind).produces:
             continue
         key = grid_key(job)
         if key is not None and store.exists(key):

@@ -15,9 +15,11 @@ from app.api.deps import Reader, SessionDep, StoreDep
 from app.api.routes.jobs import get_job
 from app.core.problems import NotFound
 from app.models import Job, JobKind, JobStatus
+from app.models.job import stored_kinds
 from app.services import plots
 from app.services.forget_sets import get_forget_set
 from app.services.results import compare
+from workers.engine.job_kinds import comparison_role, kinds_where
 
 router = APIRouter(tags=["plots"])
 FormatParam = Annotated[plots.Format, Path(description="png or svg")]
@@ -51,14 +53,20 @@ def job_roc(job_id: uuid.UUID, fmt: FormatParam, principal: Reader, session: Ses
     return _image(plots.roc_figure(f"ROC — {_label(job)}", curves), fmt)
 
 
+def _row_name(kind: JobKind) -> str:
+    """A comparison row without a method: the original model's evaluation, or a kind's name."""
+    return "original" if comparison_role(kind) == "original" else kind.value
+
+
 def _original_evaluation(session: SessionDep, job: Job) -> Job | None:
-    if job.kind is JobKind.evaluate or job.model_id is None or job.forget_set_id is None:
+    # The original model's own evaluation (the "original" row of the comparison) on the same forget set.
+    if comparison_role(job.kind) == "original" or job.model_id is None or job.forget_set_id is None:
         return None
     return session.scalar(
         select(Job)
         .where(
             Job.tenant_id == job.tenant_id,
-            Job.kind == JobKind.evaluate,
+            Job.kind.in_(stored_kinds(kinds_where(comparison_role="original"))),
             Job.status == JobStatus.succeeded,
             Job.model_id == job.model_id,
             Job.forget_set_id == job.forget_set_id,
@@ -114,8 +122,7 @@ def forget_set_tradeoff(
     points = [
         {
             "kind": row.kind.value,
-            "label": f"{row.method or ('original' if row.kind is JobKind.evaluate else row.kind.value)}"
-            f" s{row.seed}",
+            "label": f"{row.method or _row_name(row.kind)} s{row.seed}",
             "UA": row.metrics[x_key],
             "RA": row.metrics[y_key],
         }

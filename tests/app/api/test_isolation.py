@@ -43,6 +43,7 @@ from app.services.keys import create_key
 from tests.app.api.test_bad_input_corpus import MLP_CONFIG, mlp_state, safetensors_bytes
 from tests.app.api.test_compliance import POLICY_RULES, issued_request
 from tests.conftest import Tenant, make_tenant
+from tests.workers.engine.datasets.data_root_files import write_cifar10
 
 PROBLEM = "application/problem+json"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -61,6 +62,7 @@ class World:
     client: TestClient
     owner: Tenant
     sessions: sessionmaker[Session]
+    settings: Settings
     ids: dict[str, str] = field(default_factory=dict)
 
     def post(self, path: str, scope: str = "submit", **kwargs: Any) -> dict[str, Any]:
@@ -142,6 +144,15 @@ def npz_upload() -> dict[str, Any]:
     return {"files": {"file": ("d.npz", buffer.getvalue())}}
 
 
+def data_root_body(w: World) -> dict[str, Any]:
+    """A fresh tiny CIFAR-10 directory under the test data root (new content: a new dataset each time)."""
+    root = w.settings.data_root
+    assert root is not None
+    name = f"cifar-{next(UNIQUE)}"
+    write_cifar10(root / name, seed=next(UNIQUE))
+    return {"json": {"source": "data_root", "format": "cifar10", "path": name}}
+
+
 def fresh_key_id(w: World) -> str:
     """A new read key of the owner's tenant, for requests that revoke or rotate one."""
     return str(w.post("/v1/keys", "admin", json={"name": f"k{next(UNIQUE)}", "scopes": ["read"]})["key_id"])
@@ -184,6 +195,9 @@ ROUTES: dict[str, RouteSpec] = {
     ),
     "POST /v1/datasets/upload": RouteSpec(
         Scope.submit, lambda w: ("/v1/datasets/upload", npz_upload()), audit="dataset.upload"
+    ),
+    "POST /v1/datasets/data-root": RouteSpec(
+        Scope.submit, lambda w: ("/v1/datasets/data-root", data_root_body(w)), audit="dataset.data_root"
     ),
     "GET /v1/datasets/{dataset_id}": RouteSpec(Scope.read, get("/v1/datasets/{dataset_id}")),
     "DELETE /v1/datasets/{dataset_id}": RouteSpec(
@@ -428,7 +442,7 @@ def scopeless_key(owner: Tenant, sessions: sessionmaker[Session], migrated: Sett
 
 @pytest.fixture(scope="module")
 def world(api: TestClient, owner: Tenant, sessions: sessionmaker[Session], migrated: Settings) -> World:
-    w = World(api, owner, sessions)
+    w = World(api, owner, sessions, migrated)
     w.ids["dataset_id"] = w.new_dataset()
     w.ids["model_id"] = w.new_model()
     w.ids["forget_set_id"] = w.post(

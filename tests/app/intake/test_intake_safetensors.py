@@ -111,6 +111,7 @@ def test_weights_digest_names_the_tensors_not_the_file() -> None:
     digests = {weights_digest(safetensors.numpy.save(variant)) for variant in variants}
     assert weights_digest(first) not in digests and len(digests) == len(variants)
 
+
 @pytest.mark.parametrize("float_dtype", [np.float16, np.float64])
 def test_any_float_dtype_is_accepted_for_float_parameters(float_dtype: type[np.floating[Any]]) -> None:
     data = safetensors.numpy.save(_state_dict(float_dtype))

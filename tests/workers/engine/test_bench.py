@@ -27,3 +27,30 @@ def test_train_loop_bench_runs_and_reports_both_loops(tmp_path: Path) -> None:
     assert results["reference_img_s"] > 0 and results["lethe_img_s"] > 0
     ratio = results["lethe_img_s"] / results["reference_img_s"]
     assert results["lethe_over_reference"] == pytest.approx(ratio, abs=0.01)
+
+
+def test_fast_retrain_bench_runs_every_stage_on_a_tiny_size(tmp_path: Path) -> None:
+    output = tmp_path / "fast_retrain.json"
+    command = [
+        sys.executable, str(REPO_ROOT / "bench" / "fast_retrain.py"),
+        "--n", "96", "--n-test", "40", "--image-size", "16", "--widths", "4,8", "--epochs", "2",
+        "--batch-size", "32", "--target", "0", "--ref-width", "2", "--ref-epochs", "1", "--shadows", "3",
+        "--device", "cpu", "--threads", "1", "--json", str(output),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    results = json.loads(output.read_text())
+    assert results["recipe"]["whiten"] is True and results["recipe"]["lr"] == 0.4
+    for run in ("original", "retrain", "reference"):
+        assert results[run]["img_s"] > 0 and len(results[run]["epoch_accuracies"]) >= 1
+        # A zero target is met at the first epoch end: the time to it is that epoch's training time.
+        assert 0 < results[run]["seconds_to_target"] <= results[run]["train_s"]
+    ratios = results["ratios"]
+    assert ratios["img_s_speedrun_over_reference"] == pytest.approx(
+        results["retrain"]["img_s"] / results["reference"]["img_s"], rel=0.02
+    )
+    assert ratios["reference_over_retrain_seconds_to_target"] > 0
+    audit = results["audit"]
+    assert audit["shadows"] == 3 and audit["models_trained"] == 3 * 3 and 0.0 <= audit["ulira_auc"] <= 1.0

@@ -56,6 +56,7 @@ def test_builtin_catalogs_are_registered() -> None:
         "resnet18_regressor",
         "small_cnn",
         "small_cnn_regressor",
+        "speedrun_cnn",
         "unet_ddpm",
         "unet_one_step",
     ]

@@ -25,6 +25,7 @@ from workers.engine.metrics import accuracy, forgetting_report
 from workers.engine.metrics.regression import comparison_metrics, target_range
 configs = {"mlp": {"input_shape": [4]}, "small_cnn": {}, "resnet18": {}}
 configs.update({f"{name}_regressor": config for name, config in configs.items()})
+configs["speedrun_cnn"] = {}
 configs.update({"unet_ddpm": {}, "unet_one_step": {"t_init": 440}})
 for spec in ARCHITECTURES:
     spec.config_model.model_json_schema()

@@ -269,6 +269,88 @@ def resnet18_check_input(config: ResNet18Config, input_shape: tuple[int, ...], n
     _require_classes("resnet18", config.num_classes, num_classes)
 
 
+# ------------------------------------------------------------------------------------------ speedrun_cnn
+# The fixed 2x2 whitening conv: for each of its 4 * C patch directions one filter and its negation.
+WHITEN_KERNEL_SIZE = 2
+WHITEN_FILTERS_PER_PATCH_VALUE = 2
+DEFAULT_SPEEDRUN_WIDTHS = [64, 256, 256]
+
+
+class SpeedrunCNNConfig(BaseModel):
+    """The small fixed network of the published CIFAR-10 speed runs (Keller Jordan's airbench94, "94% on
+    CIFAR-10 in 3.29 seconds on a single GPU"), written from that description: a fixed 2x2 conv (padding 0)
+    whose filters the training recipe's ``whiten`` sets from the training patches' covariance (eigenvectors
+    scaled by 1/sqrt(eigenvalue), each with its negation) and whose bias trains, GELU; then per width a block
+    conv3x3 - maxpool 2 - BN - GELU - conv3x3 - BN - GELU; global max-pool; a bias-free linear head whose
+    logits are multiplied by ``head_scale``; in eval mode the logits are averaged over the input and its
+    horizontal mirror (test-time flip). Deviations: BatchNorm scales train (the published run freezes them;
+    trainable scales keep every method that differentiates all parameters working), the convs keep torch's
+    default initialisation (the published one starts half of each conv's channels as identity), BatchNorm
+    eps is torch's 1e-5, and test-time augmentation is the flip only (no translations). Accepts any number
+    of input channels and any image side that survives the poolings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    in_channels: InChannels = 3
+    num_classes: NumClasses = 10
+    widths: list[Annotated[int, Field(ge=1, le=2048)]] = Field(
+        default_factory=lambda: list(DEFAULT_SPEEDRUN_WIDTHS),
+        min_length=1,
+        max_length=4,
+        description="Channels of each conv block (each block halves the image side).",
+    )
+    head_scale: float = Field(
+        default=1 / 9,
+        gt=0.0,
+        le=10.0,
+        allow_inf_nan=False,
+        description="Multiplier of the linear head's logits (1/9 as published).",
+    )
+    tta_flip: bool = Field(
+        default=True, description="Eval mode: average the logits of each image and its horizontal mirror."
+    )
+
+    @property
+    def whiten_width(self) -> int:
+        return WHITEN_FILTERS_PER_PATCH_VALUE * self.in_channels * WHITEN_KERNEL_SIZE**2
+
+    def min_image_side(self) -> int:
+        """The smallest side whose feature map keeps at least one pixel after every pooling."""
+        return 2 ** len(self.widths) + WHITEN_KERNEL_SIZE - 1
+
+
+def speedrun_cnn_param_shapes(config: SpeedrunCNNConfig) -> ShapeDict:
+    patch = config.in_channels
+    shapes: ShapeDict = {
+        "whiten.bias": ((config.whiten_width,), FLOAT32),  # trained
+        "whiten.weight": (  # a buffer: fixed after the data-dependent initialisation
+            (config.whiten_width, patch, WHITEN_KERNEL_SIZE, WHITEN_KERNEL_SIZE),
+            FLOAT32,
+        ),
+    }
+    fan_in = config.whiten_width
+    for index, width in enumerate(config.widths):
+        shapes.update(_conv_entry(f"blocks.{index}.conv1", fan_in, width, CONV_KERNEL_SIZE))
+        shapes.update(_batch_norm_entries(f"blocks.{index}.bn1", width))
+        shapes.update(_conv_entry(f"blocks.{index}.conv2", width, width, CONV_KERNEL_SIZE))
+        shapes.update(_batch_norm_entries(f"blocks.{index}.bn2", width))
+        fan_in = width
+    shapes["head.weight"] = ((config.num_classes, fan_in), FLOAT32)
+    return shapes
+
+
+def speedrun_cnn_check_input(
+    config: SpeedrunCNNConfig, input_shape: tuple[int, ...], num_classes: int
+) -> None:
+    smallest = config.min_image_side()
+    if len(input_shape) != 3 or input_shape[0] != config.in_channels or min(input_shape[1:]) < smallest:
+        raise InvalidInputError(
+            f"speedrun_cnn expects images of shape [{config.in_channels}, H, W] with H, W >= {smallest} "
+            f"({len(config.widths)} pooling blocks) but dataset samples have shape {list(input_shape)}"
+        )
+    _require_classes("speedrun_cnn", config.num_classes, num_classes)
+
+
 # ------------------------------------------------------------------------------------------ regressors
 # Scalar-head variants for regression (blindspot_sfd.md §1.2: the reference models end in one output). They
 # keep the classifiers' state_dict layout with a head of one output (``num_classes`` is fixed at 1, which
@@ -331,6 +413,20 @@ ARCHITECTURES.register(
         param_shapes=resnet18_param_shapes,
         builder="workers.engine.architectures.resnet:build",
         check_input=resnet18_check_input,
+    )
+)
+ARCHITECTURES.register(
+    ArchitectureSpec(
+        name="speedrun_cnn",
+        description=(
+            "The CIFAR speed-run network (whitening 2x2 conv, conv-BN-GELU blocks with max-pooling, scaled "
+            "linear head, test-time flip): retrains in seconds with the 'speedrun' recipe base."
+        ),
+        task_types=(TaskType.classification,),
+        config_model=SpeedrunCNNConfig,
+        param_shapes=speedrun_cnn_param_shapes,
+        builder="workers.engine.architectures.speedrun:build",
+        check_input=speedrun_cnn_check_input,
     )
 )
 
@@ -427,5 +523,6 @@ __all__ = [
     "ShapeDict",
     "SmallCNNConfig",
     "SmallCNNRegressorConfig",
+    "SpeedrunCNNConfig",
     "parameter_count",
 ]

@@ -79,6 +79,7 @@ from workers.engine.audit.store import (
     weights_digest,
 )
 from workers.engine.datasets import ArrayDataset
+from workers.engine.device_inputs import device_inputs
 from workers.engine.errors import InvalidInputError
 from workers.engine.hooks import EngineHooks, NullHooks
 from workers.engine.imports import import_by_path
@@ -586,7 +587,7 @@ def run_audit(request: AuditRequest, store: ShadowStore, hooks: EngineHooks | No
 
         # The same environment record as every other job (library versions included).
         environment = _environment(device, deterministic)
-        inputs = torch.from_numpy(np.concatenate([dataset.x_train, dataset.x_test])).to(device)
+        inputs = device_inputs(dataset, np.concatenate([dataset.x_train, dataset.x_test]), device)
         labels = torch.from_numpy(np.concatenate([dataset.y_train, dataset.y_test])).to(device)
         context = _Context(params, request, recipe, device, inputs, labels, dataset.n_train, store, progress)
         all_train = np.arange(dataset.n_train, dtype=np.int64)

@@ -17,13 +17,40 @@ MIN_CLASSES = 2
 # A regression dataset has one continuous target per sample; its ``num_classes`` is the model's output count.
 REGRESSION_OUTPUTS = 1
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "num_classes", "task")
+# Optional members: a dataset without them is not normalised (older archives have none).
+NPZ_NORMALIZATION_KEYS = ("norm_mean", "norm_std")
+# Input dtypes an ArrayDataset holds: float32 features, or uint8 pixels (0..255) that stay uint8 in storage
+# and in host memory and are scaled to [0, 1] on the device (workers.engine.device_inputs).
+INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.uint8))
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel ``(x - mean) / std``, applied on the device after uint8 pixels are scaled to [0, 1].
+
+    Part of the dataset's config (so recorded with the row and in every job result), not baked into the
+    stored arrays: the same stored uint8 images serve any normalisation."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def check(self, channels: int) -> None:
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise InvalidInputError(
+                f"normalization needs one mean and one std per channel ({channels}), "
+                f"got {len(self.mean)} and {len(self.std)}"
+            )
+        if not all(np.isfinite(self.mean)) or not all(np.isfinite(s) and s > 0 for s in self.std):
+            raise InvalidInputError("normalization mean must be finite and std finite and positive")
 
 
 @dataclass
 class ArrayDataset:
     """A train/test split held as numpy arrays.
 
-    Inputs are float32 with per-sample shape ``input_shape`` (images are channels-first, C x H x W).
+    Inputs are float32, or uint8 pixels (0..255, images only: at least C x H) that are scaled by 1/255 on
+    the device, with per-sample shape ``input_shape`` (images are channels-first, C x H x W).
+    ``normalization`` (per channel, optional) is applied on the device after that scaling.
     Classification: labels are int64 class indices in ``[0, num_classes)``. Regression: labels are finite
     float32 targets and ``num_classes`` is 1 (one scalar output). Indices into ``x_train`` are the "original
     indices" forget sets refer to.
@@ -36,6 +63,7 @@ class ArrayDataset:
     num_classes: int
     task: TaskType
     input_shape: tuple[int, ...]
+    normalization: Normalization | None = None
 
     @property
     def n_train(self) -> int:
@@ -50,6 +78,10 @@ class ArrayDataset:
         if self.task not in (TaskType.classification, TaskType.regression):
             raise InvalidInputError(f"unsupported task type {self.task!r}")
         regression = self.task is TaskType.regression
+        if self.normalization is not None:
+            if len(self.input_shape) < 2:
+                raise InvalidInputError("normalization applies to images (C x H x W), not flat features")
+            self.normalization.check(self.input_shape[0])
         if regression and self.num_classes != REGRESSION_OUTPUTS:
             raise InvalidInputError(f"a regression dataset has num_classes={REGRESSION_OUTPUTS} (one output)")
         if not regression and self.num_classes < MIN_CLASSES:
@@ -58,8 +90,10 @@ class ArrayDataset:
             ("train", self.x_train, self.y_train),
             ("test", self.x_test, self.y_test),
         ):
-            if inputs.dtype != np.float32:
-                raise InvalidInputError(f"x_{split} must be float32, got {inputs.dtype}")
+            if inputs.dtype not in INPUT_DTYPES:
+                raise InvalidInputError(f"x_{split} must be float32 or uint8, got {inputs.dtype}")
+            if inputs.dtype == np.uint8 and len(self.input_shape) < 2:
+                raise InvalidInputError(f"uint8 x_{split} must be images (C x H x W), not flat features")
             label_dtype = np.float32 if regression else np.int64
             if labels.dtype != label_dtype or labels.ndim != 1:
                 raise InvalidInputError(
@@ -83,7 +117,7 @@ class ArrayDataset:
                     f"y_{split} labels must lie in [0, {self.num_classes}), "
                     f"found [{labels.min()}, {labels.max()}]"
                 )
-            if not np.all(np.isfinite(inputs)):
+            if inputs.dtype == np.float32 and not np.all(np.isfinite(inputs)):
                 raise InvalidInputError(f"x_{split} contains NaN or infinite values")
         return self
 
@@ -133,18 +167,36 @@ class ArrayDataset:
         )
         return dataset.validate()
 
+    def input_record(self) -> dict[str, object]:
+        """How the stored inputs become the model's inputs, as recorded in every job result."""
+        uint8 = self.x_train.dtype == np.uint8
+        return {
+            "dtype": str(self.x_train.dtype),
+            "scale": 1.0 / UINT8_MAX if uint8 else 1.0,  # applied first, on the device
+            "mean": list(self.normalization.mean) if self.normalization else None,
+            "std": list(self.normalization.std) if self.normalization else None,
+        }
+
     def to_npz_bytes(self) -> bytes:
-        """Serialise with ``np.savez`` (no pickled objects), readable by :meth:`from_npz_bytes`."""
+        """Serialise with ``np.savez`` (no pickled objects), readable by :meth:`from_npz_bytes`; uint8 inputs
+        stay uint8 (a quarter of float32's size)."""
         buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            x_train=self.x_train,
-            y_train=self.y_train,
-            x_test=self.x_test,
-            y_test=self.y_test,
-            num_classes=np.asarray(self.num_classes, dtype=np.int64),
-            task=np.asarray(self.task.value),
-        )
+        extra: dict[str, np.ndarray] = {}
+        if self.normalization is not None:
+            extra = {
+                "norm_mean": np.asarray(self.normalization.mean, dtype=np.float64),
+                "norm_std": np.asarray(self.normalization.std, dtype=np.float64),
+            }
+        members: dict[str, np.ndarray] = {
+            "x_train": self.x_train,
+            "y_train": self.y_train,
+            "x_test": self.x_test,
+            "y_test": self.y_test,
+            "num_classes": np.asarray(self.num_classes, dtype=np.int64),
+            "task": np.asarray(self.task.value),
+            **extra,
+        }
+        np.savez(buffer, allow_pickle=False, **members)
         return buffer.getvalue()
 
     @classmethod
@@ -155,6 +207,7 @@ class ArrayDataset:
                 if missing:
                     raise InvalidInputError(f"dataset archive lacks {', '.join(missing)}")
                 arrays = {key: archive[key] for key in NPZ_KEYS}
+                norm = [archive[key] for key in NPZ_NORMALIZATION_KEYS if key in archive.files]
         except (ValueError, OSError, EOFError) as error:
             raise InvalidInputError(f"not a readable dataset archive: {error}") from None
         try:
@@ -169,6 +222,11 @@ class ArrayDataset:
             num_classes=int(arrays["num_classes"]),
             task=task,
             input_shape=tuple(int(size) for size in arrays["x_train"].shape[1:]),
+            normalization=(
+                Normalization(tuple(map(float, norm[0])), tuple(map(float, norm[1])))
+                if len(norm) == len(NPZ_NORMALIZATION_KEYS)
+                else None
+            ),
         )
         return dataset.validate()
 

@@ -11,6 +11,7 @@ CPU the same call returns bit-identical results.
 - :func:`run_sfd` - Score Forgetting Distillation (or the distil-only control) into a one-step generator.
 - :func:`sample_generator` - one-step samples of an SFD generator.
 - :func:`train_metric_classifier` - the classifier behind the generative metrics.
+- :func:`draw_per_class` - per-class samples in heartbeat-sized chunks (evaluations, grids).
 - :func:`sample_for_evaluation` + :func:`evaluate_generative` - UA, override rate, entropy, retained
   accuracy, Frechet distances, NFE and time per sample.
 - :func:`grid_png` - a classes x samples PNG grid.
@@ -18,7 +19,7 @@ CPU the same call returns bit-identical results.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,10 @@ IMAGE_DIMS = 3  # per-sample C x H x W
 # 4x4 for CIFAR's 32x32 ([1, 2, 2, 2]).
 LEVELS_BY_SIZE = ((32, [1, 2, 2, 2]), (16, [1, 2, 2]), (8, [1, 2]))
 ONE_STEP_NFE = 1
+# Images drawn per sampler call in evaluations: bounds the time between two heartbeats of a job.
+DRAW_CHUNK = 256
+# Seed offset between chunks of one class (classes take offsets 0..K-1 within a chunk).
+CHUNK_SEED_STRIDE = 100_003
 UINT8_LEVELS = 255.0
 DEFAULT_GRID_SCALE = 4
 
@@ -353,6 +358,45 @@ def sample_generator(
 
 
 # ----------------------------------------------------------------------------------------- evaluation
+def draw_per_class(
+    weights: Mapping[str, np.ndarray],
+    config: DiffusionModelConfig,
+    classes: Sequence[int],
+    count: int,
+    *,
+    t_init: int | None,
+    sampler: SampleParams | None = None,
+    seed: int,
+    device: str = "cpu",
+    on_chunk: Callable[[int, int, int], None] | None = None,
+) -> SampleResult:
+    """``count`` samples of each of ``classes``, class by class, in chunks of at most :data:`DRAW_CHUNK`
+    images. Each chunk has its own seed, derived from ``seed``, its class and its position, so a class's
+    samples do not depend on which other classes are drawn in the same call. ``t_init`` set: a one-step
+    generator; otherwise a multi-step teacher sampled with ``sampler`` (default :class:`SampleParams`).
+    ``on_chunk(done, total, cls)`` runs after each chunk (a job's heartbeat: a multi-step teacher runs
+    ``sampler.steps`` network calls per chunk)."""
+    result: SampleResult | None = None
+    chunks = [(cls, start) for cls in classes for start in range(0, count, DRAW_CHUNK)]
+    for index, (cls, start) in enumerate(chunks):
+        size = min(DRAW_CHUNK, count - start)
+        chunk_seed = seed + cls + CHUNK_SEED_STRIDE * (start // DRAW_CHUNK)
+        if t_init is not None:
+            part = sample_generator(
+                weights, config, [cls], size, t_init=t_init, seed=chunk_seed, device=device
+            )
+        else:
+            part = sample_images(
+                weights, config, [cls], size, sampler or SampleParams(), seed=chunk_seed, device=device
+            )
+        result = part if result is None else result.concat(part)
+        if on_chunk is not None:
+            on_chunk(index + 1, len(chunks), cls)
+    if result is None:
+        raise InvalidInputError("nothing to draw: no classes or no samples per class")
+    return result
+
+
 def sample_for_evaluation(
     weights: Mapping[str, np.ndarray],
     config: DiffusionModelConfig,
@@ -363,30 +407,30 @@ def sample_for_evaluation(
     sample_params: SampleParams | None = None,
     seed: int,
     device: str = "cpu",
+    on_chunk: Callable[[int, int, int], None] | None = None,
 ) -> SampleResult:
-    """The evaluation's samples: ``params.forget_samples`` for the forgotten class (if any) and
-    ``params.samples_per_class`` for every other class. ``t_init`` set: a one-step SFD generator;
-    otherwise a multi-step teacher sampled with ``sample_params`` (default :class:`SampleParams`)."""
+    """The evaluation's samples: ``params.samples_per_class`` for every retained class, then
+    ``params.forget_samples`` for the forgotten class (if any), drawn by :func:`draw_per_class`. The
+    service's evaluation jobs and the benches call this one function, so their figures come from the same
+    noise for the same seed."""
     retained = [cls for cls in range(config.num_classes) if cls != forget_class]
 
-    def draw(classes: list[int], count: int, offset: int) -> SampleResult:
-        if t_init is not None:
-            return sample_generator(
-                weights, config, classes, count, t_init=t_init, seed=seed + offset, device=device
-            )
-        return sample_images(
+    def draw(classes: list[int], count: int) -> SampleResult:
+        return draw_per_class(
             weights,
             config,
             classes,
             count,
-            sample_params or SampleParams(),
-            seed=seed + offset,
+            t_init=t_init,
+            sampler=sample_params,
+            seed=seed,
             device=device,
+            on_chunk=on_chunk,
         )
 
-    result = draw(retained, params.samples_per_class, 0)
+    result = draw(retained, params.samples_per_class)
     if forget_class is not None:
-        result = result.concat(draw([forget_class], params.forget_samples, 1))
+        result = result.concat(draw([forget_class], params.forget_samples))
     return result
 
 

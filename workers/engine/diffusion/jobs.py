@@ -17,6 +17,7 @@ scored by the same classifier.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -43,7 +44,7 @@ from workers.engine.diffusion.job_params import (
     SampleJobParams,
     SFDJobParams,
 )
-from workers.engine.diffusion.params import ClassifierParams, DiffusionModelConfig, SampleParams
+from workers.engine.diffusion.params import ClassifierParams, DiffusionModelConfig
 from workers.engine.errors import InvalidInputError
 from workers.engine.hooks import ArtifactCache, EngineHooks, NullHooks
 from workers.engine.imports import import_by_path
@@ -57,10 +58,6 @@ GRID_SEED_OFFSET = 7919
 # Bumped when the metric classifier's training changes, so that cached classifiers are not reused.
 METRIC_CLASSIFIER_VERSION = 1
 UINT8_MAX = 255.0
-# Images drawn per sampler call: bounds the time between two heartbeats of a job.
-DRAW_CHUNK = 256
-# Seed offset between chunks of one class (classes take offsets 0..K-1 within a chunk).
-CHUNK_SEED_STRIDE = 100_003
 
 
 @dataclass
@@ -282,38 +279,6 @@ def metric_classifier(
     return result, info
 
 
-def _draw(
-    weights: dict[str, np.ndarray],
-    config: DiffusionModelConfig,
-    t_init: int | None,
-    classes: list[int],
-    count: int,
-    sampler: SampleParams,
-    *,
-    seed: int,
-    device: str,
-    hooks: EngineHooks,
-    phase: str,
-) -> api.SampleResult:
-    """``count`` samples of each class, class by class, in chunks of at most ``DRAW_CHUNK`` images with a
-    heartbeat after each (a multi-step teacher runs ``sampler.steps`` network calls per chunk)."""
-    result: api.SampleResult | None = None
-    chunks = [(cls, start) for cls in classes for start in range(0, count, DRAW_CHUNK)]
-    for index, (cls, start) in enumerate(chunks):
-        size = min(DRAW_CHUNK, count - start)
-        chunk_seed = seed + cls + CHUNK_SEED_STRIDE * (start // DRAW_CHUNK)
-        if t_init is not None:
-            part = api.sample_generator(
-                weights, config, [cls], size, t_init=t_init, seed=chunk_seed, device=device
-            )
-        else:
-            part = api.sample_images(weights, config, [cls], size, sampler, seed=chunk_seed, device=device)
-        result = part if result is None else result.concat(part)
-        hooks.progress(phase, index + 1, len(chunks), {"class": cls})
-    assert result is not None
-    return result
-
-
 def evaluate_model(
     weights: dict[str, np.ndarray],
     config: DiffusionModelConfig,
@@ -333,34 +298,17 @@ def evaluate_model(
     classifier, classifier_info = metric_classifier(
         dataset, evaluation.classifier, device=device, cache=cache, dataset_sha256=dataset_sha256, hooks=hooks
     )
-    retained = [cls for cls in range(config.num_classes) if cls != forget_class]
-    samples = _draw(
+    samples = api.sample_for_evaluation(
         weights,
         config,
-        t_init,
-        retained,
-        evaluation.samples.samples_per_class,
-        evaluation.sampler,
+        evaluation.samples,
+        forget_class=forget_class,
+        t_init=t_init,
+        sample_params=evaluation.sampler,
         seed=evaluation.seed,
         device=device,
-        hooks=hooks,
-        phase=EVALUATE_PHASE,
+        on_chunk=lambda done, total, cls: hooks.progress(EVALUATE_PHASE, done, total, {"class": cls}),
     )
-    if forget_class is not None:
-        samples = samples.concat(
-            _draw(
-                weights,
-                config,
-                t_init,
-                [forget_class],
-                evaluation.samples.forget_samples,
-                evaluation.sampler,
-                seed=evaluation.seed,
-                device=device,
-                hooks=hooks,
-                phase=EVALUATE_PHASE,
-            )
-        )
     metrics = api.evaluate_generative(
         samples,
         classifier,
@@ -372,17 +320,16 @@ def evaluate_model(
     )
     # Wall-clock time is not a metric (metrics are bit-identical for a seed on CPU): it goes to the timings.
     seconds_per_sample = metrics.pop("seconds_per_sample")
-    grid_samples = _draw(
+    grid_samples = api.draw_per_class(
         weights,
         config,
-        t_init,
         list(range(config.num_classes)),
         evaluation.grid_per_class,
-        evaluation.sampler,
+        t_init=t_init,
+        sampler=evaluation.sampler,
         seed=evaluation.seed + GRID_SEED_OFFSET,
         device=device,
-        hooks=hooks,
-        phase="grid",
+        on_chunk=lambda done, total, cls: hooks.progress("grid", done, total, {"class": cls}),
     )
     details = {
         **classifier_info,
@@ -459,6 +406,25 @@ def _class_forget(forget_class: int | None, forget_indices: np.ndarray | None, d
     return forget_class
 
 
+def _unit_range_images(dataset: ArrayDataset) -> ArrayDataset:
+    """The dataset with float32 images in [0, 1], the range the diffusion engine takes (it maps them to
+    [-1, 1] itself): uint8 pixels are scaled here. A per-channel normalisation in the dataset's config is for
+    classifiers and does not apply to generative models, so it is dropped."""
+    if dataset.x_train.dtype != np.uint8 and dataset.normalization is None:
+        return dataset
+    scale = 1.0 / UINT8_MAX
+    return dataclasses.replace(
+        dataset,
+        x_train=dataset.x_train.astype(np.float32) * scale
+        if dataset.x_train.dtype == np.uint8
+        else dataset.x_train,
+        x_test=dataset.x_test.astype(np.float32) * scale
+        if dataset.x_test.dtype == np.uint8
+        else dataset.x_test,
+        normalization=None,
+    )
+
+
 def run_request(
     *,
     kind: str,
@@ -480,7 +446,7 @@ def run_request(
 ) -> GenerativeResult:
     """One generative request (see the module docstring); raises InvalidInputError on user mistakes."""
     progress = hooks or NullHooks()
-    dataset = dataset.validate()
+    dataset = _unit_range_images(dataset.validate())
     spec = _generative_architecture(architecture)
     if not spec.supports_dataset(dataset.task.value):
         raise InvalidInputError(
@@ -607,17 +573,16 @@ def _sample(
     if bad:
         raise InvalidInputError(f"classes {bad} are not classes of this {config.num_classes}-class model")
     started = time.perf_counter()
-    drawn = _draw(
+    drawn = api.draw_per_class(
         weights,
         config,
-        t_init,
         classes,
         params.n_per_class,
-        params.sampler,
+        t_init=t_init,
+        sampler=params.sampler,
         seed=seed,
         device=device,
-        hooks=hooks,
-        phase=SAMPLE_PHASE,
+        on_chunk=lambda done, total, cls: hooks.progress(SAMPLE_PHASE, done, total, {"class": cls}),
     )
     seconds = time.perf_counter() - started
     images = np.rint(np.clip(drawn.images, 0.0, 1.0) * UINT8_MAX).astype(np.uint8)

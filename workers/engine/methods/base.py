@@ -101,6 +101,8 @@ def train_method(
         details={
             "augment_applied": result.augment_applied,
             "resumed_from_epoch": result.resumed_from_epoch,
+            # Only recipes with ``whiten`` report it, so every other result's details stay as they were.
+            **({"whitened": result.whitened} if recipe.whiten else {}),
             **(details or {}),
         },
     )

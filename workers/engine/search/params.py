@@ -39,6 +39,7 @@ LETHE_THETA_LR = 1e-3
 LETHE_W_LR = 0.2
 LETHE_GAMMA = 0.0  # as the reference code (the paper's 1e-4 was not tried)
 
+
 class WorstCaseSearchParams(PresetModel):
     """Parameters of ``worst_case_search``: the bi-level search for the forget set that is hardest (or
     easiest) to unlearn.

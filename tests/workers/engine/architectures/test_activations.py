@@ -35,6 +35,13 @@ CASES: list[tuple[str, dict[str, Any], tuple[int, ...], list[str], list[tuple[in
         ["layer1", "layer2", "layer3", "layer4"],
         [(5, 2, 8, 8), (5, 4, 4, 4), (5, 8, 2, 2), (5, 16, 1, 1)],
     ),
+    (
+        "speedrun_cnn",
+        {"in_channels": 1, "num_classes": 3, "widths": [4, 6]},
+        (5, 1, 8, 8),
+        ["blocks.0", "blocks.1"],
+        [(5, 4, 3, 3), (5, 6, 1, 1)],
+    ),
 ]
 
 

@@ -23,6 +23,8 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("resnet18", {"width": 4}),
     ("resnet18", {"in_channels": 1, "num_classes": 7, "width": 2}),
     ("resnet18", {}),
+    ("speedrun_cnn", {}),
+    ("speedrun_cnn", {"in_channels": 1, "num_classes": 100, "widths": [8, 16]}),
 ]
 
 
@@ -34,8 +36,9 @@ def test_param_shapes_match_state_dict(name: str, config: dict[str, Any]) -> Non
     actual = {key: (tuple(value.shape), TORCH_DTYPE_NAMES[value.dtype]) for key, value in state.items()}
     assert actual == expected
     assert list(actual) == list(expected)  # same order too, so exports are stable
-    trainable = sum(parameter.numel() for parameter in build_model(name, config).parameters())
-    buffers = sum(value.numel() for key, value in state.items() if "running_" in key or "num_batches" in key)
+    model = build_model(name, config)
+    trainable = sum(parameter.numel() for parameter in model.parameters())
+    buffers = sum(buffer.numel() for buffer in model.buffers())
     assert parameter_count(expected) == trainable + buffers
 
 
@@ -60,6 +63,8 @@ def test_resnet18_at_standard_width_has_the_familiar_size() -> None:
         ("small_cnn", {"image_size": 4, "channels": [8, 8, 8]}, "too small"),
         ("resnet18", {"width": 0}, "width"),
         ("resnet18", {"num_classes": 1}, "num_classes"),
+        ("speedrun_cnn", {"widths": []}, "widths"),
+        ("speedrun_cnn", {"head_scale": 0}, "head_scale"),
     ],
 )
 def test_invalid_configs_are_user_errors(name: str, config: dict[str, Any], message: str) -> None:
@@ -83,6 +88,11 @@ def test_parameter_budget_is_enforced() -> None:
         ("small_cnn", {"in_channels": 1, "image_size": 8}, (3, 8, 8), 10, False),
         ("resnet18", {"in_channels": 3}, (3, 20, 24), 10, True),
         ("resnet18", {"in_channels": 3}, (48,), 10, False),
+        ("speedrun_cnn", {}, (3, 32, 32), 10, True),
+        ("speedrun_cnn", {"in_channels": 1, "widths": [8, 8]}, (1, 8, 12), 10, True),
+        ("speedrun_cnn", {}, (3, 8, 8), 10, False),  # 3 poolings need 9 px
+        ("speedrun_cnn", {}, (1, 32, 32), 10, False),
+        ("speedrun_cnn", {}, (3, 32, 32), 100, False),
     ],
 )
 def test_check_input(
@@ -104,6 +114,7 @@ def test_check_input(
         ("mlp", {"input_shape": [1, 8, 8], "num_classes": 4}, (1, 8, 8)),
         ("small_cnn", {"in_channels": 3, "image_size": 16, "num_classes": 4}, (3, 16, 16)),
         ("resnet18", {"width": 4, "num_classes": 4}, (3, 32, 32)),
+        ("speedrun_cnn", {"widths": [8, 16, 16], "num_classes": 4}, (3, 32, 32)),
     ],
 )
 def test_forward_produces_one_logit_per_class(

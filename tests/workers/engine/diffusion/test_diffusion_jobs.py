@@ -7,6 +7,7 @@ request runs, returns and records). That SFD forgets on real data is the slow di
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from typing import Any
 
@@ -14,8 +15,11 @@ import numpy as np
 import pytest
 
 from workers.engine.datasets import build_dataset
+from workers.engine.datasets.arrays import Normalization
+from workers.engine.diffusion import api
+from workers.engine.diffusion.job_params import GenerativeEvaluation
 from workers.engine.diffusion.jobs import _classifier_from_bytes, _classifier_to_bytes, metric_classifier
-from workers.engine.diffusion.params import ClassifierParams
+from workers.engine.diffusion.params import ClassifierParams, DiffusionModelConfig, SampleParams
 from workers.engine.errors import InvalidInputError
 from workers.engine.execute import EngineRequest, EngineResult, execute
 from workers.engine.hooks import MemoryCache, RecordingHooks
@@ -171,6 +175,49 @@ def test_evaluation_is_deterministic_and_samples_generators(digits: Any, teacher
     assert buffer.tell() > 0
 
 
+def test_service_evaluation_draws_exactly_the_engine_apis_samples(digits: Any, teacher: EngineResult) -> None:
+    # The figures of bench/diffusion_sfd.py (engine API) must be the figures an evaluate job reports.
+    served = execute(request(digits, teacher))
+    evaluation = GenerativeEvaluation.model_validate(EVALUATION)
+    config = DiffusionModelConfig.model_validate(teacher.details["arch_config"])
+    classifier, _ = metric_classifier(
+        digits, evaluation.classifier, device="cpu", cache=None, dataset_sha256=None, hooks=RecordingHooks()
+    )
+    samples = api.sample_for_evaluation(
+        teacher.weights,
+        config,
+        evaluation.samples,
+        forget_class=FORGET_CLASS,
+        sample_params=evaluation.sampler,
+        seed=evaluation.seed,
+    )
+    direct = api.evaluate_generative(
+        samples, classifier, digits.x_train, digits.y_train, forget_class=FORGET_CLASS, override_class=None
+    )
+    direct.pop("seconds_per_sample")
+    assert {key: served.metrics[key] for key in direct} == direct
+
+
+def test_a_class_draws_the_same_images_whichever_classes_share_the_call(teacher: EngineResult) -> None:
+    config = DiffusionModelConfig.model_validate(teacher.details["arch_config"])
+    sampler = SampleParams(steps=3)
+    both = api.draw_per_class(teacher.weights, config, [2, 5], 3, t_init=None, sampler=sampler, seed=4)
+    alone = api.draw_per_class(teacher.weights, config, [5], 3, t_init=None, sampler=sampler, seed=4)
+    assert np.array_equal(both.images[both.labels == 5], alone.images)
+    chunks: list[tuple[int, int, int]] = []
+    api.draw_per_class(
+        teacher.weights,
+        config,
+        [2, 5],
+        3,
+        t_init=None,
+        sampler=sampler,
+        seed=4,
+        on_chunk=lambda *c: chunks.append(c),
+    )
+    assert chunks == [(1, 2, 2), (2, 2, 5)]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -252,3 +299,24 @@ def test_a_procedural_colour_image_set_trains_and_samples() -> None:
                 architecture="unet_ddpm", arch_config=TINY,  # 1 x 8 x 8, 10 classes: not this dataset
             )
         )  # fmt: skip
+
+
+def test_uint8_images_reach_diffusion_in_the_unit_range(digits: Any, teacher: EngineResult) -> None:
+    # A data_root dataset keeps uint8 pixels (and may carry a classifier normalisation): the generative
+    # path scales them to [0, 1] and drops the normalisation, so it scores exactly as the float copy.
+    pixels = np.rint(digits.x_train * 255).astype(np.uint8)
+    test_pixels = np.rint(digits.x_test * 255).astype(np.uint8)
+    as_uint8 = dataclasses.replace(
+        digits,
+        x_train=pixels,
+        x_test=test_pixels,
+        normalization=Normalization(mean=(0.5,), std=(0.25,)),
+    )
+    as_float = dataclasses.replace(
+        digits,
+        x_train=pixels.astype(np.float32) * np.float32(1 / 255),
+        x_test=test_pixels.astype(np.float32) * np.float32(1 / 255),
+    )
+    served = execute(request(as_uint8, teacher, dataset_sha256=None))
+    reference = execute(request(as_float, teacher, dataset_sha256=None))
+    assert served.metrics == reference.metrics

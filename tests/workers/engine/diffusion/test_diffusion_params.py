@@ -24,9 +24,62 @@ def test_sfd_defaults_follow_the_reference_config() -> None:
     assert (params.alpha, params.t_min, params.t_init, params.t_max) == (1.2, 38, 440, 712)
     assert (params.forget_class, params.override_class) == (0, 1)
     assert (params.fake_remain_coef, params.generator_remain_coef) == (1.0, 1.0)
-    assert (params.fake_forget_coef, params.generator_forget_coef) == (0.01, 0.01)
     assert (params.beta1, params.beta2, params.adam_eps, params.grad_clip_value) == (0.0, 0.999, 1e-8, 1.0)
     assert params.forgets
+
+
+# cifar10_sfd.yml (blindspot_sfd.md §2.4) and the DDPM config (§2.1); the 'lethe' values are the documented
+# scaled-down defaults (params.py's constants, README's per-class SFD table).
+SFD_PRESETS = {
+    "reference": {
+        "steps": 50_000,
+        "batch_size": 128,
+        "fake_lr": 1e-5,
+        "generator_lr": 1e-5,
+        "fake_forget_coef": 0.01,
+        "generator_forget_coef": 0.01,
+        "ema_decay": 0.9999,
+    },
+    "lethe": {
+        "steps": 300,
+        "batch_size": 32,
+        "fake_lr": 2e-4,
+        "generator_lr": 2e-4,
+        "fake_forget_coef": 0.05,
+        "generator_forget_coef": 0.05,
+        "ema_decay": 0.99,
+    },
+}
+DDPM_PRESETS = {
+    "reference": {"steps": 800_000, "batch_size": 128, "ema_decay": 0.9999, "ema_warmup": False},
+    "lethe": {"steps": 1500, "batch_size": 64, "ema_decay": 0.999, "ema_warmup": True},
+}
+
+
+@pytest.mark.parametrize("preset", ["lethe", "reference"])
+def test_generative_presets_resolve_to_the_documented_values(preset: str) -> None:
+    for model, table in ((SFDParams, SFD_PRESETS), (DDPMTrainParams, DDPM_PRESETS)):
+        params = model.model_validate({} if preset == "lethe" else {"preset": preset})
+        assert {key: getattr(params, key) for key in table[preset]} == table[preset], model.__name__
+        assert params.model_validate(params.model_dump()) == params  # a dump validates back unchanged
+
+
+def test_explicit_fields_win_over_the_generative_preset() -> None:
+    params = SFDParams(preset="reference", steps=7, generator_forget_coef=0.2)
+    assert (params.steps, params.generator_forget_coef, params.fake_forget_coef) == (7, 0.2, 0.01)
+    with pytest.raises(ValidationError):
+        SFDParams.model_validate({"preset": "paper"})
+
+
+def test_every_generative_method_schema_offers_the_presets() -> None:
+    from workers.engine.diffusion.job_params import SFDJobParams
+
+    for model in (SFDJobParams, DDPMTrainParams):
+        properties = model.model_json_schema()["properties"]
+        assert properties["preset"]["default"] == "lethe"
+        assert "reference" in properties["preset"]["description"]
+        for name in SFD_PRESETS["reference"] if model is SFDJobParams else DDPM_PRESETS["reference"]:
+            assert "'reference'" in properties[name]["description"], name
 
 
 def test_distill_only_zeroes_both_forget_coefficients_and_nothing_else() -> None:

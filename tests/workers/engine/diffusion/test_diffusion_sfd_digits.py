@@ -1,9 +1,9 @@
 """Issue 7's done-means on scikit-learn's digits, on CPU in minutes (slow).
 
 One teacher and one metric classifier are trained per module; the distil-only control and SFD then run
-from the same teacher, seed and settings, differing only in the forget coefficients (the reference's
-0.01). SFD must lower the forgotten class's generation rate at least tenfold relative to the control while
-the retained classes' conditional accuracy and Frechet distance stay close to the control's.
+from the same teacher, seed and settings, differing only in the forget coefficients (0 and the 'lethe'
+preset's 0.05). SFD must lower the forgotten class's generation rate at least tenfold relative to the
+control while the retained classes' conditional accuracy and Frechet distance stay close to the control's.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 
 from workers.engine.datasets import ArrayDataset
 from workers.engine.diffusion import api
+from workers.engine.diffusion.job_params import GenerativeEvaluation
 from workers.engine.diffusion.params import (
     ClassifierParams,
     DDPMTrainParams,
@@ -26,12 +27,11 @@ from workers.engine.diffusion.params import (
 pytestmark = pytest.mark.slow
 
 SEED = 0
-# Scaled down from the package defaults so that the module fits in a few minutes on 2 CPU cores: 1,200
-# teacher steps (~53 epochs); 150 SFD steps at lr 2e-4 with a generator EMA of 0.98 (a ~50-step horizon, a
-# third of the run like the default 0.99 over 300 steps). Measured SFD trajectory on this teacher: the
-# EMA generator's forget rate is 0.25 / 0.05 / 0.01 after 100 / 125 / 150 steps.
+# The teacher is scaled down from the package default (1,200 instead of 1,500 steps, ~53 epochs) so that the
+# module fits in a few minutes on 2 CPU cores; SFD runs with the package's 'lethe' defaults on digit 3, the
+# class the earlier defaults failed to forget (0.92 -> 0.64); bench/diffusion_sfd.py covers every class.
 TEACHER = DDPMTrainParams(steps=1200, batch_size=64)
-SFD = SFDParams(steps=150, batch_size=32, generator_lr=2e-4, fake_lr=2e-4, ema_decay=0.98)
+SFD = SFDParams(forget_class=3, override_class=4)
 EVALUATION = GenerativeEvalParams(samples_per_class=100, forget_samples=500)
 MIN_CLASSIFIER_ACCURACY = 0.95  # blindspot_sfd.md §2.7
 MIN_FORGET_REDUCTION = 10.0
@@ -67,7 +67,12 @@ def pipeline(digits: ArrayDataset) -> Pipeline:
         started = time.perf_counter()
         result = api.run_sfd(teacher.weights, config, params, digits.y_train, seed=SEED)
         samples = api.sample_for_evaluation(
-            result.weights, config, EVALUATION, forget_class=SFD.forget_class, t_init=result.t_init, seed=SEED
+            result.weights,
+            config,
+            EVALUATION,
+            forget_class=SFD.forget_class,
+            t_init=result.t_init,
+            seed=GenerativeEvaluation().seed,
         )
         metrics = api.evaluate_generative(
             samples,
