@@ -34,7 +34,8 @@ from workers.engine.architectures.build import build_model, load_weights, state_
 from workers.engine.audit.store import ShadowStore
 from workers.engine.datasets import ArrayDataset
 from workers.engine.device_inputs import device_inputs
-from workers.engine.errors import EngineError, InvalidInputError, UnknownEntryError
+from workers.engine.devices import resolve_device
+from workers.engine.errors import InvalidInputError, UnknownEntryError
 from workers.engine.hooks import ArtifactCache, EngineHooks, NullHooks
 from workers.engine.imports import import_by_path
 from workers.engine.job_kinds import JobKindSpec, MethodUse, Presence, job_kind
@@ -121,19 +122,6 @@ class EngineResult:
     # unet_ddpm teacher into a unet_one_step generator); None: the request's.
     architecture: str | None = None
     arch_config: dict[str, Any] | None = None
-
-
-def resolve_device(name: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; explicit names are checked."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise EngineError("device 'cuda' was requested but no CUDA device is available to this worker")
-        return "cuda"
-    raise InvalidInputError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'")
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -573,27 +561,33 @@ def _environment(device: torch.device, deterministic: bool) -> dict[str, Any]:
     }
 
 
-def _execute_generative(request: EngineRequest, hooks: EngineHooks | None, started: float) -> EngineResult:
-    from workers.engine.diffusion.jobs import run_request
+def _execute_generative(
+    request: EngineRequest, kind: JobKindSpec, hooks: EngineHooks | None, started: float
+) -> EngineResult:
+    from workers.engine.diffusion.jobs import GenerativeRequest
 
+    if kind.generative_run is None:
+        raise InvalidInputError(f"generative models do not run {kind.name} requests")
     device = torch.device(resolve_device(request.device))
-    result = run_request(
-        kind=request.kind,
-        method=request.method,
-        params=request.params,
-        seed=request.seed,
-        device=device.type,
-        dataset=request.dataset,
-        architecture=request.architecture,
-        arch_config=request.arch_config,
-        weights=request.weights,
-        forget_indices=request.forget_indices,
-        forget_class=request.forget_class,
-        original_recipe=request.original_recipe,
-        resume=request.resume,
-        hooks=hooks,
-        cache=request.cache,
-        dataset_sha256=request.dataset_sha256,
+    result = import_by_path(kind.generative_run)(
+        GenerativeRequest(
+            kind=kind,
+            method=request.method,
+            params=request.params,
+            seed=request.seed,
+            device=device.type,
+            dataset=request.dataset,
+            architecture=request.architecture,
+            arch_config=request.arch_config,
+            weights=request.weights,
+            forget_indices=request.forget_indices,
+            forget_class=request.forget_class,
+            original_recipe=request.original_recipe,
+            resume=request.resume,
+            hooks=hooks,
+            cache=request.cache,
+            dataset_sha256=request.dataset_sha256,
+        )
     )
     details = {
         **result.details,
@@ -641,7 +635,7 @@ def run_method_request(request: EngineRequest, hooks: EngineHooks | None = None)
     started = time.perf_counter()
     kind = job_kind(request.kind)
     if TaskType.generative in ARCHITECTURES.get(request.architecture).task_types:
-        return _execute_generative(request, hooks, started)
+        return _execute_generative(request, kind, hooks, started)
     if not any(task is not TaskType.generative for task in kind.task_types):
         raise InvalidInputError(f"{request.kind} requests need a generative model")
     plan = _validate(request, kind)

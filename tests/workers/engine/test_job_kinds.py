@@ -22,10 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 SCANNED = ("app", "workers")
 # The registry and its entries: a kind's own rules (its check, its run) are where they belong.
 ENTRY_MODULES = ("workers/engine/job_kinds/",)
-# Kind branches known to remain, each with why. The generative engine dispatches on the kind inside its own
-# run (workers.engine.diffusion.jobs.run_request); moving that onto the registry is the separate
-# "generative path" step, and that module is being reworked elsewhere.
-KNOWN_REMAINING = {"workers/engine/diffusion/jobs.py": "generative engine's own per-kind dispatch"}
+# Kind branches known to remain, each with why (none: the generative engine reads its kind's entry too).
+KNOWN_REMAINING: dict[str, str] = {}
 DIGITS_MLP = {"input_shape": [1, 8, 8], "hidden": [128]}
 
 

@@ -564,7 +564,7 @@ def run_audit(request: AuditRequest, store: ShadowStore, hooks: EngineHooks | No
     method_tasks = METHODS.get(params.method).task_types
     if dataset.task not in method_tasks:
         raise InvalidInputError(f"method {params.method!r} does not support {dataset.task.value} models")
-    from workers.engine.execute import resolve_device
+    from workers.engine.devices import resolve_device
     from workers.engine.training import reproducible
 
     device = torch.device(resolve_device(request.device))

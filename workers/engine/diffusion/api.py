@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from workers.engine import devices
 from workers.engine.datasets.arrays import ArrayDataset
 from workers.engine.diffusion import classifier as classifier_module
 from workers.engine.diffusion import ddpm, sfd
@@ -39,7 +40,7 @@ from workers.engine.diffusion.params import (
     SFDParams,
 )
 from workers.engine.diffusion.png import grid_png as _grid_png
-from workers.engine.diffusion.runtime import Stopwatch, reproducible, resolve_device, seeded_generator
+from workers.engine.diffusion.runtime import Stopwatch, reproducible, seeded_generator
 from workers.engine.diffusion.sampling import (
     generate_one_step,
     sample_multistep,
@@ -206,7 +207,7 @@ def train_ddpm(
     keep = ~np.isin(dataset.y_train, params.exclude_classes)
     if keep.sum() < 2:
         raise InvalidInputError("fewer than 2 training images remain after exclude_classes")
-    torch_device = resolve_device(device)
+    torch_device = devices.torch_device(device)
     images = to_model_range(torch.from_numpy(np.ascontiguousarray(dataset.x_train[keep])).to(torch_device))
     labels = torch.from_numpy(dataset.y_train[keep].astype(np.int64)).to(torch_device)
     with reproducible(torch_device):
@@ -241,7 +242,7 @@ def run_sfd(
     """
     sfd.check_params(params, config)
     counts = sfd.remain_label_counts(labels, config.num_classes, params.forget_class)
-    torch_device = resolve_device(device)
+    torch_device = devices.torch_device(device)
     with reproducible(torch_device):
         teacher = _unet(teacher_weights, config, torch_device, "teacher")
         output = sfd.distill(teacher, config, params, counts, seed=seed, hooks=hooks, resume=resume)
@@ -268,7 +269,7 @@ def train_metric_classifier(
     """Train the metric classifier on the training split (all classes); report its test accuracy.
     ``hooks`` receives a progress call per batch (phase ``metric_classifier``)."""
     channels, _ = _check_image_dataset(dataset)
-    torch_device = resolve_device(device)
+    torch_device = devices.torch_device(device)
     with reproducible(torch_device):
         images = torch.from_numpy(np.ascontiguousarray(dataset.x_train)).to(torch_device)
         labels = torch.from_numpy(dataset.y_train.astype(np.int64)).to(torch_device)
@@ -301,7 +302,7 @@ def sample_images(
     """``n_per_class`` multi-step samples of a teacher for each of ``classes``, ordered class by class
     (so ``grid_png(result.images, n_per_class)`` has one class per row)."""
     labels = _class_labels(classes, n_per_class, config.num_classes)
-    torch_device = resolve_device(device)
+    torch_device = devices.torch_device(device)
     image_shape = (config.image_channels, config.image_size, config.image_size)
     with reproducible(torch_device):
         model = _unet(weights, config, torch_device, "teacher")
@@ -339,7 +340,7 @@ def sample_generator(
     labels = _class_labels(classes, n_per_class, config.num_classes)
     if not 0 < t_init < config.timesteps:
         raise InvalidInputError(f"t_init must lie in (0, {config.timesteps})")
-    torch_device = resolve_device(device)
+    torch_device = devices.torch_device(device)
     shape = (config.image_channels, config.image_size, config.image_size)
     with reproducible(torch_device), torch.no_grad():
         model = _unet(weights, config, torch_device, "generator")
@@ -459,7 +460,7 @@ def evaluate_generative(
     ``nfe_per_sample`` and ``seconds_per_sample``. Samples conditioned on ``forget_class`` feed the
     forgetting metrics, all others the retained ones; ``real_images`` / ``real_labels`` (e.g. the training
     split, as the reference's FID reference set) give the real features of the retained classes."""
-    torch_device = resolve_device(device)
+    torch_device = devices.torch_device(device)
     model = _classifier(classifier, torch_device)
     with reproducible(torch_device):
         generated = torch.from_numpy(_quantise(samples.images)).to(torch_device)

@@ -1,12 +1,13 @@
 """Generative jobs: the engine request of a ``unet_ddpm`` / ``unet_one_step`` model, run end to end.
 
-:func:`execute_generative` is what :func:`workers.engine.execute.execute` hands a request to when its
-architecture is generative. It validates the request, then:
+:func:`workers.engine.execute.run_method_request` hands a request on a generative architecture to its kind's
+``generative_run`` (a field of the kind's registry entry, ``workers.engine.job_kinds``), one of:
 
-- ``train`` / ``retrain`` / ``unlearn`` run the registered method (``ddpm``, ``ddpm_retrain``, ``sfd``,
-  ``sfd_control``: one ``run(context)`` function each below, registered in ``workers.engine.methods``);
-- ``retrain`` / ``unlearn`` / ``evaluate`` score the resulting model with :func:`evaluate_model`;
-- ``sample`` draws images (npz arrays) and a PNG grid.
+- :func:`run_method` (``train`` / ``retrain`` / ``unlearn``): the registered method (``ddpm``,
+  ``ddpm_retrain``, ``sfd``, ``sfd_control``: one ``run(context)`` function each below, registered in
+  ``workers.engine.methods``), then, when the method asks for it, :func:`evaluate_model` on its output;
+- :func:`run_evaluate`: :func:`evaluate_model` on the input model;
+- :func:`run_sample`: images (npz arrays) and a PNG grid.
 
 Generative unlearning forgets a class: those jobs need a class forget set. SFD is data-free: it receives the
 training labels (for the retained classes' frequencies), never the images. The metric classifier behind the
@@ -48,7 +49,8 @@ from workers.engine.diffusion.params import ClassifierParams, DiffusionModelConf
 from workers.engine.errors import InvalidInputError
 from workers.engine.hooks import ArtifactCache, EngineHooks, NullHooks
 from workers.engine.imports import import_by_path
-from workers.engine.methods import DEFAULT_METHODS, METHODS, MethodSpec
+from workers.engine.job_kinds.spec import JobKindSpec, Presence
+from workers.engine.methods import METHODS, MethodSpec
 from workers.engine.tasks import TaskType
 
 EVALUATE_PHASE = "evaluate"
@@ -367,15 +369,14 @@ def _generative_architecture(name: str) -> ArchitectureSpec:
     return spec
 
 
-def _method(kind: str, name: str | None) -> MethodSpec:
+def _method(kind: JobKindSpec, name: str | None) -> MethodSpec:
     if name is None:
-        default = DEFAULT_METHODS.get((kind, TaskType.generative))  # type: ignore[arg-type]
-        if default is None:
-            raise InvalidInputError(f"a generative {kind} request needs a method")
-        name = default
+        name = kind.default_method(TaskType.generative)
+        if name is None:
+            raise InvalidInputError(f"a generative {kind.name} request needs a method")
     spec = METHODS.get(name)
-    if spec.job_kind != kind:
-        raise InvalidInputError(f"method {spec.name!r} is a {spec.job_kind} method, not a {kind} method")
+    if spec.job_kind != kind.method_kind:
+        raise InvalidInputError(f"method {spec.name!r} is a {spec.job_kind} method, not a {kind.name} method")
     if TaskType.generative not in spec.task_types:
         raise InvalidInputError(f"method {spec.name!r} does not support generative models")
     return spec
@@ -425,95 +426,133 @@ def _unit_range_images(dataset: ArrayDataset) -> ArrayDataset:
     )
 
 
-def run_request(
-    *,
-    kind: str,
-    method: str | None,
-    params: dict[str, Any],
-    seed: int,
-    device: str,
-    dataset: ArrayDataset,
-    architecture: str,
-    arch_config: dict[str, Any],
-    weights: dict[str, np.ndarray] | None,
-    forget_indices: np.ndarray | None,
-    forget_class: int | None,
-    original_recipe: dict[str, Any] | None,
-    resume: bytes | None,
-    hooks: EngineHooks | None,
-    cache: ArtifactCache | None,
-    dataset_sha256: str | None,
-) -> GenerativeResult:
-    """One generative request (see the module docstring); raises InvalidInputError on user mistakes."""
-    progress = hooks or NullHooks()
-    dataset = _unit_range_images(dataset.validate())
-    spec = _generative_architecture(architecture)
+@dataclass(frozen=True)
+class GenerativeRequest:
+    """What a generative kind's run receives: the engine request's fields, and the kind's registry entry
+    (``workers.engine.job_kinds``), whose data - not its name - says what the run needs."""
+
+    kind: JobKindSpec
+    method: str | None
+    params: dict[str, Any]
+    seed: int
+    device: str
+    dataset: ArrayDataset
+    architecture: str
+    arch_config: dict[str, Any]
+    weights: dict[str, np.ndarray] | None
+    forget_indices: np.ndarray | None
+    forget_class: int | None
+    original_recipe: dict[str, Any] | None
+    resume: bytes | None
+    hooks: EngineHooks | None
+    cache: ArtifactCache | None
+    dataset_sha256: str | None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    dataset: ArrayDataset
+    config: DiffusionModelConfig
+    t_init: int | None  # set for one-step generators
+    hooks: EngineHooks
+
+
+def _prepare(request: GenerativeRequest) -> _Prepared:
+    """Checks every generative kind shares: a generative architecture whose config fits the dataset, and the
+    input weights where the kind starts from them."""
+    dataset = _unit_range_images(request.dataset.validate())
+    spec = _generative_architecture(request.architecture)
     if not spec.supports_dataset(dataset.task.value):
         raise InvalidInputError(
             f"generative models learn from classification datasets, not {dataset.task.value}"
         )
-    config = spec.parse_config(arch_config)
+    config = spec.parse_config(request.arch_config)
     assert isinstance(config, DiffusionModelConfig)
     if spec.check_input is not None:
         spec.check_input(config, dataset.input_shape, dataset.num_classes)
+    if request.kind.starts_from_weights and request.weights is None:
+        raise InvalidInputError(f"a generative {request.kind.name} request needs the model's weights")
     t_init = config.t_init if isinstance(config, OneStepGeneratorConfig) else None
-    if kind != "train" and weights is None:
-        raise InvalidInputError(f"a generative {kind} request needs the model's weights")
+    return _Prepared(dataset, config, t_init, request.hooks or NullHooks())
 
-    if kind == "sample":
-        sample_params = _validated(SampleJobParams, params, "a sample job")
-        assert isinstance(sample_params, SampleJobParams) and weights is not None
-        return _sample(sample_params, weights, config, t_init, seed=seed, device=device, hooks=progress)
-    if kind == "evaluate":
-        evaluation = _validated(GenerativeEvaluation, params, "a generative evaluation")
-        assert isinstance(evaluation, GenerativeEvaluation) and weights is not None
-        evaluated_class = _class_forget(forget_class, forget_indices, dataset)
-        started = time.perf_counter()
-        scored = evaluate_model(
-            weights,
-            config,
-            t_init,
-            evaluation,
-            dataset=dataset,
-            forget_class=evaluated_class,
-            override_class=None,
-            device=device,
-            hooks=progress,
-            cache=cache,
-            dataset_sha256=dataset_sha256,
-        )
-        return GenerativeResult(
-            weights=None,
-            architecture=None,
-            arch_config=None,
-            metrics=scored.metrics,
-            details=scored.details,
-            method_seconds=0.0,
-            eval_seconds=time.perf_counter() - started,
-            pngs={"samples": scored.grid},
-            arrays={},
-        )
-    if kind not in ("train", "retrain", "unlearn"):
-        raise InvalidInputError(f"generative models do not run {kind} requests")
-    method_spec = _method(kind, method)
-    if kind != "train" and architecture != TEACHER:
+
+def run_sample(request: GenerativeRequest) -> GenerativeResult:
+    """``sample``: draw ``n_per_class`` images of each requested class (an npz and a PNG grid)."""
+    prepared = _prepare(request)
+    params = _validated(SampleJobParams, request.params, "a sample job")
+    assert isinstance(params, SampleJobParams) and request.weights is not None
+    return _sample(
+        params,
+        request.weights,
+        prepared.config,
+        prepared.t_init,
+        seed=request.seed,
+        device=request.device,
+        hooks=prepared.hooks,
+    )
+
+
+def run_evaluate(request: GenerativeRequest) -> GenerativeResult:
+    """``evaluate``: score a teacher or generator on a class forget set."""
+    prepared = _prepare(request)
+    evaluation = _validated(GenerativeEvaluation, request.params, "a generative evaluation")
+    assert isinstance(evaluation, GenerativeEvaluation) and request.weights is not None
+    evaluated_class = _class_forget(request.forget_class, request.forget_indices, prepared.dataset)
+    started = time.perf_counter()
+    scored = evaluate_model(
+        request.weights,
+        prepared.config,
+        prepared.t_init,
+        evaluation,
+        dataset=prepared.dataset,
+        forget_class=evaluated_class,
+        override_class=None,
+        device=request.device,
+        hooks=prepared.hooks,
+        cache=request.cache,
+        dataset_sha256=request.dataset_sha256,
+    )
+    return GenerativeResult(
+        weights=None,
+        architecture=None,
+        arch_config=None,
+        metrics=scored.metrics,
+        details=scored.details,
+        method_seconds=0.0,
+        eval_seconds=time.perf_counter() - started,
+        pngs={"samples": scored.grid},
+        arrays={},
+    )
+
+
+def run_method(request: GenerativeRequest) -> GenerativeResult:
+    """``train`` / ``retrain`` / ``unlearn``: run the kind's generative method, then score its output when the
+    method asks for it."""
+    prepared = _prepare(request)
+    kind, dataset = request.kind, prepared.dataset
+    method_spec = _method(kind, request.method)
+    # A generative run either trains a teacher from scratch (a kind whose forget set is optional: train) or
+    # starts from a teacher to take a class out of it (a kind that requires one: retrain, unlearn).
+    forgets = kind.engine_forget_set is Presence.required
+    if forgets and (request.weights is None or request.architecture != TEACHER):
         raise InvalidInputError(
-            f"{method_spec.name} starts from a multi-step teacher ({TEACHER}), not {architecture}"
+            f"{method_spec.name} starts from a multi-step teacher ({TEACHER}), not {request.architecture}"
+            + ("" if request.weights is not None else " without weights")
         )
-    target: int | None = None if kind == "train" else _class_forget(forget_class, forget_indices, dataset)
-    if kind == "train" and (forget_class is not None or forget_indices is not None):
-        raise InvalidInputError("a train request takes no forget set")
+    if not forgets and (request.forget_class is not None or request.forget_indices is not None):
+        raise InvalidInputError(f"a {kind.name} request takes no forget set")
+    target = _class_forget(request.forget_class, request.forget_indices, dataset) if forgets else None
     context = GenerativeContext(
         dataset=dataset,
-        config=config,
-        params=_validated(method_spec.params_model, params, method_spec.name),
-        seed=seed,
-        device=device,
-        hooks=progress,
-        weights=weights,
+        config=prepared.config,
+        params=_validated(method_spec.params_model, request.params, method_spec.name),
+        seed=request.seed,
+        device=request.device,
+        hooks=prepared.hooks,
+        weights=request.weights,
         forget_class=target,
-        original_recipe=original_recipe,
-        resume=resume,
+        original_recipe=request.original_recipe,
+        resume=request.resume,
     )
     started = time.perf_counter()
     output: GenerativeOutput = import_by_path(method_spec.impl)(context)
@@ -537,10 +576,10 @@ def run_request(
             dataset=dataset,
             forget_class=target,
             override_class=output.override_class,
-            device=device,
-            hooks=progress,
-            cache=cache,
-            dataset_sha256=dataset_sha256,
+            device=request.device,
+            hooks=prepared.hooks,
+            cache=request.cache,
+            dataset_sha256=request.dataset_sha256,
         )
         metrics.update(scored.metrics)
         details.update(scored.details)
@@ -612,11 +651,14 @@ __all__ = [
     "TEACHER",
     "GenerativeContext",
     "GenerativeOutput",
+    "GenerativeRequest",
     "GenerativeResult",
     "evaluate_model",
     "metric_classifier",
-    "run_request",
+    "run_evaluate",
+    "run_method",
     "run_retrain",
+    "run_sample",
     "run_sfd",
     "run_sfd_control",
     "run_train",

@@ -6,7 +6,6 @@ import time
 
 import torch
 
-from workers.engine.errors import EngineError, InvalidInputError
 from workers.engine.hooks import EngineHooks, NullHooks
 from workers.engine.training import reproducible, synchronize
 
@@ -19,24 +18,9 @@ __all__ = [
     "Stopwatch",
     "hooks_or_null",
     "reproducible",
-    "resolve_device",
     "seeded_generator",
     "synchronize",
 ]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda when available else cpu; ``"cpu"`` / ``"cuda"`` are checked (same rules as
-    :func:`workers.engine.execute.resolve_device`)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise EngineError("device 'cuda' was requested but no CUDA device is available to this worker")
-        return torch.device("cuda")
-    raise InvalidInputError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'")
 
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:

@@ -113,6 +113,7 @@ TRAIN = JobKindSpec(
     method_kind="train",
     produces=frozenset({"model"}),
     records_recipe=True,
+    generative_run="workers.engine.diffusion.jobs:run_method",
 )
 RETRAIN = JobKindSpec(
     name="retrain",
@@ -132,6 +133,7 @@ RETRAIN = JobKindSpec(
     comparison_role="reference",
     engine_forget_set=Presence.required,
     measures_relearning=True,
+    generative_run="workers.engine.diffusion.jobs:run_method",
 )
 UNLEARN = JobKindSpec(
     name="unlearn",
@@ -148,6 +150,7 @@ UNLEARN = JobKindSpec(
     starts_from_weights=True,
     engine_forget_set=Presence.required,
     measures_relearning=True,
+    generative_run="workers.engine.diffusion.jobs:run_method",
 )
 EVALUATE = JobKindSpec(
     name="evaluate",
@@ -160,6 +163,7 @@ EVALUATE = JobKindSpec(
     cacheable=True,
     comparison_role="original",
     starts_from_weights=True,
+    generative_run="workers.engine.diffusion.jobs:run_evaluate",
 )
 PRUNE = JobKindSpec(
     name="prune",
@@ -219,6 +223,7 @@ SAMPLE = JobKindSpec(
     produces=frozenset({"samples"}),
     starts_from_weights=True,
     engine_forget_set=Presence.forbidden,
+    generative_run="workers.engine.diffusion.jobs:run_sample",
 )
 
 ENTRIES = (TRAIN, RETRAIN, UNLEARN, EVALUATE, PRUNE, WORST_CASE_SEARCH, AUDIT, SAMPLE)

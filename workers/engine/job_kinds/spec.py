@@ -137,6 +137,9 @@ class JobKindSpec:
     # it evaluates without a forget set), and whether a regression result measures relearning time against
     # the input (original) model.
     starts_from_weights: bool = False
+    # The diffusion engine's run of this kind on a generative model (``"module:function"`` taking a
+    # ``workers.engine.diffusion.jobs.GenerativeRequest``); None: generative models do not run this kind.
+    generative_run: str | None = None
     engine_forget_set: Presence = Presence.optional
     measures_relearning: bool = False
 
