@@ -11,25 +11,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from app.core.config import Profile, Settings, get_settings
+from app.core.config import Profile, get_settings
 
 cli = typer.Typer(help="Lethe: machine-unlearning evaluation service.", no_args_is_help=True)
 console = Console()
-
-
-def _prepare(settings: Settings) -> Path | None:
-    from app.core import migrate
-    from app.core.db import make_engine, make_session_factory
-
-    migrate.upgrade(settings)
-    if settings.profile is not Profile.embedded:
-        return None
-    engine = make_engine(settings.db_url)
-    try:
-        with make_session_factory(engine)() as session:
-            return migrate.bootstrap_admin_key(session, settings)
-    finally:
-        engine.dispose()
 
 
 @cli.command()
@@ -51,7 +36,8 @@ def up(
 
     It supervises them in the foreground: Ctrl-C, SIGTERM or SIGHUP stop them all, and they die with it if it
     is killed. "Lethe is up" is printed once this process's own API answers /readyz."""
-    from app.services.processes import (
+    from app.core import migrate as migration
+    from app.services.ops.processes import (
         PortInUse,
         ServiceGroup,
         StopRequested,
@@ -69,8 +55,8 @@ def up(
     group = ServiceGroup(settings, host=host, port=port, log_dir=settings.home.resolve() / "logs")
     try:
         with stop_signals_raise():
-            created = _prepare(settings)
-            from app.services.signing import key_path, signing_key
+            created = migration.prepare(settings)
+            from app.services.compliance.signing import key_path, signing_key
 
             console.print(f"report signing key {signing_key(settings).key_id} ({key_path(settings)})")
             if created:
@@ -101,7 +87,7 @@ def worker(
     name: Annotated[str, typer.Option(help="Worker name.")] = "worker",
 ) -> None:
     """Run one Celery worker (prefork, one job at a time, a fresh process per job)."""
-    from app.services.processes import worker_command
+    from app.services.ops.processes import worker_command
 
     cmd = worker_command(get_settings(), queues, name, beat=beat)
     os.execv(cmd[0], cmd)
@@ -118,7 +104,7 @@ def create_key_cmd(
     """Create an API key and print it (shown once)."""
     from app.core.db import make_engine, make_session_factory
     from app.core.security import Scope
-    from app.services.keys import create_key, get_or_create_tenant
+    from app.services.ops.keys import create_key, get_or_create_tenant
 
     settings = get_settings()
     try:
@@ -239,7 +225,7 @@ def _save_reports(client: Any, report_id: str, out: Path) -> tuple[Path, Path]:
 
 
 def _check_saved(client: Any, path: Path, public_key: Path | None) -> bool:
-    from app.services import reports, signing
+    from app.services.compliance import reports, signing
 
     if public_key is not None:
         public = signing.load_public_key(public_key.read_bytes())
@@ -400,7 +386,7 @@ def report_reissue(request_id: str, url: UrlOption = DEFAULT_URL, api_key: KeyOp
 @cli.command("report-public-key")
 def report_public_key() -> None:
     """Print the PEM public key of this installation's report signing key (created if missing)."""
-    from app.services.signing import signing_key
+    from app.services.compliance.signing import signing_key
 
     typer.echo(signing_key(get_settings()).public_info()["pem"], nl=False)
 
@@ -417,7 +403,7 @@ def verify_report(
     ] = None,
 ) -> None:
     """Check a report's signature offline. Exit 0 when valid, 1 when not."""
-    from app.services import reports, signing
+    from app.services.compliance import reports, signing
 
     if public_key is not None:
         public = signing.load_public_key(public_key.read_bytes())
@@ -510,7 +496,7 @@ def keys_revoke(
 ) -> None:
     """Revoke a key. Running API processes refuse it within a second (their key cache's lifetime)."""
     from app.core.problems import DomainError
-    from app.services.keys import revoke_key
+    from app.services.ops.keys import revoke_key
 
     engine, sessions = _db_sessions()
     try:
@@ -538,7 +524,7 @@ def keys_rotate(
 
     from app.core.problems import DomainError
     from app.models.base import utcnow
-    from app.services.keys import rotate_key
+    from app.services.ops.keys import rotate_key
 
     expiry = None
     if expires_at is not None:
@@ -578,7 +564,7 @@ def audit_verify(
 
     from app.models import Tenant
     from app.schemas.admin import AuditVerification
-    from app.services import audit
+    from app.services.compliance import audit
 
     settings = get_settings()
     engine, sessions = _db_sessions()
@@ -635,7 +621,7 @@ def audit_checkpoint(
 ) -> None:
     """Sign the chain heads now (the maintenance worker also does it every few minutes)."""
     from app.core.db import session_scope
-    from app.services import audit
+    from app.services.compliance import audit
 
     settings = get_settings()
     engine, sessions = _db_sessions()

@@ -346,13 +346,13 @@ def run_demo(
     keep: bool = False,
     json_path: Path | None = None,
 ) -> int:
-    from app.cli import _prepare
     from app.client import LetheClient
-    from app.services.processes import PortInUse, ServiceGroup
+    from app.core import migrate as migration
+    from app.services.ops.processes import PortInUse, ServiceGroup
 
     started = time.monotonic()
     settings = Settings(profile=Profile.embedded, home=home)
-    _prepare(settings)
+    migration.prepare(settings)
     assert settings.bootstrap_key_file is not None
     key = settings.bootstrap_key_file.read_text().strip()
     group = ServiceGroup(
@@ -414,7 +414,7 @@ def run_demo(
 
 
 def _run(client: Any, home: Path, console: Console) -> DemoResult:
-    from app.services import reports, signing
+    from app.services.compliance import reports, signing
 
     result = DemoResult()
     dataset = client.create_builtin_dataset("digits")

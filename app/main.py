@@ -43,7 +43,7 @@ from app.core.problems import (
 )
 from app.core.security import KeyCache, request_token
 from app.dashboard import mount_dashboard
-from app.services.jobs import Publisher
+from app.services.jobs.lifecycle import Publisher
 from app.storage import create_store, ensure_private_dir
 
 log = logging.getLogger(__name__)

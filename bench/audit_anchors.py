@@ -33,8 +33,8 @@ from app.core import migrate
 from app.core.config import Settings
 from app.core.db import make_engine, make_session_factory
 from app.models import AuditCheckpoint, AuditEvent
-from app.services import audit
-from app.services.keys import get_or_create_tenant
+from app.services.compliance import audit
+from app.services.ops.keys import get_or_create_tenant
 
 
 def _rows(session: Session, tenant_id: uuid.UUID) -> list[AuditEvent]:

@@ -27,7 +27,7 @@ from workers.engine.methods.params import TrainRecipe
 from workers.engine.metrics.attacks import auc
 from workers.engine.metrics.lira import lira_online
 from workers.engine.metrics.rmia import rmia_offline
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 from workers.engine.vectorised import predict_models, train_models
 
 SHAPIRO_LEVEL = 0.05

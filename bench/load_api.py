@@ -8,7 +8,7 @@ creates a tenant, a submit key and one job, then measures with ``wrk`` and 64 co
 - the same with ``If-None-Match: <etag>`` (304 responses),
 
 each as requests/s, p50 and p99; then starts one GPU worker (the production command line of
-``app.services.processes``) and submits a small train job ``--submit-n`` times, each as soon as the
+``app.services.ops.processes``) and submits a small train job ``--submit-n`` times, each as soon as the
 previous one ended, measuring submit-to-running: from just before the POST to the job's ``started_at``
 (and ``started_at - created_at`` from the row). ``--settled-n`` more submissions wait ``--settle-s``
 first, so the worker is idle however its pool replaces children.
@@ -151,7 +151,7 @@ def start_api(settings: Settings, port: int, workers: int, extra_env: dict[str, 
 
 
 def start_worker(settings: Settings, extra_env: dict[str, str], log_path: Path) -> Any:
-    from app.services.processes import worker_command
+    from app.services.ops.processes import worker_command
 
     handle = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(
@@ -192,7 +192,7 @@ def wait_ready(base: str, proc: Any, timeout_s: float = 60.0) -> None:
 def make_key(settings: Settings) -> str:
     from app.core.db import make_engine, make_session_factory
     from app.core.security import Scope
-    from app.services.keys import create_key, get_or_create_tenant
+    from app.services.ops.keys import create_key, get_or_create_tenant
 
     engine = make_engine(settings.db_url)
     try:

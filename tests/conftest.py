@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.config import Profile, Settings
 from app.core.db import make_engine, make_session_factory
 from app.core.security import Scope
-from app.services.keys import create_key, get_or_create_tenant
+from app.services.ops.keys import create_key, get_or_create_tenant
 
 TEST_DATABASE_URL = os.environ.get("LETHE_TEST_DATABASE_URL")
 TEST_BROKER_URL = os.environ.get("LETHE_TEST_BROKER_URL")
@@ -174,7 +174,7 @@ def artifacts_dir(migrated: Settings) -> Path:
 @pytest.fixture(scope="session")
 def worker_group(migrated: Settings) -> Iterator[object]:
     """Real Celery workers in subprocesses (prefork): one on the gpu queue, one on default with the reaper."""
-    from app.services.processes import ServiceGroup
+    from app.services.ops.processes import ServiceGroup
 
     group = ServiceGroup(migrated, log_dir=migrated.home / "logs", extra_env=settings_env(migrated))
     group.start(api=False)

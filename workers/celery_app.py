@@ -1,4 +1,5 @@
-"""The Celery application. It only delivers job ids; state lives in the app DB (see app.services.jobs).
+"""The Celery application. It only delivers job ids; state lives in the app DB (see
+app.services.jobs.lifecycle).
 
 Torch-free: the API process imports this module to publish jobs.
 """

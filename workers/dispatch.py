@@ -7,8 +7,9 @@ campaign jobs and cancelled them, the queue held ~1,060 such messages, and anoth
 queued, or running under an expired lease?), and acknowledges and drops the message when nothing waits.
 
 Messages are wake-up calls rather than assignments (the child claims whichever job's turn it is, see
-``app.services.jobs.claim_next``), so the probe is "is anything waiting", not "is job X waiting": while
-stale messages remain ahead of it in the queue, another tenant's new job is started by the first of them.
+``app.services.jobs.lifecycle.claim_next``), so the probe is "is anything waiting", not "is job X
+waiting": while stale messages remain ahead of it in the queue, another tenant's new job is started by the
+first of them.
 
 Revoking at cancel time was not enough on its own: revokes are kept in worker memory only (lost on restart,
 and the embedded broker has no broadcast to deliver them), and a message removed from Redis by content would
@@ -30,7 +31,7 @@ from sqlalchemy.pool import NullPool
 
 from app.core.config import get_settings
 from app.core.db import make_engine, make_session_factory, read_only
-from app.services import jobs as job_service
+from app.services.jobs import lifecycle as job_service
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from sqlalchemy.exc import OperationalError
 from app.core.config import code_version
 from app.intake import weights_digest
 from app.models import Dataset, ForgetSet, Job, JobStatus, Model
-from app.services import jobs as job_service
-from app.services.dataset_sources import DatasetRef, load_dataset
-from app.services.forget_sets import indices_digest
-from app.services.jobs import Claim, JobOutcome, LeaseLost
+from app.services.data.dataset_sources import DatasetRef, load_dataset
+from app.services.data.forget_sets import indices_digest
+from app.services.jobs import lifecycle as job_service
+from app.services.jobs.lifecycle import Claim, JobOutcome, LeaseLost
 from app.storage import StorageError
 from app.storage.local import content_key, sha256_hex
 from workers.engine.errors import InvalidInputError, JobCancelled
@@ -102,7 +102,7 @@ def _load_inputs(runtime: WorkerRuntime, job: Job) -> dict[str, Any]:
             raise InvalidInputError("the job has no dataset")
         inputs: dict[str, Any] = {
             "dataset_key": dataset.storage_key,
-            "dataset": DatasetRef.of(dataset),  # loaded by its source (app.services.dataset_sources)
+            "dataset": DatasetRef.of(dataset),  # loaded by its source (app.services.data.dataset_sources)
             "dataset_sha256": dataset.sha256,
             "model_sha256": model.sha256 if model else None,
             "dataset_id": dataset.id,
@@ -150,7 +150,7 @@ def _load_weights(data: bytes) -> dict[str, np.ndarray]:
 
 def run_claimed_job(runtime: WorkerRuntime, job_id: uuid.UUID) -> None:
     """Run the job whose turn it is. The message named ``job_id``, but the fair pick decides: one tenant's
-    backlog of messages cannot hold back another tenant's job (app.services.jobs.claim_next)."""
+    backlog of messages cannot hold back another tenant's job (app.services.jobs.lifecycle.claim_next)."""
     claim = job_service.claim_next(runtime.sessions, runtime.worker_name, runtime.settings.lease_seconds)
     if claim is None:
         log.info("message for job %s: no job is waiting (taken elsewhere, finished or cancelled)", job_id)

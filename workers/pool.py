@@ -49,7 +49,7 @@ from celery.concurrency.asynpool import Worker as AsynWorker
 from celery.concurrency.prefork import TaskPool as PreforkTaskPool
 from celery.signals import beat_embedded_init
 
-from app.services.processes import die_with_parent
+from app.services.ops.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 

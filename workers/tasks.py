@@ -10,12 +10,13 @@ from celery.signals import worker_init
 from sqlalchemy import text
 
 from app.models.base import utcnow
-from app.services import artifacts as artifact_service
-from app.services import audit as audit_service
-from app.services import campaigns as campaign_service
-from app.services import deletion_requests as deletion_request_service
-from app.services import jobs as job_service
-from app.services import quotas, retention
+from app.services.compliance import audit as audit_service
+from app.services.compliance import deletion_requests as deletion_request_service
+from app.services.data import artifacts as artifact_service
+from app.services.data import retention
+from app.services.jobs import campaigns as campaign_service
+from app.services.jobs import lifecycle as job_service
+from app.services.ops import quotas
 from workers import embedded
 from workers.celery_app import (
     AUDIT_CHECKPOINT_TASK,
@@ -121,7 +122,8 @@ def purge_intermediates() -> dict[str, int]:
 
 @celery_app.task(name=AUDIT_CHECKPOINT_TASK)
 def audit_checkpoint() -> int:
-    """Sign the head of every audit chain that changed since its last checkpoint (app/services/audit.py)."""
+    """Sign the head of every audit chain that changed since its last checkpoint
+    (app/services/compliance/audit.py)."""
     runtime = get_runtime()
     taken = audit_service.checkpoint_all(runtime.sessions, runtime.settings)
     if taken:

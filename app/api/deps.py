@@ -20,8 +20,8 @@ from app.core.problems import Forbidden, Unauthorized
 from app.core.security import KeyCache, Principal, Scope, request_token
 from app.models import ApiKey
 from app.models.base import utcnow
-from app.services.jobs import Publisher
-from app.services.keys import authenticate
+from app.services.jobs.lifecycle import Publisher
+from app.services.ops.keys import authenticate
 from app.storage import ArtifactStore
 
 

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     )
     max_dataset_uncompressed_bytes: int = Field(1024 * 1024 * 1024, gt=0)
 
-    # Quotas (app.services.quotas): every refusal is problem+json with a stable code.
+    # Quotas (app.services.ops.quotas): every refusal is problem+json with a stable code.
     max_active_jobs_per_tenant: int | None = Field(
         100,
         ge=1,
@@ -107,7 +107,7 @@ class Settings(BaseSettings):
         "soft time limit (task_soft_time_limit) applies.",
     )
 
-    # Data lifecycle (app.services.deletion, app.services.retention, app.services.artifacts).
+    # Data lifecycle (app.services.data.deletion, app.services.data.retention, app.services.data.artifacts).
     retention_days_intermediate: float | None = Field(
         None,
         ge=0,
@@ -143,7 +143,8 @@ class Settings(BaseSettings):
         "/metrics answers 404.",
     )
 
-    # Audit anchors (issue 17): signed checkpoints of each tenant's audit chain head (app/services/audit.py).
+    # Audit anchors (issue 17): signed checkpoints of each tenant's audit chain head
+    # (app/services/compliance/audit.py).
     audit_checkpoint_interval_seconds: float = Field(
         300.0, gt=0, description="How often the maintenance worker signs a checkpoint of every changed chain."
     )

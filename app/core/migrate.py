@@ -15,10 +15,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from app.core.config import Settings
+from app.core.config import Profile, Settings
+from app.core.db import make_engine, make_session_factory
 from app.core.security import Scope
 from app.models import ApiKey
-from app.services.keys import create_key, get_or_create_tenant
+from app.services.ops.keys import create_key, get_or_create_tenant
 from app.storage.local import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, ensure_private_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -121,3 +122,17 @@ def bootstrap_admin_key(session: Session, settings: Settings) -> Path | None:
         handle.write(new.token + "\n")
     log.warning("created the local admin API key; it is stored in %s", path)
     return path
+
+
+def prepare(settings: Settings) -> Path | None:
+    """Before a service's processes start (`lethe up`, the demo): upgrade the schema and, on the embedded
+    profile's first start, create the local admin key (its file's path is returned, else None)."""
+    upgrade(settings)
+    if settings.profile is not Profile.embedded:
+        return None
+    engine = make_engine(settings.db_url)
+    try:
+        with make_session_factory(engine)() as session:
+            return bootstrap_admin_key(session, settings)
+    finally:
+        engine.dispose()

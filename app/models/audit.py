@@ -41,8 +41,8 @@ class AuditCheckpoint(UUIDPrimaryKey, Base):
     The hash chain alone proves nothing against someone who can write the database: they can edit a row and
     recompute every later hash, or delete the tail. A checkpoint is signed with the audit anchor key, which
     the database does not hold, so a rewritten chain no longer matches a signed head and a shortened one is
-    shorter than a signed count (app/services/audit.py). ``head_id`` is deliberately not a foreign key: the
-    checkpoint must outlive the rows it vouches for, or deleting them would delete the evidence.
+    shorter than a signed count (app/services/compliance/audit.py). ``head_id`` is deliberately not a foreign
+    key: the checkpoint must outlive the rows it vouches for, or deleting them would delete the evidence.
     """
 
     __tablename__ = "audit_checkpoints"

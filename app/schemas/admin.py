@@ -11,8 +11,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from app.core.security import KEY_PREFIX
 from app.models import ApiKey
 from app.schemas.common import Page
-from app.services import audit
-from app.services.keys import key_status
+from app.services.compliance import audit
+from app.services.ops.keys import key_status
 
 
 class KeyStatus(StrEnum):

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from app.schemas.jobs import MAX_SEED
 from app.schemas.resources import NAME_MAX, NAME_PATTERN, ForgetSpec
-from app.services.guardrails import Guardrails
+from app.services.jobs.guardrails import Guardrails
 
 MAX_METHODS = 20
 MAX_FORGET_SETS = 20

@@ -16,8 +16,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # The fair pick (app.services.jobs.claim_next) reads each waiting tenant's latest start: with this index
-    # that is one index read per tenant instead of a scan of the tenant's whole job history.
+    # The fair pick (app.services.jobs.lifecycle.claim_next) reads each waiting tenant's latest start: with
+    # this index that is one index read per tenant instead of a scan of the tenant's whole job history.
     op.create_index("ix_jobs_tenant_started", "jobs", ["tenant_id", "started_at"], unique=False)
 
 

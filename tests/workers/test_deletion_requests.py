@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app.client import LetheClient, read_indices
-from app.services import reports, signing
+from app.services.compliance import reports, signing
 from tests.workers.test_job_flow import train_original
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

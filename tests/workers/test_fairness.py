@@ -1,4 +1,4 @@
-"""Stale messages cost the worker nothing, and tenants take turns (app.services.jobs.claim_next,
+"""Stale messages cost the worker nothing, and tenants take turns (app.services.jobs.lifecycle.claim_next,
 workers/dispatch.py).
 
 Issue 17: after one tenant created ~1,060 campaign jobs and cancelled them, another tenant's 1-epoch job
@@ -27,9 +27,9 @@ from app.core.security import Principal, Scope
 from app.models import Job, JobKind, JobStatus
 from app.models.base import Base, utcnow
 from app.schemas.jobs import JobCreate
-from app.services import jobs as job_service
-from app.services.keys import get_or_create_tenant
-from app.services.submission import build_job
+from app.services.jobs import lifecycle as job_service
+from app.services.jobs.submission import build_job
+from app.services.ops.keys import get_or_create_tenant
 from tests.app.api.test_resources import create_digits
 from tests.conftest import TEST_DATABASE_URL, Tenant, make_tenant
 

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Profile, Settings
 from app.models import Job, JobEvent, JobStatus, Metric, Model
-from app.services.processes import ServiceGroup
+from app.services.ops.processes import ServiceGroup
 from tests.conftest import Tenant, make_tenant
 from tests.workers.servers import PrivatePostgres, PrivateRedis, ServerUnavailable, Tmpfs, free_port
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from app.core.config import Settings
-from app.services.processes import ServiceGroup
+from app.services.ops.processes import ServiceGroup
 from tests.app.api.test_resources import create_digits
 from tests.conftest import settings_env
 from tests.workers.test_job_flow import finished, wait_for

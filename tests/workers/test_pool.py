@@ -32,7 +32,7 @@ TINY_RECIPE = {"epochs": 1, "batch_size": 64, "lr": 0.05}
 def test_every_lethe_worker_gets_the_pool_even_with_dash_p_prefork(migrated: Settings) -> None:
     app = make_celery(migrated)
     assert concurrency.get_implementation(app.conf.worker_pool) is TaskPool
-    # app.services.processes starts workers with `-P prefork`: Celery's CLI must still pick the setting.
+    # app.services.ops.processes starts workers with `-P prefork`: Celery's CLI must still pick the setting.
     ctx = click.Context(click.Command("worker"), obj=SimpleNamespace(app=app))
     assert WorkersPool().convert("prefork", None, ctx) is TaskPool
     assert TaskPool.Pool is ReplacingAsynPool and ReplacingAsynPool.Worker is PromptExitWorker
@@ -159,7 +159,8 @@ def test_a_worker_runs_queued_jobs_back_to_back(
         for previous, following in itertools.pairwise(mine):
             assert following.started_at >= previous.finished_at  # one at a time
             # The gap after the worker's previous job, whoever's it was: tenants take turns
-            # (app.services.jobs.next_fair_job), so another test's tenant may run a job between two of these.
+            # (app.services.jobs.lifecycle.next_fair_job), so another test's tenant may run a job between two
+            # of these.
             previous_end = session.scalar(
                 select(func.max(Job.finished_at)).where(
                     Job.started_at.is_not(None), Job.finished_at <= following.started_at

@@ -10,6 +10,6 @@ from __future__ import annotations
 
 from workers.engine.errors import EngineError, InvalidInputError, JobCancelled, UnknownEntryError
 from workers.engine.registry import Registry
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 __all__ = ["EngineError", "InvalidInputError", "JobCancelled", "Registry", "TaskType", "UnknownEntryError"]

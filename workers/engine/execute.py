@@ -60,7 +60,7 @@ from workers.engine.metrics.attacks import ATTACKERS, MIN_PER_CLASS_FITTED, popu
 from workers.engine.metrics.mia import MemberSelection
 from workers.engine.metrics.nonmembers import select_nonmembers
 from workers.engine.search.worst_case import SearchOutput
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 from workers.engine.training import IMAGE_TENSOR_DIMS, reproducible, synchronize
 
 __all__ = ["EngineHooks", "EngineRequest", "EngineResult", "execute", "resolve_device", "run_method_request"]

@@ -37,7 +37,7 @@ from torch import nn
 from workers.engine.errors import EngineError, InvalidInputError
 from workers.engine.hooks import EngineHooks, NullHooks
 from workers.engine.methods.params import TrainRecipe
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 # Regression: L1 on the scalar output, the Deep Regression Unlearning reference's training loss for AgeDB
 # (blindspot_sfd.md §1.2; its STS-B notebook uses MSE instead).

@@ -102,7 +102,7 @@ from workers.engine.architectures.mlp import MLP
 from workers.engine.architectures.small_cnn import POOL_FACTOR, ConvBlock, SmallCNN
 from workers.engine.errors import InvalidInputError
 from workers.engine.methods.params import TrainRecipe
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 from workers.engine.training import (
     IMAGE_TENSOR_DIMS,
     LOSSES,

@@ -26,8 +26,8 @@ from app.schemas.admin import (
     KeyStatus,
 )
 from app.schemas.resources import INT64_MAX, NAME_MAX, NAME_PATTERN
-from app.services import audit
-from app.services.keys import create_key, revoke_key, rotate_key
+from app.services.compliance import audit
+from app.services.ops.keys import create_key, revoke_key, rotate_key
 
 router = APIRouter(tags=["admin"])
 

@@ -12,9 +12,9 @@ from app.core.problems import NotFound
 from app.models import Campaign
 from app.schemas.campaigns import CampaignCreate, CampaignOut, CampaignTable
 from app.schemas.common import Page
-from app.services import audit
-from app.services import campaigns as campaign_service
-from app.services import jobs as job_service
+from app.services.compliance import audit
+from app.services.jobs import campaigns as campaign_service
+from app.services.jobs import lifecycle as job_service
 
 router = APIRouter(prefix="/campaigns", tags=["campaigns"])
 CSV_MEDIA_TYPE = "text/csv"

@@ -23,13 +23,13 @@ from app.schemas.compliance import (
     ReportOut,
     SigningKeyOut,
 )
-from app.services import deletion_requests as service
-from app.services import jobs as job_service
-from app.services.policies import create_policy, get_policy, policy_out
-from app.services.policy_check import check_policy
-from app.services.report_pdf import render_pdf
-from app.services.reports import render_html
-from app.services.signing import signing_key
+from app.services.compliance import deletion_requests as service
+from app.services.compliance.policies import create_policy, get_policy, policy_out
+from app.services.compliance.policy_check import check_policy
+from app.services.compliance.report_pdf import render_pdf
+from app.services.compliance.reports import render_html
+from app.services.compliance.signing import signing_key
+from app.services.jobs import lifecycle as job_service
 
 router = APIRouter(tags=["compliance"])
 _request_id = request_id  # routes below have a path parameter of that name

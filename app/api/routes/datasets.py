@@ -21,8 +21,8 @@ from app.schemas.resources import (
     DatasetOut,
     DatasetPage,
 )
-from app.services import audit
-from app.services.dataset_sources import (
+from app.services.compliance import audit
+from app.services.data.dataset_sources import (
     BUILTIN,
     DATA_ROOT,
     UPLOAD,
@@ -30,10 +30,10 @@ from app.services.dataset_sources import (
     IntakeContext,
     create_dataset,
 )
-from app.services.datasets import get_dataset
-from app.services.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
+from app.services.data.datasets import get_dataset
+from app.services.data.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
 from app.storage import ArtifactStore
-from workers.engine.tasks import DatasetTask, TaskType
+from workers.engine.task_types import DatasetTask, TaskType
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 

@@ -13,11 +13,11 @@ from app.models import ForgetSet
 from app.schemas.common import Page
 from app.schemas.jobs import Comparison
 from app.schemas.resources import ForgetSetCreate, ForgetSetIndices, ForgetSetOut
-from app.services import audit
-from app.services.datasets import get_dataset
-from app.services.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
-from app.services.forget_sets import create_forget_set, get_forget_set
-from app.services.results import compare
+from app.services.compliance import audit
+from app.services.data.datasets import get_dataset
+from app.services.data.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
+from app.services.data.forget_sets import create_forget_set, get_forget_set
+from app.services.jobs.results import compare
 
 router = APIRouter(prefix="/forget-sets", tags=["forget sets"])
 

@@ -18,7 +18,7 @@ from app.api.routes.jobs import get_job
 from app.core.problems import NotFound
 from app.models import Job, JobKind, JobStatus
 from app.models.job import stored_kinds
-from app.services.models import get_model
+from app.services.data.models import get_model
 from workers.engine.job_kinds import JOB_KINDS, job_kind
 
 router = APIRouter(tags=["generative"])

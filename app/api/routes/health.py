@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import text
 
 from app.core.problems import DomainError
-from app.services.metrics_export import broker_problem
+from app.services.ops.metrics_export import broker_problem
 
 router = APIRouter(tags=["health"])
 

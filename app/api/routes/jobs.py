@@ -22,11 +22,11 @@ from app.models.job import TERMINAL_STATUSES
 from app.schemas.common import Page
 from app.schemas.jobs import JobCreate, JobEventOut, JobOut
 from app.schemas.resources import INT64_MAX
-from app.services import audit
-from app.services import jobs as job_service
-from app.services.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
-from app.services.results import metrics_for
-from app.services.submission import submit
+from app.services.compliance import audit
+from app.services.data.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
+from app.services.jobs import lifecycle as job_service
+from app.services.jobs.results import metrics_for
+from app.services.jobs.submission import submit
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

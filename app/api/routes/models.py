@@ -15,10 +15,11 @@ from app.core.problems import NotFound, Unprocessable
 from app.models import Model
 from app.schemas.common import Page
 from app.schemas.resources import NAME_MAX, NAME_PATTERN, ModelOut
-from app.services import audit, quotas
-from app.services.datasets import get_dataset
-from app.services.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
-from app.services.models import get_model, register_upload
+from app.services.compliance import audit
+from app.services.data.datasets import get_dataset
+from app.services.data.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
+from app.services.data.models import get_model, register_upload
+from app.services.ops import quotas
 
 router = APIRouter(prefix="/models", tags=["models"])
 

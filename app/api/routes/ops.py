@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.core.problems import NotFound, Unauthorized
 from app.core.security import bearer_matches
-from app.services.metrics_export import CONTENT_TYPE, exposition
+from app.services.ops.metrics_export import CONTENT_TYPE, exposition
 
 router = APIRouter(tags=["health"])
 
@@ -24,7 +24,7 @@ async def metrics(
     authorization: Annotated[str | None, Header(description="`Bearer <LETHE_METRICS_TOKEN>`.")] = None,
 ) -> Response:
     """Jobs by kind and status, queue depth, broker queues, job durations, worker heartbeat ages, deletion
-    requests and reports (see app.services.metrics_export).
+    requests and reports (see app.services.ops.metrics_export).
 
     Counts over every tenant, so not public: off (404) unless ``LETHE_METRICS_TOKEN`` is set, and then only
     for ``Authorization: Bearer <token>`` (401 otherwise). API keys do not work here: a tenant's key must

@@ -16,9 +16,9 @@ from app.api.routes.jobs import get_job
 from app.core.problems import NotFound
 from app.models import Job, JobKind, JobStatus
 from app.models.job import stored_kinds
-from app.services import plots
-from app.services.forget_sets import get_forget_set
-from app.services.results import compare
+from app.services.data.forget_sets import get_forget_set
+from app.services.jobs import plots
+from app.services.jobs.results import compare
 from workers.engine.job_kinds import comparison_role, kinds_where
 
 router = APIRouter(tags=["plots"])

@@ -87,7 +87,7 @@ def test_missing_or_invalid_key_is_401(api: TestClient, header: str | None) -> N
 
 
 def test_every_mutation_is_audited_with_an_intact_chain(api: TestClient, resources, tenant, sessions) -> None:
-    from app.services.audit import verify_chain
+    from app.services.compliance.audit import verify_chain
 
     api.post(f"/v1/jobs/{resources['job']}/cancel", headers=tenant.headers("submit"))
     created = api.post("/v1/keys", json={"name": "ci", "scopes": ["read"]}, headers=tenant.headers("admin"))
@@ -112,7 +112,7 @@ def test_tampering_breaks_the_audit_chain(api: TestClient, resources, tenant, se
     from sqlalchemy import select
 
     from app.models import AuditEvent
-    from app.services.audit import verify_chain
+    from app.services.compliance.audit import verify_chain
 
     with sessions() as session:
         event = session.scalars(select(AuditEvent).where(AuditEvent.tenant_id == tenant.id)).first()

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
 from app.models import Job, JobStatus
-from app.services import campaigns as campaign_service
+from app.services.jobs import campaigns as campaign_service
 from tests.app.api.test_deletion import create_forget_set, submit, train_body, upload_model
 from tests.app.api.test_resources import assert_problem, create_digits, model_weights
 from tests.conftest import RecordingPublisher, Tenant

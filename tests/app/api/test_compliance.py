@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from app.models import Job, JobStatus, Metric
 from app.models.base import utcnow
-from app.services import deletion_requests, reports, signing
+from app.services.compliance import deletion_requests, reports, signing
 from tests.app.api.test_bad_input_corpus import MLP_CONFIG, mlp_state, safetensors_bytes
 from tests.app.api.test_resources import assert_problem, create_digits
 
@@ -553,7 +553,7 @@ def test_report_reads_in_plain_language_with_references(
     api: TestClient, world: dict, sessions, migrated
 ) -> None:
     from app.models import AuditEvent
-    from app.services.report_pdf import report_lines
+    from app.services.compliance.report_pdf import report_lines
 
     tenant = world["tenant"]
     rules = [
@@ -637,8 +637,8 @@ def test_reference_fields_are_validated(api: TestClient, world: dict, field: str
 
 def test_version_1_reports_still_verify_and_render(api: TestClient, world: dict, sessions, migrated) -> None:
     """Reports issued before controls existed keep verifying, and their HTML keeps its exact rendering."""
-    from app.services.report_html_v1 import render_html_v1
-    from app.services.report_pdf import render_pdf
+    from app.services.compliance.report_html_v1 import render_html_v1
+    from app.services.compliance.report_pdf import render_pdf
 
     tenant = world["tenant"]
     done = issued_request(api, world, sessions, migrated, POLICY_RULES)

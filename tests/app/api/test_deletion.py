@@ -17,11 +17,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.models import AuditEvent, Job, JobEvent, JobKind, JobStatus, Metric, Model, ShadowModel
-from app.services import audit as audit_service
-from app.services import deletion
-from app.services import jobs as job_service
-from app.services.artifacts import FileReport, sweep_orphans
-from app.services.jobs import JobOutcome
+from app.services.compliance import audit as audit_service
+from app.services.data import deletion
+from app.services.data.artifacts import FileReport, sweep_orphans
+from app.services.jobs import lifecycle as job_service
+from app.services.jobs.lifecycle import JobOutcome
 from app.storage import LocalArtifactStore
 from app.storage.local import content_key, sha256_hex
 from tests.app.api.test_resources import assert_problem, create_digits, model_weights
@@ -481,10 +481,10 @@ def test_the_sweep_only_touches_known_artifact_paths(sessions, tenant, tmp_path:
 def test_every_artifact_writer_uses_a_kind_the_sweep_knows() -> None:
     """A kind directory missing from ARTIFACT_KINDS would never be swept; one missing from the reference
     check would be swept while in use. The writers: intake services, the job runner, the shadow store."""
-    from app.services.artifacts import ARTIFACT_KINDS
+    from app.services.data.artifacts import ARTIFACT_KINDS
 
     root = Path(__file__).resolve().parents[3]
-    sources = ["app/services/datasets.py", "app/services/models.py", "workers/jobrunner.py"]
+    sources = ["app/services/data/datasets.py", "app/services/data/models.py", "workers/jobrunner.py"]
     used: set[str] = set()
     for source in [*sources, "workers/shadow_store.py"]:
         text = (root / source).read_text()

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
 from app.models import Dataset, Model
-from app.services import quotas
+from app.services.ops import quotas
 from tests.app.api.test_deletion import train_body
 from tests.app.api.test_resources import assert_problem, model_weights, npz_bytes, small_arrays
 from tests.conftest import RecordingPublisher, Tenant, make_tenant, settings_env
@@ -173,7 +173,7 @@ def test_served_api_memory_stays_flat_under_unauthenticated_bodies(
 ) -> None:
     """A real uvicorn process: three concurrent unauthenticated 50 MiB bodies (two with Content-Length, one
     chunked), each answered 401, move its peak RSS by less than PRE_AUTH_RSS_GROWTH_LIMIT."""
-    from app.services.processes import ServiceGroup
+    from app.services.ops.processes import ServiceGroup
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -336,10 +336,10 @@ def test_npz_counts_at_its_stored_size_not_its_upload_size(
 def test_streamed_upload_stores_what_the_array_path_stores(
     migrated: Settings, sessions: sessionmaker[Session], tenant: Tenant, tmp_path: Path, layout: str
 ) -> None:
-    from app.services.datasets import array_digest, store_uploaded_dataset
+    from app.services.data.datasets import array_digest, store_uploaded_dataset
     from app.storage import LocalArtifactStore
     from workers.engine.datasets import ArrayDataset
-    from workers.engine.tasks import TaskType
+    from workers.engine.task_types import TaskType
 
     rng = np.random.default_rng(7)
     shapes = {
@@ -381,9 +381,9 @@ def test_upload_memory_is_bounded_by_a_chunk_not_the_dataset(
     (the array path held the raw arrays, their float32 copies and the serialised archive: > 200 MiB)."""
     import tracemalloc
 
-    from app.services.datasets import store_uploaded_dataset
+    from app.services.data.datasets import store_uploaded_dataset
     from app.storage import LocalArtifactStore
-    from workers.engine.tasks import TaskType
+    from workers.engine.task_types import TaskType
 
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, size=(24 * 1024, 32, 32), dtype=np.uint8)

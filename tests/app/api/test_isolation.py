@@ -38,8 +38,8 @@ from app.core.config import Settings
 from app.core.security import Scope
 from app.models import AuditEvent, Campaign
 from app.models import Tenant as TenantRow
-from app.services import audit
-from app.services.keys import create_key
+from app.services.compliance import audit
+from app.services.ops.keys import create_key
 from tests.app.api.test_bad_input_corpus import MLP_CONFIG, mlp_state, safetensors_bytes
 from tests.app.api.test_compliance import POLICY_RULES, issued_request
 from tests.conftest import Tenant, make_tenant

@@ -23,7 +23,7 @@ from app.core.config import Settings, reset_settings_cache
 from app.core.security import KEY_CACHE_TTL_SECONDS, LAST_USED_RESOLUTION_SECONDS, KeyCache
 from app.models import ApiKey, AuditEvent
 from app.models.base import utcnow
-from app.services import audit
+from app.services.compliance import audit
 from tests.app.api.test_resources import assert_problem
 from tests.conftest import Tenant
 

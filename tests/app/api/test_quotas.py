@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.config import Settings
 from app.models import Job, JobStatus
 from app.models.base import utcnow
-from app.services import jobs as job_service
-from app.services.jobs import LeaseLost
-from app.services.quotas import enforce_time_budget
+from app.services.jobs import lifecycle as job_service
+from app.services.jobs.lifecycle import LeaseLost
+from app.services.ops.quotas import enforce_time_budget
 from tests.app.api.test_deletion import (
     MLP_CONFIG,
     create_forget_set,
@@ -247,7 +247,7 @@ def test_concurrent_submissions_cannot_both_take_the_last_slot(
     from app.core.problems import DomainError
     from app.core.security import Principal, effective_scopes
     from app.schemas.jobs import JobCreate
-    from app.services.submission import submit as submit_job
+    from app.services.jobs.submission import submit as submit_job
 
     dataset = create_digits(api, tenant)
     principal = Principal(tenant_id=tenant.id, key_id="race", scopes=effective_scopes(["submit"]))

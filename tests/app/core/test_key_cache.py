@@ -13,7 +13,7 @@ from sqlalchemy import update
 from app.core.security import KEY_CACHE_TTL_SECONDS, KeyCache, Principal, Scope
 from app.models import ApiKey
 from app.models.base import utcnow
-from app.services.keys import create_key, get_or_create_tenant
+from app.services.ops.keys import create_key, get_or_create_tenant
 from tests.app.api.test_resources import assert_problem
 
 PRINCIPAL = Principal(tenant_id=uuid.uuid4(), key_id="abc", scopes=frozenset({Scope.read}))

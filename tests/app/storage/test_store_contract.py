@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from app.core.config import Settings
-from app.services.artifacts import delete_unreferenced, sweep_orphans
+from app.services.data.artifacts import delete_unreferenced, sweep_orphans
 from app.storage import (
     ARTIFACT_BACKENDS,
     ArtifactBackend,

@@ -21,7 +21,7 @@ from workers.engine.datasets import ArrayDataset, build_dataset
 from workers.engine.execute import EngineRequest, EngineResult, execute
 from workers.engine.hooks import RecordingHooks
 from workers.engine.methods.params import SPEEDRUN_RECIPE, TrainParams, TrainRecipe
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 from workers.engine.training import crop_padding, fit, learning_rate, task_loss_of
 from workers.engine.vectorised import train_models
 

@@ -10,7 +10,7 @@ from workers.engine.architectures import ARCHITECTURES
 from workers.engine.architectures.build import build_model
 from workers.engine.datasets import DATASETS, ArrayDataset, build_dataset
 from workers.engine.errors import InvalidInputError
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 SMALL_IMAGES = {"n_train": 60, "n_test": 20, "channels": 1, "image_size": 16}
 

@@ -16,7 +16,7 @@ CATALOG_IMPORT = (
 CATALOG_USE = """
 import sys
 import numpy as np
-import workers.engine.errors, workers.engine.registry, workers.engine.tasks, workers.engine.hooks
+import workers.engine.errors, workers.engine.registry, workers.engine.task_types, workers.engine.hooks
 import workers.engine.methods.params, workers.engine.imports, workers.engine.diffusion.job_params
 from workers.engine.architectures import ARCHITECTURES
 from workers.engine.datasets import build_dataset

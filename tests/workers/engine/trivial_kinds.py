@@ -10,7 +10,7 @@ from workers.engine.errors import InvalidInputError
 from workers.engine.execute import EngineRequest, EngineResult
 from workers.engine.hooks import EngineHooks
 from workers.engine.job_kinds import JOB_KINDS, JobKindSpec, Presence
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 COPIED_METRIC = "copied_tensors"
 ON_MODEL_FORBIDDEN = ("dataset_id", "architecture", "arch_config", "forget_set_id")

@@ -21,7 +21,7 @@ from workers.engine.diffusion.params import DiffusionModelConfig
 from workers.engine.diffusion.shapes import unet_param_shapes
 from workers.engine.errors import InvalidInputError
 from workers.engine.registry import Registry
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 FLOAT32 = "F32"
 INT64 = "I64"

@@ -108,7 +108,7 @@ from workers.engine.metrics.regression_scores import (
     target_scale,
 )
 from workers.engine.metrics.rmia import rmia_offline, tune_offline_a, tuning_population
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 from workers.engine.vectorised import predict_models, train_models
 
 AUDIT_PHASE = "audit"

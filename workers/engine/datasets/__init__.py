@@ -18,7 +18,7 @@ from workers.engine.datasets.procedural_regression import (
 )
 from workers.engine.errors import InvalidInputError
 from workers.engine.registry import Registry
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 
 @dataclass(frozen=True)

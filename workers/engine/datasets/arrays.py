@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workers.engine.errors import InvalidInputError
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 UINT8_MAX = 255.0
 # Channel counts recognised when guessing whether 4-D images are stored channels-last (N, H, W, C).

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.datasets import load_diabetes
 
 from workers.engine.datasets.arrays import REGRESSION_OUTPUTS, ArrayDataset
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 MAX_SEED = 2**32 - 1
 DIABETES_FEATURES = 10

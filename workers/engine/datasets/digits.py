@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.datasets import load_digits
 
 from workers.engine.datasets.arrays import ArrayDataset
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 # load_digits pixels are integer ink counts in 0..16.
 DIGITS_MAX_PIXEL = 16.0

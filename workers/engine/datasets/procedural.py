@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from workers.engine.datasets.arrays import ArrayDataset
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 MAX_SEED = 2**32 - 1
 # Side of the coarse random grid each prototype is upsampled from: small = smooth, blob-like patterns.

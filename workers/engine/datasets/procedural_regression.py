@@ -27,7 +27,7 @@ from workers.engine.datasets.procedural import (
     UNIFORM_WIDTH_PER_STD,
     _upsampling_matrix,
 )
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 MAX_SEED = 2**32 - 1
 

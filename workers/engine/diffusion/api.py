@@ -53,7 +53,7 @@ from workers.engine.diffusion.unet import UNet
 from workers.engine.diffusion.weights import Weights, load_weights, module_weights, state_to_numpy
 from workers.engine.errors import InvalidInputError
 from workers.engine.hooks import EngineHooks
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 IMAGE_DIMS = 3  # per-sample C x H x W
 # Resolution levels by image side: each level halves the side; stop at 4x4 like the reference stops at

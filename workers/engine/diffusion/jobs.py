@@ -51,7 +51,7 @@ from workers.engine.hooks import ArtifactCache, EngineHooks, NullHooks
 from workers.engine.imports import import_by_path
 from workers.engine.job_kinds.spec import JobKindSpec, Presence
 from workers.engine.methods import METHODS, MethodSpec
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 EVALUATE_PHASE = "evaluate"
 SAMPLE_PHASE = "sample"

@@ -1,7 +1,7 @@
 """The job-kind registry: one :class:`JobKindSpec` per kind (torch-free, so the API validates with it).
 
 Adding a kind means one entry (``entries.py``, or ``JOB_KINDS.register`` elsewhere) whose ``run`` names its
-engine function; the API's submission validation (``app.services.submission``), the quotas, the engine's
+engine function; the API's submission validation (``app.services.jobs.submission``), the quotas, the engine's
 ``execute`` and the worker's job runner read the entry instead of testing kind names. The API and the
 database also list the kinds in ``app.models.JobKind`` (a VARCHAR column without a CHECK constraint: a new
 member needs no migration); ``tests/workers/engine/test_job_kinds.py`` keeps the two lists equal.

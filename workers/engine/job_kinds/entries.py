@@ -18,7 +18,7 @@ from workers.engine.job_kinds.spec import (
     SubmissionRefused,
 )
 from workers.engine.methods import METHODS
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 # The engine run of every kind that runs a registered method (or evaluates) on one model.
 METHOD_RUN = "workers.engine.execute:run_method_request"

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from workers.engine.diffusion.job_params import GENERATIVE_ARCHITECTURES
 from workers.engine.imports import import_by_path
 from workers.engine.methods import DEFAULT_METHODS
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 if TYPE_CHECKING:
     from workers.engine.execute import EngineRequest, EngineResult

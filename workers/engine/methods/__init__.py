@@ -37,7 +37,7 @@ from workers.engine.methods.params_distillation import (
 from workers.engine.methods.params_regression import GaussianFinetuneParams
 from workers.engine.registry import Registry
 from workers.engine.search.params import WorstCaseSearchParams
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 # "prune" turns a dense model into a sparse one (a model modifier, not unlearning): it starts from the input
 # weights and needs no forget set. "search" finds a forget set (no model comes out): it starts from the input

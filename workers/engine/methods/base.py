@@ -18,7 +18,7 @@ from torch import nn
 from workers.engine.hooks import EngineHooks
 from workers.engine.masks import Masks, apply_masks
 from workers.engine.methods.params import Inherited, TrainRecipe
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 from workers.engine.training import Segment, train_epochs
 
 

@@ -55,7 +55,7 @@ from workers.engine.methods.distillation import (
     train_with_adam,
 )
 from workers.engine.methods.params_distillation import BlindspotParams
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 BLINDSPOT_STAGE = "blindspot_model"
 REGRESSION_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}

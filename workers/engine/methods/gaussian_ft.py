@@ -21,7 +21,7 @@ from workers.engine.errors import InvalidInputError
 from workers.engine.methods.base import MethodContext, MethodOutput, inheritance_details, resolved_params
 from workers.engine.methods.distillation import SUBSET_SEED_OFFSET, train_with_adam
 from workers.engine.methods.params_regression import GaussianFinetuneParams
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 REGRESSION_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 

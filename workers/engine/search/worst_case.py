@@ -84,7 +84,7 @@ from workers.engine.search.params import (
     WorstCaseSearchParams,
 )
 from workers.engine.search.projection import project_capped_simplex
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 from workers.engine.training import (
     CROP_PADDING_DIVISOR,
     IMAGE_TENSOR_DIMS,

@@ -5,7 +5,7 @@ import pytest
 
 from workers.engine.datasets import ArrayDataset
 from workers.engine.errors import InvalidInputError
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 
 def _arrays(train: int = 6, test: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

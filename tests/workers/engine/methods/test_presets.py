@@ -30,7 +30,7 @@ from workers.engine.methods.params_distillation import (
 )
 from workers.engine.methods.params_regression import GaussianFinetuneParams
 from workers.engine.presets import PRESET_KEY
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 # The documented values of each preset (the docstrings and field descriptions say the same). Reference
 # values: optml.md §2.3-§2.7 and §6.2-§6.3 (Unlearn-WorstCase data-wise/arg_parser.py for SCRUB, whose

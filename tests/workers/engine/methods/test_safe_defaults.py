@@ -24,7 +24,7 @@ from workers.engine.methods.base import DeviceSplits, MethodContext
 from workers.engine.methods.params import RandomLabelParams, TrainRecipe
 from workers.engine.methods.random_labels import run_relabel
 from workers.engine.metrics import retain_indices
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 SMALL_CNN_CONFIG: dict[str, Any] = {"in_channels": 1, "image_size": 8, "channels": [8, 16]}
 # No augmentation, batch 64: a recipe unlike the reference's (crop+flip, batch 256), so inheriting it matters.

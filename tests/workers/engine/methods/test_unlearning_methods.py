@@ -25,7 +25,7 @@ from workers.engine.methods.params import L1SparseParams, SalUnParams, TrainReci
 from workers.engine.methods.random_labels import random_label_sampler
 from workers.engine.methods.salun import forget_gradient_magnitude, saliency_mask
 from workers.engine.metrics import retain_indices
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 from workers.engine.training import Segment, train_epochs
 
 FORGET_CEILING = 20.0

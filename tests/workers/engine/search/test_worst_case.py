@@ -25,7 +25,7 @@ from workers.engine.masks import apply_masks, masks_to_device
 from workers.engine.methods.base import DeviceSplits, MethodContext
 from workers.engine.search.params import WorstCaseSearchParams
 from workers.engine.search.worst_case import _Search, run, search_warnings, sign_gradients
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 SEARCH_PARAMS: dict[str, Any] = {"outer_iterations": 5, "lower_epochs": 2, "batch_size": 64}
 REFERENCE_VALUES: dict[str, Any] = {

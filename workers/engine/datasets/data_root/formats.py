@@ -37,7 +37,7 @@ from workers.engine.datasets.data_root.files import DatasetFilesError, FileReade
 from workers.engine.datasets.data_root.safe_pickle import safe_unpickle
 from workers.engine.datasets.digits import MAX_SEED, stratified_split
 from workers.engine.registry import Registry
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 CIFAR_SIDE = 32
 CIFAR_PIXELS = 3 * CIFAR_SIDE * CIFAR_SIDE

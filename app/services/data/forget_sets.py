@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.core.problems import NotFound, Unprocessable
 from app.models import Dataset, ForgetSet
 from app.schemas.resources import ClassSpec, ForgetSetCreate, IndicesSpec, RandomSpec, TargetRangeSpec
-from app.services.dataset_sources import load_train_labels
+from app.services.data.dataset_sources import load_train_labels
 from app.storage import ArtifactStore
 
 REGRESSION = "regression"

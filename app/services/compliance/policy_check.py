@@ -29,20 +29,20 @@ from app.schemas.compliance import (
     PolicyWarning,
     RuleOutcome,
 )
-from app.services import audit
-from app.services.deletion_requests import (
+from app.services.compliance import audit
+from app.services.compliance.deletion_requests import (
     IDENTITY_METHOD,
     ROLE_AUDIT_IDENTITY,
     ROLE_ORIGINAL,
     ROLE_RETRAIN,
     get_request,
 )
-from app.services.forget_sets import get_forget_set
-from app.services.models import get_model
-from app.services.policies import Table, evaluate_rule, get_policy, lint, rules_outcome
-from app.services.reports import metric_table, values_table
-from app.services.results import metrics_for
-from app.services.signing import canonical_json
+from app.services.compliance.policies import Table, evaluate_rule, get_policy, lint, rules_outcome
+from app.services.compliance.reports import metric_table, values_table
+from app.services.compliance.signing import canonical_json
+from app.services.data.forget_sets import get_forget_set
+from app.services.data.models import get_model
+from app.services.jobs.results import metrics_for
 from workers.engine.job_kinds import comparison_role, job_kind, kinds_producing, kinds_where
 
 Evidence = Literal["inputs", "deletion_request", "jobs", "metrics"]

@@ -25,7 +25,7 @@ from app.core.db import session_scope
 from app.core.problems import Conflict
 from app.models import AuditCheckpoint, AuditEvent, Tenant
 from app.models.base import utcnow
-from app.services import signing
+from app.services.compliance import signing
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +158,11 @@ def verify_chain(session: Session, tenant_id: uuid.UUID) -> bool:
 # The chain makes an edit evident only to someone who cannot recompute it. Anyone who can write the database
 # can edit a row and recompute every later hash, or delete the tail, and the links still hold. A checkpoint is
 # the statement (tenant, number of rows, id and hash of the last row, time) signed with the audit anchor key
-# (app/services/signing.py), which the database does not hold; it is stored twice: as an audit_checkpoints
-# row, and as a line appended to a file outside the database (<home>/audit-anchors.jsonl, 0600), so that
-# deleting the checkpoint rows together with the tail is still caught by the file. What a database-only
-# attacker can still do unseen: rewrite the rows after the last checkpoint (``unsigned_tail`` says how many).
+# (app/services/compliance/signing.py), which the database does not hold; it is stored twice: as an
+# audit_checkpoints row, and as a line appended to a file outside the database (<home>/audit-anchors.jsonl,
+# 0600), so that deleting the checkpoint rows together with the tail is still caught by the file. What a
+# database-only attacker can still do unseen: rewrite the rows after the last checkpoint (``unsigned_tail``
+# says how many).
 
 CHECKPOINT_TYPE = "lethe.audit-checkpoint/v1"  # in every signed statement: it cannot pass for another one
 ANCHOR_FILE_NAME = "audit-anchors.jsonl"

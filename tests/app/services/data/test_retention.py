@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.config import Settings
 from app.models import AuditEvent, ForgetSet, Job, JobKind, JobStatus, ShadowModel
 from app.models.base import utcnow
-from app.services import audit as audit_service
-from app.services import jobs as job_service
-from app.services.retention import purge_intermediates
+from app.services.compliance import audit as audit_service
+from app.services.data.retention import purge_intermediates
+from app.services.jobs import lifecycle as job_service
 from app.storage import LocalArtifactStore
 from app.storage.local import content_key, sha256_hex
 from tests.app.api.test_deletion import run_job_to_success, submit, train_body

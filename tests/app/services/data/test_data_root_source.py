@@ -17,8 +17,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings, reset_settings_cache
 from app.models import Dataset, Job, JobStatus
-from app.services import jobs as job_service
-from app.services.dataset_sources import DATA_ROOT, DatasetRef, IntakeContext, create_dataset, load_dataset
+from app.services.data.dataset_sources import (
+    DATA_ROOT,
+    DatasetRef,
+    IntakeContext,
+    create_dataset,
+    load_dataset,
+)
+from app.services.jobs import lifecycle as job_service
 from app.storage import LocalArtifactStore
 from tests.workers.engine.datasets.data_root_files import write_cifar10
 from workers.engine.errors import InvalidInputError

@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 
 from app.schemas.compliance import PolicyRule
-from app.services.policies import evaluate_rule, lint, rule_statement, rules_outcome, verdict_with_controls
+from app.services.compliance.policies import (
+    evaluate_rule,
+    lint,
+    rule_statement,
+    rules_outcome,
+    verdict_with_controls,
+)
 
 
 def table(**values: float) -> dict[str, dict[str, float | None]]:

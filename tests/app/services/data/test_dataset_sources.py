@@ -15,8 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
 from app.models import Job, JobStatus
-from app.services import jobs as job_service
-from app.services.dataset_sources import (
+from app.services.data.dataset_sources import (
     DATASET_SOURCES,
     DatasetRef,
     DatasetSource,
@@ -25,10 +24,11 @@ from app.services.dataset_sources import (
     create_dataset,
     load_dataset,
 )
-from app.services.datasets import store_dataset
+from app.services.data.datasets import store_dataset
+from app.services.jobs import lifecycle as job_service
 from app.storage import ArtifactStore, LocalArtifactStore
 from workers.engine.datasets import ArrayDataset
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 SOURCE = "stripes"
 FEATURES = 4

@@ -22,16 +22,17 @@ from app.core.problems import Unprocessable, validation_errors
 from app.core.security import Principal
 from app.models import Dataset, ForgetSet, Job, JobStatus, Model
 from app.schemas.jobs import MAX_SEED, JobCreate
-from app.services import audit, quotas
-from app.services.datasets import get_dataset
-from app.services.forget_sets import get_forget_set
-from app.services.jobs import add_event
-from app.services.models import get_architecture, get_model, validate_arch_config
+from app.services.compliance import audit
+from app.services.data.datasets import get_dataset
+from app.services.data.forget_sets import get_forget_set
+from app.services.data.models import get_architecture, get_model, validate_arch_config
+from app.services.jobs.lifecycle import add_event
+from app.services.ops import quotas
 from workers.engine.architectures import ArchitectureSpec
 from workers.engine.errors import UnknownEntryError
 from workers.engine.job_kinds import JobKindSpec, MethodUse, SubmissionContext, SubmissionRefused, job_kind
 from workers.engine.methods import METHODS, MethodSpec
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 REUSABLE_STATUSES = (JobStatus.queued, JobStatus.running, JobStatus.succeeded)
 

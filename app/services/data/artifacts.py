@@ -29,12 +29,12 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from app.core.db import session_scope
 from app.models import Dataset, ForgetSet, Job, Model, ShadowModel, Tenant
-from app.services import audit
+from app.services.compliance import audit
 from app.storage import ArtifactInfo, ArtifactStore, StorageError
 
 log = logging.getLogger(__name__)
 
-# The kind directories the service writes (app.services.datasets/models, workers.jobrunner,
+# The kind directories the service writes (app.services.data.datasets/models, workers.jobrunner,
 # workers.shadow_store). The sweep never touches other paths.
 ARTIFACT_KINDS = frozenset(
     {

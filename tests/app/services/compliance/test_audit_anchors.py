@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.config import Settings
 from app.models import AuditCheckpoint, AuditEvent
 from app.models.base import utcnow
-from app.services import audit, signing
-from app.services.keys import get_or_create_tenant
+from app.services.compliance import audit, signing
+from app.services.ops.keys import get_or_create_tenant
 
 Chain = Callable[[int], uuid.UUID]
 

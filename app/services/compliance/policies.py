@@ -18,8 +18,8 @@ from app.core.problems import NotFound
 from app.core.security import Principal
 from app.models import Policy, Tenant
 from app.schemas.compliance import PolicyCreate, PolicyOut, PolicyRule, PolicyWarning, is_audit_metric
-from app.services import audit
-from app.services.signing import canonical_json
+from app.services.compliance import audit
+from app.services.compliance.signing import canonical_json
 
 
 def policy_digest(name: str, version: int, rules: list[dict[str, Any]]) -> str:

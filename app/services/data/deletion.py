@@ -16,7 +16,7 @@ Semantics (``DELETE /v1/{datasets,models,forget-sets,jobs}/{id}``):
 * Rows are deleted and the audit row (action ``<type>.delete``, ids of everything deleted, never forget-set
   contents) is written in one transaction. Files are deleted after the commit, each only when no remaining
   row of the tenant references it (content addressing shares identical bytes); a crash in between is
-  repaired by the orphan sweep (app.services.artifacts.sweep_orphans).
+  repaired by the orphan sweep (app.services.data.artifacts.sweep_orphans).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from app.models import (
     Model,
     ShadowModel,
 )
-from app.services import audit
-from app.services.artifacts import chunks, delete_unreferenced, job_keys
+from app.services.compliance import audit
+from app.services.data.artifacts import chunks, delete_unreferenced, job_keys
 from app.storage import ArtifactStore
 
 ResourceType = Literal["dataset", "model", "forget_set", "job"]

@@ -38,7 +38,7 @@ from app.core.problems import DomainError, Unprocessable
 from app.models import Dataset, Job, JobKind, JobStatus, Model, ShadowModel, Tenant
 from app.models.base import utcnow
 from app.models.job import stored_kinds
-from app.services.jobs import add_event
+from app.services.jobs.lifecycle import add_event
 from workers.engine.job_kinds import job_kind, kinds_producing
 
 ACTIVE = (JobStatus.queued, JobStatus.running)

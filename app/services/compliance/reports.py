@@ -1,6 +1,7 @@
 """Compliance reports: built from a finished deletion request, signed, stored once, exported as JSON/HTML.
 
-Document (``format: lethe.compliance-report/2``), every key sorted, canonical JSON (app.services.signing):
+Document (``format: lethe.compliance-report/2``), every key sorted, canonical JSON
+(app.services.compliance.signing):
 
 * ``deletion_request``: id, name, tenant, created_at and the requester's references (``subject_reference``,
   ``ticket_reference``, ``requested_by``; null when not given); ``policy``: id, name, version, sha256,
@@ -47,10 +48,10 @@ from app.core.problems import Conflict
 from app.models import ComplianceReport, Dataset, DeletionRequest, ForgetSet, Job, Model, Policy
 from app.models.base import utcnow
 from app.schemas.compliance import PolicyRule
-from app.services.policies import evaluate_rule, metric_info, rules_outcome, verdict_with_controls
-from app.services.report_html_v1 import render_html_v1
-from app.services.results import metrics_for
-from app.services.signing import ALGORITHM, SigningKey, canonical_json, key_id, verify
+from app.services.compliance.policies import evaluate_rule, metric_info, rules_outcome, verdict_with_controls
+from app.services.compliance.report_html_v1 import render_html_v1
+from app.services.compliance.signing import ALGORITHM, SigningKey, canonical_json, key_id, verify
+from app.services.jobs.results import metrics_for
 
 FORMAT = "lethe.compliance-report/2"
 FORMAT_V1 = "lethe.compliance-report/1"  # no controls; still verified and rendered as it was

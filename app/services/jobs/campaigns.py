@@ -1,7 +1,7 @@
 """Campaigns: a grid of methods x forget sets x seeds on one original model, run as ordinary jobs.
 
 Each forget set gets one evaluation of the original and, per seed, one retrain oracle; both are cached by
-content hash (app.services.submission.result_cache_key), so a later campaign of the tenant on the same
+content hash (app.services.jobs.submission.result_cache_key), so a later campaign of the tenant on the same
 inputs reuses them. Methods with a grid are first tuned on the sweep forget set; the setting with the
 smallest mean Avg-Gap is then used on every forget set. ``advance`` moves a campaign through its stages
 and is called by the reaper's periodic tick.
@@ -40,24 +40,25 @@ from app.schemas.campaigns import (
 )
 from app.schemas.jobs import JobCreate
 from app.schemas.resources import ForgetSetCreate
-from app.services import audit, quotas
-from app.services import jobs as job_service
-from app.services.datasets import get_dataset
-from app.services.forget_sets import create_forget_set, get_forget_set
-from app.services.guardrails import Guardrails, guardrail_flags
-from app.services.models import get_architecture, get_model
-from app.services.results import (
+from app.services.compliance import audit
+from app.services.data.datasets import get_dataset
+from app.services.data.forget_sets import create_forget_set, get_forget_set
+from app.services.data.models import get_architecture, get_model
+from app.services.jobs import lifecycle as job_service
+from app.services.jobs.guardrails import Guardrails, guardrail_flags
+from app.services.jobs.results import (
     REGRESSION,
     forget_set_task,
     gap_keys,
     metrics_for,
     with_comparison_metrics,
 )
-from app.services.submission import build_job, find_reusable, method_spec, validate_params
+from app.services.jobs.submission import build_job, find_reusable, method_spec, validate_params
+from app.services.ops import quotas
 from app.storage import ArtifactStore
 from workers.engine.metrics import avg_gap
 from workers.engine.metrics.regression import REGRESSION_COLUMNS
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 STAGE_SEARCH = "search"
 STAGE_TUNING = "tuning"
@@ -70,7 +71,7 @@ ROLE_SEARCH = "search"
 TABLE_METRICS = ("UA", "RA", "TA", "MIA-Efficacy")
 # Regression campaigns (the model's dataset is a regression dataset): Deep Regression Unlearning's metrics;
 # W1 and AIN are computed per cell against the retrain of the same seed (the original row: against every
-# seed's retrain), see app.services.results.with_comparison_metrics.
+# seed's retrain), see app.services.jobs.results.with_comparison_metrics.
 REGRESSION_TABLE_METRICS = REGRESSION_COLUMNS
 _PER_REFERENCE = ("W1", "AIN")
 
@@ -268,7 +269,7 @@ def _quota_problem(
 
 
 def _admit(session: Session, tenant_id: uuid.UUID, settings: Settings, requested: int, stage: str) -> None:
-    """Count a stage's new jobs, already flushed, toward the quotas (app.services.quotas, under the tenant
+    """Count a stage's new jobs, already flushed, toward the quotas (app.services.ops.quotas, under the tenant
     lock it takes). A stage that only reuses cached jobs creates nothing and is never refused."""
     if not requested:
         return

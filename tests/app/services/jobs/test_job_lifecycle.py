@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.models import Job, JobKind, JobStatus, Metric
 from app.models.base import utcnow
-from app.services import jobs as job_service
-from app.services.jobs import JobOutcome, LeaseLost
+from app.services.jobs import lifecycle as job_service
+from app.services.jobs.lifecycle import JobOutcome, LeaseLost
 
 LEASE = 30.0
 

@@ -14,8 +14,8 @@ Submitting one adds, in the caller's transaction, the jobs it needs (by role):
   shadow store, so the control's audit retrains nothing).
 
 The report judges the unlearned model and each control by the same rules: a pass needs every control to
-fail at least one rule (see app.services.policies.verdict_with_controls), so a policy that an untouched model
-passes can only give ``inconclusive`` or ``fail``.
+fail at least one rule (see app.services.compliance.policies.verdict_with_controls), so a policy that an
+untouched model passes can only give ``inconclusive`` or ``fail``.
 
 The reaper's periodic tick calls :func:`advance`: once every job has ended the request is ``issued`` with a
 signed report (whatever its verdict), or ``failed`` when a job it needs failed or was cancelled.
@@ -56,13 +56,14 @@ from app.schemas.compliance import (
     is_audit_metric,
 )
 from app.schemas.jobs import MAX_SEED, JobCreate
-from app.services import audit, quotas, reports
-from app.services import jobs as job_service
-from app.services.forget_sets import get_forget_set
-from app.services.models import get_model
-from app.services.policies import find_policy, get_policy
-from app.services.signing import signing_key
-from app.services.submission import build_job, find_reusable
+from app.services.compliance import audit, reports
+from app.services.compliance.policies import find_policy, get_policy
+from app.services.compliance.signing import signing_key
+from app.services.data.forget_sets import get_forget_set
+from app.services.data.models import get_model
+from app.services.jobs import lifecycle as job_service
+from app.services.jobs.submission import build_job, find_reusable
+from app.services.ops import quotas
 
 ROLE_UNLEARN = "unlearn"
 ROLE_RETRAIN = "retrain"

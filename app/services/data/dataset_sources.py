@@ -34,8 +34,8 @@ from app.core.problems import Conflict, DomainError, Unprocessable, validation_e
 from app.models import Dataset
 from app.schemas.common import NAME_MAX
 from app.schemas.resources import BuiltinDatasetCreate, DataRootDatasetCreate
-from app.services import quotas
-from app.services.datasets import build_builtin, store_dataset, store_uploaded_dataset
+from app.services.data.datasets import build_builtin, store_dataset, store_uploaded_dataset
+from app.services.ops import quotas
 from app.storage import ArtifactStore
 from app.storage.local import content_key
 from workers.engine.datasets import ArrayDataset
@@ -48,7 +48,7 @@ from workers.engine.datasets.data_root import (
 )
 from workers.engine.errors import InvalidInputError
 from workers.engine.registry import Registry
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 RequestT = TypeVar("RequestT")
 

@@ -33,8 +33,8 @@ from app.core.db import session_scope
 from app.models import ForgetSet, Job, JobKind, JobStatus, ShadowModel
 from app.models.base import utcnow
 from app.models.job import TERMINAL_STATUSES, stored_kinds
-from app.services import audit
-from app.services.artifacts import FileReport, delete_unreferenced
+from app.services.compliance import audit
+from app.services.data.artifacts import FileReport, delete_unreferenced
 from app.storage import ArtifactStore
 from workers.engine.job_kinds import kinds_producing, kinds_where
 

@@ -3,7 +3,7 @@
 ``verify_html`` accepts an HTML export only when it is byte for byte the rendering of its embedded signed
 document, so the renderer of a format version must never change once reports of that version have been
 exported: this is the renderer those pages were made with, kept as it was. Version-2 documents (controls,
-plain-language rules, references) are rendered by ``app.services.reports.render_html``.
+plain-language rules, references) are rendered by ``app.services.compliance.reports.render_html``.
 """
 
 from __future__ import annotations

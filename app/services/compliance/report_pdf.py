@@ -21,8 +21,7 @@ import matplotlib
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-from app.services.plots import render_lock
-from app.services.reports import (
+from app.services.compliance.reports import (
     FORMAT_V1,
     ROLES,
     control_summary,
@@ -34,6 +33,7 @@ from app.services.reports import (
     rule_rows,
     summary_fields,
 )
+from app.services.jobs.plots import render_lock
 
 A4_INCHES = (8.27, 11.69)
 LINES_PER_PAGE = 64

@@ -1,7 +1,7 @@
 """Datasets: built-ins materialised from the engine's numpy registry, or validated .npz uploads.
 
 Content-addressed by a hash of the normalised arrays, so the same data is stored once per tenant. The
-sources that use these (and how a worker loads what they stored) are app.services.dataset_sources.
+sources that use these (and how a worker loads what they stored) are app.services.data.dataset_sources.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.problems import DomainError, NotFound, Unprocessable, validation_errors
 from app.models import Dataset
-from app.services import quotas
+from app.services.ops import quotas
 from app.storage import ArtifactStore
 from app.storage.local import content_key
 from workers.engine.datasets import DATASETS, ArrayDataset
 from workers.engine.errors import InvalidInputError, UnknownEntryError
-from workers.engine.tasks import TaskType
+from workers.engine.task_types import TaskType
 
 if TYPE_CHECKING:
     from app.intake.npz_check import NpzPlan

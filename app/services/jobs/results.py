@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.models import Dataset, ForgetSet, Job, JobStatus, Metric, Model
 from app.models.job import stored_kinds
 from app.schemas.jobs import Comparison, ComparisonRow
-from app.services.guardrails import Guardrails, guardrail_flags
+from app.services.jobs.guardrails import Guardrails, guardrail_flags
 from workers.engine.diffusion.job_params import GENERATIVE_ARCHITECTURES
 from workers.engine.job_kinds import comparison_role, kinds_compared
 from workers.engine.metrics import avg_gap

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from app.schemas.campaigns import MethodEntry
-from app.services.campaigns import candidates
-from app.services.guardrails import Guardrails, guardrail_flags
+from app.services.jobs.campaigns import candidates
+from app.services.jobs.guardrails import Guardrails, guardrail_flags
 
 ORIGINAL = {"UA": 0.0, "RA": 99.0, "TA": 97.0, "MIA-Efficacy": 1.0}
 RETRAIN = {"UA": 3.0, "RA": 99.5, "TA": 96.0, "MIA-Efficacy": 8.0}

@@ -28,7 +28,7 @@ from app.core.security import (
 )
 from app.models import ApiKey, Tenant
 from app.models.base import utcnow
-from app.services import audit
+from app.services.compliance import audit
 
 log = logging.getLogger(__name__)
 # How long recording a key's last use may wait for SQLite's write lock before it gives up (this time).

@@ -18,7 +18,7 @@ from app.core.config import Settings
 from app.core.problems import DomainError
 from app.core.security import Principal, Scope
 from app.schemas.jobs import JobCreate
-from app.services.submission import build_job
+from app.services.jobs.submission import build_job
 from tests.app.api.test_compliance import upload_model
 from tests.app.api.test_resources import assert_problem, create_digits
 from tests.workers.engine.trivial_kinds import COPY_MODEL, registered

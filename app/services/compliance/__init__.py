@@ -1,0 +1,1 @@
+"""Compliance: the hash-chained audit trail, policies, deletion requests and their signed reports."""

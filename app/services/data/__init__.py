@@ -1,0 +1,2 @@
+"""Data lifecycle: datasets and their sources, models, forget sets, artifact references, deletion and
+retention."""

@@ -1,0 +1,1 @@
+"""Jobs: the lease protocol, submission, per-forget-set results and guardrails, campaigns, plots."""
