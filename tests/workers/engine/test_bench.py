@@ -1,4 +1,4 @@
-"""Keep bench/train_loop.py runnable: a tiny end-to-end run of both loops."""
+"""Keep the benches runnable: tiny end-to-end runs of train_loop.py, fast_retrain.py and diffusion_sfd.py."""
 
 from __future__ import annotations
 
@@ -54,3 +54,26 @@ def test_fast_retrain_bench_runs_every_stage_on_a_tiny_size(tmp_path: Path) -> N
     assert ratios["reference_over_retrain_seconds_to_target"] > 0
     audit = results["audit"]
     assert audit["shadows"] == 3 and audit["models_trained"] == 3 * 3 and 0.0 <= audit["ulira_auc"] <= 1.0
+
+
+def test_diffusion_sfd_bench_runs_each_class_on_a_tiny_size(tmp_path: Path) -> None:
+    output = tmp_path / "sfd.json"
+    command = [
+        sys.executable, str(REPO_ROOT / "bench" / "diffusion_sfd.py"),
+        "--classes", "3,9", "--channels", "8", "--teacher-steps", "2", "--teacher-batch", "8",
+        "--sfd-steps", "2", "--sfd-batch", "4", "--eval-per-class", "2", "--eval-forget", "4",
+        "--sample-steps", "2", "--teacher-eval", "--json", str(output),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    results = json.loads(output.read_text())
+    assert set(results["runs"]) == {"3", "9"}
+    for forget in ("3", "9"):
+        assert set(results["runs"][forget]) == {"teacher", "control", "sfd"}
+        params = results["params"][forget]
+        # The override is the next class; the 'lethe' preset fills what the command line leaves out.
+        assert params["override_class"] == (int(forget) + 1) % 10
+        assert params["preset"] == "lethe" and params["generator_forget_coef"] == 0.05
+    assert "| 3 | 4 |" in completed.stdout and "| 9 | 0 |" in completed.stdout
