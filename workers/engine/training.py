@@ -22,19 +22,18 @@ from __future__ import annotations
 import functools
 import json
 import math
-import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.engine.errors import EngineError, InvalidInputError
+from workers.engine import checkpoints
+from workers.engine.errors import InvalidInputError
 from workers.engine.hooks import EngineHooks, NullHooks
 from workers.engine.methods.params import TrainRecipe
 from workers.engine.task_types import TaskType
@@ -51,7 +50,6 @@ MIN_AUGMENT_IMAGE_SIZE = 16
 CROP_PADDING_DIVISOR = 8
 FLIP_PROBABILITY = 0.5
 CHECKPOINT_FORMAT = "lethe.fit-checkpoint/1"
-SAFETENSORS_HEADER_LENGTH_BYTES = 8
 
 
 @dataclass
@@ -468,16 +466,14 @@ def checkpoint_blob(
     lookahead: Lookahead | None = None,
 ) -> bytes:
     """Everything needed to continue after ``completed_epochs`` as one safetensors blob (no pickle)."""
-    tensors = {
-        f"model/{key}": value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()
-    }
+    tensors = {f"model/{key}": value for key, value in model.state_dict().items()}
     for index, parameter in enumerate(_parameters(optimizer)):
         buffer = optimizer.state.get(parameter, {}).get("momentum_buffer")
         if buffer is not None:
-            tensors[f"optimizer/{index}/momentum_buffer"] = buffer.detach().to("cpu").contiguous()
+            tensors[f"optimizer/{index}/momentum_buffer"] = buffer
     if lookahead is not None:
         for index, slow in enumerate(lookahead.slow_state()):
-            tensors[f"lookahead/{index}"] = slow.detach().to("cpu").contiguous()
+            tensors[f"lookahead/{index}"] = slow
     tensors["rng/generator"] = generator.get_state()
     tensors["rng/torch_cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -490,20 +486,7 @@ def checkpoint_blob(
         "recipe": recipe.model_dump_json(),
         "history": json.dumps(history),
     }
-    # state_dict() values may share storage with the live model; clone so serialisation sees a snapshot.
-    return safetensors.torch.save({key: value.clone() for key, value in tensors.items()}, metadata=metadata)
-
-
-def checkpoint_metadata(blob: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors blob (header = 8-byte little-endian length + JSON)."""
-    if len(blob) < SAFETENSORS_HEADER_LENGTH_BYTES:
-        raise EngineError("checkpoint blob is truncated")
-    (header_length,) = struct.unpack("<Q", blob[:SAFETENSORS_HEADER_LENGTH_BYTES])
-    header = json.loads(
-        blob[SAFETENSORS_HEADER_LENGTH_BYTES : SAFETENSORS_HEADER_LENGTH_BYTES + header_length]
-    )
-    metadata: dict[str, str] = header.get("__metadata__", {})
-    return metadata
+    return checkpoints.pack(tensors, metadata)
 
 
 def restore_checkpoint(
@@ -517,17 +500,13 @@ def restore_checkpoint(
     lookahead: Lookahead | None = None,
 ) -> tuple[int, list[dict[str, float]]]:
     """Load a :func:`checkpoint_blob` into the live objects; return (completed epochs, history so far)."""
-    metadata = checkpoint_metadata(blob)
-    expected = {"format": CHECKPOINT_FORMAT, "phase": phase, "seed": str(seed)}
-    mismatched = [key for key, value in expected.items() if metadata.get(key) != value]
     # Compare plain dicts: recipe subclasses (e.g. FinetuneParams) with equal fields are the same recipe.
-    if json.loads(metadata.get("recipe", "null")) != recipe.model_dump(mode="json"):
-        mismatched.append("recipe")
-    if mismatched:
-        raise EngineError(
-            f"resume checkpoint does not belong to this run (differs in: {', '.join(mismatched)})"
-        )
-    tensors = safetensors.torch.load(blob)
+    tensors, metadata = checkpoints.unpack(
+        blob,
+        expected={"format": CHECKPOINT_FORMAT, "phase": phase, "seed": str(seed)},
+        identity_key="recipe",
+        identity=recipe.model_dump(mode="json"),
+    )
     device = next(model.parameters()).device
     model_state = {
         key.removeprefix("model/"): value for key, value in tensors.items() if key.startswith("model/")

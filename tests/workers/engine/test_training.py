@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.engine.architectures.build import build_model
+from workers.engine.checkpoints import metadata_of as checkpoint_metadata
 from workers.engine.datasets import build_dataset
 from workers.engine.errors import EngineError, InvalidInputError
 from workers.engine.hooks import RecordingHooks
@@ -17,7 +18,6 @@ from workers.engine.methods.params import FinetuneParams, TrainRecipe
 from workers.engine.training import (
     augmentation_applies,
     batch_bounds,
-    checkpoint_metadata,
     crop_and_flip,
     fit,
     learning_rate,

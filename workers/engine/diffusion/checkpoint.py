@@ -1,4 +1,4 @@
-"""Resumable step checkpoints of the diffusion loops as one safetensors blob (no pickle).
+"""Resumable step checkpoints of the diffusion loops, one blob each (workers.engine.checkpoints; no pickle).
 
 A blob holds the live modules, the Adam states (flattened per parameter index), the EMA shadows and the
 state of the loop's random generator, plus metadata (format, phase, seed, params JSON, completed steps,
@@ -13,14 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import safetensors.torch
 import torch
 from pydantic import BaseModel
 from torch import nn
 
+from workers.engine import checkpoints
 from workers.engine.diffusion.ema import EMA
-from workers.engine.errors import EngineError
-from workers.engine.training import checkpoint_metadata
 
 CHECKPOINT_FORMAT = "lethe.diffusion-checkpoint/1"
 
@@ -47,18 +45,18 @@ def save(
     groups: dict[str, Any] = {}
     for name, module in state.modules.items():
         for key, value in module.state_dict().items():
-            tensors[f"module/{name}/{key}"] = value.detach().to("cpu").clone().contiguous()
+            tensors[f"module/{name}/{key}"] = value
     for name, optimizer in state.optimizers.items():
         optimizer_state = optimizer.state_dict()
         groups[name] = optimizer_state["param_groups"]
         for index, entries in optimizer_state["state"].items():
             for key, value in entries.items():
-                tensors[f"optimizer/{name}/{index}/{key}"] = torch.as_tensor(value).detach().to("cpu").clone()
+                tensors[f"optimizer/{name}/{index}/{key}"] = torch.as_tensor(value)
     for name, ema in state.emas.items():
         tensors[f"ema_updates/{name}"] = torch.tensor([ema.updates], dtype=torch.int64)
         for key, value in ema.shadow.items():
-            tensors[f"ema/{name}/{key}"] = value.detach().to("cpu").clone().contiguous()
-    tensors["rng/generator"] = state.generator.get_state().clone()
+            tensors[f"ema/{name}/{key}"] = value
+    tensors["rng/generator"] = state.generator.get_state()
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "phase": phase,
@@ -68,23 +66,19 @@ def save(
         "history": json.dumps(history),
         "param_groups": json.dumps(groups),
     }
-    return safetensors.torch.save(tensors, metadata=metadata)
+    return checkpoints.pack(tensors, metadata)
 
 
 def restore(
     blob: bytes, state: LoopState, *, phase: str, seed: int, params_json: str
 ) -> tuple[int, list[dict[str, float]]]:
     """Load a :func:`save` blob into ``state``; return (completed steps, history so far)."""
-    metadata = checkpoint_metadata(blob)
-    expected = {"format": CHECKPOINT_FORMAT, "phase": phase, "seed": str(seed)}
-    mismatched = [key for key, value in expected.items() if metadata.get(key) != value]
-    if json.loads(metadata.get("params", "null")) != json.loads(params_json):
-        mismatched.append("params")
-    if mismatched:
-        raise EngineError(
-            f"resume checkpoint does not belong to this run (differs in: {', '.join(mismatched)})"
-        )
-    tensors = safetensors.torch.load(blob)
+    tensors, metadata = checkpoints.unpack(
+        blob,
+        expected={"format": CHECKPOINT_FORMAT, "phase": phase, "seed": str(seed)},
+        identity_key="params",
+        identity=json.loads(params_json),
+    )
     groups = json.loads(metadata["param_groups"])
     for name, module in state.modules.items():
         prefix = f"module/{name}/"
