@@ -212,6 +212,7 @@ def _svhn_split(reader: FileReader, name: str) -> tuple[np.ndarray, np.ndarray]:
     data = reader.read(name)
     try:
         # MATLAB v5: scipy parses the documented container itself, executing nothing from the file.
+        # scipy raises NotImplementedError for MATLAB v7.3 (HDF5) files: refused with the same clear error.
         mat = loadmat(io.BytesIO(data), variable_names=["X", "y"])
     except (ValueError, TypeError, OSError, NotImplementedError, KeyError) as error:
         raise DatasetFilesError(f"{name} is not a readable MATLAB v5 file: {error}") from None
