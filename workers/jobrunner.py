@@ -300,7 +300,7 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
             mask_sparsity = result.metrics["sparsity"] / 100.0 if "sparsity" in result.metrics else None
         output_model = Model(
             tenant_id=job.tenant_id,
-            name=f"{job.kind.value}:{job.method}:{str(job.id)[:8]}",
+            name=f"{job.kind}:{job.method}:{str(job.id)[:8]}",
             architecture=architecture,
             arch_config=arch_config,
             dataset_id=inputs["dataset_id"],

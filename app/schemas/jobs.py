@@ -2,11 +2,31 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
-from app.models.job import JobKind, JobStatus
+from app.models.job import JobStatus
+from workers.engine.job_kinds import JOB_KINDS
+
+
+def registered_kind(name: str) -> str:
+    """A job kind is whatever the job-kind registry holds (a kind registered after start-up included)."""
+    if name not in JOB_KINDS:
+        raise ValueError(f"unknown job kind {name!r}; one of {', '.join(JOB_KINDS.names())}")
+    return name
+
+
+def _list_registered_kinds(schema: dict[str, Any]) -> None:
+    schema["enum"] = JOB_KINDS.names()
+
+
+# The registry's kinds, checked on input and listed in the OpenAPI schema when it is generated.
+RegisteredKind = Annotated[
+    str,
+    AfterValidator(registered_kind),
+    Field(description="A job kind (GET /v1/job-kinds).", json_schema_extra=_list_registered_kinds),
+]
 
 MAX_SEED = 2**31 - 1
 
@@ -33,7 +53,7 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: JobKind
+    kind: RegisteredKind
     method: str | None = Field(
         None, max_length=100, description="Method name from GET /v1/methods (unlearn jobs)."
     )
@@ -56,6 +76,24 @@ class JobCreate(BaseModel):
     )
 
 
+class JobKindOut(BaseModel):
+    """What a job kind needs and gives: the fields of its registry entry a client can act on."""
+
+    name: str
+    description: str
+    required: list[str] = Field(description="Submission fields the kind needs.")
+    forbidden: list[str] = Field(description="Submission fields the kind refuses.")
+    task_types: list[str]
+    method_use: str = Field(description="none: no method; named: `method` names one; in_params: in params")
+    method_kind: str | None = Field(None, description="Methods (GET /v1/methods) of this job_kind are named.")
+    default_methods: dict[str, str] = Field(description="The method run when none is named, by task type.")
+    params_schemas: dict[str, dict[str, Any]] = Field(
+        description="JSON schema of `params` by task type (kinds that run a method take its params instead)."
+    )
+    produces: list[str]
+    cacheable: bool
+
+
 class JobProgress(BaseModel):
     phase: str | None = None
     step: int | None = None
@@ -68,7 +106,7 @@ class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
-    kind: JobKind
+    kind: str
     method: str | None
     status: JobStatus
     params: dict[str, Any]
@@ -111,7 +149,7 @@ class JobEventOut(BaseModel):
 
 class ComparisonRow(BaseModel):
     job_id: uuid.UUID
-    kind: JobKind
+    kind: str
     method: str | None
     model_id: uuid.UUID | None
     output_model_id: uuid.UUID | None

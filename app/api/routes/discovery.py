@@ -8,10 +8,13 @@ from fastapi import APIRouter
 
 from app.api.deps import Reader
 from app.schemas.common import RegistryEntry
+from app.schemas.jobs import JobKindOut
 from workers.engine.architectures import ARCHITECTURES
 from workers.engine.audit.params import AuditParams
 from workers.engine.datasets import DATASETS
+from workers.engine.job_kinds import JOB_KINDS
 from workers.engine.methods import METHODS
+from workers.engine.task_types import TaskType
 
 router = APIRouter(tags=["discovery"])
 
@@ -64,3 +67,31 @@ def list_builtin_datasets(_: Reader) -> list[dict[str, Any]]:
 def audit_params_schema(_: Reader) -> dict[str, Any]:
     """JSON schema of an audit job's ``params`` (the audited method, K, F, attacks, ...)."""
     return AuditParams.model_json_schema()
+
+
+@router.get("/job-kinds", response_model=list[JobKindOut])
+def list_job_kinds(_: Reader) -> list[JobKindOut]:
+    """The kinds a job can be (the job-kind registry): the inputs each needs and refuses, its params."""
+    kinds = []
+    for spec in JOB_KINDS:
+        defaults = {task.value: spec.default_method(task) for task in spec.task_types}
+        kinds.append(
+            JobKindOut(
+                name=spec.name,
+                description=spec.description,
+                required=list(spec.required),
+                forbidden=list(spec.forbidden),
+                task_types=[task.value for task in spec.task_types],
+                method_use=spec.method_use.value,
+                method_kind=spec.method_kind,
+                default_methods={task: name for task, name in defaults.items() if name is not None},
+                params_schemas={
+                    task.value: model.model_json_schema()
+                    for task in TaskType
+                    if (model := spec.params_model(task)) is not None
+                },
+                produces=sorted(spec.produces),
+                cacheable=spec.cacheable,
+            )
+        )
+    return kinds

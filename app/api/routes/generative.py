@@ -16,8 +16,7 @@ from sqlalchemy import or_, select
 from app.api.deps import Reader, SessionDep, StoreDep
 from app.api.routes.jobs import get_job
 from app.core.problems import NotFound
-from app.models import Job, JobKind, JobStatus
-from app.models.job import stored_kinds
+from app.models import Job, JobStatus
 from app.services.data.models import get_model
 from workers.engine.job_kinds import JOB_KINDS, job_kind
 
@@ -87,12 +86,10 @@ def job_samples(job_id: uuid.UUID, principal: Reader, session: SessionDep, store
     )
 
 
-def _kinds_showing_samples() -> list[JobKind]:
+def _kinds_showing_samples() -> list[str]:
     """The kinds whose grids stand for a model: the rows of a comparison (retrain, unlearn: of their output
     model; evaluate: of the model evaluated) and the kinds that produce samples."""
-    return stored_kinds(
-        spec.name for spec in JOB_KINDS if spec.comparison_role is not None or "samples" in spec.produces
-    )
+    return [spec.name for spec in JOB_KINDS if spec.comparison_role is not None or "samples" in spec.produces]
 
 
 @router.get("/models/{model_id}/samples.png", response_class=Response, responses=PNG_RESPONSES)

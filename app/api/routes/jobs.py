@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.api.deps import PublisherDep, Reader, SessionDep, SettingsDep, StoreDep, Submitter, request_id
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.core.problems import DomainError, NotFound
-from app.models import Job, JobEvent, JobKind, JobStatus, Metric
+from app.models import Job, JobEvent, JobStatus, Metric
 from app.models.job import TERMINAL_STATUSES
 from app.schemas.common import Page
 from app.schemas.jobs import JobCreate, JobEventOut, JobOut
@@ -98,7 +98,7 @@ def list_jobs(
     principal: Reader,
     session: SessionDep,
     status: JobStatus | None = None,
-    kind: JobKind | None = None,
+    kind: Annotated[str | None, Query(max_length=40, description="A job kind (GET /v1/job-kinds).")] = None,
     method: str | None = None,
     model_id: uuid.UUID | None = None,
     forget_set_id: uuid.UUID | None = None,

@@ -14,8 +14,7 @@ from sqlalchemy import select
 from app.api.deps import Reader, SessionDep, StoreDep
 from app.api.routes.jobs import get_job
 from app.core.problems import NotFound
-from app.models import Job, JobKind, JobStatus
-from app.models.job import stored_kinds
+from app.models import Job, JobStatus
 from app.services.data.forget_sets import get_forget_set
 from app.services.jobs import plots
 from app.services.jobs.results import compare
@@ -39,7 +38,7 @@ def _image(figure: Figure, fmt: plots.Format) -> Response:
 
 
 def _label(job: Job) -> str:
-    return f"{job.method or job.kind.value} ({str(job.id)[:8]})"
+    return f"{job.method or job.kind} ({str(job.id)[:8]})"
 
 
 @router.get("/jobs/{job_id}/plots/roc.{fmt}", response_class=Response, responses=IMAGE_RESPONSES)
@@ -53,9 +52,9 @@ def job_roc(job_id: uuid.UUID, fmt: FormatParam, principal: Reader, session: Ses
     return _image(plots.roc_figure(f"ROC — {_label(job)}", curves), fmt)
 
 
-def _row_name(kind: JobKind) -> str:
+def _row_name(kind: str) -> str:
     """A comparison row without a method: the original model's evaluation, or a kind's name."""
-    return "original" if comparison_role(kind) == "original" else kind.value
+    return "original" if comparison_role(kind) == "original" else kind
 
 
 def _original_evaluation(session: SessionDep, job: Job) -> Job | None:
@@ -66,7 +65,7 @@ def _original_evaluation(session: SessionDep, job: Job) -> Job | None:
         select(Job)
         .where(
             Job.tenant_id == job.tenant_id,
-            Job.kind.in_(stored_kinds(kinds_where(comparison_role="original"))),
+            Job.kind.in_(kinds_where(comparison_role="original")),
             Job.status == JobStatus.succeeded,
             Job.model_id == job.model_id,
             Job.forget_set_id == job.forget_set_id,
@@ -121,7 +120,7 @@ def forget_set_tradeoff(
     x_key, y_key = ("ua", "retain_accuracy") if generative else ("UA", "RA")
     points = [
         {
-            "kind": row.kind.value,
+            "kind": row.kind,
             "label": f"{row.method or _row_name(row.kind)} s{row.seed}",
             "UA": row.metrics[x_key],
             "RA": row.metrics[y_key],

@@ -101,7 +101,7 @@ def _add_job(
             return {"job_id": str(cached.id), "reused": True}
     session.add(job)
     session.flush()
-    job_service.add_event(session, job.id, "queued", 0, {"kind": job.kind.value, "method": job.method})
+    job_service.add_event(session, job.id, "queued", 0, {"kind": job.kind, "method": job.method})
     new_jobs.append(job.id)
     return {"job_id": str(job.id), "reused": False}
 

@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 from app.core.problems import Conflict, NotFound, Unprocessable
 from app.core.security import Principal
 from app.models import Job, JobStatus
-from app.models.job import stored_kinds
 from app.schemas.compliance import (
     ControlCheck,
     PolicyCheck,
@@ -75,7 +74,7 @@ def _check_kind(job: Job, role: str) -> None:
             ROLE_AUDIT_IDENTITY: "an audit job of the identity method",
         }[role]
         raise Unprocessable(
-            f"job {job.id} is a {job.kind.value} job ({job.method or 'no method'}): the {role} evidence must"
+            f"job {job.id} is a {job.kind} job ({job.method or 'no method'}): the {role} evidence must"
             f" be {wanted}",
             code="wrong-control-job",
         )
@@ -95,7 +94,7 @@ def _newest(session: Session, tenant_id: uuid.UUID, body: PolicyCheck, role: str
     }
     query = select(Job).where(
         Job.tenant_id == tenant_id,
-        Job.kind.in_(stored_kinds(kinds[role])),
+        Job.kind.in_(kinds[role]),
         Job.model_id == body.model_id,
         Job.forget_set_id == body.forget_set_id,
         Job.status == JobStatus.succeeded,

@@ -147,7 +147,7 @@ def _job_section(job: Job, values: dict[str, float], reused: bool) -> dict[str, 
     return _clean(
         {
             "id": str(job.id),
-            "kind": job.kind.value,
+            "kind": job.kind,
             "method": job.method,
             "status": job.status.value,
             "seed": job.seed,

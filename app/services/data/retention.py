@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
 from app.core.db import session_scope
-from app.models import ForgetSet, Job, JobKind, JobStatus, ShadowModel
+from app.models import ForgetSet, Job, JobStatus, ShadowModel
 from app.models.base import utcnow
-from app.models.job import TERMINAL_STATUSES, stored_kinds
+from app.models.job import TERMINAL_STATUSES
 from app.services.compliance import audit
 from app.services.data.artifacts import FileReport, delete_unreferenced
 from app.storage import ArtifactStore
@@ -43,14 +43,14 @@ ACTIVE = (JobStatus.queued, JobStatus.running)
 MAX_AUDITED_IDS = 1000
 
 
-def _report_kinds() -> list[JobKind]:
+def _report_kinds() -> list[str]:
     """Kinds whose results reference per-example report arrays (audits: ``arrays_key``)."""
-    return stored_kinds(kinds_producing("report"))
+    return kinds_producing("report")
 
 
-def _shadow_store_kinds() -> list[JobKind]:
+def _shadow_store_kinds() -> list[str]:
     """Kinds that read and write the tenant's shadow models while they run (audits)."""
-    return stored_kinds(kinds_where(uses_shadow_store=True))
+    return kinds_where(uses_shadow_store=True)
 
 
 @dataclass

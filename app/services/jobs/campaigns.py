@@ -136,7 +136,7 @@ class _Submitter:
         self.session.add(job)
         self.session.flush()
         job_service.add_event(
-            self.session, job.id, "queued", 0, {"kind": job.kind.value, "campaign": str(self.campaign.id)}
+            self.session, job.id, "queued", 0, {"kind": job.kind, "campaign": str(self.campaign.id)}
         )
         self.new_jobs.append(job.id)
         return job

@@ -17,7 +17,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import Dataset, ForgetSet, Job, JobStatus, Metric, Model
-from app.models.job import stored_kinds
 from app.schemas.jobs import Comparison, ComparisonRow
 from app.services.jobs.guardrails import Guardrails, guardrail_flags
 from workers.engine.diffusion.job_params import GENERATIVE_ARCHITECTURES
@@ -119,7 +118,7 @@ def compare(
         Job.tenant_id == tenant_id,
         Job.forget_set_id == forget_set_id,
         Job.status == JobStatus.succeeded,
-        Job.kind.in_(stored_kinds(kinds_compared())),
+        Job.kind.in_(kinds_compared()),
     )
     if model_id is not None:
         query = query.where(Job.model_id == model_id)

@@ -321,7 +321,7 @@ def submit(
     session.add(job)
     session.flush()
     quotas.check_active_jobs(session, principal.tenant_id, settings)
-    add_event(session, job.id, "queued", 0, {"kind": job.kind.value, "method": job.method})
+    add_event(session, job.id, "queued", 0, {"kind": job.kind, "method": job.method})
     audit.record(
         session,
         tenant_id=principal.tenant_id,
@@ -330,6 +330,6 @@ def submit(
         resource_type="job",
         resource_id=str(job.id),
         request_id=request_id,
-        details={"kind": job.kind.value, "method": job.method, "seed": job.seed},
+        details={"kind": job.kind, "method": job.method, "seed": job.seed},
     )
     return job, True

@@ -29,8 +29,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import ComplianceReport, DeletionRequest, Job, JobKind, JobStatus
+from app.models import ComplianceReport, DeletionRequest, Job, JobStatus
 from app.models.base import utcnow
+from workers.engine.job_kinds import JOB_KINDS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_WINDOW = timedelta(hours=24)
@@ -127,9 +128,9 @@ class _DatabaseCollector(Collector):
             )
         }
         jobs = GaugeMetricFamily("lethe_jobs", "Jobs by kind and status.", labels=["kind", "status"])
-        for kind in JobKind:
+        for kind in JOB_KINDS.names():
             for status in JobStatus:
-                jobs.add_metric([kind.value, status.value], counts.get((kind, status), 0))
+                jobs.add_metric([kind, status.value], counts.get((kind, status), 0))
         yield jobs
         queued = sum(n for (_, status), n in counts.items() if status is JobStatus.queued)
         yield GaugeMetricFamily("lethe_queue_depth", "Queued jobs (waiting for a worker).", value=queued)
@@ -144,24 +145,24 @@ class _DatabaseCollector(Collector):
 
     def _durations(self, session: Session) -> Iterator[Metric]:
         since = utcnow() - DURATION_WINDOW
-        per_kind: dict[str, list[float]] = defaultdict(list)
+        run_times: dict[str, list[float]] = defaultdict(list)
         for kind, started, finished in session.execute(
             select(Job.kind, Job.started_at, Job.finished_at).where(
                 Job.status == JobStatus.succeeded, Job.finished_at >= since, Job.started_at.is_not(None)
             )
         ):
             if started is not None and finished is not None:
-                per_kind[kind.value].append(max(0.0, (finished - started).total_seconds()))
+                run_times[kind].append(max(0.0, (finished - started).total_seconds()))
         family = GaugeHistogramMetricFamily(
             "lethe_job_duration_seconds",
             "Run time (start to end of the last attempt) of jobs that succeeded in the last 24 h.",
             labels=["kind"],
         )
-        for kind in JobKind:
-            values = per_kind.get(kind.value, [])
+        for kind in JOB_KINDS.names():
+            values = run_times.get(kind, [])
             buckets = [(_le(b), float(sum(v <= b for v in values))) for b in DURATION_BUCKETS]
             buckets.append(("+Inf", float(len(values))))
-            family.add_metric([kind.value], buckets, gsum_value=float(sum(values)))
+            family.add_metric([kind], buckets, gsum_value=float(sum(values)))
         yield family
 
     def _workers(self, session: Session) -> Iterator[Metric]:

@@ -35,9 +35,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.problems import DomainError, Unprocessable
-from app.models import Dataset, Job, JobKind, JobStatus, Model, ShadowModel, Tenant
+from app.models import Dataset, Job, JobStatus, Model, ShadowModel, Tenant
 from app.models.base import utcnow
-from app.models.job import stored_kinds
 from app.services.jobs.lifecycle import add_event
 from workers.engine.job_kinds import job_kind, kinds_producing
 
@@ -108,13 +107,13 @@ def check_storage(
         raise _quota_refusal(what, used, limit, requested, 413)
 
 
-def model_producing_kinds() -> list[JobKind]:
+def model_producing_kinds() -> list[str]:
     """Job kinds whose success stores a new model (the output reserves its size while the job is active)."""
-    return stored_kinds(kinds_producing("model"))
+    return kinds_producing("model")
 
 
 def _output_model_bytes(
-    kind: JobKind, input_model_bytes: int | None, architecture: str | None, arch_config: dict[str, Any] | None
+    kind: str, input_model_bytes: int | None, architecture: str | None, arch_config: dict[str, Any] | None
 ) -> int:
     """What a job's output model will take: its input model's size (unlearning, retraining and pruning
     keep the architecture), else the float32 size of the architecture it trains."""

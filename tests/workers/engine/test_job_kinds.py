@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from app.models import JobKind
+from app.models import Job, JobKind
+from app.models.job import KIND_COLUMN_LENGTH
 from tests.workers.engine.kind_branches import Branch, find_branches
-from tests.workers.engine.trivial_kinds import COPIED_METRIC, registered
+from tests.workers.engine.trivial_kinds import COPIED_METRIC, COPY_MODEL, registered
 from workers.engine.datasets import ArrayDataset
 from workers.engine.errors import InvalidInputError
 from workers.engine.execute import EngineRequest, execute
 from workers.engine.hooks import RecordingHooks
 from workers.engine.job_kinds import JOB_KINDS, job_kind
+from workers.engine.job_kinds.spec import KIND_NAME_MAX_LENGTH
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCANNED = ("app", "workers")
@@ -43,11 +46,19 @@ def _branches(root: Path) -> list[Branch]:
     return list(found.values())
 
 
-def test_every_stored_kind_has_one_entry() -> None:
-    """The API's and the database's list of kinds (app.models.JobKind) and the registry agree."""
-    assert {kind.value for kind in JobKind} == set(JOB_KINDS.names())
+def test_every_builtin_kind_has_one_entry_and_fits_the_column() -> None:
+    """app.models.JobKind names the built-in kinds for code; the registry holds them (and may hold more)."""
+    assert {kind.value for kind in JobKind} <= set(JOB_KINDS.names())
     for kind in JobKind:
         assert job_kind(kind).name == kind.value
+    assert Job.__table__.c.kind.type.length == KIND_COLUMN_LENGTH == KIND_NAME_MAX_LENGTH
+    assert all(len(name) <= KIND_NAME_MAX_LENGTH for name in JOB_KINDS.names())
+
+
+@pytest.mark.parametrize("name", ["", "a" * (KIND_NAME_MAX_LENGTH + 1), "two words", "kind;drop"])
+def test_a_kind_name_that_would_not_fit_is_refused_at_registration(name: str) -> None:
+    with pytest.raises(ValueError, match="job kind name"):
+        replace(COPY_MODEL, name=name)
 
 
 def test_no_branch_on_a_job_kind_outside_the_registry_entries() -> None:

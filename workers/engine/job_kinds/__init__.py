@@ -2,9 +2,10 @@
 
 Adding a kind means one entry (``entries.py``, or ``JOB_KINDS.register`` elsewhere) whose ``run`` names its
 engine function; the API's submission validation (``app.services.jobs.submission``), the quotas, the engine's
-``execute`` and the worker's job runner read the entry instead of testing kind names. The API and the
-database also list the kinds in ``app.models.JobKind`` (a VARCHAR column without a CHECK constraint: a new
-member needs no migration); ``tests/workers/engine/test_job_kinds.py`` keeps the two lists equal.
+``execute`` and the worker's job runner read the entry instead of testing kind names. ``JobCreate.kind`` is
+validated against this registry and ``jobs.kind`` stores the entry's name (a VARCHAR, no database enum), so a
+new kind reaches the HTTP API and the database without a migration; ``app.models.JobKind`` only names the
+built-in kinds for code that submits them.
 """
 
 from __future__ import annotations

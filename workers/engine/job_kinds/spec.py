@@ -33,6 +33,10 @@ Output = Literal["model", "forget_set", "samples", "report"]
 # original model's own evaluation, or a method under test.
 ComparisonRole = Literal["reference", "original", "method"]
 
+# The longest kind name: ``jobs.kind`` is a VARCHAR of this length (kinds are validated against the registry,
+# not a database enum, so a new kind needs no migration).
+KIND_NAME_MAX_LENGTH = 20
+
 EngineRun = Callable[["EngineRequest", "EngineHooks | None"], "EngineResult"]
 
 
@@ -142,6 +146,12 @@ class JobKindSpec:
     generative_run: str | None = None
     engine_forget_set: Presence = Presence.optional
     measures_relearning: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name) > KIND_NAME_MAX_LENGTH or not self.name.isidentifier():
+            raise ValueError(
+                f"job kind name {self.name!r}: an identifier of at most {KIND_NAME_MAX_LENGTH} characters"
+            )
 
     def params_model(self, task: TaskType) -> type[BaseModel] | None:
         return self.params_models.get(task)

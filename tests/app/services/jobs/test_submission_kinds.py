@@ -1,9 +1,8 @@
 """Submission validation reads a kind's registry entry: a kind registered by a test is validated without
 edits to the submission code.
 
-Only as far as the service layer: ``JobCreate.kind`` and the ``jobs.kind`` column use ``app.models.JobKind``
-(a VARCHAR without a CHECK constraint, so a new member needs no migration), so a kind reaches the HTTP API and
-the database once it is a member there too; the API's refusal of an unlisted kind is checked below.
+``JobCreate.kind`` is validated against the registry and ``jobs.kind`` stores the name, so the same entry also
+reaches the HTTP API, the database and the job runner (the last test).
 """
 
 from __future__ import annotations
@@ -17,16 +16,21 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.core.problems import DomainError
 from app.core.security import Principal, Scope
+from app.models import Job
 from app.schemas.jobs import JobCreate
+from app.services.jobs import lifecycle as job_service
 from app.services.jobs.submission import build_job
+from app.storage import LocalArtifactStore
+from tests.app.api.test_bad_input_corpus import mlp_state
 from tests.app.api.test_compliance import upload_model
 from tests.app.api.test_resources import assert_problem, create_digits
-from tests.workers.engine.trivial_kinds import COPY_MODEL, registered
+from tests.workers.engine.trivial_kinds import COPIED_METRIC, COPY_MODEL, registered
+from workers import jobrunner
+from workers.runtime import WorkerRuntime
 
 
 def _body(**fields: Any) -> JobCreate:
-    # model_construct: JobCreate validates ``kind`` against the stored enum, which lacks the test's kind.
-    return JobCreate.model_construct(kind=COPY_MODEL.name, **fields)
+    return JobCreate(kind=COPY_MODEL.name, **fields)
 
 
 def test_a_kind_registered_in_a_test_is_validated_from_its_entry(
@@ -55,7 +59,54 @@ def test_a_kind_registered_in_a_test_is_validated_from_its_entry(
         session.rollback()
 
 
-def test_the_api_lists_only_stored_kinds(api: TestClient, tenant) -> None:
+def test_a_kind_registered_in_a_test_runs_through_the_api_and_the_job_runner(
+    api: TestClient, tenant, sessions, migrated: Settings
+) -> None:
+    """One registry entry and nothing else: the API accepts, stores, lists and describes the kind, the job
+    runner runs it and stores its output model, which downloads as a copy of the input."""
+    dataset = create_digits(api, tenant)
+    model = upload_model(api, tenant, dataset["id"])
     with registered():
-        response = api.post("/v1/jobs", json={"kind": COPY_MODEL.name}, headers=tenant.headers("submit"))
+        kinds = {
+            entry["name"]: entry for entry in api.get("/v1/job-kinds", headers=tenant.headers("read")).json()
+        }
+        assert kinds[COPY_MODEL.name]["required"] == ["model_id"]
+        assert kinds[COPY_MODEL.name]["produces"] == ["model"]
+        refused = api.post(
+            "/v1/jobs",
+            json={"kind": COPY_MODEL.name, "model_id": model["id"], "forget_set_id": str(uuid.uuid4())},
+            headers=tenant.headers("submit"),
+        )
+        assert_problem(refused, 422)
+        submitted = api.post(
+            "/v1/jobs",
+            json={"kind": COPY_MODEL.name, "model_id": model["id"]},
+            headers=tenant.headers("submit"),
+        )
+        assert submitted.status_code == 202, submitted.text
+        job_id = uuid.UUID(submitted.json()["id"])
+        runtime = WorkerRuntime(
+            settings=migrated, sessions=sessions, store=LocalArtifactStore(migrated.artifacts)
+        )
+        claim = job_service.claim(sessions, job_id, runtime.worker_name, migrated.lease_seconds)
+        assert claim is not None
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            session.expunge(job)
+        jobrunner._run(runtime, claim, job)
+    # The stored row outlives the registration: it reads back as the plain name.
+    done = api.get(f"/v1/jobs/{job_id}", headers=tenant.headers("read")).json()
+    assert done["status"] == "succeeded", done["error"]
+    assert done["kind"] == COPY_MODEL.name and done["metrics"] == {COPIED_METRIC: float(len(mlp_state()))}
+    listed = api.get("/v1/jobs", params={"kind": COPY_MODEL.name}, headers=tenant.headers("read")).json()
+    assert [row["id"] for row in listed["data"]] == [str(job_id)]
+    original = api.get(f"/v1/models/{model['id']}/weights", headers=tenant.headers("read"))
+    copied = api.get(f"/v1/models/{done['output_model_id']}/weights", headers=tenant.headers("read"))
+    assert copied.headers["ETag"] == original.headers["ETag"]  # the same tensors (the canonical digest)
+
+
+def test_a_kind_outside_the_registry_is_refused(api: TestClient, tenant) -> None:
+    response = api.post("/v1/jobs", json={"kind": COPY_MODEL.name}, headers=tenant.headers("submit"))
     assert_problem(response, 422)
+    assert COPY_MODEL.name not in api.get("/v1/job-kinds", headers=tenant.headers("read")).text
