@@ -115,6 +115,59 @@ def _fresh_model(arch: str, config: dict[str, Any], device: torch.device) -> nn.
     return build_model(arch, config).to(device)
 
 
+def measure_loops(
+    arch: str, n: int, image_size: int, width: int, batch_size: int, epochs: int, device_name: str,
+    workers: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Images/s of the reference-style loop and of ``fit`` on the same data, model and recipe."""
+    device = torch.device(resolve_device(device_name))
+    workers = (
+        workers
+        if workers is not None
+        else (DEFAULT_CUDA_WORKERS if device.type == "cuda" else DEFAULT_CPU_WORKERS)
+    )
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    dataset = build_dataset(
+        "procedural",
+        {"n_train": n, "n_test": 10, "image_size": image_size, "channels": CHANNELS, "label_noise": 0.0},
+    )
+    recipe = TrainRecipe(batch_size=batch_size, epochs=1, **BENCH_RECIPE)
+    config = _arch_config(arch, image_size, width)
+    cpu_inputs, cpu_labels = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
+
+    loader = DataLoader(
+        ReferenceStyleDataset(cpu_inputs, cpu_labels, image_size // CROP_PADDING_DIVISOR),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    model = _fresh_model(arch, config, device)
+    reference_epochs(model, loader, recipe, device, epochs=1)  # warm-up
+    reference_seconds = reference_epochs(model, loader, recipe, device, epochs)
+    reference_rate = n * epochs / reference_seconds
+
+    model = _fresh_model(arch, config, device)
+    inputs, labels = cpu_inputs.to(device), cpu_labels.to(device)
+    lethe_epochs(model, inputs, labels, recipe, epochs=1)  # warm-up
+    lethe_seconds, per_epoch = lethe_epochs(model, inputs, labels, recipe, epochs)
+    lethe_rate = per_epoch * epochs / lethe_seconds
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "arch": arch,
+        "arch_config": config,
+        "n": n,
+        "batch_size": batch_size,
+        "timed_epochs": epochs,
+        "reference_workers": workers,
+        "reference_img_s": round(reference_rate, 1),
+        "lethe_img_s": round(lethe_rate, 1),
+        "lethe_over_reference": round(lethe_rate / reference_rate, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -130,59 +183,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
-    device = torch.device(resolve_device(args.device))
-    workers = (
-        args.workers
-        if args.workers is not None
-        else (DEFAULT_CUDA_WORKERS if device.type == "cuda" else DEFAULT_CPU_WORKERS)
+    results = measure_loops(
+        args.arch,
+        args.n,
+        args.image_size,
+        args.width,
+        args.batch_size,
+        args.epochs,
+        args.device,
+        args.workers,
     )
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    dataset = build_dataset(
-        "procedural",
-        {
-            "n_train": args.n,
-            "n_test": 10,
-            "image_size": args.image_size,
-            "channels": CHANNELS,
-            "label_noise": 0.0,
-        },
-    )
-    recipe = TrainRecipe(batch_size=args.batch_size, epochs=1, **BENCH_RECIPE)
-    config = _arch_config(args.arch, args.image_size, args.width)
-    cpu_inputs, cpu_labels = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
-
-    loader = DataLoader(
-        ReferenceStyleDataset(cpu_inputs, cpu_labels, args.image_size // CROP_PADDING_DIVISOR),
-        batch_size=args.batch_size,
-        shuffle=True,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
-    model = _fresh_model(args.arch, config, device)
-    reference_epochs(model, loader, recipe, device, epochs=1)  # warm-up
-    reference_seconds = reference_epochs(model, loader, recipe, device, args.epochs)
-    reference_rate = args.n * args.epochs / reference_seconds
-
-    model = _fresh_model(args.arch, config, device)
-    inputs, labels = cpu_inputs.to(device), cpu_labels.to(device)
-    lethe_epochs(model, inputs, labels, recipe, epochs=1)  # warm-up
-    lethe_seconds, per_epoch = lethe_epochs(model, inputs, labels, recipe, args.epochs)
-    lethe_rate = per_epoch * args.epochs / lethe_seconds
-
-    results = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "arch": args.arch,
-        "arch_config": config,
-        "n": args.n,
-        "batch_size": args.batch_size,
-        "timed_epochs": args.epochs,
-        "reference_workers": workers,
-        "reference_img_s": round(reference_rate, 1),
-        "lethe_img_s": round(lethe_rate, 1),
-        "lethe_over_reference": round(lethe_rate / reference_rate, 3),
-    }
     text = json.dumps(results, indent=1)
     print(text)
     if args.json is not None:

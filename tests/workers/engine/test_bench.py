@@ -77,3 +77,31 @@ def test_diffusion_sfd_bench_runs_each_class_on_a_tiny_size(tmp_path: Path) -> N
         assert params["override_class"] == (int(forget) + 1) % 10
         assert params["preset"] == "lethe" and params["generator_forget_coef"] == 0.05
     assert "| 3 | 4 |" in completed.stdout and "| 9 | 0 |" in completed.stdout
+
+
+def test_gpu_suite_cpu_profile_reports_every_stage(tmp_path: Path) -> None:
+    """The suite a lent GPU runs, at its CI size: every stage measured, the table printed with the device."""
+    output = tmp_path / "gpu_suite.json"
+    command = [
+        sys.executable, str(REPO_ROOT / "bench" / "gpu_suite.py"),
+        "--profile", "cpu", "--device", "cpu", "--threads", "1", "--json", str(output),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    results = json.loads(output.read_text())
+    assert completed.stdout.startswith("Lethe GPU suite on cpu")
+    loop = results["training_loop"]
+    assert loop["lethe_over_reference"] == pytest.approx(
+        loop["lethe_img_s"] / loop["reference_img_s"], abs=0.01
+    )
+    retrain = results["retrain"]
+    # The projection scales the measured epoch to 160 epochs of CIFAR-10's 45,000 retained images.
+    expected = retrain["epoch_s"] * 45_000 / retrain["retained_images"] * 160
+    assert retrain["projected_paper_retrain_s"] == pytest.approx(expected, rel=0.01)
+    assert retrain["retained_images"] == 144 and retrain["timings"]["eval_s"] > 0
+    (shadows,) = results["shadows"]
+    assert shadows["K"] == 4 and shadows["vectorised_img_s"] > 0 and shadows["sequential_img_s"] > 0
+    assert results["audit"]["K"] == 3 and results["audit"]["models_trained"] == 6 * 3
+    assert results["evaluation"]["img_s"] > 0
