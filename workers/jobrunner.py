@@ -115,8 +115,22 @@ def _load_inputs(runtime: WorkerRuntime, job: Job) -> dict[str, Any]:
             "arch_config": model.arch_config if model else job.arch_config,
             "original_recipe": _training_recipe(session, model) if model else None,
             "checkpoint_key": job.checkpoint_key,
+            "control_keys": _control_keys(session, job),
         }
     return inputs
+
+
+def _control_keys(session: Any, job: Job) -> dict[str, str]:
+    """Storage keys of the further models the job's kind reads (role -> key), from the model ids the API
+    resolved into its params; a model deleted since then fails the job with a readable reason."""
+    keys: dict[str, str] = {}
+    for role, field in job_kind(job.kind).control_models.items():
+        raw = (job.params or {}).get(field)
+        model = session.get(Model, uuid.UUID(str(raw))) if raw else None
+        if model is None or model.tenant_id != job.tenant_id:
+            raise InvalidInputError(f"the {role} model ({field} = {raw}) no longer exists")
+        keys[role] = model.storage_key
+    return keys
 
 
 # How many producing jobs _training_recipe follows back (prune -> unlearn -> ... -> train).
@@ -244,6 +258,7 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
     resume = None
     if inputs["checkpoint_key"] and runtime.store.exists(inputs["checkpoint_key"]):
         resume = runtime.store.get(inputs["checkpoint_key"])
+    controls: dict[str, str] = inputs["control_keys"]
     shadow_store = None
     if kind.uses_shadow_store:
         from workers.shadow_store import DbShadowStore
@@ -269,6 +284,7 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
         dataset_sha256=inputs["dataset_sha256"],
         forget_kind=inputs["forget_kind"],
         shadow_store=shadow_store,
+        controls={role: _load_weights(runtime.store.get(key)) for role, key in controls.items()},
     )
     load_s = time.perf_counter() - started
     hooks = DbHooks(runtime, claim, job)

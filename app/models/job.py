@@ -42,6 +42,7 @@ class JobKind(StrEnum):
     worst_case_search = "worst_case_search"
     audit = "audit"
     sample = "sample"  # images + a PNG grid from a generative model
+    recovery = "recovery"  # quantization / pruning / relearning audit of an unlearned model
 
 
 def _enum(cls: type[StrEnum]) -> Enum:

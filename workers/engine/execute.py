@@ -103,6 +103,9 @@ class EngineRequest:
     # models are read and written (kinds whose entry ``uses_shadow_store``).
     forget_kind: str | None = None
     shadow_store: ShadowStore | None = None
+    # Further models a kind reads besides its input model, by role (entries with ``control_models``: a
+    # recovery audit's original and retrain control), loaded by the worker from the params' model ids.
+    controls: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass

@@ -160,3 +160,13 @@ def forget_set_scores(
     )
     figure = plots.scores_figure(f"Difficulty scores — {forget_set.name}", scores, selected or None)
     return _image(figure, fmt)
+
+
+@router.get("/jobs/{job_id}/plots/recovery.{fmt}", response_class=Response, responses=IMAGE_RESPONSES)
+def job_recovery(job_id: uuid.UUID, fmt: FormatParam, principal: Reader, session: SessionDep) -> Response:
+    """A recovery audit's relearning curves: the audited model and its retrain control per source."""
+    job = get_job(session, principal.tenant_id, job_id)
+    recovery = (job.result or {}).get("recovery")
+    if not isinstance(recovery, dict) or not recovery.get("relearning"):
+        raise _missing(f"job {job_id} has no recovery curves")
+    return _image(plots.recovery_figure(f"Recovery under relearning — {_label(job)}", recovery), fmt)

@@ -190,3 +190,33 @@ def scores_figure(title: str, scores: list[float], selected: int | None) -> Figu
     axes.set_ylabel("items")
     axes.set_title(title)
     return figure
+
+
+def recovery_figure(title: str, recovery: dict[str, Any]) -> Figure:
+    """A recovery audit's relearning curves, one panel per source: the audited model and its retrain control
+    against the optimiser steps, with the original's level and the recovery threshold."""
+    sources = {name: row for name, row in (recovery.get("relearning") or {}).items() if isinstance(row, dict)}
+    metric = str(recovery.get("metric", "forget metric"))
+    figure = _figure(width=max(6.0, 3.4 * len(sources)), height=4.0)
+    axes_list = figure.subplots(1, len(sources), squeeze=False, sharey=True)[0]
+    for axes, (name, row) in zip(axes_list, sorted(sources.items()), strict=True):
+        # Step 0 on a log axis: plot against steps + 1 and label the ticks with the real counts.
+        xs = [step + 1 for step in row.get("steps", [])]
+        axes.plot(xs, [_nan(v) for v in row.get("unlearned", [])], marker="o", markersize=3, label="audited")
+        axes.plot(xs, [_nan(v) for v in row.get("retrain", [])], marker="s", markersize=3, label="retrain")
+        if row.get("original_held_out") is not None:
+            axes.axhline(float(row["original_held_out"]), color="grey", linestyle=":", label="original")
+        if row.get("threshold") is not None:
+            threshold = float(row["threshold"])
+            axes.axhline(threshold, color="#c44e52", linestyle="--", linewidth=0.8, label="recovered")
+        axes.set_xscale("log")
+        axes.set_xticks(xs, [str(x - 1) for x in xs], fontsize="x-small")
+        axes.set_xlabel("relearning steps")
+        ratio = (row.get("steps_ratio") or {}).get("value")
+        subtitle = f"{name}" + (f"\nsteps ratio {ratio:.2g}" if isinstance(ratio, int | float) else "")
+        axes.set_title(subtitle, fontsize="small")
+        axes.grid(True, alpha=0.3)
+    axes_list[0].set_ylabel(f"{metric} (held-out forget set)")
+    axes_list[0].legend(fontsize="x-small")
+    figure.suptitle(title)
+    return figure

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -42,6 +43,16 @@ GENERATIVE_COLUMNS = [
     "seconds_per_sample",
 ]
 GENERATIVE_GAP_KEYS = ("ua", "retain_accuracy")
+
+
+class ReferenceKey(Protocol):
+    """What picking a job's retrain reads of it: the original model it started from and its seed."""
+
+    @property
+    def model_id(self) -> uuid.UUID | None: ...
+
+    @property
+    def seed(self) -> int | None: ...
 
 
 def forget_set_task(session: Session, forget_set_id: uuid.UUID) -> str:
@@ -97,8 +108,9 @@ def metrics_for(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, d
     return out
 
 
-def _pick_reference(job: Job, retrains: list[Job]) -> Job | None:
-    """The retrain of the same original model (same recipe) and the same seed; else the same model."""
+def pick_reference(job: ReferenceKey, retrains: list[Job]) -> Job | None:
+    """The retrain of the same original model (same recipe) and the same seed; else the same model. Also
+    how a recovery audit finds its control (``app.services.jobs.controls``)."""
     same_model = [r for r in retrains if r.model_id == job.model_id]
     same_seed = [r for r in same_model if r.seed == job.seed]
     candidates = same_seed or same_model
@@ -142,7 +154,7 @@ def compare(
     originals = {j.model_id: metrics[j.id] for j in jobs if comparison_role(j.kind) == "original"}
     rows = []
     for job in jobs:
-        reference = _pick_reference(job, retrains)
+        reference = pick_reference(job, retrains)
         gap = None
         if reference is not None and all(k in metrics[job.id] and k in metrics[reference.id] for k in keys):
             gap = avg_gap(metrics[job.id], metrics[reference.id], keys=keys)

@@ -26,6 +26,7 @@ from app.services.compliance import audit
 from app.services.data.datasets import get_dataset
 from app.services.data.forget_sets import get_forget_set
 from app.services.data.models import get_architecture, get_model, validate_arch_config
+from app.services.jobs.controls import resolve_controls
 from app.services.jobs.lifecycle import add_event
 from app.services.ops import quotas
 from workers.engine.architectures import ArchitectureSpec
@@ -259,6 +260,9 @@ def build_job(session: Session, principal: Principal, body: JobCreate, settings:
             f"method '{method.name}' does not support {dataset.task} tasks", code="task-mismatch"
         )
 
+    # Models the kind reads besides its input (a recovery audit's original and retrain), resolved now so that
+    # the stored params name them.
+    params = resolve_controls(session, tenant, spec, model, forget_set, params)
     quotas.check_job_limits(settings, spec.name, params, model)
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     cache_key = None

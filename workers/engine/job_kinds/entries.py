@@ -18,6 +18,7 @@ from workers.engine.job_kinds.spec import (
     SubmissionRefused,
 )
 from workers.engine.methods import METHODS
+from workers.engine.recovery.params import ORIGINAL_FIELD, RETRAIN_FIELD, RecoveryParams
 from workers.engine.task_types import TaskType
 
 # The engine run of every kind that runs a registered method (or evaluates) on one model.
@@ -225,5 +226,20 @@ SAMPLE = JobKindSpec(
     engine_forget_set=Presence.forbidden,
     generative_run="workers.engine.diffusion.jobs:run_sample",
 )
+RECOVERY = JobKindSpec(
+    name="recovery",
+    description="Recovery audit of an unlearned model: quantization, pruning and relearning applied to copies"
+    " of it and of its retrain control, the forget-set metrics re-measured on both.",
+    required=ON_FORGET_SET_REQUIRED,
+    forbidden=ON_FORGET_SET_FORBIDDEN,
+    # Generative models (class generation rates under transforms) are not audited yet.
+    task_types=DISCRIMINATIVE,
+    run="workers.engine.recovery.job:run_recovery_request",
+    params_models=dict.fromkeys(DISCRIMINATIVE, RecoveryParams),
+    params_label="a recovery audit",
+    starts_from_weights=True,
+    engine_forget_set=Presence.required,
+    control_models={"original": ORIGINAL_FIELD, "retrain": RETRAIN_FIELD},
+)
 
-ENTRIES = (TRAIN, RETRAIN, UNLEARN, EVALUATE, PRUNE, WORST_CASE_SEARCH, AUDIT, SAMPLE)
+ENTRIES = (TRAIN, RETRAIN, UNLEARN, EVALUATE, PRUNE, WORST_CASE_SEARCH, AUDIT, SAMPLE, RECOVERY)

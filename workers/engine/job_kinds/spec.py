@@ -146,6 +146,11 @@ class JobKindSpec:
     generative_run: str | None = None
     engine_forget_set: Presence = Presence.optional
     measures_relearning: bool = False
+    # Models the job reads besides its input model: role -> the params field holding the model's id. The API
+    # resolves absent ones at submission (app.services.jobs.controls: the input model's original and that
+    # original's retrain on the forget set) and stores them in the params; the worker loads their weights
+    # into EngineRequest.controls[role].
+    control_models: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > KIND_NAME_MAX_LENGTH or not self.name.isidentifier():
