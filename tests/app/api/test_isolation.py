@@ -311,7 +311,7 @@ ROUTES: dict[str, RouteSpec] = {
     "GET /v1/jobs/{job_id}/plots/history.{fmt}": RouteSpec(
         Scope.read, get("/v1/jobs/{plot_job_id}/plots/history.svg")
     ),
-    # The owner's plot job is no recovery audit: the owner hears that it has no curves, the foreign tenant 404.
+    # The owner's plot job is no recovery audit: the owner hears it has no curves, the foreign tenant 404.
     "GET /v1/jobs/{job_id}/plots/recovery.{fmt}": RouteSpec(
         Scope.read, get("/v1/jobs/{plot_job_id}/plots/recovery.svg"), owner_code="plot-data-not-found"
     ),
