@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session
 
 from app.core.problems import Unprocessable
 from app.models import ForgetSet, Job, JobStatus, Model
-from app.models.job import stored_kinds
 from app.services.jobs.results import pick_reference
 from workers.engine.job_kinds import JobKindSpec, kinds_where
 
@@ -88,7 +87,7 @@ def _retrain(context: _Context) -> Model:
         context.session.scalars(
             select(Job).where(
                 Job.tenant_id == context.tenant_id,
-                Job.kind.in_(stored_kinds(kinds_where(comparison_role="reference"))),
+                Job.kind.in_(kinds_where(comparison_role="reference")),
                 Job.status == JobStatus.succeeded,
                 Job.model_id == original.id,
                 Job.forget_set_id == context.forget_set.id,
