@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[engine,postgres,redis,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[engine,postgres,redis,s3,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

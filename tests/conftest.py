@@ -180,3 +180,13 @@ def worker_group(migrated: Settings) -> Iterator[object]:
     group.start(api=False)
     yield group
     group.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[object]:
+    """A local S3-compatible HTTP endpoint (moto's server in a subprocess, tests/s3_server.py)."""
+    from tests.s3_server import MotoS3Server
+
+    server = MotoS3Server().start()
+    yield server
+    server.stop()

@@ -6,7 +6,7 @@ import os
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +40,35 @@ class Settings(BaseSettings):
         description="Artifact store backend, a name registered in app.storage.backends.ARTIFACT_BACKENDS.",
     )
     artifact_root: Path | None = Field(None, description="Directory of the local artifact store.")
+    # The S3-compatible store (LETHE_ARTIFACT_BACKEND=s3, app/storage/s3.py): workers on several machines.
+    s3_bucket: str | None = Field(None, description="Bucket of the s3 artifact backend (it must exist).")
+    s3_prefix: str = Field(
+        "", description="Key prefix inside the bucket ('' or ending in '/'), to share a bucket with others."
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 API endpoint (MinIO, Ceph, R2, ...: http(s)://host:port); unset: AWS."
+    )
+    s3_region: str | None = Field(None, description="Region of the bucket (AWS); unset: boto3's default.")
+    s3_access_key_id: str | None = Field(
+        None, description="Access key; unset: boto3's own chain (AWS_* variables, ~/.aws, instance role)."
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="Secret of s3_access_key_id.")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "path", description="'path' (bucket in the URL path) works with every S3-compatible server."
+    )
+    s3_max_attempts: int = Field(
+        8, ge=1, description="Attempts per S3 request (capped exponential backoff with jitter between them)."
+    )
+    s3_connect_timeout_seconds: float = Field(10.0, gt=0)
+    s3_read_timeout_seconds: float = Field(60.0, gt=0)
+    s3_part_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        description="Multipart upload part size (S3's minimum is 5 MiB): the memory one upload holds.",
+    )
+    s3_staging_dir: Path | None = Field(
+        None, description="Local directory of files staged for upload (default <home>/staging)."
+    )
     device: str = Field("auto", description="'auto' picks cuda when available, else cpu.")
     data_root: Path | None = Field(
         None,
@@ -193,6 +222,8 @@ class Settings(BaseSettings):
             self.broker_url = f"lethesqla+sqlite:///{home / 'broker.sqlite'}"
         if self.artifact_root is None:
             self.artifact_root = home / "artifacts"
+        if self.s3_staging_dir is None:
+            self.s3_staging_dir = home / "staging"
         if self.bootstrap_key_file is None:
             self.bootstrap_key_file = home / "admin.key"
         return self
@@ -211,6 +242,11 @@ class Settings(BaseSettings):
     def artifacts(self) -> Path:
         assert self.artifact_root is not None
         return self.artifact_root
+
+    @property
+    def staging(self) -> Path:
+        assert self.s3_staging_dir is not None
+        return self.s3_staging_dir
 
     @property
     def is_sqlite(self) -> bool:

@@ -20,6 +20,7 @@ from app.core.db import make_engine, make_session_factory
 from app.core.security import Scope
 from app.models import ApiKey
 from app.services.ops.keys import create_key, get_or_create_tenant
+from app.storage.backends import local_dirs
 from app.storage.local import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, ensure_private_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +63,7 @@ def secure_home(settings: Settings) -> None:
     home = settings.home.resolve()
     ensure_private_dir(home)
     os.chmod(home, PRIVATE_DIR_MODE)
-    for directory in (home / LOG_DIR, settings.artifacts):
+    for directory in (home / LOG_DIR, *local_dirs(settings)):
         ensure_private_dir(directory)
         if directory.is_relative_to(home):
             os.chmod(directory, PRIVATE_DIR_MODE)

@@ -1,7 +1,8 @@
 """The artifact store interface every backend implements, and the content-addressed keys the service uses.
 
 The operations are exactly those the API, the workers and the maintenance tasks call: whole-object reads
-and atomic writes (``put``, or ``staging_path`` + ``put_file`` for a large file produced a chunk at a time),
+(``get``) and streamed ones (``open``, for large files: downloads, datasets), atomic writes (``put``, or
+``staging_path`` + ``put_file`` for a large file produced a chunk at a time),
 ``exists``/``stat``/``delete``, and a listing (``scan``) for the orphan sweep. Nothing outside a backend
 may assume artifacts are files under a directory: a backend without one (an object store, issue 18) has to
 serve the same calls. ``tests/app/storage/test_store_contract.py`` is the behaviour every backend owes.
@@ -10,10 +11,12 @@ serve the same calls. ``tests/app/storage/test_store_contract.py`` is the behavi
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 
 class StorageError(RuntimeError):
@@ -55,6 +58,11 @@ class ArtifactStore(Protocol):
         """The bytes at ``key``; StorageError when there are none or they cannot be read."""
         ...
 
+    def open(self, key: str) -> BinaryIO:
+        """A readable stream of the bytes at ``key`` (the caller closes it), not necessarily seekable;
+        StorageError when there are none. Memory stays bounded whatever the object's size."""
+        ...
+
     def exists(self, key: str) -> bool: ...
 
     def stat(self, key: str) -> ArtifactInfo | None:
@@ -87,6 +95,35 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def copy_stream(source: BinaryIO, target: BinaryIO, chunk: int = 1024 * 1024) -> int:
+    """Copy a stream a chunk at a time; the number of bytes copied."""
+    total = 0
+    while block := source.read(chunk):
+        target.write(block)
+        total += len(block)
+    return total
+
+
+@contextmanager
+def seekable(stream: BinaryIO) -> Iterator[BinaryIO]:
+    """``stream`` itself when it can seek (a local file), else a spooled local copy (an object store's body):
+    zip readers (npz) need to seek, and a temporary file keeps memory bounded."""
+    if stream.seekable():
+        yield stream
+        return
+    with tempfile.TemporaryFile() as spool:
+        copy_stream(stream, spool)
+        spool.seek(0)
+        yield spool
+
+
+def iter_chunks(store: ArtifactStore, key: str, chunk: int = 1024 * 1024) -> Iterator[bytes]:
+    """The bytes at ``key`` a chunk at a time (a streamed HTTP response); opens the object on first use."""
+    with store.open(key) as stream:
+        while block := stream.read(chunk):
+            yield block
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -94,3 +131,12 @@ def sha256_hex(data: bytes) -> str:
 def content_key(kind: str, tenant_id: str, digest: str, suffix: str) -> str:
     """Content-addressed key: identical bytes of one tenant share one file."""
     return f"{tenant_id}/{kind}/{digest[:2]}/{digest}{suffix}"
+
+
+def digest_of(key: str) -> str | None:
+    """The SHA-256 a content-addressed key names (its file name up to the suffix), None for other keys."""
+    name = key.rsplit("/", 1)[-1]
+    digest = name.split(".", 1)[0]
+    if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) and key.count("/") >= 3:
+        return digest
+    return None

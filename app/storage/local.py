@@ -7,6 +7,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 # Re-exported: callers imported the interface and the key helpers from here before backends were pluggable.
 from app.storage.base import (
@@ -121,6 +122,12 @@ class LocalArtifactStore:
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read artifact {key!r}: {exc.strerror or exc}") from exc
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
         except OSError as exc:
             raise StorageError(f"cannot read artifact {key!r}: {exc.strerror or exc}") from exc
 

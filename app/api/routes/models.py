@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from app.api.deps import Reader, SessionDep, SettingsDep, StoreDep, Submitter, request_id
@@ -20,6 +21,7 @@ from app.services.data.datasets import get_dataset
 from app.services.data.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
 from app.services.data.models import get_model, register_upload
 from app.services.ops import quotas
+from app.storage.base import digest_of, iter_chunks
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -108,16 +110,25 @@ def download_weights(
     model_id: uuid.UUID, principal: Reader, session: SessionDep, store: StoreDep
 ) -> Response:
     row = get_model(session, principal.tenant_id, model_id)
-    body = store.get(row.storage_key)
-    return Response(
-        body,
-        media_type="application/octet-stream",
-        headers={
-            "Content-Disposition": f'attachment; filename="{row.id}.safetensors"',
-            # The ETag names the weights (the model's identity); the Digest, these bytes (the file).
-            "ETag": f'"{row.sha256}"',
-            "Digest": f"sha-256={hashlib.sha256(body).hexdigest()}",
-        },
+    info = store.stat(row.storage_key)
+    digest = digest_of(row.storage_key)
+    if info is None or digest is None:
+        # Not content-addressed (never written so) or gone: read it whole, the digest from the bytes.
+        body = store.get(row.storage_key)
+        info, digest = None, hashlib.sha256(body).hexdigest()
+    headers = {
+        "Content-Disposition": f'attachment; filename="{row.id}.safetensors"',
+        # The ETag names the weights (the model's identity); the Digest, these bytes (the file), which the
+        # content-addressed key names.
+        "ETag": f'"{row.sha256}"',
+        "Digest": f"sha-256={digest}",
+    }
+    if info is None:
+        return Response(body, media_type="application/octet-stream", headers=headers)
+    # Streamed a chunk at a time: a large model never sits whole in the API's memory (or its S3 reads).
+    headers["Content-Length"] = str(info.size)
+    return StreamingResponse(
+        iter_chunks(store, row.storage_key), media_type="application/octet-stream", headers=headers
     )
 
 

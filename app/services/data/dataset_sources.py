@@ -37,6 +37,7 @@ from app.schemas.resources import BuiltinDatasetCreate, DataRootDatasetCreate
 from app.services.data.datasets import build_builtin, store_dataset, store_uploaded_dataset
 from app.services.ops import quotas
 from app.storage import ArtifactStore
+from app.storage.base import seekable
 from app.storage.local import content_key
 from workers.engine.datasets import ArrayDataset
 from workers.engine.datasets.data_root import (
@@ -96,7 +97,8 @@ class Intake:
 
 def load_stored_npz(store: ArtifactStore, ref: DatasetRef) -> ArrayDataset:
     """The arrays a source materialised into the artifact store at intake (``store_dataset``)."""
-    return ArrayDataset.from_npz_bytes(store.get(ref.storage_key))
+    with store.open(ref.storage_key) as stream, seekable(stream) as source:
+        return ArrayDataset.from_npz_file(source)
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,14 @@ anywhere else, and the settings, create_app, the worker runtime and the orphan s
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 from fastapi.testclient import TestClient
@@ -61,6 +63,9 @@ class MemoryArtifactStore:
         except KeyError:
             raise StorageError(f"cannot read artifact {key!r}: no such object") from None
 
+    def open(self, key: str) -> BinaryIO:
+        return io.BytesIO(self.get(key))
+
     def exists(self, key: str) -> bool:
         return check_key(key) in self.objects
 
@@ -92,8 +97,17 @@ def memory_backend() -> Iterator[None]:
     ARTIFACT_BACKENDS.unregister(MEMORY)
 
 
-@pytest.fixture(params=["local", MEMORY])
+def s3_settings(server: Any, home: Path, **extra: Any) -> Settings:
+    """Settings of a store in a new bucket of the test's S3 endpoint (tests/s3_server.py)."""
+    env = server.env(server.new_bucket())
+    fields = {name.removeprefix("LETHE_").lower(): value for name, value in env.items()}
+    return Settings(home=home, **{**fields, **extra})
+
+
+@pytest.fixture(params=["local", MEMORY, "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
+    if request.param == "s3":
+        return create_store(s3_settings(request.getfixturevalue("s3_server"), tmp_path))
     return create_store(Settings(home=tmp_path, artifact_backend=request.param))
 
 
@@ -101,8 +115,8 @@ def test_settings_name_a_registered_backend(tmp_path: Path) -> None:
     assert Settings(home=tmp_path).artifact_backend == "local"
     assert isinstance(create_store(Settings(home=tmp_path)), LocalArtifactStore)
     assert isinstance(create_store(Settings(home=tmp_path, artifact_backend=MEMORY)), MemoryArtifactStore)
-    with pytest.raises(ValidationError, match="unknown artifact backend 's3'; available: local, memory"):
-        Settings(home=tmp_path, artifact_backend="s3")
+    with pytest.raises(ValidationError, match="unknown artifact backend 'gcs'; available: local, memory, s3"):
+        Settings(home=tmp_path, artifact_backend="gcs")
 
 
 def test_backend_implements_the_interface(store: ArtifactStore) -> None:
@@ -126,6 +140,18 @@ def test_put_get_replace_stat_delete(store: ArtifactStore) -> None:
     store.delete(key)
     assert not store.exists(key) and store.stat(key) is None
     store.delete(key)  # deleting nothing is not an error
+
+
+def test_open_streams_the_bytes(store: ArtifactStore) -> None:
+    key = content_key("datasets", str(uuid.uuid4()), "d" * 64, ".npz")
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    store.put(key, data)
+    with store.open(key) as stream:
+        first = stream.read(1024)
+        rest = stream.read()
+    assert first + rest == data
+    with pytest.raises(StorageError):
+        store.open(content_key("datasets", str(uuid.uuid4()), "e" * 64, ".npz"))
 
 
 def test_staged_file_is_put_whole(store: ArtifactStore) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -201,8 +202,13 @@ class ArrayDataset:
 
     @classmethod
     def from_npz_bytes(cls, data: bytes) -> ArrayDataset:
+        return cls.from_npz_file(io.BytesIO(data))
+
+    @classmethod
+    def from_npz_file(cls, source: BinaryIO) -> ArrayDataset:
+        """From a seekable binary file (an npz is a zip archive: its directory is at the end)."""
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            with np.load(source, allow_pickle=False) as archive:
                 missing = [key for key in NPZ_KEYS if key not in archive.files]
                 if missing:
                     raise InvalidInputError(f"dataset archive lacks {', '.join(missing)}")
