@@ -100,7 +100,8 @@ class MotoS3Server:
 
 
 # A rule: (method, path) -> what to do with this request: None forwards it, an int answers that status,
-# "drop" closes the connection without an answer.
+# "drop" closes the connection without an answer, "truncate" forwards it but closes the connection after half
+# of the answer's body (its headers announce all of it).
 Rule = Callable[[str, str], "int | str | None"]
 
 
@@ -144,14 +145,19 @@ class FlakyProxy:
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 answer = upstream.getresponse()
                 data = answer.read()
-                proxy.seen.append((self.command, self.path, answer.status))
+                proxy.seen.append((self.command, self.path, "truncate" if action else answer.status))
                 self.send_response(answer.status)
                 for name, value in answer.getheaders():
                     if name.lower() not in ("transfer-encoding", "content-length", "connection"):
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if action == "truncate":
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif self.command != "HEAD":
                     self.wfile.write(data)
                 upstream.close()
 

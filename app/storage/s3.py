@@ -10,8 +10,8 @@ exponential backoff and jitter, and it is pure Python wheels (nothing to compile
   key; S3 makes an object visible only when its PutObject or CompleteMultipartUpload returns, so a reader
   sees the old object or the whole new one, never parts. A failed upload is aborted; one whose process died
   stays an *incomplete multipart upload*, which ``scan`` lists as a temporary entry (``.tmp-…`` beside the
-  key it was for) and ``delete`` aborts: the orphan sweep removes it after its grace period, like a local
-  temporary file.
+  key it was for; its time is that of its newest part, else its start) and ``delete`` aborts: the orphan
+  sweep removes it after its grace period, like a local temporary file.
 * **Streaming**: staged files go up one part (``LETHE_S3_PART_BYTES``) at a time, and ``open`` hands out the
   response body as a stream that resumes with a Range request (same ETag) when the connection drops.
 * **Times**: ``modified`` is the server's LastModified. Where it has only whole seconds (HEAD answers), the
@@ -275,8 +275,27 @@ class S3ArtifactStore:
     def _stat_upload(self, key: str, final: str, upload_id: str) -> ArtifactInfo | None:
         for upload in self._uploads(self.object_key(final)):
             if upload["Key"] == self.object_key(final) and upload["UploadId"] == upload_id:
-                return ArtifactInfo(key, 0, upload["Initiated"].timestamp(), temporary=True)
+                return self._upload_info(upload)
         return None
+
+    def _upload_info(self, upload: dict[str, Any]) -> ArtifactInfo | None:
+        """An incomplete upload as a temporary entry: its parts' bytes, and the time of its latest activity
+        (the newest part, else its start), so an upload still sending parts is never taken for abandoned.
+        None when it ended meanwhile."""
+        size, latest = 0, upload["Initiated"].timestamp()
+        try:
+            paginator = self.client.get_paginator("list_parts")
+            pages = paginator.paginate(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            for page in pages:
+                for part in page.get("Parts", []):
+                    size += int(part["Size"])
+                    latest = max(latest, _seconds(part["LastModified"], whole_seconds=True))
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise
+        key = self._temporary_key(upload["Key"][len(self.prefix) :], upload["UploadId"])
+        return ArtifactInfo(key, size, latest, temporary=True)
 
     def delete(self, key: str) -> None:
         upload = self._upload_of(check_key(key))
@@ -313,18 +332,9 @@ class S3ArtifactStore:
         """Objects in key order, merged with the incomplete multipart uploads (temporary entries)."""
         object_prefix = self.prefix + check_prefix(prefix)
         try:
-            pending = sorted(
-                (
-                    ArtifactInfo(
-                        self._temporary_key(upload["Key"][len(self.prefix) :], upload["UploadId"]),
-                        0,
-                        upload["Initiated"].timestamp(),
-                        temporary=True,
-                    )
-                    for upload in self._uploads(object_prefix)
-                ),
-                key=lambda info: info.key,
-            )
+            # Incomplete uploads are rare (a crashed writer's): one list_parts request each is cheap.
+            found = (self._upload_info(upload) for upload in self._uploads(object_prefix))
+            pending = sorted((info for info in found if info is not None), key=lambda info: info.key)
             yield from heapq.merge(self._objects(object_prefix), pending, key=lambda info: info.key)
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot list artifacts under {prefix!r}: {exc}") from exc
