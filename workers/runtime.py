@@ -25,7 +25,7 @@ class WorkerRuntime:
 
     @property
     def worker_name(self) -> str:
-        return f"{socket.gethostname()}:{os.getpid()}"
+        return f"{self.settings.worker_host or socket.gethostname()}:{os.getpid()}"
 
 
 @lru_cache

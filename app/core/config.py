@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     s3_staging_dir: Path | None = Field(
         None, description="Local directory of files staged for upload (default <home>/staging)."
     )
+    worker_host: str | None = Field(
+        None,
+        description="This machine's name in the worker id jobs record (<host>:<pid>); default the hostname. "
+        "Containers get random hostnames: name each GPU machine so a job row says where it ran.",
+    )
     device: str = Field("auto", description="'auto' picks cuda when available, else cpu.")
     data_root: Path | None = Field(
         None,

@@ -33,7 +33,9 @@ def pending_uploads(store: S3ArtifactStore) -> list[dict[str, Any]]:
     return list(store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []))
 
 
-def test_a_large_staged_file_goes_up_in_parts_and_appears_whole(s3_server: MotoS3Server, tmp_path: Path) -> None:
+def test_a_large_staged_file_goes_up_in_parts_and_appears_whole(
+    s3_server: MotoS3Server, tmp_path: Path
+) -> None:
     store = make_store(s3_server, tmp_path, s3_part_bytes=MIN_PART_BYTES)
     tenant = str(uuid.uuid4())
     data = os.urandom(2 * MIN_PART_BYTES + 12345)  # three parts
@@ -99,7 +101,11 @@ def test_an_upload_that_keeps_failing_leaves_nothing_behind(s3_server: MotoS3Ser
 
     with FlakyProxy(s3_server.port, rule) as proxy:
         store = make_store(
-            s3_server, tmp_path, s3_endpoint_url=proxy.endpoint, s3_max_attempts=2, s3_part_bytes=MIN_PART_BYTES
+            s3_server,
+            tmp_path,
+            s3_endpoint_url=proxy.endpoint,
+            s3_max_attempts=2,
+            s3_part_bytes=MIN_PART_BYTES,
         )
         tenant = str(uuid.uuid4())
         staging = store.staging_path(f"{tenant}/datasets")
@@ -153,7 +159,9 @@ def test_settings_without_a_bucket_are_refused(tmp_path: Path) -> None:
         create_store(Settings(home=tmp_path, artifact_backend="s3"))
 
 
-def test_staging_files_a_dead_process_left_are_purged_at_start(s3_server: MotoS3Server, tmp_path: Path) -> None:
+def test_staging_files_a_dead_process_left_are_purged_at_start(
+    s3_server: MotoS3Server, tmp_path: Path
+) -> None:
     store = make_store(s3_server, tmp_path)
     old = store.staging_path("t/datasets")
     fresh = store.staging_path("t/datasets")
