@@ -93,6 +93,12 @@ class _ObjectReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def read_whole(self) -> bytes:
+        """The rest of the body in one piece (botocore checks it against the announced length)."""
+        data: bytes = self._body.read()
+        self._position += len(data)
+        return data
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         for attempt in range(READ_RESUMES + 1):
@@ -248,8 +254,19 @@ class S3ArtifactStore:
     # -- reads -----------------------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes:
-        with self.open(key) as stream:
-            return stream.read()
+        """The whole object in one read (the body's bytes, no second copy); a read cut off is retried whole.
+        Large files go through ``open`` instead."""
+        for attempt in range(READ_RESUMES + 1):
+            reader = _ObjectReader(self, key)
+            try:
+                return reader.read_whole()
+            except (BotoCoreError, OSError) as exc:
+                if attempt == READ_RESUMES:
+                    raise StorageError(f"cannot read artifact {key!r}: {exc}") from exc
+                time.sleep(min(0.1 * 2**attempt, 5.0))
+            finally:
+                reader.close()
+        raise AssertionError("unreachable")
 
     def open(self, key: str) -> BinaryIO:
         return io.BufferedReader(_ObjectReader(self, key), buffer_size=READ_CHUNK)  # type: ignore[return-value]

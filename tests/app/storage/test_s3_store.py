@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+import tracemalloc
 import uuid
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,39 @@ def test_a_large_staged_file_goes_up_in_parts_and_appears_whole(
     with store.open(key) as stream:
         assert stream.read(MIN_PART_BYTES) == data[:MIN_PART_BYTES]
         assert stream.read() == data[MIN_PART_BYTES:]
+
+
+def test_memory_stays_bounded_by_the_part_size_not_the_file_size(
+    s3_server: MotoS3Server, tmp_path: Path
+) -> None:
+    """A 24 MiB file goes up and comes back while Python holds about two parts (5 MiB each) at most; a
+    whole-object ``get`` holds the object once (the response body), not twice."""
+    store = make_store(s3_server, tmp_path, s3_part_bytes=MIN_PART_BYTES)
+    size = 24 * 1024 * 1024
+    staging = store.staging_path("t/datasets")
+    with open(staging, "wb") as handle:
+        for _ in range(size // (1024 * 1024)):
+            handle.write(os.urandom(1024 * 1024))
+    store.put("t/warm/up", b"")  # the client's own first-use allocations are not the upload's
+    tracemalloc.start()
+    try:
+        store.put_file("t/datasets/big.npz", staging)
+        upload_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        read = 0
+        with store.open("t/datasets/big.npz") as stream:
+            while block := stream.read(1024 * 1024):
+                read += len(block)
+        stream_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        whole = store.get("t/datasets/big.npz")
+        get_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert read == len(whole) == size
+    assert upload_peak < 3 * MIN_PART_BYTES, upload_peak
+    assert stream_peak < 8 * 1024 * 1024, stream_peak
+    assert get_peak < 1.5 * size, get_peak
 
 
 def test_an_unfinished_upload_is_invisible_and_swept_after_the_grace_period(
