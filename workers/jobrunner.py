@@ -26,7 +26,7 @@ from app.services.data.forget_sets import indices_digest
 from app.services.jobs import lifecycle as job_service
 from app.services.jobs.lifecycle import Claim, JobOutcome, LeaseLost
 from app.storage import StorageError
-from app.storage.local import content_key, sha256_hex
+from app.storage.base import content_key, sha256_hex
 from workers.engine.errors import InvalidInputError, JobCancelled
 from workers.engine.job_kinds import job_kind
 from workers.runtime import WorkerRuntime

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from app.core.db import session_scope
 from app.models import ShadowModel
 from app.models.base import utcnow
-from app.storage.local import content_key, sha256_hex
+from app.storage.base import content_key, sha256_hex
 from workers.engine.audit.store import ShadowSpec, Weights
 from workers.runtime import WorkerRuntime
 

@@ -1,7 +1,7 @@
 """Which artifact files the database references, deleting files no row references, and the orphan sweep.
 
 Artifacts are content-addressed per tenant (``<tenant>/<kind>/<aa>/<sha256><suffix>``, see
-app.storage.local.content_key), so identical bytes stored for two rows of one tenant share one file: a file
+app.storage.base.content_key), so identical bytes stored for two rows of one tenant share one file: a file
 is deleted only when no row references it any more. Rows are deleted first (one transaction, audited);
 files after the commit. A crash in between leaves unreferenced files behind, and so does a worker that
 wrote its output and then lost its lease: ``sweep_orphans`` (a maintenance beat) deletes files that no row

@@ -37,8 +37,7 @@ from app.schemas.resources import BuiltinDatasetCreate, DataRootDatasetCreate
 from app.services.data.datasets import build_builtin, store_dataset, store_uploaded_dataset
 from app.services.ops import quotas
 from app.storage import ArtifactStore
-from app.storage.base import seekable
-from app.storage.local import content_key
+from app.storage.base import content_key, seekable
 from workers.engine.datasets import ArrayDataset
 from workers.engine.datasets.data_root import (
     DATA_ROOT_FORMATS,

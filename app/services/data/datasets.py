@@ -23,7 +23,7 @@ from app.core.problems import DomainError, NotFound, Unprocessable, validation_e
 from app.models import Dataset
 from app.services.ops import quotas
 from app.storage import ArtifactStore
-from app.storage.local import content_key
+from app.storage.base import content_key
 from workers.engine.datasets import DATASETS, ArrayDataset
 from workers.engine.errors import InvalidInputError, UnknownEntryError
 from workers.engine.task_types import TaskType

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from app.core.problems import DomainError, NotFound, Unprocessable, validation_errors
 from app.models import Dataset, Model
 from app.storage import ArtifactStore
-from app.storage.local import content_key
+from app.storage.base import content_key
 from workers.engine.architectures import ARCHITECTURES, ArchitectureSpec
 from workers.engine.errors import InvalidInputError, UnknownEntryError
 

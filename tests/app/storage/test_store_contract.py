@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -262,3 +263,29 @@ def test_the_app_and_the_worker_build_the_configured_store(
     finally:
         get_runtime.cache_clear()
         reset_settings_cache()
+
+
+PATH_ACCESS = (
+    r"^\s*(?:from|import) app\.storage\.local\b",
+    r"\bLocalArtifactStore\b",
+    r"\bsettings\.artifacts\b",
+    r"\bartifact_root\b",
+)
+
+
+def test_nothing_outside_the_store_reaches_artifacts_by_path() -> None:
+    """Workers on other machines share no directory with the API: outside app/storage, no module names the
+    local backend or the artifact root (app/core/config.py defines the setting; migrate.py only takes the
+    local store's file modes)."""
+    root = Path(__file__).resolve().parents[3]
+    allowed = {Path("app/core/config.py"), Path("app/core/migrate.py")}
+    offenders = []
+    for package in ("app", "workers"):
+        for path in sorted((root / package).rglob("*.py")):
+            relative = path.relative_to(root)
+            if relative.parts[:2] == ("app", "storage") or relative in allowed:
+                continue
+            source = path.read_text()
+            for pattern in PATH_ACCESS:
+                offenders += [f"{relative}: {match}" for match in re.findall(pattern, source, re.MULTILINE)]
+    assert offenders == []
