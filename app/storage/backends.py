@@ -62,6 +62,8 @@ def _create_s3(settings: Settings) -> ArtifactStore:
         connect_timeout=settings.s3_connect_timeout_seconds,
         read_timeout=settings.s3_read_timeout_seconds,
         part_bytes=settings.s3_part_bytes,
+        # Every API thread may hold a connection, and a streamed download keeps one while it is sent.
+        max_connections=max(10, 2 * settings.api_concurrency),
     )
     # Staging files live on each machine's own disk, out of the orphan sweep's reach: every process start
     # removes those a dead process left behind (older than the sweep's grace period).

@@ -117,8 +117,9 @@ class _ObjectReader(io.RawIOBase):
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        if not self.closed:
-            self._body.close()
+        body = getattr(self, "_body", None)  # absent when the first request failed
+        if not self.closed and body is not None:
+            body.close()
         super().close()
 
 
@@ -140,6 +141,7 @@ class S3ArtifactStore:
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         part_bytes: int = 16 * 1024 * 1024,
+        max_connections: int = 10,
     ) -> None:
         if prefix:
             check_prefix(prefix)
@@ -150,6 +152,7 @@ class S3ArtifactStore:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             s3={"addressing_style": addressing_style},
+            max_pool_connections=max_connections,
             # Checksums only where the API requires them: MinIO, Ceph and older gateways refuse the
             # CRC trailers botocore adds by default; content addressing already names every object's bytes.
             request_checksum_calculation="when_required",
