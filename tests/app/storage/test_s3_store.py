@@ -202,3 +202,38 @@ def test_staging_files_a_dead_process_left_are_purged_at_start(
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     assert store.purge_staging(older_than_seconds=3600) == 1
     assert not old.exists() and fresh.exists()
+
+
+def test_an_s3_outage_fails_an_upload_whole(
+    s3_server: MotoS3Server, migrated: Settings, recording_publisher, tenant, sessions
+) -> None:
+    """Every write answered 503 past the retry budget: the API answers problem+json and writes nothing (no
+    row, no object, no staging file)."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import func, select
+
+    from app.main import create_app
+    from app.models import Dataset
+
+    def rule(method: str, path: str) -> int | None:
+        return 503 if method in ("PUT", "POST") else None
+
+    with FlakyProxy(s3_server.port, rule) as proxy:
+        env = s3_server.env(s3_server.new_bucket())
+        fields = {name.removeprefix("LETHE_").lower(): value for name, value in env.items()}
+        fields.update(s3_endpoint_url=proxy.endpoint, s3_max_attempts=2)
+        settings = Settings.model_validate({**migrated.model_dump(), **fields})
+        app = create_app(settings, publisher=recording_publisher)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            answer = client.post(
+                "/v1/datasets",
+                json={"builtin": "procedural", "config": {"n_train": 60, "n_test": 20, "image_size": 8}},
+                headers=tenant.headers("submit"),
+            )
+        store = app.state.store
+        assert answer.status_code == 500 and answer.headers["content-type"] == "application/problem+json"
+        assert list(store.scan(f"{tenant.id}/")) == []
+    assert any(outcome == 503 for _, _, outcome in proxy.seen)
+    with sessions() as session:
+        assert session.scalar(select(func.count()).where(Dataset.tenant_id == tenant.id)) == 0
+    assert list(settings.staging.glob("*")) == []
