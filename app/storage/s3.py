@@ -6,12 +6,13 @@ exponential backoff and jitter, and it is pure Python wheels (nothing to compile
 
 * **Keys**: the service's content-addressed keys (``<tenant>/<kind>/<aa>/<sha256><suffix>``) below an
   optional ``LETHE_S3_PREFIX`` in ``LETHE_S3_BUCKET``.
-* **Atomic visibility**: a small ``put`` is one PutObject and a staged file one multipart upload to the final
-  key; S3 makes an object visible only when its PutObject or CompleteMultipartUpload returns, so a reader
-  sees the old object or the whole new one, never parts. A failed upload is aborted; one whose process died
-  stays an *incomplete multipart upload*, which ``scan`` lists as a temporary entry (``.tmp-…`` beside the
-  key it was for; its time is that of its newest part, else its start) and ``delete`` aborts: the orphan
-  sweep removes it after its grace period, like a local temporary file.
+* **Atomic visibility**: a ``put`` (or a staged file of one part) is one PutObject, a larger staged file one
+  multipart upload to the final key; S3 makes an object visible only when its PutObject or
+  CompleteMultipartUpload returns, so a reader sees the old object or the whole new one, never parts. A
+  failed upload is aborted; one whose process died stays an *incomplete multipart upload*, which ``scan``
+  lists as a temporary entry (``.tmp-…`` beside the key it was for; its time is that of its newest part,
+  else its start) and ``delete`` aborts: the orphan sweep removes it after its grace period, like a local
+  temporary file.
 * **Streaming**: staged files go up one part (``LETHE_S3_PART_BYTES``) at a time, and ``open`` hands out the
   response body as a stream that resumes with a Range request (same ETag) when the connection drops.
 * **Times**: ``modified`` is the server's LastModified. Where it has only whole seconds (HEAD answers), the
