@@ -13,6 +13,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.storage.base import StorageError
+
 PROBLEM_BASE = "https://lethe.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -243,6 +245,18 @@ def install_problem_handlers(app: FastAPI) -> None:
             )
         log.exception("database error")
         return problem_response(request, 500, "internal-error", "An unexpected database error occurred.")
+
+    @app.exception_handler(StorageError)
+    async def _store_unavailable(request: Request, exc: StorageError) -> JSONResponse:
+        # The store's own message may name buckets, endpoints or paths: logged, not sent.
+        log.warning("artifact store error: %s", exc)
+        return problem_response(
+            request,
+            503,
+            "artifact-store-unavailable",
+            "The artifact store could not complete the operation; nothing was written. Retry shortly.",
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

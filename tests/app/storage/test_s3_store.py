@@ -207,8 +207,8 @@ def test_staging_files_a_dead_process_left_are_purged_at_start(
 def test_an_s3_outage_fails_an_upload_whole(
     s3_server: MotoS3Server, migrated: Settings, recording_publisher, tenant, sessions
 ) -> None:
-    """Every write answered 503 past the retry budget: the API answers problem+json and writes nothing (no
-    row, no object, no staging file)."""
+    """Every write answered 503 past the retry budget: the API answers 503 problem+json and writes nothing
+    (no row, no object, no staging file)."""
     from fastapi.testclient import TestClient
     from sqlalchemy import func, select
 
@@ -231,7 +231,9 @@ def test_an_s3_outage_fails_an_upload_whole(
                 headers=tenant.headers("submit"),
             )
         store = app.state.store
-        assert answer.status_code == 500 and answer.headers["content-type"] == "application/problem+json"
+        assert answer.status_code == 503 and answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["code"] == "artifact-store-unavailable" and answer.headers["Retry-After"] == "5"
+        assert proxy.endpoint not in answer.text  # the store's message stays in the log
         assert list(store.scan(f"{tenant.id}/")) == []
     assert any(outcome == 503 for _, _, outcome in proxy.seen)
     with sessions() as session:
