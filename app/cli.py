@@ -27,15 +27,38 @@ def migrate() -> None:
     console.print(f"schema upgraded on {settings.db_url.split('@')[-1]}")
 
 
+GpusOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated GPU indices, e.g. 0,1: one worker process per device, each seeing only its own "
+        "(CUDA_VISIBLE_DEVICES) and running one job at a time."
+    ),
+]
+
+
+def _gpus(spec: str | None) -> list[str] | None:
+    from app.services.ops.processes import parse_gpus
+
+    if spec is None:
+        return None
+    try:
+        return parse_gpus(spec)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--gpus") from exc
+
+
 @cli.command()
 def up(
     host: Annotated[str, typer.Option(help="API bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    gpus: GpusOption = None,
 ) -> None:
-    """Start the whole service: migrate, a GPU worker, a maintenance worker with the reaper, the API.
+    """Start the whole service: migrate, a GPU worker (one per device with --gpus), a maintenance worker with
+    the reaper, the API.
 
     It supervises them in the foreground: Ctrl-C, SIGTERM or SIGHUP stop them all, and they die with it if it
     is killed. "Lethe is up" is printed once this process's own API answers /readyz."""
+    devices = _gpus(gpus)
     from app.core import migrate as migration
     from app.services.ops.processes import (
         PortInUse,
@@ -52,7 +75,9 @@ def up(
     except PortInUse as exc:
         console.print(f"[bold red]Cannot start Lethe:[/bold red] {exc}")
         raise typer.Exit(1) from exc
-    group = ServiceGroup(settings, host=host, port=port, log_dir=settings.home.resolve() / "logs")
+    group = ServiceGroup(
+        settings, host=host, port=port, log_dir=settings.home.resolve() / "logs", gpus=devices
+    )
     try:
         with stop_signals_raise():
             created = migration.prepare(settings)
@@ -84,13 +109,32 @@ def up(
 def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues: gpu, default.")] = "gpu",
     beat: Annotated[bool, typer.Option(help="Also run the periodic reaper (one per deployment).")] = False,
-    name: Annotated[str, typer.Option(help="Worker name.")] = "worker",
+    name: Annotated[str, typer.Option(help="Worker name (with --gpus: NAME-gpuN per device).")] = "worker",
+    gpus: GpusOption = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the processes that would start (JSON) and exit.")
+    ] = False,
 ) -> None:
-    """Run one Celery worker (prefork, one job at a time, a fresh process per job)."""
-    from app.services.ops.processes import worker_command
+    """Run one Celery worker (prefork, one job at a time, a fresh process per job); with --gpus, one such
+    worker per listed device, supervised here (they stop together, and die with this process)."""
+    from app.services.ops.processes import ServiceGroup, WorkerPlan, gpu_worker_plan, worker_command
 
-    cmd = worker_command(get_settings(), queues, name, beat=beat)
-    os.execv(cmd[0], cmd)
+    settings = get_settings()
+    devices = _gpus(gpus)
+    if devices is None:
+        plans = [WorkerPlan(name, queues, worker_command(settings, queues, name, beat=beat), {}, name)]
+    else:
+        if beat:
+            raise typer.BadParameter("run the reaper in its own worker, not with --gpus", param_hint="--beat")
+        plans = gpu_worker_plan(settings, devices, queues, name)
+    if dry_run:
+        typer.echo(json.dumps([plan.as_json() for plan in plans], indent=2))
+        return
+    if devices is None:
+        os.execv(plans[0].command[0], plans[0].command)
+    group = ServiceGroup(settings, log_dir=None)
+    group.start_planned(plans)
+    raise typer.Exit(group.wait())
 
 
 @cli.command("create-key")

@@ -5,9 +5,11 @@ The engine knows nothing about Celery or the database; this module is the only b
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
+import os
 import time
 import traceback
 import uuid
@@ -25,8 +27,10 @@ from app.services.data.dataset_sources import DatasetRef, load_dataset
 from app.services.data.forget_sets import indices_digest
 from app.services.jobs import lifecycle as job_service
 from app.services.jobs.lifecycle import Claim, JobOutcome, LeaseLost
+from app.services.ops.processes import WORKER_GPU_ENV
 from app.storage import StorageError
 from app.storage.base import content_key, sha256_hex
+from workers.device_memory import OUT_OF_MEMORY_CODE, DeviceOutOfMemory
 from workers.engine.errors import InvalidInputError, JobCancelled
 from workers.engine.job_kinds import job_kind
 from workers.runtime import WorkerRuntime
@@ -181,6 +185,14 @@ def run_claimed_job(runtime: WorkerRuntime, job_id: uuid.UUID) -> None:
         session.expunge(job)
     try:
         _run(runtime, claim, job)
+    except DeviceOutOfMemory as exc:
+        job_service.finish_unsuccessful(
+            runtime.sessions,
+            claim,
+            JobStatus.failed,
+            {"code": OUT_OF_MEMORY_CODE, "detail": exc.detail, **exc.record},
+            environment=worker_environment(claim),
+        )
     except LeaseLost:
         log.warning("job %s: lease lost, stopping without writing results", job_id)
     except JobCancelled:
@@ -200,6 +212,27 @@ def run_claimed_job(runtime: WorkerRuntime, job_id: uuid.UUID) -> None:
         )
     except Exception as exc:
         _finish_after_error(runtime, claim, exc)
+    finally:
+        _release_device_memory()
+
+
+def _release_device_memory() -> None:
+    """Free what the job left on the device before the child reports back (workers/device_memory.py)."""
+    from workers import device_memory
+
+    device_memory.release()
+
+
+def worker_environment(claim: Claim) -> dict[str, Any]:
+    """Who ran the job where: the worker, the attempt, and the GPU the worker was started for (``lethe worker
+    --gpus``: its index on the host and the CUDA_VISIBLE_DEVICES the worker was given)."""
+    return {
+        "code_version": code_version(),
+        "worker": claim.worker,
+        "attempt": claim.attempt,
+        "worker_gpu": os.environ.get(WORKER_GPU_ENV),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -233,6 +266,17 @@ def _finish_after_error(runtime: WorkerRuntime, claim: Claim, exc: Exception) ->
             },
         )
         return
+    from workers import device_memory
+
+    if device_memory.is_out_of_memory(exc):  # out of memory outside the engine (storing its outputs)
+        job_service.finish_unsuccessful(
+            runtime.sessions,
+            claim,
+            JobStatus.failed,
+            {"code": OUT_OF_MEMORY_CODE, "detail": f"{type(exc).__name__}: {exc}"},
+            environment=worker_environment(claim),
+        )
+        return
     log.error("job %s failed", claim.job_id, exc_info=exc)
     job_service.finish_unsuccessful(
         runtime.sessions,
@@ -247,7 +291,7 @@ def _finish_after_error(runtime: WorkerRuntime, claim: Claim, exc: Exception) ->
 
 
 def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
-    from workers.engine.execute import EngineRequest, execute
+    from workers.engine.execute import EngineRequest
 
     kind = job_kind(job.kind)
     started = time.perf_counter()
@@ -289,7 +333,7 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
     load_s = time.perf_counter() - started
     hooks = DbHooks(runtime, claim, job)
     hooks.progress("load", 1, 1, {})  # renew the lease after loading, before the engine's first step
-    result = execute(request, hooks)
+    result, memory_retry = _execute_within_memory(runtime, request, hooks)
 
     output_model = None
     architecture = result.architecture or inputs["architecture"]
@@ -334,12 +378,7 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
         )
     # The engine records the environment as for every other job (device, torch, numpy, sklearn, ...); a
     # hand-written list here had drifted from it (sklearn missing, so reports showed it as null).
-    environment = {
-        **_jsonable(result.environment),
-        "code_version": code_version(),
-        "worker": claim.worker,
-        "attempt": claim.attempt,
-    }
+    environment = {**_jsonable(result.environment), **worker_environment(claim)}
     timings = {**result.timings, "load_s": load_s, "wall_s": time.perf_counter() - started}
     output_forget_set = None
     if "forget_set" in kind.produces:
@@ -350,6 +389,10 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
     details.update(_store_images(runtime, job, result, store_samples="samples" in kind.produces))
     if "report" in kind.produces:
         details.update(_store_report_arrays(runtime, job, result))
+    if memory_retry is not None:
+        # The result is of a smaller batch than the job asked for: said here, and kept out of the cache.
+        details["device_memory_retry"] = memory_retry
+        job_service.drop_cache_key(runtime.sessions, claim)
     outcome = JobOutcome(
         output_forget_set=output_forget_set,
         metrics=result.metrics,
@@ -360,6 +403,66 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
     )
     if not job_service.finish_succeeded(runtime.sessions, claim, job, outcome):
         log.warning("job %s: finished but no longer owned; results discarded", job.id)
+
+
+class _NoCheckpoints:
+    """The hooks of a retry with half the batch: progress and cancellation as before, but no epoch
+    checkpoints, whose recipe would not match the job's params if a later attempt resumed from them."""
+
+    def __init__(self, hooks: DbHooks) -> None:
+        self.hooks = hooks
+
+    def progress(self, phase: str, step: int, total: int, info: dict[str, Any]) -> None:
+        self.hooks.progress(phase, step, total, info)
+
+    def checkpoint(self, phase: str, epoch: int, blob: bytes) -> None:
+        return None
+
+
+def _execute_within_memory(
+    runtime: WorkerRuntime, request: Any, hooks: DbHooks
+) -> tuple[Any, dict[str, Any] | None]:
+    """``execute(request)``; when the device runs out of memory, free it and fail with DeviceOutOfMemory, or,
+    with ``oom_retry_half_batch``, run once more with half the batch size. Returns the result and the retry's
+    record (None without one)."""
+    from workers import device_memory
+    from workers.engine.execute import execute
+
+    try:
+        return execute(request, hooks), None
+    except Exception as exc:
+        if not device_memory.is_out_of_memory(exc):
+            raise
+        first_error = _first_line(exc)
+        device_memory.forget_frames(exc)
+    # Outside the except block: the exception and the failed attempt's tensors are unreachable now.
+    record: dict[str, Any] = {"first_error": first_error, "memory_after_release": device_memory.release()}
+    retry = None
+    if runtime.settings.oom_retry_half_batch:
+        retry = device_memory.halved_batch(request.method, request.params, request.original_recipe)
+    if retry is None:
+        raise DeviceOutOfMemory(f"the job ran out of device memory: {first_error}", record)
+    log.warning("job ran out of device memory (%s); retrying with %s", first_error, retry.record())
+    record.update(retry.record())
+    retried = dataclasses.replace(request, params=retry.params, resume=None)
+    try:
+        return execute(retried, _NoCheckpoints(hooks)), record
+    except Exception as exc:
+        if not device_memory.is_out_of_memory(exc):
+            raise
+        record["retry_error"] = _first_line(exc)
+        device_memory.forget_frames(exc)
+    record["memory_after_release"] = device_memory.release()
+    raise DeviceOutOfMemory(
+        f"the job ran out of device memory, also with batch size {retry.batch_size_to}: "
+        f"{record['retry_error']}",
+        record,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 class StoreCache:

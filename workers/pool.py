@@ -50,6 +50,7 @@ from celery.concurrency.prefork import TaskPool as PreforkTaskPool
 from celery.signals import beat_embedded_init
 
 from app.services.ops.processes import die_with_parent
+from workers import cuda_guard
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,9 @@ class TaskPool(PreforkTaskPool):
     def on_start(self) -> None:
         global _worker_pid
         _worker_pid = os.getpid()
+        # A parent that initialised CUDA would hand every job a child that cannot use it: the worker stops
+        # here instead ("Unrecoverable error", exit code 1).
+        cuda_guard.assert_untouched("before the first fork")
         # In the parent, after the worker_init preload (torch, the engine) and before the first fork.
         gc.collect()
         gc.freeze()

@@ -39,14 +39,22 @@ def _preload_engine(**_: object) -> None:
     """Import torch and the engine once in the worker's parent process, before it forks job children.
 
     Children then start a job in milliseconds instead of spending seconds importing torch while holding a
-    lease. CUDA is not touched here: each child initialises it itself (CUDA does not survive fork).
+    lease. CUDA is not touched here: each child initialises it itself (CUDA does not survive fork), and the
+    guard installed first refuses any attempt in this process (workers/cuda_guard.py).
     """
+    from workers import cuda_guard
+
+    cuda_guard.install()
     # torch.use_deterministic_algorithms (entered by every CPU job) lazily imports torch._inductor.config,
     # which pulls in dynamo: 3-6 s of imports that every job child (one task per child) would repeat.
     import torch._inductor.config  # noqa: F401
 
     import workers.engine.diffusion.jobs
-    import workers.engine.execute  # noqa: F401
+    import workers.engine.execute
+    import workers.jobrunner  # noqa: F401
+
+    # Celery logs, and does not raise, a signal handler's error: the pool's start checks again and stops.
+    cuda_guard.assert_untouched("after the preload")
 
 
 # The request class checks in the worker's parent whether any job waits before a child is spent on the

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(60.0, gt=0, description="A running job's lease; heartbeats extend it.")
     heartbeat_seconds: float = Field(2.0, gt=0, description="Minimum interval between DB heartbeats.")
     max_attempts: int = Field(3, ge=1, description="A job whose lease expired this often is failed.")
+    oom_retry_half_batch: bool = Field(
+        False,
+        description="A job that runs out of device memory is retried once, in the same attempt, with half "
+        "its batch size (recorded in its result; the job is then left out of the result cache). Off: it "
+        "fails with device-out-of-memory.",
+    )
     reaper_interval_seconds: float = Field(10.0, gt=0)
     task_soft_time_limit: int = Field(6 * 3600, gt=0)
     task_time_limit: int = Field(6 * 3600 + 300, gt=0)

@@ -553,6 +553,11 @@ def _environment(device: torch.device, deterministic: bool) -> dict[str, Any]:
     return {
         "device": device.type,
         "device_name": device_name,
+        # Index among the devices this process sees (the worker's CUDA_VISIBLE_DEVICES; the job runner records
+        # the host index beside it as worker_gpu).
+        "device_index": (device.index if device.index is not None else torch.cuda.current_device())
+        if device.type == "cuda"
+        else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "numpy": np.__version__,

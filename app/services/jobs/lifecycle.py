@@ -241,6 +241,15 @@ def save_checkpoint_pointer(factory: sessionmaker[Session], claim_: Claim, key: 
             raise LeaseLost(f"job {claim_.job_id} lost while checkpointing")
 
 
+def drop_cache_key(factory: sessionmaker[Session], claim_: Claim) -> None:
+    """Keep this job's result out of the result cache (it ran other than asked: an out-of-memory retry with
+    half the batch); identical submissions then run again."""
+    with session_scope(factory) as session:
+        changed = _execute_update(session, update(Job).where(_owned(claim_)).values(cache_key=None))
+        if changed != 1:
+            raise LeaseLost(f"job {claim_.job_id} lost while leaving the result cache")
+
+
 @dataclass
 class JobOutcome:
     metrics: dict[str, float]

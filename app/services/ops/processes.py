@@ -31,6 +31,14 @@ import httpx
 
 from app.core.config import Settings
 
+# Set for a worker started for one GPU (`lethe worker --gpus`): the device's index on the host, which its
+# jobs record; CUDA_VISIBLE_DEVICES makes it the worker's only device (cuda:0 inside the worker).
+WORKER_GPU_ENV = "LETHE_WORKER_GPU"
+CUDA_VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+# torch.cuda.is_available() through NVML, not cudaGetDeviceCount, which initialises the driver in the worker's
+# parent and breaks every child forked after it (workers/cuda_guard.py also sets it; here it is there from the
+# first line of the process).
+NVML_CHECK_ENV = "PYTORCH_NVML_BASED_CUDA_CHECK"
 READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 20.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -154,6 +162,52 @@ def worker_command(settings: Settings, queues: str, name: str, beat: bool = Fals
     return cmd
 
 
+def parse_gpus(spec: str) -> list[str]:
+    """``"0,1"`` -> ``["0", "1"]``: device indices on the host, each once. ValueError otherwise."""
+    items = [item.strip() for item in spec.split(",")]
+    if not all(item.isdigit() for item in items):
+        raise ValueError(f"--gpus takes comma-separated device indices such as 0,1; got {spec!r}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"--gpus names a device twice: {spec!r}")
+    return items
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One worker process: its Celery node name, queues, command line and the environment it adds."""
+
+    name: str
+    queues: str
+    command: list[str]
+    env: dict[str, str]
+    log_name: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "queues": self.queues, "command": self.command, "env": self.env}
+
+
+def gpu_worker_plan(
+    settings: Settings, gpus: list[str], queues: str = "gpu", name: str = "worker"
+) -> list[WorkerPlan]:
+    """One worker per GPU, each seeing only its device and running one job at a time (``-c 1``, a fresh
+    child per job). They share the queue: a message only wakes a worker, and the fair pick in the database
+    decides which job runs (app/services/jobs/lifecycle.claim_next), so per-device queues would let a job wait
+    behind a busy device while another is idle."""
+    plans = []
+    for gpu in gpus:
+        node = f"{name}-gpu{gpu}"
+        plans.append(
+            WorkerPlan(
+                name=node,
+                queues=queues,
+                command=worker_command(settings, queues, node),
+                env={CUDA_VISIBLE_ENV: gpu, WORKER_GPU_ENV: gpu, NVML_CHECK_ENV: "1"},
+                log_name=f"worker-{node}",
+            )
+        )
+    return plans
+
+
 def api_command(host: str, port: int, fd: int | None = None) -> list[str]:
     """uvicorn on ``host:port``, or on the already bound listening socket ``fd`` (see bind_listener)."""
     address = ["--fd", str(fd)] if fd is not None else ["--host", host, "--port", str(port)]
@@ -169,6 +223,8 @@ class ServiceGroup:
     port: int = 8000
     log_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Device indices for one GPU worker each (gpu_worker_plan); None: one GPU worker that sees every device.
+    gpus: list[str] | None = None
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -176,7 +232,11 @@ class ServiceGroup:
         return f"http://{self.host}:{self.port}"
 
     def _spawn(
-        self, cmd: list[str], log_name: str, pass_fds: tuple[int, ...] = ()
+        self,
+        cmd: list[str],
+        log_name: str,
+        pass_fds: tuple[int, ...] = (),
+        process_env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         env = {
             **os.environ,
@@ -188,6 +248,7 @@ class ServiceGroup:
         if self.settings.broker_url:
             env["LETHE_BROKER_URL"] = self.settings.broker_url
         env.update(self.extra_env)
+        env.update(process_env or {})
         stdout = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -214,6 +275,10 @@ class ServiceGroup:
         its own ``name``, which is its Celery node name and its log file."""
         return self._spawn(worker_command(self.settings, "gpu", name), f"worker-{name}")
 
+    def start_planned(self, plans: list[WorkerPlan]) -> list[subprocess.Popen[bytes]]:
+        """The workers of a plan (gpu_worker_plan), each with its own environment."""
+        return [self._spawn(plan.command, plan.log_name, process_env=plan.env) for plan in plans]
+
     def start_maintenance_worker(self) -> subprocess.Popen[bytes]:
         """The default-queue worker with beat: the reaper, the publish sweep and the other periodic tasks."""
         return self._spawn(
@@ -233,7 +298,10 @@ class ServiceGroup:
         # The port first: a busy one fails before any worker starts.
         sock = (listener if listener is not None else bind_listener(self.host, self.port)) if api else None
         try:
-            self.start_gpu_worker()
+            if self.gpus:
+                self.start_planned(gpu_worker_plan(self.settings, self.gpus))
+            else:
+                self.start_gpu_worker()
             self.start_maintenance_worker()
         except BaseException:
             if sock is not None:
