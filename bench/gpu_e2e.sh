@@ -28,13 +28,13 @@ done
 # Asked in a process of its own: the service's worker parents must never touch CUDA (workers/cuda_guard.py).
 read -r COUNT TORCH CUDA_VERSION < <(PYTORCH_NVML_BASED_CUDA_CHECK=1 "$PYTHON" -c \
   'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0, torch.__version__, torch.version.cuda)')
+# The worker layout is the same either way (`lethe up --gpus $GPU`: CUDA_VISIBLE_DEVICES=$GPU, which a CPU
+# build ignores), so the CPU-only run exercises the process layout the GPU run uses.
 if [[ "$COUNT" -gt 0 ]]; then
   DEVICES=cuda,cpu
-  UP_ARGS=(--gpus "$GPU")
   echo "CUDA present: $COUNT device(s), torch $TORCH (CUDA $CUDA_VERSION); GPU worker on device $GPU; cuda vs cpu"
 else
   DEVICES=cpu,cpu
-  UP_ARGS=()
   echo "CUDA absent (torch $TORCH, CUDA build: $CUDA_VERSION): running the CPU-vs-CPU check instead"
 fi
 
@@ -44,7 +44,7 @@ export LETHE_HOME="$HOME_DIR" LETHE_PROFILE=embedded
 unset LETHE_DATABASE_URL LETHE_BROKER_URL
 cd "$ROOT"
 STARTED=$(date +%s.%N)
-"$PYTHON" -m app.cli up --port "$PORT" "${UP_ARGS[@]}" >"$HOME_DIR/up.log" 2>&1 &
+"$PYTHON" -m app.cli up --port "$PORT" --gpus "$GPU" >"$HOME_DIR/up.log" 2>&1 &
 UP_PID=$!
 cleanup() {
   kill -TERM "$UP_PID" 2>/dev/null || true

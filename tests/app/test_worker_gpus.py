@@ -180,3 +180,32 @@ def test_gpus_starts_one_guarded_worker_per_device_and_jobs_record_theirs(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def test_up_with_gpus_starts_one_gpu_worker_per_device_beside_the_maintenance_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services.ops.processes import ServiceGroup
+
+    spawned: list[tuple[list[str], str, dict[str, str]]] = []
+
+    def spawn(self: ServiceGroup, cmd: list[str], log_name: str, pass_fds: tuple[int, ...] = (),
+              process_env: dict[str, str] | None = None) -> object:  # fmt: skip
+        spawned.append((cmd, log_name, process_env or {}))
+        return None
+
+    monkeypatch.setattr(ServiceGroup, "_spawn", spawn)
+    group = ServiceGroup(Settings(profile=Profile.embedded, home=tmp_path), gpus=["2", "5"])
+    group.start(api=False)
+    layout = [(cmd[cmd.index("-n") + 1], cmd[cmd.index("-Q") + 1], log, env) for cmd, log, env in spawned]
+    gpu = {CUDA_VISIBLE_ENV: "2", WORKER_GPU_ENV: "2", NVML_CHECK_ENV: "1"}
+    assert layout == [
+        ("worker-gpu2@%h", "gpu", "worker-gpu2", gpu),
+        (
+            "worker-gpu5@%h",
+            "gpu",
+            "worker-gpu5",
+            {k: "5" if k != NVML_CHECK_ENV else "1" for k in gpu},
+        ),
+        ("maintenance@%h", "default", "worker-maintenance", {}),
+    ]

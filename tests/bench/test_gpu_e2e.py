@@ -38,6 +38,8 @@ def test_the_device_check_runs_cpu_against_cpu_without_cuda(tmp_path: Path) -> N
     assert all(row["gap"] == 0.0 for row in report["rows"]), report["rows"]
     for environment in report["environments"].values():
         assert environment["device"] == "cpu" and environment["deterministic"] is True
+        # The service ran `lethe up --gpus 0`, as on a device: the worker recorded the GPU it was started for.
+        assert environment["worker_gpu"] == "0" and environment["cuda_visible_devices"] == "0"
     for timings in report["timings"].values():
         assert set(timings) == {"train", "retrain", "ft", "evaluate", "audit", "chain_s"}
         assert all(seconds > 0 for seconds in timings.values())

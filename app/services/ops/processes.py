@@ -202,7 +202,7 @@ def gpu_worker_plan(
                 queues=queues,
                 command=worker_command(settings, queues, node),
                 env={CUDA_VISIBLE_ENV: gpu, WORKER_GPU_ENV: gpu, NVML_CHECK_ENV: "1"},
-                log_name=f"worker-{node}",
+                log_name=node,
             )
         )
     return plans
