@@ -209,3 +209,42 @@ def test_up_with_gpus_starts_one_gpu_worker_per_device_beside_the_maintenance_wo
         ),
         ("maintenance@%h", "default", "worker-maintenance", {}),
     ]
+
+
+SITECUSTOMIZE = """
+from celery.signals import worker_init
+
+
+@worker_init.connect
+def _cuda_before_the_guard(**_):
+    # Connected before the preload's handler: as if something had initialised CUDA in the parent first.
+    import torch.cuda
+
+    torch.cuda._initialized = True
+    torch.cuda._is_in_bad_fork = lambda: False
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_whose_parent_initialised_cuda_refuses_to_start(tmp_path: Path) -> None:
+    from app.core import migrate
+
+    settings = Settings(profile=Profile.embedded, home=tmp_path / "home")
+    migrate.prepare(settings)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {**_env(settings.home), "PYTHONPATH": f"{hook}:{REPO_ROOT}"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "worker", "--queues", "gpu"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        check=False,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 1, output[-3000:]
+    assert "Unrecoverable error" in output and "CudaInParentError" in output
+    assert "before the first fork" in output and GUARD_LINE not in output
