@@ -73,6 +73,14 @@ def memory_stats() -> dict[str, int] | None:
     }
 
 
+def device_record() -> dict[str, Any]:
+    """The CUDA device this process used, for a job that failed before the engine could report it."""
+    if not torch.cuda.is_initialized():
+        return {}
+    index = torch.cuda.current_device()
+    return {"device": "cuda", "device_name": torch.cuda.get_device_name(index), "device_index": index}
+
+
 def release() -> dict[str, int] | None:
     """Collect garbage and return the allocator's cached blocks to the driver; the memory left after it."""
     gc.collect()
@@ -130,6 +138,7 @@ __all__ = [
     "OUT_OF_MEMORY_CODE",
     "BatchRetry",
     "DeviceOutOfMemory",
+    "device_record",
     "forget_frames",
     "halved_batch",
     "is_out_of_memory",

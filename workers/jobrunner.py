@@ -30,7 +30,7 @@ from app.services.jobs.lifecycle import Claim, JobOutcome, LeaseLost
 from app.services.ops.processes import WORKER_GPU_ENV
 from app.storage import StorageError
 from app.storage.base import content_key, sha256_hex
-from workers.device_memory import OUT_OF_MEMORY_CODE, DeviceOutOfMemory
+from workers.device_memory import OUT_OF_MEMORY_CODE, DeviceOutOfMemory, device_record
 from workers.engine.errors import InvalidInputError, JobCancelled
 from workers.engine.job_kinds import job_kind
 from workers.runtime import WorkerRuntime
@@ -191,7 +191,7 @@ def run_claimed_job(runtime: WorkerRuntime, job_id: uuid.UUID) -> None:
             claim,
             JobStatus.failed,
             {"code": OUT_OF_MEMORY_CODE, "detail": exc.detail, **exc.record},
-            environment=worker_environment(claim),
+            environment={**device_record(), **worker_environment(claim)},
         )
     except LeaseLost:
         log.warning("job %s: lease lost, stopping without writing results", job_id)
