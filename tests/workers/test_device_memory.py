@@ -3,8 +3,8 @@ opted in, one retry with half the batch size (workers/device_memory.py, workers/
 
 There is no GPU here: the engine is wrapped so that its first run raises torch's own ``OutOfMemoryError``
 (the class ``torch.cuda.OutOfMemoryError`` is) while holding a tensor, as a CUDA allocation failure mid-step
-would. The jobs run in this process through the real job runner on a private SQLite service (its own home, so
-no other test's queued job is the one claimed).
+would. The jobs run in this process through the real job runner on a private service (its own home and
+database, so no other test's queued job is the one claimed).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Profile, Settings
@@ -25,7 +26,7 @@ from app.core.db import make_engine, make_session_factory
 from app.models import Job
 from app.storage import create_store
 from tests.app.api.test_resources import create_digits
-from tests.conftest import RecordingPublisher, Tenant, make_tenant
+from tests.conftest import TEST_DATABASE_URL, RecordingPublisher, Tenant, _fresh_postgres, make_tenant
 from workers import device_memory, jobrunner
 from workers.device_memory import halved_batch, is_out_of_memory
 from workers.engine import execute as engine_execute
@@ -84,7 +85,15 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     from app.core import migrate
     from app.main import create_app
 
-    settings = Settings(profile=Profile.embedded, home=tmp_path_factory.mktemp("oom-home"))
+    # Postgres in the Postgres pass (a database of its own), else SQLite: the runner's writes (the failure,
+    # the retry's cache-key removal) are conditional UPDATEs on the job row.
+    database_url = None
+    if TEST_DATABASE_URL:
+        url = make_url(TEST_DATABASE_URL)
+        database_url = _fresh_postgres(url.set(database=f"{url.database}_oom").render_as_string(False))
+    settings = Settings(
+        profile=Profile.embedded, home=tmp_path_factory.mktemp("oom-home"), database_url=database_url
+    )
     migrate.upgrade(settings)
     engine = make_engine(settings.db_url)
     sessions = make_session_factory(engine)
