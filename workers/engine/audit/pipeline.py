@@ -222,6 +222,8 @@ class _Context:
             "dataset": self.request.dataset_sha256,
             "architecture": self.request.architecture,
             "arch_config": self.request.arch_config,
+            # CUDA trains under bf16 autocast, the CPU in fp32: a model trained on one is not the other's.
+            "device_type": self.device.type,
             **extra,
         }
 

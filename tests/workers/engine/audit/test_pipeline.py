@@ -19,7 +19,7 @@ from workers.engine.audit.pipeline import (
     pool_memberships,
     run_audit,
 )
-from workers.engine.audit.store import MemoryShadowStore
+from workers.engine.audit.store import MemoryShadowStore, ShadowSpec
 from workers.engine.datasets import ArrayDataset, build_dataset
 from workers.engine.errors import InvalidInputError
 from workers.engine.hooks import RecordingHooks
@@ -154,6 +154,12 @@ def test_a_repeated_audit_reuses_every_model_and_gives_the_same_figures(
         _request(digits, original_digits_model.weights, random_forget_indices, params, seed=1), store
     )
     assert third.metrics["models_reused"] == 0
+    # Every stored model is keyed by the device type it trained on (CUDA trains under bf16 autocast): an
+    # audit on another device of the same tenant trains its own instead of reusing these.
+    assert {spec.material["device_type"] for spec in store.specs.values()} == {"cpu"}
+    spec = next(iter(store.specs.values()))
+    moved = ShadowSpec(spec.role, {**spec.material, "device_type": "cuda"})
+    assert moved.key != spec.key
 
 
 def _assert_arrays_reproduce_the_reports(result: Any, forget: np.ndarray, dataset: ArrayDataset) -> None:
