@@ -680,6 +680,9 @@ SNIFF_HEAD_BYTES = 64 * 1024
 HASH_CHUNK_BYTES = 1024 * 1024
 FLOAT32_ITEMSIZE = 4
 INT64_ITEMSIZE = 8
+UINT8_ITEMSIZE = 1
+# C x H x W plus the sample axis: what counts as images (uint8 flat features are converted to float32).
+STORED_IMAGE_NDIM = 4
 # N x H x W x C images with C in these (and a non-channel-like second axis) are stored channels-first, as
 # ArrayDataset.from_arrays does for them.
 IMAGE_CHANNEL_COUNTS = (1, 3, 4)
@@ -714,7 +717,7 @@ def _file_sha256(source: BinaryIO) -> str:
 
 
 def stored_feature_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The stored (channels-first, float32) shape of a feature array of ``shape``."""
+    """The stored (channels-first) shape of a feature array of ``shape``."""
     if len(shape) == IMAGE_WITHOUT_CHANNEL_NDIM:
         return (shape[0], 1, *shape[1:])
     if len(shape) == 4 and shape[3] in IMAGE_CHANNEL_COUNTS and shape[1] not in IMAGE_CHANNEL_COUNTS:
@@ -722,14 +725,67 @@ def stored_feature_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _normalise_feature_chunk(raw: np.ndarray) -> np.ndarray:
-    """One chunk of rows as stored: float32 (uint8 scaled to [0, 1]), channels-first, C-contiguous."""
-    values = _to_float32_features(raw)
+def keeps_uint8(headers: Mapping[str, _NpyHeader]) -> bool:
+    """uint8 images stay uint8 in storage (scaled by 1/255 on the worker's device, a quarter of float32's
+    bytes). Only when both splits are uint8 images: a split of each kind would need two input transforms,
+    and flat uint8 features (N x F) are not pixels, so both keep the float32 conversion at intake."""
+    return all(
+        headers[name].dtype == np.uint8
+        and len(stored_feature_shape(headers[name].shape)) >= STORED_IMAGE_NDIM
+        for name in FEATURE_ARRAYS
+    )
+
+
+def _normalise_feature_chunk(raw: np.ndarray, keep_uint8: bool) -> np.ndarray:
+    """One chunk of rows as stored: uint8 pixels as they are (``keep_uint8``) or float32 (uint8 scaled to
+    [0, 1]), channels-first, C-contiguous."""
+    values = raw if keep_uint8 else _to_float32_features(raw)
     if values.ndim == IMAGE_WITHOUT_CHANNEL_NDIM:
         values = values[:, np.newaxis, :, :]
     elif stored_feature_shape(values.shape) != values.shape:
         values = values.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(values, dtype=np.float32)
+    return np.ascontiguousarray(values, dtype=np.uint8 if keep_uint8 else np.float32)
+
+
+def feature_transforms(header: _NpyHeader, keep_uint8: bool) -> list[str]:
+    """What intake did to a feature array, in words: recorded in the dataset's config and every result."""
+    steps: list[str] = []
+    shape = header.shape
+    if len(shape) == IMAGE_WITHOUT_CHANNEL_NDIM:
+        steps.append("N x H x W: a channel axis added (N x 1 x H x W)")
+    elif stored_feature_shape(shape) != shape:
+        steps.append("N x H x W x C: transposed to channels-first (N x C x H x W)")
+    if keep_uint8:
+        steps.append("uint8 pixels stored as uint8; scaled by 1/255 on the device")
+    elif header.dtype == np.uint8:
+        steps.append("uint8 features scaled by 1/255 at intake and stored as float32")
+    elif header.dtype != np.float32:
+        steps.append(f"{header.dtype} cast to float32 at intake")
+    return steps
+
+
+def decoded_bytes(headers: Mapping[str, _NpyHeader], *, regression: bool) -> int:
+    """The bytes the arrays take once decoded as Lethe stores them (features uint8 or float32, labels int64,
+    float32 targets), from the .npy headers alone: what decoding would allocate and write."""
+    feature_itemsize = UINT8_ITEMSIZE if keeps_uint8(headers) else FLOAT32_ITEMSIZE
+    features = sum(math.prod(headers[name].shape) * feature_itemsize for name in FEATURE_ARRAYS)
+    label_itemsize = FLOAT32_ITEMSIZE if regression else INT64_ITEMSIZE
+    labels = sum(math.prod(headers[name].shape) * label_itemsize for name in LABEL_ARRAYS)
+    return features + labels
+
+
+def _check_decoded_size(headers: Mapping[str, _NpyHeader], *, regression: bool, limit: int) -> None:
+    """The declared uncompressed sizes are capped by _check_members, but decoding widens arrays (uint8
+    labels become int64: x8; float16 features float32: x2), so the decoded size is capped too, from the
+    headers, before any member is decompressed."""
+    total = decoded_bytes(headers, regression=regression)
+    if total > limit:
+        counts = ", ".join(f"{name} {math.prod(headers[name].shape)}" for name in REQUIRED_ARRAYS)
+        raise IntakeError(
+            IntakeErrorCode.ZIP_BOMB,
+            f"The arrays would decode to {total} bytes (elements: {counts}; labels as int64, features as "
+            f"stored), over the limit of {limit} bytes. Upload a smaller dataset.",
+        )
 
 
 @dataclass(eq=False)
@@ -752,6 +808,18 @@ class NpzPlan:
         return stored_feature_shape(self.headers[name].shape)
 
     @property
+    def keeps_uint8(self) -> bool:
+        return keeps_uint8(self.headers)
+
+    @property
+    def feature_dtype(self) -> np.dtype[Any]:
+        return np.dtype(np.uint8 if self.keeps_uint8 else np.float32)
+
+    @property
+    def transforms(self) -> list[str]:
+        return feature_transforms(self.headers["x_train"], self.keeps_uint8)
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         return self.feature_shape("x_train")[1:]
 
@@ -765,11 +833,10 @@ class NpzPlan:
 
     @property
     def stored_bytes(self) -> int:
-        """The bytes of the stored arrays (float32 features, int64 or float32 labels): the stored archive's
-        size less its few hundred bytes of npy headers and zip records, known before anything is written."""
-        features = sum(math.prod(self.feature_shape(name)) * FLOAT32_ITEMSIZE for name in FEATURE_ARRAYS)
-        labels = (self.n_train + self.n_test) * (FLOAT32_ITEMSIZE if self.regression else INT64_ITEMSIZE)
-        return features + labels
+        """The bytes of the stored arrays (uint8 images or float32 features, int64 or float32 labels): the
+        stored archive's size less its few hundred bytes of npy headers and zip records, known before
+        anything is written."""
+        return decoded_bytes(self.headers, regression=self.regression)
 
     def feature_chunks(self, name: str) -> Iterator[np.ndarray]:
         """The feature array ``name`` as stored, in chunks of rows of about STREAM_CHUNK_BYTES; raises
@@ -781,8 +848,12 @@ class NpzPlan:
             with zipfile.ZipFile(self.source) as archive, archive.open(self.members[name]) as stream:
                 version = np.lib.format.read_magic(stream)
                 _NPY_HEADER_READERS[version](stream, max_header_size=MAX_NPY_HEADER_BYTES)
+                keep_uint8 = self.keeps_uint8
                 for raw in _raw_row_chunks(stream, header):
-                    chunk = _normalise_feature_chunk(raw)
+                    chunk = _normalise_feature_chunk(raw, keep_uint8)
+                    if keep_uint8:  # pixels are finite by construction
+                        yield chunk
+                        continue
                     counts = count_non_finite(chunk)
                     nan, inf = nan + counts.nan, inf + counts.inf
                     yield chunk
@@ -895,6 +966,8 @@ def inspect_npz(
     headers = _checked_headers(
         source, members, max_entries=max_entries, max_uncompressed_bytes=max_uncompressed_bytes
     )
+    regression = task == REGRESSION_TASK
+    _check_decoded_size(headers, regression=regression, limit=max_uncompressed_bytes)
     by_name = {member.filename.removesuffix(NPY_SUFFIX): member for member in members}
     try:
         archive = zipfile.ZipFile(source)
@@ -907,7 +980,6 @@ def inspect_npz(
             if name in by_name
         }
     raw_labels = {name: small[name] for name in LABEL_ARRAYS}
-    regression = task == REGRESSION_TASK
     if regression:
         labels = _regression_targets(raw_labels, NUM_CLASSES_ARRAY in small)
         num_classes = REGRESSION_OUTPUTS

@@ -30,7 +30,7 @@ from app.services.data.dataset_sources import (
     IntakeContext,
     create_dataset,
 )
-from app.services.data.datasets import get_dataset
+from app.services.data.datasets import get_dataset, parse_normalization
 from app.services.data.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
 from app.storage import ArtifactStore
 from workers.engine.task_types import DatasetTask, TaskType
@@ -131,13 +131,25 @@ def upload_dataset(
         DatasetTask,
         Form(description="'classification' (integer class labels) or 'regression' (continuous targets)."),
     ] = DatasetTask.classification,
+    normalization: Annotated[
+        str | None,
+        Form(
+            max_length=4096,
+            description='Per-channel normalisation applied on the device: JSON {"mean": [...], "std": [...]} '
+            '(on the [0, 1] pixel scale), or "computed" (the training split\'s per-channel mean and std, '
+            "computed once at intake). Images only. Recorded in the dataset's config and every result.",
+        ),
+    ] = None,
 ) -> DatasetOut:
     """Upload an .npz dataset. Validated and converted from the spooled upload file a chunk of rows at a
-    time (a plain ``def``: the work runs in the thread pool, off the event loop); counted against the
-    tenant's storage quota at its stored (float32) size before anything is written (413
-    storage-quota-exceeded)."""
+    time (a plain ``def``: the work runs in the thread pool, off the event loop); uint8 images stay uint8
+    in storage (scaled and normalised on the worker's device). Counted against the tenant's storage quota
+    at its stored size before anything is written (413 storage-quota-exceeded)."""
     upload = DatasetUpload(
-        file=file.file, name=name or _name_from_filename(file.filename), task=TaskType(task.value)
+        file=file.file,
+        name=name or _name_from_filename(file.filename),
+        task=TaskType(task.value),
+        normalization=parse_normalization(normalization),
     )
     return _create(UPLOAD, upload, principal, session, store, settings, request, response)
 

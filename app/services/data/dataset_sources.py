@@ -34,7 +34,12 @@ from app.core.problems import Conflict, DomainError, Unprocessable, validation_e
 from app.models import Dataset
 from app.schemas.common import NAME_MAX
 from app.schemas.resources import BuiltinDatasetCreate, DataRootDatasetCreate
-from app.services.data.datasets import build_builtin, store_dataset, store_uploaded_dataset
+from app.services.data.datasets import (
+    NormalizationRequest,
+    build_builtin,
+    store_dataset,
+    store_uploaded_dataset,
+)
 from app.services.ops import quotas
 from app.storage import ArtifactStore
 from app.storage.base import content_key, seekable
@@ -121,8 +126,12 @@ def create_dataset(source: str, context: IntakeContext, request: object) -> Inta
 
 
 def load_dataset(store: ArtifactStore, dataset: DatasetRef | Dataset) -> ArrayDataset:
+    """The row's arrays, carrying the row's source and config (its transforms and normalisation), which
+    ``ArrayDataset.input_record`` puts into every job result."""
     ref = dataset if isinstance(dataset, DatasetRef) else DatasetRef.of(dataset)
-    return DATASET_SOURCES.get(ref.source).load(store, ref)
+    loaded = DATASET_SOURCES.get(ref.source).load(store, ref)
+    loaded.provenance = {"id": str(ref.id), "source": ref.source, "sha256": ref.sha256, "config": ref.config}
+    return loaded
 
 
 def load_train_labels(store: ArtifactStore, row: Dataset) -> np.ndarray:
@@ -177,6 +186,7 @@ class DatasetUpload:
     file: BinaryIO
     name: str
     task: TaskType
+    normalization: NormalizationRequest = None
 
 
 def _create_upload(context: IntakeContext, upload: DatasetUpload) -> Intake:
@@ -188,6 +198,7 @@ def _create_upload(context: IntakeContext, upload: DatasetUpload) -> Intake:
         source=upload.file,
         name=upload.name,
         task=upload.task,
+        normalization=upload.normalization,
     )
     details = {"sha256": row.sha256, "upload_sha256": plan.sha256, "bytes": plan.upload_bytes}
     return Intake(row, created, "dataset.upload", details)

@@ -65,6 +65,9 @@ class ArrayDataset:
     task: TaskType
     input_shape: tuple[int, ...]
     normalization: Normalization | None = None
+    # Where the arrays came from (source, row id, content digest, and the config that made them: transforms,
+    # format options, normalisation), set by the dataset source's load; recorded in every job result.
+    provenance: dict[str, object] | None = None
 
     @property
     def n_train(self) -> int:
@@ -171,12 +174,15 @@ class ArrayDataset:
     def input_record(self) -> dict[str, object]:
         """How the stored inputs become the model's inputs, as recorded in every job result."""
         uint8 = self.x_train.dtype == np.uint8
-        return {
+        record: dict[str, object] = {
             "dtype": str(self.x_train.dtype),
             "scale": 1.0 / UINT8_MAX if uint8 else 1.0,  # applied first, on the device
             "mean": list(self.normalization.mean) if self.normalization else None,
             "std": list(self.normalization.std) if self.normalization else None,
         }
+        if self.provenance is not None:
+            record["dataset"] = self.provenance
+        return record
 
     def to_npz_bytes(self) -> bytes:
         """Serialise with ``np.savez`` (no pickled objects), readable by :meth:`from_npz_bytes`; uint8 inputs

@@ -103,9 +103,14 @@ def test_register_then_train_through_the_job_path(
     with sessions() as session:
         finished = session.get(Job, job_id)
         assert finished is not None and finished.status is JobStatus.succeeded, finished.error
-        assert finished.result["dataset_inputs"] == {
+        inputs = finished.result["dataset_inputs"]
+        assert {key: inputs[key] for key in ("dtype", "scale", "mean", "std")} == {
             "dtype": "uint8", "scale": 1 / 255, "mean": NORMALIZATION["mean"], "std": NORMALIZATION["std"],
         }  # fmt: skip
+        # The dataset's source and config (format, path, options with the normalisation, file digest).
+        assert inputs["dataset"]["source"] == DATA_ROOT and inputs["dataset"]["id"] == dataset["id"]
+        assert inputs["dataset"]["config"]["options"]["normalization"] == NORMALIZATION
+        assert inputs["dataset"]["config"]["files_sha256"] == row.config["files_sha256"]
 
     # The files change after registration: the worker (and the API's label reads) refuse them.
     write_cifar10(data_root / name, per_batch=8, test=6, seed=99)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.io import savemat
 
 from tests.workers.engine.datasets.data_root_files import (
     cifar_batch,
@@ -213,3 +214,41 @@ def test_uint8_arrays_round_trip_the_store_at_their_size() -> None:
     back = ArrayDataset.from_npz_bytes(blob)
     assert back.x_train.dtype == np.uint8 and np.array_equal(back.x_train, pixels)
     assert back.normalization is None
+
+
+def test_svhn_extra_split_is_appended_to_train(tmp_path: Path) -> None:
+    x = write_svhn(tmp_path / "svhn")
+    extra = np.full((32, 32, 3, 2), 200, dtype=np.uint8)
+    savemat(tmp_path / "svhn" / "extra_32x32.mat", {"X": extra, "y": np.array([[3], [10]], dtype=np.uint8)})
+    read = read_dataset(tmp_path, "svhn", "svhn", {"train_split": "train+extra"})
+    data = read.dataset
+    assert data.y_train.tolist() == [0, 1, 9, 3, 0] and data.x_train.shape == (5, 3, 32, 32)
+    assert data.x_train[2, 1, 5, 7] == x[5, 7, 1, 2] and np.all(data.x_train[3:] == 200)
+    assert data.y_test.tolist() == [2, 0]
+    assert "extra_32x32.mat" in [f["name"] for f in read.files]  # in the content digest
+    plain = read_dataset(tmp_path, "svhn", "svhn", {})
+    assert plain.dataset.n_train == 3 and "extra_32x32.mat" not in [f["name"] for f in plain.files]
+    (tmp_path / "svhn" / "extra_32x32.mat").unlink()
+    with pytest.raises(DatasetFilesError, match=r"extra_32x32\.mat"):
+        read_dataset(tmp_path, "svhn", "svhn", {"train_split": "train+extra"})
+
+
+def test_svhn_compressed_mat_bomb_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A MATLAB v5 file of zlib-compressed zeros declares far more elements than its bytes could hold at a
+    sane ratio: refused from the variable headers, and scipy's loadmat (the decoder) is never called."""
+    import scipy.io
+
+    directory = tmp_path / "bomb"
+    write_svhn(directory)
+    zeros = np.zeros((32, 32, 3, 2000), dtype=np.uint8)  # 6 MB of zeros, a few KB compressed
+    savemat(directory / "train_32x32.mat", {"X": zeros, "y": np.ones((2000, 1))}, do_compression=True)
+    assert (directory / "train_32x32.mat").stat().st_size * 64 < zeros.size
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the bomb was decoded")
+
+    monkeypatch.setattr(scipy.io, "loadmat", never)
+    with pytest.raises(DatasetFilesError, match="declares 6144000 elements"):
+        read_dataset(tmp_path, "svhn", "bomb", {})

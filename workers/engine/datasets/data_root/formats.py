@@ -5,7 +5,8 @@ them), each producing uint8 images (N x C x H x W) and int64 labels.
   10 classes, 3x32x32.
 * ``cifar100``: ``train``, ``test``, ``meta`` (python pickles); ``label`` fine (100 classes) or coarse (20);
   3x32x32.
-* ``svhn``: ``train_32x32.mat``, ``test_32x32.mat`` (MATLAB v5; label 10 is the digit 0, as torchvision
+* ``svhn``: ``train_32x32.mat``, ``test_32x32.mat`` and, with ``train_split: train+extra``,
+  ``extra_32x32.mat`` appended to the training split (MATLAB v5; label 10 is the digit 0, as torchvision
   maps it); 10 classes, 3x32x32.
 * ``mnist``, ``fashion_mnist``: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
   ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally ``.gz``; 10 classes, 1xHxW
@@ -23,8 +24,10 @@ The CIFAR pickles are read with :mod:`.safe_pickle` (a restricted unpickler), ne
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,7 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from workers.engine.datasets.arrays import ArrayDataset, Normalization
-from workers.engine.datasets.data_root.files import DatasetFilesError, FileReader, walk_files
+from workers.engine.datasets.data_root.files import MAX_GZIP_RATIO, DatasetFilesError, FileReader, walk_files
 from workers.engine.datasets.data_root.safe_pickle import safe_unpickle
 from workers.engine.datasets.digits import MAX_SEED, stratified_split
 from workers.engine.registry import Registry
@@ -43,6 +46,7 @@ CIFAR_SIDE = 32
 CIFAR_PIXELS = 3 * CIFAR_SIDE * CIFAR_SIDE
 CIFAR10_TRAIN_BATCHES = 5
 SVHN_ZERO_LABEL = 10  # SVHN's .mat files label the digit 0 as 10
+SVHN_VARIABLES = ("X", "y")
 IDX_UBYTE = 0x08
 MNIST_CLASSES = 10
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -80,6 +84,14 @@ class DataRootConfig(BaseModel):
 
 class Cifar100Config(DataRootConfig):
     label: Literal["fine", "coarse"] = Field("fine", description="fine: 100 classes; coarse: 20.")
+
+
+class SvhnConfig(DataRootConfig):
+    train_split: Literal["train", "train+extra"] = Field(
+        "train",
+        description="train: train_32x32.mat (73,257 digits); train+extra: train_32x32.mat followed by "
+        "extra_32x32.mat (531,131 more, the larger training set many SVHN papers use). Test: test_32x32.mat.",
+    )
 
 
 class ImageFolderConfig(DataRootConfig):
@@ -206,14 +218,35 @@ def read_cifar100(reader: FileReader, config: Cifar100Config) -> FileDataset:
 
 
 # ------------------------------------------------------------------------------------------------- SVHN
+def _check_mat_sizes(data: bytes, name: str) -> None:
+    """MATLAB v5 variables may be zlib-compressed, so a small file can declare a huge array (a zip bomb):
+    the declared element counts, read from the variables' headers (scipy's ``whosmat`` inflates only as far
+    as each header), are capped at MAX_GZIP_RATIO times the file's size before anything is decoded."""
+    from scipy.io import whosmat
+
+    try:
+        variables = whosmat(io.BytesIO(data))
+    except (ValueError, TypeError, OSError, NotImplementedError, KeyError, zlib.error) as error:
+        raise DatasetFilesError(f"{name} is not a readable MATLAB v5 file: {error}") from None
+    limit = len(data) * MAX_GZIP_RATIO
+    for variable, shape, _ in variables:
+        elements = math.prod(shape)
+        if variable in SVHN_VARIABLES and elements > limit:
+            raise DatasetFilesError(
+                f"{name}: variable {variable!r} declares {elements} elements {tuple(shape)}, more than "
+                f"{MAX_GZIP_RATIO} per byte of its {len(data)}-byte file: refused before decoding"
+            )
+
+
 def _svhn_split(reader: FileReader, name: str) -> tuple[np.ndarray, np.ndarray]:
     from scipy.io import loadmat  # imported on use: only SVHN needs it
 
     data = reader.read(name)
+    _check_mat_sizes(data, name)
     try:
         # MATLAB v5: scipy parses the documented container itself, executing nothing from the file.
         # scipy raises NotImplementedError for MATLAB v7.3 (HDF5) files: refused with the same clear error.
-        mat = loadmat(io.BytesIO(data), variable_names=["X", "y"])
+        mat = loadmat(io.BytesIO(data), variable_names=list(SVHN_VARIABLES))
     except (ValueError, TypeError, OSError, NotImplementedError, KeyError) as error:
         raise DatasetFilesError(f"{name} is not a readable MATLAB v5 file: {error}") from None
     x, y = mat.get("X"), mat.get("y")
@@ -230,8 +263,11 @@ def _svhn_split(reader: FileReader, name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(np.transpose(x, (3, 2, 0, 1))), labels
 
 
-def read_svhn(reader: FileReader, config: DataRootConfig) -> FileDataset:
+def read_svhn(reader: FileReader, config: SvhnConfig) -> FileDataset:
     x_train, y_train = _svhn_split(reader, "train_32x32.mat")
+    if config.train_split == "train+extra":
+        x_extra, y_extra = _svhn_split(reader, "extra_32x32.mat")
+        x_train, y_train = np.concatenate([x_train, x_extra]), np.concatenate([y_train, y_extra])
     x_test, y_test = _svhn_split(reader, "test_32x32.mat")
     return FileDataset(x_train, y_train, x_test, y_test, [str(d) for d in range(10)])
 
@@ -369,7 +405,11 @@ for _format in (
     DataRootFormat("cifar10", "CIFAR-10 python version (cifar-10-batches-py).", DataRootConfig, read_cifar10),
     DataRootFormat("cifar100", "CIFAR-100 python version (cifar-100-python).", Cifar100Config, read_cifar100),
     DataRootFormat(
-        "svhn", "SVHN cropped digits (train_32x32.mat, test_32x32.mat).", DataRootConfig, read_svhn
+        "svhn",
+        "SVHN cropped digits (train_32x32.mat, test_32x32.mat; extra_32x32.mat with train_split "
+        "train+extra).",
+        SvhnConfig,
+        read_svhn,
     ),
     DataRootFormat(
         "mnist", "MNIST idx files (MNIST/raw).", DataRootConfig, _read_idx_pair([str(d) for d in range(10)])
@@ -397,6 +437,7 @@ __all__ = [
     "FileDataset",
     "ImageFolderConfig",
     "NormalizationConfig",
+    "SvhnConfig",
     "parse_idx",
     "to_array_dataset",
 ]
