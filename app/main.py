@@ -32,6 +32,7 @@ from app.api.routes import (
     ops,
     plots,
     shadow_models,
+    uploads,
 )
 from app.core.config import Profile, Settings, get_settings
 from app.core.db import make_engine, make_session_factory, read_only
@@ -52,10 +53,27 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 MULTIPART_MEDIA_TYPE = "multipart/form-data"
+# The raw parts of a chunked upload (PUT /v1/uploads/{id}) take the upload limit too, and only there: any
+# other route keeps the JSON limit whatever the client calls its body.
+PART_MEDIA_TYPE = "application/octet-stream"
+PART_PATH_PREFIX = "/v1/uploads/"
+
+
+def _media_type(headers: Headers) -> str:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
 def _is_multipart(headers: Headers) -> bool:
-    return headers.get("content-type", "").split(";", 1)[0].strip().lower() == MULTIPART_MEDIA_TYPE
+    return _media_type(headers) == MULTIPART_MEDIA_TYPE
+
+
+def _is_upload(scope: Scope, headers: Headers) -> bool:
+    part = (
+        scope.get("method") == "PUT"
+        and str(scope.get("path", "")).startswith(PART_PATH_PREFIX)
+        and _media_type(headers) == PART_MEDIA_TYPE
+    )
+    return part or _is_multipart(headers)
 
 
 def _has_body(headers: Headers) -> bool:
@@ -83,7 +101,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        limit = self.upload_limit if _is_multipart(headers) else self.json_limit
+        limit = self.upload_limit if _is_upload(scope, headers) else self.json_limit
         detail = f"the request body exceeds the limit of {limit} bytes" + (
             "" if limit == self.upload_limit else " for bodies that are not multipart uploads"
         )
@@ -275,6 +293,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         compliance.router,
         plots.router,
         generative.router,
+        uploads.router,
     ):
         v1.include_router(router)
     app.include_router(v1)

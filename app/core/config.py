@@ -110,7 +110,33 @@ class Settings(BaseSettings):
         "while it is read, so a chunked body is refused (413 payload-too-large) as soon as it crosses it. "
         "1 MiB holds an indices forget set of about 120,000 six-digit indices; raise it for larger ones.",
     )
-    max_dataset_uncompressed_bytes: int = Field(1024 * 1024 * 1024, gt=0)
+    max_dataset_uncompressed_bytes: int = Field(
+        1024 * 1024 * 1024,
+        gt=0,
+        description="Cap on an npz dataset's declared uncompressed size and on its decoded size (labels as "
+        "int64, features as stored), both checked from the archive's headers before any member is decoded.",
+    )
+    max_chunked_upload_bytes: int = Field(
+        16 * 1024**3,
+        gt=0,
+        description="Largest file a resumable chunked upload (POST /v1/uploads) may declare; each part is at "
+        "most max_upload_bytes (the single-request limit).",
+    )
+    max_incomplete_upload_bytes_per_tenant: int = Field(
+        16 * 1024**3,
+        ge=0,
+        description="Bytes a tenant may hold in chunked uploads not yet completed (received parts), checked "
+        "on every part (413 incomplete-uploads-quota-exceeded); expired uploads free theirs.",
+    )
+    max_open_uploads_per_tenant: int = Field(
+        16, ge=1, description="Chunked uploads a tenant may have open at once (429 too-many-open-uploads)."
+    )
+    upload_expiry_seconds: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="An open chunked upload that receives no part for this long expires: the retention "
+        "sweep deletes it and its parts, and it answers 404.",
+    )
 
     # Quotas (app.services.ops.quotas): every refusal is problem+json with a stable code.
     max_active_jobs_per_tenant: int | None = Field(

@@ -6,6 +6,7 @@ from app.models.compliance import ComplianceReport, DeletionRequest, DeletionReq
 from app.models.job import Campaign, CampaignStatus, Job, JobEvent, JobKind, JobStatus, Metric
 from app.models.resources import Dataset, ForgetSet, Model, ShadowModel
 from app.models.tenant import ApiKey, Tenant
+from app.models.uploads import Upload, UploadPurpose, UploadStatus
 
 __all__ = [
     "ApiKey",
@@ -28,4 +29,7 @@ __all__ = [
     "Policy",
     "ShadowModel",
     "Tenant",
+    "Upload",
+    "UploadPurpose",
+    "UploadStatus",
 ]

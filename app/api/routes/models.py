@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from typing import Annotated
 
@@ -12,15 +11,14 @@ from sqlalchemy import select
 from app.api.deps import Reader, SessionDep, SettingsDep, StoreDep, Submitter, request_id
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from app.api.uploads import read_upload
-from app.core.problems import NotFound, Unprocessable
+from app.core.problems import NotFound
 from app.models import Model
 from app.schemas.common import Page
 from app.schemas.resources import NAME_MAX, NAME_PATTERN, ModelOut
 from app.services.compliance import audit
 from app.services.data.datasets import get_dataset
 from app.services.data.deletion import CASCADE_DESCRIPTION, DELETE_RESPONSES, DeletionReport, delete_resource
-from app.services.data.models import get_model, register_upload
-from app.services.ops import quotas
+from app.services.data.models import get_model, parse_config_json, store_uploaded_model
 from app.storage.base import digest_of, iter_chunks
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -57,28 +55,20 @@ async def upload_model(
     name: Annotated[str | None, Form(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)] = None,
     dataset_id: Annotated[uuid.UUID | None, Form()] = None,
 ) -> ModelOut:
-    try:
-        config_dict = json.loads(config)
-    except json.JSONDecodeError as exc:
-        raise Unprocessable(
-            f"config is not valid JSON: {exc.msg} at position {exc.pos}", code="invalid-json"
-        ) from exc
-    if not isinstance(config_dict, dict):
-        raise Unprocessable("config must be a JSON object", code="invalid-architecture-config")
-    dataset = get_dataset(session, principal.tenant_id, dataset_id) if dataset_id else None
+    config_dict = parse_config_json(config)
+    if dataset_id is not None:  # 404 before the body is read
+        get_dataset(session, principal.tenant_id, dataset_id)
     data = await read_upload(weights, settings.max_upload_bytes)
-    # Weights are stored as uploaded. The tenant row stays locked until the commit below, so a concurrent
-    # upload of the same tenant waits and then counts this one.
-    quotas.check_storage(session, principal.tenant_id, len(data), settings, what="these weights")
-    row = register_upload(
+    row = store_uploaded_model(
         session,
         store,
+        settings,
         tenant_id=principal.tenant_id,
-        name=name or architecture,
         architecture=architecture,
         config=config_dict,
+        name=name,
+        dataset_id=dataset_id,
         weights=data,
-        dataset=dataset,
         max_bytes=settings.max_upload_bytes,
     )
     audit.record(

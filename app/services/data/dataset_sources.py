@@ -187,6 +187,7 @@ class DatasetUpload:
     name: str
     task: TaskType
     normalization: NormalizationRequest = None
+    max_bytes: int | None = None  # the file's size limit; None: max_upload_bytes (one request)
 
 
 def _create_upload(context: IntakeContext, upload: DatasetUpload) -> Intake:
@@ -199,6 +200,7 @@ def _create_upload(context: IntakeContext, upload: DatasetUpload) -> Intake:
         name=upload.name,
         task=upload.task,
         normalization=upload.normalization,
+        max_bytes=upload.max_bytes,
     )
     details = {"sha256": row.sha256, "upload_sha256": plan.sha256, "bytes": plan.upload_bytes}
     return Intake(row, created, "dataset.upload", details)

@@ -249,6 +249,7 @@ def store_uploaded_dataset(
     name: str,
     task: TaskType,
     normalization: NormalizationRequest = None,
+    max_bytes: int | None = None,
 ) -> tuple[Dataset, bool, NpzPlan]:
     """Validate an uploaded .npz (in a seekable file) and persist (or find) it. Returns (row, created, plan).
 
@@ -267,7 +268,7 @@ def store_uploaded_dataset(
     try:
         plan = inspect_npz(
             source,
-            max_bytes=settings.max_upload_bytes,
+            max_bytes=settings.max_upload_bytes if max_bytes is None else max_bytes,
             max_uncompressed_bytes=settings.max_dataset_uncompressed_bytes,
             task=task.value,
         )

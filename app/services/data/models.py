@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
+from app.core.config import Settings
 from app.core.problems import DomainError, NotFound, Unprocessable, validation_errors
 from app.models import Dataset, Model
+from app.services.ops import quotas
 from app.storage import ArtifactStore
 from app.storage.base import content_key
 from workers.engine.architectures import ARCHITECTURES, ArchitectureSpec
@@ -119,6 +122,52 @@ def register_upload(
     session.add(row)
     session.flush()
     return row
+
+
+def parse_config_json(config: str) -> dict[str, Any]:
+    """A model upload's ``config`` form field: a JSON object."""
+    try:
+        parsed = json.loads(config)
+    except json.JSONDecodeError as exc:
+        raise Unprocessable(
+            f"config is not valid JSON: {exc.msg} at position {exc.pos}", code="invalid-json"
+        ) from exc
+    if not isinstance(parsed, dict):
+        raise Unprocessable("config must be a JSON object", code="invalid-architecture-config")
+    return parsed
+
+
+def store_uploaded_model(
+    session: Session,
+    store: ArtifactStore,
+    settings: Settings,
+    *,
+    tenant_id: uuid.UUID,
+    architecture: str,
+    config: dict[str, Any],
+    name: str | None,
+    dataset_id: uuid.UUID | None,
+    weights: bytes,
+    max_bytes: int,
+) -> Model:
+    """What every model upload goes through (one request, or a completed chunked upload): the dataset (the
+    tenant's), the storage quota (the tenant row stays locked until the caller commits, so a concurrent
+    upload waits and then counts this one), then the architecture, config and safetensors checks."""
+    from app.services.data.datasets import get_dataset
+
+    dataset = get_dataset(session, tenant_id, dataset_id) if dataset_id else None
+    quotas.check_storage(session, tenant_id, len(weights), settings, what="these weights")
+    return register_upload(
+        session,
+        store,
+        tenant_id=tenant_id,
+        name=name or architecture,
+        architecture=architecture,
+        config=config,
+        weights=weights,
+        dataset=dataset,
+        max_bytes=max_bytes,
+    )
 
 
 def get_model(session: Session, tenant_id: uuid.UUID, model_id: uuid.UUID) -> Model:

@@ -5,6 +5,8 @@ Purged once older than the retention period, by a maintenance beat, with one aud
 * audit **shadow models** (``shadow_models`` rows and their weights) not used for that long: a later audit
   with the same inputs trains them again (workers.shadow_store treats a missing file the same way);
 * **epoch checkpoints** of jobs that ended that long ago (they only serve to resume a running attempt);
+* **chunked uploads** (app.services.data.uploads), whatever the retention setting: open ones that received
+  no part for ``upload_expiry_seconds`` and completed ones older than that, with their stored parts;
 * **per-example arrays**: an audit job's attack scores (``GET /v1/jobs/{id}/arrays`` then answers 410) and a
   searched forget set's per-item difficulty scores (``GET /v1/forget-sets/{id}/scores`` answers 410).
   Metrics, comparisons and campaign tables are rows, never purged; the searched forget set itself stays.
@@ -35,6 +37,7 @@ from app.models.base import utcnow
 from app.models.job import TERMINAL_STATUSES
 from app.services.compliance import audit
 from app.services.data.artifacts import FileReport, delete_unreferenced
+from app.services.data.uploads import expire_uploads
 from app.storage import ArtifactStore
 from workers.engine.job_kinds import kinds_producing, kinds_where
 
@@ -59,11 +62,13 @@ class RetentionReport:
     checkpoints: list[uuid.UUID] = field(default_factory=list)  # job ids
     audit_arrays: list[uuid.UUID] = field(default_factory=list)  # job ids
     search_scores: list[uuid.UUID] = field(default_factory=list)  # forget set ids
+    expired_uploads: list[uuid.UUID] = field(default_factory=list)  # chunked uploads deleted with their parts
     files: FileReport = field(default_factory=FileReport)
     tenants: list[uuid.UUID] = field(default_factory=list)
 
     @property
     def purged(self) -> int:
+        # Intermediates only: expired uploads are not retention's to keep (they go whatever the setting).
         return (
             len(self.shadow_models) + len(self.checkpoints) + len(self.audit_arrays) + len(self.search_scores)
         )
@@ -181,11 +186,13 @@ def purge_intermediates(
     """One retention run: per tenant, drop the rows' references and audit it in one transaction, then
     delete the files no row references any more. ``tenant_ids`` limits the run to those tenants."""
     report = RetentionReport()
+    now = now or utcnow()
+    # Incomplete chunked uploads are never kept, whatever the intermediates' retention is.
+    report.expired_uploads = expire_uploads(factory, store, settings, now=now, tenant_ids=tenant_ids)
     days = settings.retention_days_intermediate
     if days is None:
         return report
     started = time.time()
-    now = now or utcnow()
     cutoff = now - timedelta(days=days)
     with session_scope(factory) as session:
         tenants = sorted(_candidate_tenants(session, cutoff))

@@ -18,6 +18,8 @@ For every route, with A's resources created first:
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import inspect
 import io
 import json
@@ -95,11 +97,35 @@ class World:
         }
         return str(self.post("/v1/deletion-requests", json=body)["id"])
 
+    def new_upload(self, data: bytes = b"part") -> str:
+        return str(self.post("/v1/uploads", json={"purpose": "dataset", "size_bytes": len(data)})["id"])
+
+    def new_full_upload(self) -> str:
+        """An upload of a fresh npz with every byte received (one part), ready to complete."""
+        data = npz_upload()["files"]["file"][1]
+        upload_id = self.new_upload(data)
+        response = self.client.put(
+            f"/v1/uploads/{upload_id}",
+            content=data,
+            headers={**self.owner.headers("submit"), **part_headers(data, 0)},
+        )
+        assert response.status_code == 200, response.text
+        return upload_id
+
     def new_job(self, *, cancelled: bool = False) -> str:
         job = self.post("/v1/jobs", json=train_body(self.ids["dataset_id"]))
         if cancelled:
             self.post(f"/v1/jobs/{job['id']}/cancel")
         return str(job["id"])
+
+
+def part_headers(data: bytes, offset: int) -> dict[str, str]:
+    digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    return {
+        "Content-Type": "application/octet-stream",
+        "Content-Range": f"bytes {offset}-{offset + len(data) - 1}/*",
+        "Content-Digest": f"sha-256=:{digest}:",
+    }
 
 
 def model_upload(dataset_id: str) -> dict[str, Any]:
@@ -244,6 +270,29 @@ ROUTES: dict[str, RouteSpec] = {
         lambda w: get("/v1/forget-sets/{forget_set_id}/comparison", params={"model_id": w.ids["model_id"]})(
             w
         ),
+    ),
+    # chunked uploads
+    "POST /v1/uploads": RouteSpec(
+        Scope.submit,
+        lambda w: ("/v1/uploads", {"json": {"purpose": "dataset", "size_bytes": 10}}),
+        audit="upload.create",
+    ),
+    "GET /v1/uploads/{upload_id}": RouteSpec(Scope.read, get("/v1/uploads/{upload_id}")),
+    "PUT /v1/uploads/{upload_id}": RouteSpec(
+        Scope.submit,
+        lambda w: (
+            f"/v1/uploads/{w.new_upload()}",
+            {"content": b"part", "headers": part_headers(b"part", 0)},
+        ),
+        audit="upload.part",
+    ),
+    "POST /v1/uploads/{upload_id}/complete": RouteSpec(
+        Scope.submit,
+        lambda w: (f"/v1/uploads/{w.new_full_upload()}/complete", {"json": {}}),
+        audit="upload.complete",
+    ),
+    "DELETE /v1/uploads/{upload_id}": RouteSpec(
+        Scope.submit, lambda w: (f"/v1/uploads/{w.new_upload()}", {}), audit="upload.delete"
     ),
     "DELETE /v1/forget-sets/{forget_set_id}": RouteSpec(
         Scope.submit, lambda w: (f"/v1/forget-sets/{w.new_forget_set()}", {}), audit="forget_set.delete"
@@ -479,6 +528,7 @@ def world(api: TestClient, owner: Tenant, sessions: sessionmaker[Session], migra
     w.ids["plot_job_id"] = done["jobs"]["unlearn"]["job_id"]
     policy = w.post("/v1/policies", "admin", json={"name": "isolation", "rules": POLICY_RULES})
     w.ids["policy_id"] = policy["id"]
+    w.ids["upload_id"] = w.new_upload()
     return w
 
 
@@ -503,6 +553,12 @@ def assert_problem(response: Any, status: int, code: str | None = None) -> dict[
     if code is not None:
         assert body["code"] == code, body
     return body
+
+
+def send(api: TestClient, method: str, path: str, auth: dict[str, str], kwargs: dict[str, Any]) -> Any:
+    """The request with the key's headers beside its own (an upload part's Content-Range and digest)."""
+    extra = {k: v for k, v in kwargs.items() if k != "headers"}
+    return api.request(method, path, headers={**auth, **kwargs.get("headers", {})}, **extra)
 
 
 def path_ids(route: str) -> bool:
@@ -542,7 +598,7 @@ def test_foreign_tenant_gets_404(
     request = spec.request(world)
     path, kwargs = request
     before = audit_trails()
-    response = api.request(method, path, headers=foreign.headers("admin"), **kwargs)
+    response = send(api, method, path, foreign.headers("admin"), kwargs)
     if route in OPERATOR_ONLY:
         # Off unless a scrape token is set, and then only for that token: never for a tenant's key.
         assert response.status_code in (401, 404), response.text
@@ -553,7 +609,7 @@ def test_foreign_tenant_gets_404(
         assert body["code"] != spec.owner_code, body
         assert audit_trails() == before
         # The same request is fine for its owner: the 404 came from the tenancy check, not from the request.
-        mine = api.request(method, path, headers=world.owner.headers("admin"), **kwargs)
+        mine = send(api, method, path, world.owner.headers("admin"), kwargs)
         if spec.owner_code is None:
             assert mine.status_code < 300, mine.text
         else:
@@ -578,7 +634,7 @@ def test_key_without_scope_gets_403(
     token = scopeless_key if below == "none" else getattr(world.owner, below)
     path, kwargs = spec.request(world)
     before = audit_trails()
-    response = api.request(route.split()[0], path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+    response = send(api, route.split()[0], path, {"Authorization": f"Bearer {token}"}, kwargs)
     body = assert_problem(response, 403, "insufficient-scope")
     assert spec.scope.value in body["detail"]
     assert audit_trails() == before
@@ -593,7 +649,7 @@ def test_mutation_writes_its_audit_row(
     path, kwargs = spec.request(world)
     with sessions() as session:
         last = session.scalar(select(func.max(AuditEvent.id))) or 0
-    response = api.request(route.split()[0], path, headers=world.owner.headers(spec.scope.value), **kwargs)
+    response = send(api, route.split()[0], path, world.owner.headers(spec.scope.value), kwargs)
     assert response.status_code < 300, response.text
     with sessions() as session:
         rows = list(session.scalars(select(AuditEvent).where(AuditEvent.id > last).order_by(AuditEvent.id)))
