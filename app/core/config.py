@@ -161,9 +161,10 @@ class Settings(BaseSettings):
         10 * 1024**3,
         ge=0,
         description="Bytes of stored datasets, models and audit shadow models a tenant may own (the rows' "
-        "size_bytes, each stored file once; a dataset counts as stored, i.e. decompressed float32). Uploads "
-        "beyond it and jobs whose output model would not fit answer 413 storage-quota-exceeded. Unset: no "
-        "limit.",
+        "size_bytes, each stored file once; a dataset counts as stored: decompressed, uint8 images as uint8, "
+        "other features as float32; a chunked upload's part is checked with the received bytes of its"
+        " open uploads added). Uploads beyond it and jobs whose output model would not fit answer 413 "
+        "storage-quota-exceeded. Unset: no limit.",
     )
     job_time_budget_seconds: float | None = Field(
         None,

@@ -673,7 +673,8 @@ def validate_npz(
 # upload route uses the streaming variant below instead: the upload stays in its (spooled) file, the labels
 # are loaded (they are needed whole for the class checks, and are small next to the features), and each
 # feature array is decompressed, normalised and checked a chunk of rows at a time while the caller writes it
-# out, so the API holds about one chunk, not the dataset.
+# out, so the API holds about one chunk, not the dataset. Unlike validate_npz, it keeps uint8 images as uint8
+# (keeps_uint8): the worker scales them on the device.
 
 STREAM_CHUNK_BYTES = 8 * 1024 * 1024
 SNIFF_HEAD_BYTES = 64 * 1024

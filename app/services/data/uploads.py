@@ -450,6 +450,11 @@ def complete_upload(
         )
     finally:
         staged.unlink(missing_ok=True)
+    # The dataset intake releases its locks while it converts the arrays (a rollback): a concurrent complete
+    # or delete of this upload may have happened meanwhile. Raising rolls the registration back with it.
+    upload = get_upload(session, tenant_id, upload_id, lock=True)
+    if upload.status != UploadStatus.open.value:
+        raise Conflict(f"upload {upload_id} was {upload.status} meanwhile", code="upload-not-open")
     upload.status = UploadStatus.completed.value
     upload.result_type = registered.resource_type
     upload.result_id = registered.resource_id
