@@ -28,6 +28,7 @@ import binascii
 import hashlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -183,7 +184,9 @@ def part_prefix(upload: Upload) -> str:
 
 
 def staging_prefix(tenant_id: uuid.UUID) -> str:
-    return f"{tenant_id}/{UPLOAD_KIND}"
+    # Staged in the tenant's datasets directory, as the dataset intake stages: a leftover of a process that
+    # died mid-part is a temporary file there, which the orphan sweep deletes after its grace period.
+    return f"{tenant_id}/datasets"
 
 
 def _not_found(upload_id: uuid.UUID) -> NotFound:
@@ -523,7 +526,30 @@ def expire_uploads(
             detached = Upload(id=row.id, tenant_id=row.tenant_id)
         delete_parts(store, detached)
         expired.append(upload_id)
+    _delete_stray_parts(factory, store, settings, tenant_ids)
     return expired
+
+
+def _delete_stray_parts(
+    factory: sessionmaker[Session],
+    store: ArtifactStore,
+    settings: Settings,
+    tenant_ids: Collection[uuid.UUID] | None,
+) -> None:
+    """Part files whose upload row is gone (a deletion whose file removal failed after its commit), once
+    older than the orphan grace period (a part is put before its row's commit)."""
+    cutoff = time.time() - settings.orphan_grace_seconds
+    with session_scope(factory) as session:
+        tenants = list(session.scalars(select(Tenant.id)).all()) if tenant_ids is None else list(tenant_ids)
+        live = {str(i) for i in session.scalars(select(Upload.id).where(Upload.tenant_id.in_(tenants))).all()}
+    for tenant in tenants:
+        for info in list(store.scan(f"{tenant}/{UPLOAD_KIND}/")):
+            upload_id = info.key.split("/")[2] if info.key.count("/") >= 3 else ""
+            if upload_id not in live and info.modified < cutoff:
+                try:
+                    store.delete(info.key)
+                except (OSError, StorageError) as exc:
+                    log.warning("stray upload part %s not deleted: %s", info.key, exc)
 
 
 __all__ = [

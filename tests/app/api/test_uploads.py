@@ -365,6 +365,25 @@ def test_stale_uploads_expire_in_the_retention_sweep(
     assert expired == [stale["id"]]
 
 
+def test_stray_part_files_without_an_upload_are_swept(
+    tenant, sessions: sessionmaker[Session], chunked_settings: Settings
+) -> None:
+    """Parts whose upload row is gone (a deletion whose file removal failed) go once older than the orphan
+    grace period; a younger one may belong to a part whose row is not committed yet, and stays."""
+    import os
+    import time
+
+    store = LocalArtifactStore(chunked_settings.artifacts)
+    old_key = f"{tenant.id}/uploads/{uuid.uuid4()}/{0:016d}.part"
+    young_key = f"{tenant.id}/uploads/{uuid.uuid4()}/{0:016d}.part"
+    store.put(old_key, b"old")
+    store.put(young_key, b"young")
+    stale = time.time() - chunked_settings.orphan_grace_seconds - 60
+    os.utime(chunked_settings.artifacts / old_key, (stale, stale))
+    expire_uploads(sessions, store, chunked_settings, tenant_ids={tenant.id})
+    assert not store.exists(old_key) and store.exists(young_key)
+
+
 def test_an_expired_upload_answers_not_found_before_the_sweep(
     client: TestClient, tenant, sessions: sessionmaker[Session]
 ) -> None:
