@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 import tempfile
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import PRINCIPAL_STATE, invalid_key, missing_key, resolve_token
+from app.api.docs import install_docs
+from app.api.observability import RequestContext
 from app.api.routes import (
     admin,
     campaigns,
@@ -36,6 +36,7 @@ from app.api.routes import (
 )
 from app.core.config import Profile, Settings, get_settings
 from app.core.db import make_engine, make_session_factory, read_only
+from app.core.logs import configure_logging
 from app.core.problems import (
     PROBLEM_RESPONSES,
     DomainError,
@@ -49,7 +50,6 @@ from app.storage import create_store, ensure_private_dir
 
 log = logging.getLogger(__name__)
 BODY_OVERHEAD_BYTES = 1024 * 1024  # multipart framing and form fields beside the upload itself
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 MULTIPART_MEDIA_TYPE = "multipart/form-data"
@@ -180,35 +180,6 @@ class AuthGate:
         await self.app(scope, receive, send)
 
 
-class RequestContext:
-    """The request id, as plain ASGI.
-
-    Starlette's BaseHTTPMiddleware (``@app.middleware("http")``) costs a task group, memory streams and a
-    streaming wrapper around every response, on every request; this only wraps ``send``.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        # A client's X-Request-ID is kept only when it fits the audit column and is plain ASCII.
-        client_id = headers.get("x-request-id") or ""
-        request_id = client_id if REQUEST_ID.fullmatch(client_id) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id  # request.state.request_id
-        raw_id = request_id.encode("latin-1")
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", raw_id)]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
 def _default_publisher(settings: Settings) -> Publisher:
     from workers.celery_app import CeleryPublisher, make_celery
 
@@ -251,6 +222,9 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         "durable jobs, "
         "and compare their metrics. Every error is RFC 9457 problem+json.",
         lifespan=lifespan,
+        # Served from local files by install_docs(): FastAPI's own pages load their assets from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -266,8 +240,9 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app.state.key_cache = KeyCache()  # per process: revocation reaches every process within its TTL
     install_problem_handlers(app)
 
-    # Requests pass RequestContext (request id), then AuthGate (the key, before any body is read), then
-    # BodyLimit (the size, before and while the body is read); add_middleware puts the last added outermost.
+    # Requests pass RequestContext (request id, access log, HTTP metrics), then AuthGate (the key, before any
+    # body is read), then BodyLimit (the size, before and while the body is read); add_middleware puts the
+    # last added outermost.
     # BodyLimit sits innermost so that the 413 it raises mid-read reaches the route's exception handlers.
     app.add_middleware(
         BodyLimit,
@@ -275,7 +250,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         json_limit=settings.max_json_body_bytes,
     )
     app.add_middleware(AuthGate)
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext, access_log_enabled=settings.access_log)
 
     v1 = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
     # FastAPI matches a request against the routes one by one, in this order (about 50 before the jobs
@@ -299,6 +274,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app.include_router(v1)
     app.include_router(health.router, responses=PROBLEM_RESPONSES)
     app.include_router(ops.router, responses=PROBLEM_RESPONSES)
+    install_docs(app)  # /docs, /redoc and their assets, before the dashboard's catch-all mount at `/`
     mount_dashboard(app)  # `/` and `/dashboard/...`, outside the OpenAPI document
     return app
 
@@ -309,8 +285,11 @@ def __getattr__(name: str) -> FastAPI:
         # Starlette spools multipart parts beyond 1 MiB to tempfile's directory: a served process keeps them
         # under its own home (0700), not in a shared (or RAM-backed) /tmp. Not in create_app(): tests build
         # apps inside pytest, whose own temporary directories must stay where they are.
-        tempfile.tempdir = str(ensure_private_dir(get_settings().home.resolve() / "tmp"))
-        served = create_app()
+        settings = get_settings()
+        tempfile.tempdir = str(ensure_private_dir(settings.home.resolve() / "tmp"))
+        # A served process logs JSON lines (app.core.logs); tests keep pytest's own log capture.
+        configure_logging(settings.log_format, settings.log_level)
+        served = create_app(settings)
         # A served process keeps this app (routes, schemas, SQLAlchemy metadata, ...) for its whole life:
         # freeze it out of the cyclic GC, whose full collections otherwise walk all of it while every request
         # waits (GET /v1/jobs/{id} under 64 pollers: p99 250 -> 130 ms, 304s 1,730 -> 2,130 req/s). Not in

@@ -21,6 +21,7 @@ from safetensors.numpy import save as save_safetensors
 from sqlalchemy.exc import OperationalError
 
 from app.core.config import code_version
+from app.core.logs import bind
 from app.intake import weights_digest
 from app.models import Dataset, ForgetSet, Job, JobStatus, Model
 from app.services.data.dataset_sources import DatasetRef, load_dataset
@@ -33,6 +34,7 @@ from app.storage.base import content_key, sha256_hex
 from workers.device_memory import OUT_OF_MEMORY_CODE, DeviceOutOfMemory, device_record
 from workers.engine.errors import InvalidInputError, JobCancelled
 from workers.engine.job_kinds import job_kind
+from workers.observability import job_trace
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class DbHooks:
         if not (due or epoch_end or phase_changed):
             return
         self._last_beat = now
+        if phase_changed:
+            bind(phase=phase)  # the log context's phase (workers/observability.py)
         self._last_phase = phase
         fraction = (step / total) if total else 0.0
         progress = {
@@ -183,8 +187,14 @@ def run_claimed_job(runtime: WorkerRuntime, job_id: uuid.UUID) -> None:
         job = session.get(Job, job_id)
         assert job is not None
         session.expunge(job)
+    with job_trace(job_id, job.kind.value, claim.attempt, job.request_id) as trace:
+        trace.outcome = _run_and_finish(runtime, claim, job)
+
+
+def _run_and_finish(runtime: WorkerRuntime, claim: Claim, job: Job) -> str:
+    """Run the claimed job and record how it ended; the outcome names its metric label."""
     try:
-        _run(runtime, claim, job)
+        return _run(runtime, claim, job)
     except DeviceOutOfMemory as exc:
         job_service.finish_unsuccessful(
             runtime.sessions,
@@ -193,8 +203,10 @@ def run_claimed_job(runtime: WorkerRuntime, job_id: uuid.UUID) -> None:
             {"code": OUT_OF_MEMORY_CODE, "detail": exc.detail, **exc.record},
             environment={**device_record(), **worker_environment(claim)},
         )
+        return "out_of_memory"
     except LeaseLost:
-        log.warning("job %s: lease lost, stopping without writing results", job_id)
+        log.warning("job %s: lease lost, stopping without writing results", job.id)
+        return "lease_lost"
     except JobCancelled:
         job_service.finish_unsuccessful(
             runtime.sessions,
@@ -202,16 +214,19 @@ def run_claimed_job(runtime: WorkerRuntime, job_id: uuid.UUID) -> None:
             JobStatus.cancelled,
             {"code": "cancelled", "detail": "cancelled on request"},
         )
+        return "cancelled"
     except InvalidInputError as exc:
         job_service.finish_unsuccessful(
             runtime.sessions, claim, JobStatus.failed, {"code": "invalid-input", "detail": str(exc)}
         )
+        return "failed"
     except StorageError as exc:
         job_service.finish_unsuccessful(
             runtime.sessions, claim, JobStatus.failed, {"code": "storage-error", "detail": str(exc)}
         )
+        return "failed"
     except Exception as exc:
-        _finish_after_error(runtime, claim, exc)
+        return _finish_after_error(runtime, claim, exc)
     finally:
         _release_device_memory()
 
@@ -248,13 +263,13 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def _finish_after_error(runtime: WorkerRuntime, claim: Claim, exc: Exception) -> None:
+def _finish_after_error(runtime: WorkerRuntime, claim: Claim, exc: Exception) -> str:
     if _caused_by(exc, OperationalError) and not _caused_by(exc, SoftTimeLimitExceeded):
         # The database went away mid-job (a heartbeat or a write failed). If it is back already, marking the
         # job failed would throw away a run the reaper can resume from its last checkpoint: leave the lease to
         # expire instead (the reaper requeues the job, bounded by max_attempts).
         log.warning("job %s: database unavailable (%s); left for the reaper to resume", claim.job_id, exc)
-        return
+        return "interrupted"
     if _caused_by(exc, SoftTimeLimitExceeded):
         job_service.finish_unsuccessful(
             runtime.sessions,
@@ -265,7 +280,7 @@ def _finish_after_error(runtime: WorkerRuntime, claim: Claim, exc: Exception) ->
                 "detail": f"the job exceeded its time limit of {runtime.settings.task_soft_time_limit} s",
             },
         )
-        return
+        return "time_limit"
     from workers import device_memory
 
     if device_memory.is_out_of_memory(exc):  # out of memory outside the engine (storing its outputs)
@@ -276,7 +291,7 @@ def _finish_after_error(runtime: WorkerRuntime, claim: Claim, exc: Exception) ->
             {"code": OUT_OF_MEMORY_CODE, "detail": f"{type(exc).__name__}: {exc}"},
             environment=worker_environment(claim),
         )
-        return
+        return "out_of_memory"
     log.error("job %s failed", claim.job_id, exc_info=exc)
     job_service.finish_unsuccessful(
         runtime.sessions,
@@ -288,9 +303,10 @@ def _finish_after_error(runtime: WorkerRuntime, claim: Claim, exc: Exception) ->
             "trace": "".join(traceback.format_exception(exc, limit=8)),
         },
     )
+    return "failed"
 
 
-def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
+def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> str:
     from workers.engine.execute import EngineRequest
 
     kind = job_kind(job.kind)
@@ -403,6 +419,8 @@ def _run(runtime: WorkerRuntime, claim: Claim, job: Job) -> None:
     )
     if not job_service.finish_succeeded(runtime.sessions, claim, job, outcome):
         log.warning("job %s: finished but no longer owned; results discarded", job.id)
+        return "lease_lost"
+    return "succeeded"
 
 
 class _NoCheckpoints:

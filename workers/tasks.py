@@ -17,7 +17,10 @@ from app.services.data import retention
 from app.services.jobs import campaigns as campaign_service
 from app.services.jobs import lifecycle as job_service
 from app.services.ops import quotas
-from workers import embedded
+from workers import (
+    embedded,
+    observability,  # noqa: F401  (connects the logging and metrics signals)
+)
 from workers.celery_app import (
     AUDIT_CHECKPOINT_TASK,
     PURGE_BROKER_TASK,

@@ -210,6 +210,23 @@ class Settings(BaseSettings):
         "/metrics answers 404.",
     )
 
+    # Observability (app/core/logs.py, app/api/observability.py, app/services/ops/telemetry.py).
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Log lines: one JSON object each (request_id, tenant, job_id, ...), or text."
+    )
+    log_level: str = Field("INFO", description="Root log level of the API and worker processes.")
+    access_log: bool = Field(
+        True, description="One JSON line per HTTP request (request_id, tenant, route, status, latency)."
+    )
+    worker_metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="A worker serves its job counters and duration histograms (Prometheus) on this port of "
+        "every interface of its host or container (no token: they hold kinds and outcomes, no tenant data)."
+        " Unset: not served.",
+    )
+
     # Audit anchors (issue 17): signed checkpoints of each tenant's audit chain head
     # (app/services/compliance/audit.py).
     audit_checkpoint_interval_seconds: float = Field(
@@ -301,7 +318,11 @@ def reset_settings_cache() -> None:
 
 
 def code_version() -> str:
-    """The code version recorded with every job: git commit when available, else the package version."""
+    """The code version recorded with every job and hashed into every result cache key.
+
+    ``LETHE_CODE_VERSION`` wins: the images stamp it at build time (the git commit, Dockerfile ``ARG``), where
+    there is no .git to ask and the package version alone ("0.1.0") would let a cache serve a result of
+    older code. Else the git commit of a checkout, else the package version."""
     env = os.environ.get("LETHE_CODE_VERSION")
     if env:
         return env

@@ -97,6 +97,8 @@ class Job(UUIDPrimaryKey, CreatedAt, Base):
     cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # X-Request-ID of the POST that created the job: the workers log it with the job's lines (correlation).
+    request_id: Mapped[str | None] = mapped_column(String(64))
     # Bumped on every change: the ETag of the job resource.
     version: Mapped[int] = mapped_column(Integer, default=1)
 

@@ -322,6 +322,7 @@ def submit(
             return cached, False
     job.idempotency_key = idempotency_key
     job.request_hash = fingerprint
+    job.request_id = request_id
     session.add(job)
     session.flush()
     quotas.check_active_jobs(session, principal.tenant_id, settings)

@@ -6,36 +6,34 @@ when a process restarts. Series:
 * ``lethe_jobs{kind,status}``: jobs by kind and status (gauge);
 * ``lethe_queue_depth``: queued jobs, ``lethe_jobs_unpublished``: queued jobs never handed to the broker;
 * ``lethe_broker_messages{queue}``: messages waiting in the broker (Redis lists, embedded SQLite queues);
-* ``lethe_job_duration_seconds{kind}``: run time (start to end) of the jobs that succeeded in the last 24 h
-  (a gauge histogram: buckets of a window, not counters);
 * ``lethe_worker_heartbeat_age_seconds{worker}``: seconds since each busy worker's last heartbeat (a
   worker only heartbeats while it runs a job), ``lethe_running_jobs_lease_expired``: running jobs whose
   lease ran out (a dead worker, until the reaper requeues them);
 * ``lethe_deletion_requests{status}``, ``lethe_compliance_reports``;
 * ``lethe_broker_up``: 1 when the broker accepts a connection.
+
+Events are counted where they happen, not here: HTTP requests by the API process and job outcomes and
+durations by the workers (app.services.ops.telemetry); ``GET /metrics`` appends the API's own.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections import defaultdict
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.models import ComplianceReport, DeletionRequest, Job, JobStatus
 from app.models.base import utcnow
+from app.services.ops.telemetry import live_registry
 from workers.engine.job_kinds import JOB_KINDS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-DURATION_WINDOW = timedelta(hours=24)
-DURATION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 BROKER_TIMEOUT_S = 2.0
 EMBEDDED_PREFIX = "lethesqla+sqlite:///"
 QUEUES = ("gpu", "default")
@@ -115,7 +113,6 @@ class _DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self.factory() as session:
             yield from self._jobs(session)
-            yield from self._durations(session)
             yield from self._workers(session)
             yield from self._compliance(session)
         yield from self._broker()
@@ -142,28 +139,6 @@ class _DatabaseCollector(Collector):
             "Queued jobs not handed to the broker yet (the reaper publishes them).",
             value=int(unpublished or 0),
         )
-
-    def _durations(self, session: Session) -> Iterator[Metric]:
-        since = utcnow() - DURATION_WINDOW
-        run_times: dict[str, list[float]] = defaultdict(list)
-        for kind, started, finished in session.execute(
-            select(Job.kind, Job.started_at, Job.finished_at).where(
-                Job.status == JobStatus.succeeded, Job.finished_at >= since, Job.started_at.is_not(None)
-            )
-        ):
-            if started is not None and finished is not None:
-                run_times[kind].append(max(0.0, (finished - started).total_seconds()))
-        family = GaugeHistogramMetricFamily(
-            "lethe_job_duration_seconds",
-            "Run time (start to end of the last attempt) of jobs that succeeded in the last 24 h.",
-            labels=["kind"],
-        )
-        for kind in JOB_KINDS.names():
-            values = run_times.get(kind, [])
-            buckets = [(_le(b), float(sum(v <= b for v in values))) for b in DURATION_BUCKETS]
-            buckets.append(("+Inf", float(len(values))))
-            family.add_metric([kind], buckets, gsum_value=float(sum(values)))
-        yield family
 
     def _workers(self, session: Session) -> Iterator[Metric]:
         now = utcnow()
@@ -216,11 +191,8 @@ class _DatabaseCollector(Collector):
         yield family
 
 
-def _le(bound: float) -> str:
-    return f"{bound:g}" if bound != int(bound) else f"{int(bound)}.0"
-
-
 def exposition(factory: sessionmaker[Session], broker_url: str) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_DatabaseCollector(factory, broker_url))
-    return generate_latest(registry)
+    # Two registries, one text: their metric names differ, so the families simply follow each other.
+    return generate_latest(registry) + generate_latest(live_registry())
