@@ -1,21 +1,69 @@
-# One image for every production role; the compose file picks the command (api | worker | migrate).
-# On PyPI, torch==2.13.0 for linux/x86_64 is the CUDA build, which the GPU worker needs.
-FROM python:3.11-slim
+# syntax=docker/dockerfile:1
+# Lethe's production images, one target per role (docker-compose.yml builds each):
+#   service     the API, `lethe migrate` and the maintenance worker (reaper, sweeps): no torch, which the API
+#               never imports (tests/deploy checks these entry points with torch unimportable)
+#   worker-gpu  a GPU worker: torch 2.13.0 from PyPI, whose linux x86_64 wheel is the CUDA 13.0 build
+#               (cuda-toolkit 13.0.3 and cuDNN 9.20 come as pip packages; the host needs an NVIDIA driver of
+#               the R580 series or later and the NVIDIA Container Toolkit)
+#   worker-cpu  a CPU worker: torch 2.13.0+cpu from the PyTorch CPU index (the wheel `make` installs here)
+# Build with the commit stamped in: results and caches are keyed on it (app.core.config.code_version):
+#   LETHE_CODE_VERSION=$(git rev-parse HEAD) docker compose build
+#
+# Base image pinned by exact tag. No registry is reachable where this file was written, so no digest is
+# stated here rather than an unverified one: pin it at release with
+#   docker buildx imagetools inspect python:3.11.14-slim-bookworm   (then FROM python:...@sha256:<digest>)
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*
-RUN useradd --create-home --uid 10001 lethe
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# One unprivileged user owns the data volume: a fresh named volume mounted at /var/lib/lethe takes this
+# directory's owner and mode.
+RUN useradd --create-home --uid 10001 --user-group lethe \
+    && install -d -o lethe -g lethe -m 0750 /var/lib/lethe
 WORKDIR /srv/lethe
-
-COPY constraints.txt pyproject.toml README.md ./
-RUN pip install -c constraints.txt torch==2.13.0
+COPY constraints.txt pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
-COPY alembic.ini ./
-RUN pip install -c constraints.txt ".[engine,postgres,redis]"
+ENV LETHE_PROFILE=production LETHE_HOME=/var/lib/lethe LETHE_LOG_FORMAT=json
 
+FROM base AS service
+# Editable, as `make` installs: app.core.migrate finds alembic.ini and migrations/ beside the app package,
+# which a wheel install into site-packages would leave behind.
+RUN pip install -c constraints.txt -e ".[postgres,redis]" \
+    && ! python -c "import torch" 2>/dev/null
+# Last, so that a new commit rebuilds only this layer; required, so that no image records a bare "0.1.0".
+ARG LETHE_CODE_VERSION
+RUN test -n "$LETHE_CODE_VERSION" || { echo "build with --build-arg LETHE_CODE_VERSION=\$(git rev-parse HEAD)"; exit 1; }
+ENV LETHE_CODE_VERSION=${LETHE_CODE_VERSION}
 USER lethe
-ENV LETHE_PROFILE=production LETHE_HOME=/var/lib/lethe
 EXPOSE 8000
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+# The access log is Lethe's own (JSON, with request id and tenant): uvicorn's is off.
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--no-access-log"]
+
+FROM base AS worker-gpu
+# PyPI's torch 2.13.0 wheel for linux x86_64 (sha256 60fcdcb2...5fe3cb7 for cp311 manylinux_2_28): CUDA 13.0.
+RUN pip install -c constraints.txt torch==2.13.0 \
+    && pip install -c constraints.txt -e ".[engine,postgres,redis]"
+ARG LETHE_CODE_VERSION
+RUN test -n "$LETHE_CODE_VERSION" || { echo "build with --build-arg LETHE_CODE_VERSION=\$(git rev-parse HEAD)"; exit 1; }
+ENV LETHE_CODE_VERSION=${LETHE_CODE_VERSION} LETHE_WORKER_METRICS_PORT=9400
+USER lethe
+EXPOSE 9400
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9400/', timeout=4)"]
+CMD ["lethe", "worker", "--queues", "gpu", "--name", "gpu0"]
+
+FROM base AS worker-cpu
+RUN pip install -c constraints.txt --index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu \
+    && pip install -c constraints.txt -e ".[engine,postgres,redis]"
+ARG LETHE_CODE_VERSION
+RUN test -n "$LETHE_CODE_VERSION" || { echo "build with --build-arg LETHE_CODE_VERSION=\$(git rev-parse HEAD)"; exit 1; }
+ENV LETHE_CODE_VERSION=${LETHE_CODE_VERSION} LETHE_WORKER_METRICS_PORT=9400
+USER lethe
+EXPOSE 9400
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9400/', timeout=4)"]
+CMD ["lethe", "worker", "--queues", "gpu", "--name", "cpu0"]

@@ -53,6 +53,7 @@ BODY_OVERHEAD_BYTES = 1024 * 1024  # multipart framing and form fields beside th
 
 
 MULTIPART_MEDIA_TYPE = "multipart/form-data"
+API_PREFIX = "/v1"
 # The raw parts of a chunked upload (PUT /v1/uploads/{id}) take the upload limit too, and only there: any
 # other route keeps the JSON limit whatever the client calls its body.
 PART_MEDIA_TYPE = "application/octet-stream"
@@ -250,9 +251,9 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         json_limit=settings.max_json_body_bytes,
     )
     app.add_middleware(AuthGate)
-    app.add_middleware(RequestContext, access_log_enabled=settings.access_log)
+    app.add_middleware(RequestContext, access_log_enabled=settings.access_log, route_prefixes=(API_PREFIX,))
 
-    v1 = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
+    v1 = APIRouter(prefix=API_PREFIX, responses=PROBLEM_RESPONSES)
     # FastAPI matches a request against the routes one by one, in this order (about 50 before the jobs
     # router otherwise): jobs first, since GET /v1/jobs/{id} is what pollers call. No route of the others
     # matches a /v1/jobs path, so the order changes nothing else (but the OpenAPI document's order).

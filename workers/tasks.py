@@ -50,7 +50,14 @@ def _preload_engine(**_: object) -> None:
     cuda_guard.install()
     # torch.use_deterministic_algorithms (entered by every CPU job) lazily imports torch._inductor.config,
     # which pulls in dynamo: 3-6 s of imports that every job child (one task per child) would repeat.
-    import torch._inductor.config  # noqa: F401
+    try:
+        import torch._inductor.config  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        # The service image (maintenance worker) has no torch, and its tasks need none.
+        log.info("torch is not installed: this worker runs maintenance tasks only")
+        return
 
     import workers.engine.diffusion.jobs
     import workers.engine.execute

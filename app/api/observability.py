@@ -23,11 +23,24 @@ access_log = logging.getLogger("lethe.access")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
-def route_label(scope: Scope) -> str:
-    """The matched route's path template; a mount's prefix (the dashboard's files); else ``unmatched``."""
+def route_label(scope: Scope, prefixes: tuple[str, ...] = ()) -> str:
+    """The matched route's full path template (``/v1/jobs/{job_id}``); a mount's prefix (the dashboard's
+    files, the docs assets); else ``unmatched``.
+
+    FastAPI (0.165) leaves in ``scope["route"]`` the route as its router declared it, without the prefix of
+    ``include_router``: the prefix is the one of ``prefixes`` under which the rest of the path matches it."""
     route = scope.get("route")
     path = getattr(route, "path", None)
     if isinstance(path, str):
+        regex = getattr(route, "path_regex", None)
+        request_path = scope.get("path", "")
+        for prefix in prefixes:
+            if (
+                request_path.startswith(prefix)
+                and regex is not None
+                and regex.match(request_path[len(prefix) :])
+            ):
+                return prefix + path
         return path
     root = scope.get("root_path") or ""
     app_root = scope.get("app_root_path") or ""
@@ -41,9 +54,12 @@ class RequestContext:
     answers it in ``X-Request-ID``, binds it to every log record of the request (app.core.logs), and once the
     response has been sent writes one access line and observes the HTTP counter and latency histogram."""
 
-    def __init__(self, app: ASGIApp, access_log_enabled: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, access_log_enabled: bool = True, route_prefixes: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.access_log_enabled = access_log_enabled
+        self.route_prefixes = route_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,7 +88,7 @@ class RequestContext:
                 self._record(scope, state, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
-        route = route_label(scope)
+        route = route_label(scope, self.route_prefixes)
         method = scope["method"]
         observe_request(method, route, status, seconds)
         if not self.access_log_enabled:
