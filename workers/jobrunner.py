@@ -182,12 +182,17 @@ def run_claimed_job(runtime: WorkerRuntime, job_id: uuid.UUID) -> None:
 
         log.info("message for job %s: running job %s, whose turn it is", job_id, claim.job_id)
         job_service.hand_on(runtime.sessions, CeleryPublisher(celery_app), job_id)
-    job_id = claim.job_id
+    run_claim(runtime, claim)
+
+
+def run_claim(runtime: WorkerRuntime, claim: Claim) -> None:
+    """Run a claimed job inside its log context (job id, attempt, submitting request, phase); its outcome
+    and duration are observed when it ends (workers/observability.py)."""
     with runtime.sessions() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, claim.job_id)
         assert job is not None
         session.expunge(job)
-    with job_trace(job_id, job.kind.value, claim.attempt, job.request_id) as trace:
+    with job_trace(job.id, job.kind.value, claim.attempt, job.request_id) as trace:
         trace.outcome = _run_and_finish(runtime, claim, job)
 
 
