@@ -498,7 +498,10 @@ class StoreCache:
         self.tenant_id = tenant_id
 
     def key(self, name: str) -> str:
-        return content_key("classifiers", str(self.tenant_id), name, ".safetensors")
+        # Keyed on the code version as well (the images stamp the commit): a new build retrains the classifier
+        # once rather than scoring with one an older build trained.
+        versioned = sha256_hex(f"{code_version()}:{name}".encode())
+        return content_key("classifiers", str(self.tenant_id), versioned, ".safetensors")
 
     def get(self, name: str) -> bytes | None:
         key = self.key(name)

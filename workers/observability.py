@@ -46,8 +46,14 @@ def _serve_metrics(**_: Any) -> None:
     if path.exists():
         shutil.rmtree(path)
     telemetry.enable_multiprocess(path)
-    # MultiProcessCollector reads the directory at each scrape; the registry holding it is built once.
-    start_http_server(settings.worker_metrics_port, registry=telemetry.live_registry())
+    try:
+        # MultiProcessCollector reads the directory at each scrape; the registry holding it is built once.
+        start_http_server(settings.worker_metrics_port, registry=telemetry.live_registry())
+    except OSError as exc:
+        # e.g. `lethe up` starts two workers with one environment: the second still runs its jobs (and its
+        # container healthcheck, which probes this port, reports it).
+        log.error("worker metrics not served: port %d: %s", settings.worker_metrics_port, exc)
+        return
     log.info("worker metrics on :%d (%s)", settings.worker_metrics_port, path)
 
 

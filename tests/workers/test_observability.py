@@ -13,6 +13,7 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -152,3 +153,17 @@ def test_the_worker_parent_serves_what_its_job_children_observed(tmp_path: Path)
     ended = [json.loads(line) for line in completed.stderr.splitlines() if '"job ended' in line]
     assert sorted(line["outcome"] for line in ended) == ["failed", "succeeded", "succeeded"]
     assert all(line["job_id"] == "job" and line["attempt"] == 1 for line in ended)
+
+
+def test_the_engine_cache_is_keyed_on_the_code_version(tmp_path: Path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from app.storage.local import LocalArtifactStore
+
+    runtime: Any = SimpleNamespace(store=LocalArtifactStore(tmp_path))
+    cache = jobrunner.StoreCache(runtime, uuid.uuid4())
+    monkeypatch.setenv("LETHE_CODE_VERSION", "build-aaa")
+    cache.put("classifier", b"weights of build aaa")
+    assert cache.get("classifier") == b"weights of build aaa"
+    monkeypatch.setenv("LETHE_CODE_VERSION", "build-bbb")
+    assert cache.get("classifier") is None  # another build trains its own
