@@ -192,7 +192,7 @@ def run_claim(runtime: WorkerRuntime, claim: Claim) -> None:
         job = session.get(Job, claim.job_id)
         assert job is not None
         session.expunge(job)
-    with job_trace(job.id, job.kind.value, claim.attempt, job.request_id) as trace:
+    with job_trace(job.id, job.kind, claim.attempt, job.request_id) as trace:
         trace.outcome = _run_and_finish(runtime, claim, job)
 
 
