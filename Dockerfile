@@ -38,6 +38,7 @@ RUN test -n "$LETHE_CODE_VERSION" || { echo "build with --build-arg LETHE_CODE_V
 ENV LETHE_CODE_VERSION=${LETHE_CODE_VERSION}
 USER lethe
 EXPOSE 8000
+# The API's probe; compose replaces it for the other roles of this image (migrate: none, maintenance: :9400).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 # The access log is Lethe's own (JSON, with request id and tenant): uvicorn's is off.
