@@ -112,8 +112,10 @@ def report() -> dict[str, Any]:
 
 def assert_untouched(when: str) -> None:
     """Raise CudaInParentError if CUDA was initialised in this process or anything tried to."""
-    import torch
-
+    torch = sys.modules.get("torch")
+    if torch is None:  # never imported here (a maintenance worker without torch): nothing can have used CUDA
+        log.info("cuda guard %s: torch not imported", when)
+        return
     if torch.cuda.is_initialized() or STATE.attempts:
         entries = ", ".join(attempt["entry"] for attempt in STATE.attempts) or "outside the guard"
         raise CudaInParentError(

@@ -45,19 +45,20 @@ def _preload_engine(**_: object) -> None:
     lease. CUDA is not touched here: each child initialises it itself (CUDA does not survive fork), and the
     guard installed first refuses any attempt in this process (workers/cuda_guard.py).
     """
-    from workers import cuda_guard
-
-    cuda_guard.install()
-    # torch.use_deterministic_algorithms (entered by every CPU job) lazily imports torch._inductor.config,
-    # which pulls in dynamo: 3-6 s of imports that every job child (one task per child) would repeat.
     try:
-        import torch._inductor.config  # noqa: F401
+        import torch
     except ModuleNotFoundError as exc:
         if exc.name != "torch":
             raise
         # The service image (maintenance worker) has no torch, and its tasks need none.
         log.info("torch is not installed: this worker runs maintenance tasks only")
         return
+    from workers import cuda_guard
+
+    cuda_guard.install()
+    # torch.use_deterministic_algorithms (entered by every CPU job) lazily imports torch._inductor.config,
+    # which pulls in dynamo: 3-6 s of imports that every job child (one task per child) would repeat.
+    import torch._inductor.config  # noqa: F401
 
     import workers.engine.diffusion.jobs
     import workers.engine.execute
