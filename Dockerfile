@@ -25,12 +25,14 @@ COPY constraints.txt pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
+# The typed client (client/, not on any index): the server depends on it, so every install names ./client.
+COPY client ./client
 ENV LETHE_PROFILE=production LETHE_HOME=/var/lib/lethe LETHE_LOG_FORMAT=json
 
 FROM base AS service
 # Editable, as `make` installs: app.core.migrate finds alembic.ini and migrations/ beside the app package,
 # which a wheel install into site-packages would leave behind.
-RUN pip install -c constraints.txt -e ".[postgres,redis]" \
+RUN pip install -c constraints.txt ./client -e ".[postgres,redis,s3]" \
     && ! python -c "import torch" 2>/dev/null
 # Last, so that a new commit rebuilds only this layer; required, so that no image records a bare "0.1.0".
 ARG LETHE_CODE_VERSION
@@ -47,7 +49,7 @@ CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--worker
 FROM base AS worker-gpu
 # PyPI's torch 2.13.0 wheel for linux x86_64 (sha256 60fcdcb2...5fe3cb7 for cp311 manylinux_2_28): CUDA 13.0.
 RUN pip install -c constraints.txt torch==2.13.0 \
-    && pip install -c constraints.txt -e ".[engine,postgres,redis]"
+    && pip install -c constraints.txt ./client -e ".[engine,postgres,redis,s3]"
 ARG LETHE_CODE_VERSION
 RUN test -n "$LETHE_CODE_VERSION" || { echo "build with --build-arg LETHE_CODE_VERSION=\$(git rev-parse HEAD)"; exit 1; }
 ENV LETHE_CODE_VERSION=${LETHE_CODE_VERSION} LETHE_WORKER_METRICS_PORT=9400
@@ -59,7 +61,7 @@ CMD ["lethe", "worker", "--queues", "gpu", "--name", "gpu0"]
 
 FROM base AS worker-cpu
 RUN pip install -c constraints.txt --index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu \
-    && pip install -c constraints.txt -e ".[engine,postgres,redis]"
+    && pip install -c constraints.txt ./client -e ".[engine,postgres,redis,s3]"
 ARG LETHE_CODE_VERSION
 RUN test -n "$LETHE_CODE_VERSION" || { echo "build with --build-arg LETHE_CODE_VERSION=\$(git rev-parse HEAD)"; exit 1; }
 ENV LETHE_CODE_VERSION=${LETHE_CODE_VERSION} LETHE_WORKER_METRICS_PORT=9400

@@ -8,12 +8,13 @@ REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
 .PHONY: demo test test-sqlite test-postgres lint up clean bench-shadows bench-load
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[engine,postgres,redis,s3,dev]"
+	# ./client first in the same command: the server depends on lethe-client, which is not on any index.
+	$(BIN)/pip install -q -c constraints.txt -e ./client -e ".[engine,postgres,redis,s3,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

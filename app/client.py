@@ -1,8 +1,9 @@
-"""A synchronous HTTP client for Lethe (used by the CLI, the demo and compliance tooling).
+"""A synchronous raw-JSON client for Lethe (the demo, `lethe deletion-request`, compliance tooling).
 
-Every request is retried with exponential backoff (honouring ``Retry-After``) on 429, 503 and connection
-errors; every POST carries an ``Idempotency-Key`` (generated per call and kept across its retries), so a
-retried submission never runs twice. Compliance calls return typed models (``app.schemas.compliance``).
+Requests go through the ``lethe_client`` package's transport: retried with backoff (honouring
+``Retry-After``) on 429/503 and connection errors, every POST with an ``Idempotency-Key`` kept across its
+retries. Compliance calls return typed models (``app.schemas.compliance``). The installable, typed client
+for users is ``lethe_client`` (client/).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from lethe_client import IDEMPOTENT_POSTS, Request, RetryPolicy
+from lethe_client._transport import SyncSender
 
 from app.schemas.compliance import DeletionRequestOut, PolicyOut, ReportOut, SigningKeyOut
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 REQUEST_TERMINAL = {"issued", "failed", "cancelled"}
 DEFAULT_TIMEOUT_S = 60.0
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
 DEFAULT_RETRIES = 5
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
@@ -37,6 +39,11 @@ class LetheError(RuntimeError):
 
 
 class LetheClient:
+    """Raw JSON (dicts) over lethe_client's transport: the same retry and idempotency rules as the
+    typed ``lethe_client.Client``. Kept for the demo, the deletion-request CLI and their tests, which read
+    nested results freely and type compliance answers with the server's own schemas; new code should use
+    ``lethe_client.Client``."""
+
     def __init__(
         self,
         base_url: str,
@@ -50,18 +57,11 @@ class LetheClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """``http``: an existing client to send through (e.g. a FastAPI TestClient); else one is made."""
-        auth = {"Authorization": f"Bearer {api_key}"}
-        if http is not None:
-            self.http = http
-            self._headers = auth
-        else:
-            self.http = httpx.Client(
-                base_url=base_url.rstrip("/"), headers=auth, timeout=timeout, transport=transport
-            )
-            self._headers = {}
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self._sleep = sleep
+        if http is None:
+            http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport)
+        self.http = http
+        policy = RetryPolicy(retries=retries, backoff_s=backoff_s, max_backoff_s=BACKOFF_MAX_S)
+        self.sender = SyncSender(http, policy, headers={"Authorization": f"Bearer {api_key}"}, sleep=sleep)
 
     def __enter__(self) -> LetheClient:
         return self
@@ -71,16 +71,6 @@ class LetheClient:
 
     def close(self) -> None:
         self.http.close()
-
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        if response is not None:
-            after = response.headers.get("Retry-After")
-            if after is not None:
-                try:
-                    return min(max(float(after), 0.0), BACKOFF_MAX_S)
-                except ValueError:
-                    pass
-        return min(self.backoff_s * 2**attempt, BACKOFF_MAX_S)
 
     def request(
         self,
@@ -92,23 +82,14 @@ class LetheClient:
         headers: dict[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> httpx.Response:
-        """Send with retries. POSTs get an Idempotency-Key (``idempotency_key`` or a fresh one)."""
-        sent = {**self._headers, **(headers or {})}
+        """Send with retries. POSTs get an Idempotency-Key (``idempotency_key`` or a fresh one); only GETs
+        and the POSTs whose key the server stores are resent after a failure the server may have acted on."""
+        sent = dict(headers or {})
         if method.upper() == "POST":
             sent.setdefault("Idempotency-Key", idempotency_key or uuid.uuid4().hex)
-        for attempt in range(self.retries + 1):
-            try:
-                response = self.http.request(method, path, json=json_body, params=params, headers=sent)
-            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.TimeoutException):
-                if attempt >= self.retries:
-                    raise
-                self._sleep(self._delay(attempt, None))
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
-                self._sleep(self._delay(attempt, response))
-                continue
-            return response
-        raise AssertionError("unreachable")
+        replay_safe = method.upper() == "GET" or (method.upper() == "POST" and path in IDEMPOTENT_POSTS)
+        request = Request(method, path, params=params, json=json_body, headers=sent, replay_safe=replay_safe)
+        return self.sender.send(request)
 
     def _check(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
