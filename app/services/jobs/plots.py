@@ -7,7 +7,9 @@ bytes. SVGs are reproducible (fixed hash salt, no date); PNGs carry no timestamp
 from __future__ import annotations
 
 import io
+import itertools
 import math
+import textwrap
 import threading
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -16,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # before pyplot is imported anywhere in this process; the API has no display
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 Format = Literal["png", "svg"]
@@ -66,20 +69,77 @@ def roc_curves(result: dict[str, Any] | None) -> Iterator[tuple[str, list[float]
     yield from walk(attacks, [])
 
 
+# Every ROC curve gets its own (colour, line style) pair: colour cycles fastest, the style changes every
+# ten curves, so 40 curves stay distinguishable. tab10 without its grey, which the chance line uses.
+ROC_COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#000000",
+)  # fmt: skip
+ROC_LINESTYLES = ("-", "--", "-.", ":")
+CHANCE_COLOUR = "grey"
+AUC_BELOW_CHANCE_NOTE = (
+    "* AUC below 0.5: the attack scores non-members above members, worse than a coin flip. Flipping its"
+    " decision would reach 1 - AUC; on a forget set it usually means the model is less confident on the"
+    " forgotten samples than on unseen ones (over-forgetting), itself a membership signal."
+)
+
+
+def roc_style(index: int) -> tuple[str, str]:
+    """The (colour, line style) of the index-th curve; distinct for the first 40."""
+    return ROC_COLOURS[index % len(ROC_COLOURS)], ROC_LINESTYLES[(index // len(ROC_COLOURS)) % 4]
+
+
+def curve_auc(fpr: list[float], tpr: list[float]) -> float | None:
+    """Area under the plotted curve (trapezoids on linear axes, closed at (0, 0) and (1, 1))."""
+    points = sorted(
+        (float(f), float(t))
+        for f, t in zip(fpr, tpr, strict=False)
+        if f is not None and t is not None and math.isfinite(float(f)) and math.isfinite(float(t))
+    )
+    if not points:
+        return None
+    points = [(0.0, 0.0), *points, (1.0, 1.0)]
+    return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in itertools.pairwise(points))
+
+
 def roc_figure(title: str, curves: list[tuple[str, list[float], list[float]]]) -> Figure:
-    """Log-log ROC (Privacy Meter's convention: what matters is the TPR at low FPR) with the chance line."""
-    figure = _figure()
+    """Log-log ROC (Privacy Meter's convention: what matters is the TPR at low FPR) with the chance line.
+
+    The legend sits outside the axes (it hid the low-FPR corner, the part that matters) and names each
+    curve's AUC; a caption explains an AUC below 0.5."""
+    drawn = [
+        (
+            label,
+            [(f, t) for f, t in zip(fpr, tpr, strict=False) if f is not None and t is not None and f > 0],
+            auc,
+        )
+        for label, fpr, tpr in curves
+        for auc in [curve_auc(fpr, tpr)]
+    ]
+    drawn = [entry for entry in drawn if entry[1]]
+    below = any(auc is not None and auc < 0.5 for _, _, auc in drawn)
+    figure = _figure(width=9.0, height=max(4.5, 0.2 * len(drawn) + 1.5))
     axes = figure.subplots()
     floor = 1.0
-    for label, fpr, tpr in curves:
-        points = [(f, t) for f, t in zip(fpr, tpr, strict=False) if f is not None and t is not None and f > 0]
-        if not points:
-            continue
+    for index, (label, points, auc) in enumerate(drawn):
         xs, ys = zip(*points, strict=True)
         floor = min(floor, min(xs))
-        axes.step(xs, [max(y, 1e-6) for y in ys], where="post", label=label, linewidth=1.2)
+        colour, linestyle = roc_style(index)
+        mark = "*" if auc is not None and auc < 0.5 else ""
+        name = f"{label} (AUC {auc:.3f}{mark})" if auc is not None else label
+        axes.step(
+            xs,
+            [max(y, 1e-6) for y in ys],
+            where="post",
+            label=name,
+            linewidth=1.3,
+            color=colour,
+            linestyle=linestyle,
+        )
     floor = max(floor, 1e-6)
-    axes.plot([floor, 1.0], [floor, 1.0], linestyle="--", color="grey", linewidth=0.8, label="chance")
+    axes.plot(
+        [floor, 1.0], [floor, 1.0], linestyle=(0, (1, 2)), color=CHANCE_COLOUR, linewidth=1.0, label="chance"
+    )
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlim(floor, 1.0)
@@ -88,8 +148,88 @@ def roc_figure(title: str, curves: list[tuple[str, list[float], list[float]]]) -
     axes.set_ylabel("True positive rate")
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize="x-small", loc="lower right")
+    axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    if below:
+        # As the figure's x label, the constrained layout makes room for it under the axes.
+        figure.supxlabel(textwrap.fill(AUC_BELOW_CHANCE_NOTE, 130), fontsize="x-small", ha="left", x=0.01)
     return figure
+
+
+# Each method keeps one marker and colour across seeds; the oracle and the original stand out.
+TRADEOFF_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "8")
+TRADEOFF_FIXED = {"retrain": ("*", "#000000", 220), "original": ("s", "#7f7f7f", 90)}
+# Candidate label offsets (points) around a marker, nearest first; the first that overlaps nothing wins.
+_LABEL_OFFSETS = [
+    (dx * r, dy * r)
+    for r in (6, 14, 24, 36, 50)
+    for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+]
+
+
+def _spread_coincident(
+    points: list[dict[str, Any]], span_x: float, span_y: float
+) -> list[tuple[float, float]]:
+    """Points within 1 % of the axis span of each other are fanned out on a small circle (deterministic),
+    so that seeds with identical metrics stay visible; the true values stay in the labels."""
+    groups: list[list[int]] = []
+    for index, point in enumerate(points):
+        for group in groups:
+            first = points[group[0]]
+            if (
+                abs(first["UA"] - point["UA"]) <= 0.01 * span_x
+                and abs(first["RA"] - point["RA"]) <= 0.01 * span_y
+            ):
+                group.append(index)
+                break
+        else:
+            groups.append([index])
+    positions: dict[int, tuple[float, float]] = {}
+    for group in groups:
+        for rank, index in enumerate(group):
+            x, y = float(points[index]["UA"]), float(points[index]["RA"])
+            if len(group) > 1:
+                angle = 2 * math.pi * rank / len(group)
+                x += 0.012 * span_x * math.cos(angle)
+                y += 0.012 * span_y * math.sin(angle)
+            positions[index] = (x, y)
+    return [positions[i] for i in range(len(points))]
+
+
+def _place_labels(
+    figure: Figure, axes: Any, annotations: list[Any], markers: list[tuple[float, float]]
+) -> None:
+    """Greedy: move each label to the nearest candidate offset whose box overlaps no placed label, no
+    marker and stays inside the axes; with no free spot, the least crowded one (with a leader line)."""
+    canvas = FigureCanvasAgg(figure)  # a bare Figure has no renderer to measure text with
+    canvas.draw()  # lay out first: the boxes are measured in the final display coordinates
+    renderer = canvas.get_renderer()
+    frame = axes.get_window_extent(renderer)
+    dots = [axes.transData.transform(m) for m in markers]
+    taken: list[Any] = []
+    for annotation in annotations:
+        best, best_score = None, None
+        for offset in _LABEL_OFFSETS:
+            annotation.set_position(offset)
+            annotation.set_horizontalalignment("left" if offset[0] >= 0 else "right")
+            annotation.set_verticalalignment(
+                "bottom" if offset[1] > 0 else "top" if offset[1] < 0 else "center"
+            )
+            box = annotation.get_window_extent(renderer).expanded(1.05, 1.1)
+            score = sum(box.overlaps(other) for other in taken)
+            score += sum(box.x0 - 2 <= x <= box.x1 + 2 and box.y0 - 2 <= y <= box.y1 + 2 for x, y in dots)
+            score += 0 if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) else 1
+            if best_score is None or score < best_score:
+                best, best_score = offset, score
+            if score == 0:
+                break
+        assert best is not None
+        annotation.set_position(best)
+        annotation.set_horizontalalignment("left" if best[0] >= 0 else "right")
+        annotation.set_verticalalignment("bottom" if best[1] > 0 else "top" if best[1] < 0 else "center")
+        if abs(best[0]) > 10 or abs(best[1]) > 10:
+            annotation.arrow_patch = None
+            annotation.set_arrowprops({"arrowstyle": "-", "color": "#999999", "linewidth": 0.6, "shrinkB": 3})
+        taken.append(annotation.get_window_extent(renderer).expanded(1.05, 1.1))
 
 
 def tradeoff_figure(
@@ -100,29 +240,59 @@ def tradeoff_figure(
     y_label: str = "RA (remaining accuracy, %)",
 ) -> Figure:
     """UA (x) against RA (y) per comparison row (points' ``UA`` / ``RA``); the retrain oracle is the
-    target."""
-    figure = _figure()
+    target. Labels are placed so they do not overprint each other or the markers; coincident markers
+    (seeds with the same metrics) are fanned out and drawn translucent; a legend keys marker to method."""
+    figure = _figure(width=8.0, height=5.0)
     axes = figure.subplots()
-    markers = {"retrain": ("*", 180), "evaluate": ("s", 60), "unlearn": ("o", 50)}
-    for point in points:
-        marker, size = markers.get(point["kind"], ("o", 50))
-        axes.scatter([point["UA"]], [point["RA"]], marker=marker, s=size, label=point["label"])
-        axes.annotate(
-            point["label"],
-            (point["UA"], point["RA"]),
-            fontsize="x-small",
-            xytext=(4, 4),
-            textcoords="offset points",
+    xs = [float(p["UA"]) for p in points]
+    ys = [float(p["RA"]) for p in points]
+    span_x = (max(xs) - min(xs)) or max(abs(xs[0]), 1.0)
+    span_y = (max(ys) - min(ys)) or max(abs(ys[0]), 1.0)
+    positions = _spread_coincident(points, span_x, span_y)
+    groups: dict[str, tuple[str, str, float]] = {}
+    annotations = []
+    for point, (x, y) in zip(points, positions, strict=True):
+        group = str(point.get("group") or point["label"].rsplit(" s", 1)[0])
+        if group not in groups:
+            fixed = TRADEOFF_FIXED.get(group) or TRADEOFF_FIXED.get(point["kind"])
+            if fixed is not None:
+                groups[group] = fixed
+            else:
+                n = sum(1 for g in groups if g not in TRADEOFF_FIXED)
+                colour, _ = roc_style(n)
+                groups[group] = (TRADEOFF_MARKERS[n % len(TRADEOFF_MARKERS)], colour, 60)
+        marker, colour, size = groups[group]
+        axes.scatter(
+            [x], [y], marker=marker, s=size, color=colour, alpha=0.7, edgecolors="white", linewidths=0.6
         )
+        annotations.append(
+            axes.annotate(
+                point["label"], (x, y), fontsize="x-small", xytext=(6, 6), textcoords="offset points"
+            )
+        )
+    for group, (marker, colour, _) in groups.items():
+        axes.scatter([], [], marker=marker, color=colour, alpha=0.7, label=group)
+    pad_x, pad_y = 0.12 * span_x, 0.12 * span_y
+    axes.set_xlim(min(xs) - pad_x, max(xs) + pad_x)
+    axes.set_ylim(min(ys) - pad_y, max(ys) + pad_y)
     axes.set_xlabel(x_label)
     axes.set_ylabel(y_label)
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
+    axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    for annotation in annotations:
+        annotation.set_in_layout(False)  # labels must not move the axes after they are placed
+    with _LOCK:
+        _place_labels(figure, axes, annotations, positions)
+    figure.set_layout_engine("none")  # freeze the layout the labels were placed in
     return figure
 
 
 def per_class_figure(title: str, before: dict[str, Any] | None, after: dict[str, Any]) -> Figure:
-    """Per-class accuracy before (the original) and after (this job), one panel per split present."""
+    """Per-class accuracy before (the original) and after (this job), one panel per split present.
+
+    The y-scale is taken from both series: a successful forget drives "after" to 0 on the forget split,
+    and a scale read from it alone used to cut the "before" bars off."""
     splits = [s for s in ("forget", "retain", "test", "train") if isinstance(after.get(s), list)][:3]
     figure = _figure(width=max(6.0, 3.2 * len(splits)), height=4.0)
     axes_list = figure.subplots(1, len(splits), squeeze=False)[0]
@@ -131,16 +301,20 @@ def per_class_figure(title: str, before: dict[str, Any] | None, after: dict[str,
         classes = list(range(len(values)))
         width = 0.4 if before else 0.8
         old = (before or {}).get(split) if before else None
+        shown = list(values)
         if isinstance(old, list):
             axes.bar([c - width / 2 for c in classes], [_nan(v) for v in old], width, label="before")
             axes.bar([c + width / 2 for c in classes], [_nan(v) for v in values], width, label="after")
             axes.legend(fontsize="x-small")
+            shown += old
         else:
             axes.bar(classes, [_nan(v) for v in values], width, label="after")
         axes.set_title(split)
         axes.set_xlabel("class")
         axes.set_xticks(classes)
-        axes.set_ylim(0, 105 if _scale(values) > 1.5 else 1.05)
+        top = _scale(shown)
+        full = 100.0 if top > 1.5 else 1.0  # percentages or fractions, whichever the data are in
+        axes.set_ylim(0, max(full, top) * 1.05)
     axes_list[0].set_ylabel("accuracy")
     figure.suptitle(title)
     return figure
