@@ -704,6 +704,379 @@ def demo(
     raise typer.Exit(run_demo(port=port, home=home, console=console, keep=keep, json_path=json_out))
 
 
+# ------------------------------------------------------------------ the common path, over lethe_client
+# upload / submit / jobs list / compare / campaign: thin verbs over the typed client (client/), so the CLI
+# exercises exactly what users of the package get; rich tables and progress bars for people at a terminal.
+upload_cli = typer.Typer(help="Upload a dataset (.npz) or a model checkpoint (.safetensors).")
+jobs_cli = typer.Typer(help="Jobs: list them.")
+campaign_cli = typer.Typer(help="Campaigns: methods x forget sets x seeds against the retrain oracle.")
+cli.add_typer(upload_cli, name="upload")
+cli.add_typer(jobs_cli, name="jobs")
+cli.add_typer(campaign_cli, name="campaign")
+
+
+def _typed_client(url: str, api_key: str | None) -> Any:
+    from lethe_client import Client
+
+    settings = get_settings()
+    key = api_key or (
+        settings.bootstrap_key_file.read_text().strip()
+        if settings.bootstrap_key_file and settings.bootstrap_key_file.exists()
+        else None
+    )
+    if not key:
+        raise typer.BadParameter("pass --api-key or set LETHE_API_KEY")
+    return Client(url, key)
+
+
+class _ApiErrors:
+    """Turns the API's problem documents into one red line and exit code 1, instead of a traceback."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: BaseException | None, _: Any) -> None:
+        from lethe_client import LetheError
+
+        if isinstance(error, LetheError):
+            console.print(
+                f"[red]{error.status} {error.code or ''}[/red]: {error.problem.detail or error.problem.title}"
+            )
+            for item in error.problem.errors or []:
+                console.print(f"  {'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg')}")
+            raise typer.Exit(1)
+
+
+def _json_option(text: str, name: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc.msg}", param_hint=name) from exc
+
+
+def _short(value: Any) -> str:
+    return str(value)[:8] if value else "-"
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _record_table(title: str, record: Any, fields: tuple[str, ...]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for name in fields:
+        value = getattr(record, name, None)
+        table.add_row(name, json.dumps(value) if isinstance(value, dict | list) else str(value))
+    console.print(table)
+
+
+def follow_typed(client: Any, job_id: Any, label: str) -> Any:
+    """Follow a job (a lethe_client.Job) with a progress bar until it ends."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[phase]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(label, total=1.0, phase="queued")
+
+        def update(job: Any) -> None:
+            fraction = 1.0 if job.status == "succeeded" else float(job.progress.fraction or 0.0)
+            progress.update(task, completed=fraction, phase=f"{job.status} {job.progress.phase or ''}")
+
+        return client.follow(job_id, update)
+
+
+def _job_outcome(job: Any) -> None:
+    if job.status == "succeeded":
+        metrics = ", ".join(f"{k} {v:.2f}" for k, v in sorted(job.metrics.items()))
+        console.print(f"job {job.id} [green]succeeded[/green]" + (f": {metrics}" if metrics else ""))
+        if job.output_model_id:
+            console.print(f"output model {job.output_model_id}")
+        return
+    error = job.error or {}
+    console.print(f"job {job.id} [red]{job.status}[/red]: {error.get('message') or error.get('type') or ''}")
+    raise typer.Exit(1)
+
+
+@upload_cli.command("dataset")
+def upload_dataset_cmd(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help=".npz: x_train, y_train, x_test, y_test")
+    ],
+    name: Annotated[str | None, typer.Option(help="Name (default: the file name).")] = None,
+    task: Annotated[str, typer.Option(help="classification | regression")] = "classification",
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Upload a dataset; identical data answers the stored one."""
+    with _typed_client(url, api_key) as client, _ApiErrors():
+        dataset = client.upload_dataset(file, name=name or file.stem, task=task)
+    fields = ("id", "name", "task", "num_classes", "n_train", "n_test", "input_shape", "sha256")
+    _record_table("dataset", dataset, fields)
+
+
+@upload_cli.command("model")
+def upload_model_cmd(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A .safetensors state_dict.")],
+    architecture: Annotated[str, typer.Option(help="Name from GET /v1/architectures.")],
+    config: Annotated[str, typer.Option(help="Architecture config as JSON.")] = "{}",
+    dataset_id: Annotated[
+        str | None, typer.Option("--dataset", help="The dataset it was trained on.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Name (default: the architecture).")] = None,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Upload a model checkpoint (safetensors; pickles are refused)."""
+    arch_config = _json_option(config, "--config")
+    with _typed_client(url, api_key) as client, _ApiErrors():
+        model = client.upload_model(
+            file, architecture=architecture, config=arch_config, name=name, dataset_id=dataset_id
+        )
+    _record_table("model", model, ("id", "name", "architecture", "arch_config", "dataset_id", "num_params"))
+
+
+@cli.command()
+def submit(
+    kind: Annotated[str, typer.Option(help="Job kind (GET /v1/job-kinds): train, unlearn, evaluate, ...")],
+    method: Annotated[str | None, typer.Option(help="Unlearning method (GET /v1/methods).")] = None,
+    model_id: Annotated[str | None, typer.Option("--model", help="The model the job runs on.")] = None,
+    forget_set_id: Annotated[str | None, typer.Option("--forget-set", help="The forget set.")] = None,
+    dataset_id: Annotated[str | None, typer.Option("--dataset", help="The dataset (train jobs).")] = None,
+    architecture: Annotated[str | None, typer.Option(help="Architecture (train jobs).")] = None,
+    arch_config: Annotated[str, typer.Option(help="Architecture config as JSON.")] = "{}",
+    params: Annotated[str, typer.Option(help="The kind's or method's params as JSON.")] = "{}",
+    seed: Annotated[int | None, typer.Option(help="Seed (default: drawn by the server, recorded).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Default: derived from the body, so rerunning the command is safe.")
+    ] = None,
+    follow: Annotated[bool, typer.Option(help="Follow it with a progress bar until it ends.")] = True,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Submit a job and follow it. Exit 0 when it succeeds (or was only submitted), 1 when not."""
+    import hashlib
+
+    body: dict[str, Any] = {
+        "kind": kind,
+        "method": method,
+        "model_id": model_id,
+        "forget_set_id": forget_set_id,
+        "dataset_id": dataset_id,
+        "architecture": architecture,
+        "arch_config": _json_option(arch_config, "--arch-config"),
+        "params": _json_option(params, "--params"),
+        "seed": seed,
+        "device": device,
+    }
+    body = {k: v for k, v in body.items() if (v is not None and v != {}) or k == "params"}
+    # Derived from the body: a rerun after a lost answer returns the same job instead of a second one.
+    key = idempotency_key or hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+    with _typed_client(url, api_key) as client, _ApiErrors():
+        job = client.submit_job(body, idempotency_key=key)
+        console.print(
+            f"job {job.id} ({' '.join(filter(None, (job.kind, job.method)))}, seed {job.seed}): {job.status}"
+        )
+        if not follow:
+            return
+        done = follow_typed(client, job.id, f"{job.kind} {_short(job.id)}")
+    _job_outcome(done)
+
+
+@jobs_cli.command("list")
+def jobs_list(
+    status: Annotated[
+        str | None, typer.Option(help="queued | running | succeeded | failed | cancelled")
+    ] = None,
+    kind: Annotated[str | None, typer.Option(help="A job kind.")] = None,
+    method: Annotated[str | None, typer.Option(help="A method.")] = None,
+    model_id: Annotated[str | None, typer.Option("--model", help="Jobs on this model.")] = None,
+    forget_set_id: Annotated[
+        str | None, typer.Option("--forget-set", help="Jobs on this forget set.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many rows (newest first), over pages.")] = 50,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """List jobs, newest first, with progress and headline metrics."""
+    import itertools
+
+    from rich.table import Table
+
+    filters = {
+        "status": status,
+        "kind": kind,
+        "method": method,
+        "model_id": model_id,
+        "forget_set_id": forget_set_id,
+    }
+    with _typed_client(url, api_key) as client, _ApiErrors():
+        jobs = list(itertools.islice(client.iter_jobs(limit=min(limit, 200), **filters), limit))
+    table = Table(title=f"{len(jobs)} job(s)")
+    for column in ("id", "kind", "method", "status", "progress", "seed", "created", "UA", "RA", "TA"):
+        table.add_column(
+            column, justify="right" if column in ("progress", "seed", "UA", "RA", "TA") else "left"
+        )
+    for job in jobs:
+        fraction = 1.0 if job.status == "succeeded" else job.progress.fraction or 0.0
+        table.add_row(
+            str(job.id),
+            job.kind,
+            job.method or "-",
+            job.status,
+            f"{100 * fraction:.0f}%",
+            str(job.seed),
+            job.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            *(_number(job.metrics.get(name)) for name in ("UA", "RA", "TA")),
+        )
+    console.print(table)
+
+
+@cli.command()
+def compare(
+    forget_set_id: Annotated[str, typer.Argument(help="The forget set.")],
+    model_id: Annotated[str | None, typer.Option("--model", help="Only jobs on this original model.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """The forget set's comparison: every finished job next to the retrain oracle, Avg-Gap and flags."""
+    from rich.table import Table
+
+    with _typed_client(url, api_key) as client, _ApiErrors():
+        result = client.comparison(forget_set_id, model_id)
+    table = Table(title=f"forget set {forget_set_id} ({result.task})")
+    for column in ("row", "seed", *result.columns, "flags", "job"):
+        table.add_column(column, justify="left" if column in ("row", "flags", "job") else "right")
+    for row in result.rows:
+        # A column is a metric, or a field of the row itself (avg_gap, rte_seconds).
+        cells = [row.metrics.get(column, getattr(row, column, None)) for column in result.columns]
+        table.add_row(
+            row.method or row.kind,
+            str(row.seed),
+            *(_number(v) if isinstance(v, int | float) else "-" for v in cells),
+            ", ".join(row.flags) or "-",
+            _short(row.job_id),
+        )
+    console.print(table)
+    if not result.rows:
+        console.print("no finished jobs on this forget set yet")
+
+
+@campaign_cli.command("create")
+def campaign_create(
+    name: Annotated[str, typer.Option(help="Campaign name.")],
+    model_id: Annotated[str, typer.Option("--model", help="The original model.")],
+    methods: Annotated[list[str], typer.Option("--method", help="A method (repeatable).")],
+    forget_sets: Annotated[
+        list[str] | None, typer.Option("--forget-set", help="An existing forget set id (repeatable).")
+    ] = None,
+    random_fractions: Annotated[
+        list[float] | None,
+        typer.Option("--random", help="A random forget set of this fraction (repeatable)."),
+    ] = None,
+    seeds: Annotated[list[int] | None, typer.Option("--seed", help="A seed (repeatable); default 0.")] = None,
+    spec: Annotated[
+        Path | None, typer.Option(help="A full CampaignCreate body as JSON; the options above override it.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    follow: Annotated[bool, typer.Option(help="Follow its progress until it finishes.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Create a campaign: methods x forget sets x seeds, each cell with its retrain oracle."""
+    body: dict[str, Any] = _json_option(spec.read_text(), "--spec") if spec else {}
+    refs: list[dict[str, Any]] = [{"forget_set_id": f} for f in forget_sets or []]
+    refs += [{"spec": {"kind": "random", "fraction": f, "seed": 0}} for f in random_fractions or []]
+    body.update({"name": name, "model_id": model_id, "device": device})
+    body["methods"] = [{"method": m} for m in methods]
+    if refs:
+        body["forget_sets"] = refs
+    body["seeds"] = seeds or body.get("seeds") or [0]
+    if not body.get("forget_sets"):
+        raise typer.BadParameter("give --forget-set or --random (or a --spec with forget_sets)")
+    with _typed_client(url, api_key) as client, _ApiErrors():
+        campaign = client.create_campaign(body)
+        console.print(f"campaign {campaign.id}: {campaign.status} ({campaign.stage})")
+        if follow:
+            _follow_campaign(client, campaign.id)
+            _show_campaign(client, campaign.id)
+
+
+def _follow_campaign(client: Any, campaign_id: Any, poll_seconds: float = 1.0) -> Any:
+    import time
+
+    from lethe_client import CAMPAIGN_TERMINAL
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[phase]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"campaign {_short(campaign_id)}", total=1.0, phase="")
+        while True:
+            campaign = client.get_campaign(campaign_id)
+            by_status = (campaign.progress.by_status if campaign.progress else {}) or {}
+            counts = " ".join(f"{k}:{v}" for k, v in sorted(by_status.items()))
+            fraction = campaign.progress.fraction if campaign.progress else 0.0
+            progress.update(task, completed=fraction, phase=f"{campaign.stage} {counts}")
+            if campaign.status in CAMPAIGN_TERMINAL:
+                return campaign
+            time.sleep(poll_seconds)
+
+
+def _show_campaign(client: Any, campaign_id: Any) -> None:
+    from rich.table import Table
+
+    campaign = client.get_campaign(campaign_id)
+    done = campaign.progress
+    summary = f"{done.fraction:.0%} of {done.total} cells" if done else "no cells yet"
+    console.print(
+        f"campaign {campaign.name} ({campaign.id}): {campaign.status}, stage {campaign.stage}, {summary}"
+    )
+    result = client.campaign_table(campaign_id)
+    table = Table(title="mean ± std over seeds")
+    for column in ("forget set", "row", *result.columns, "Avg-Gap", "RTE s", "flags"):
+        table.add_column(column, justify="left" if column in ("forget set", "row", "flags") else "right")
+
+    def stat(value: Any) -> str:
+        if value is None or value.mean is None:
+            return "-"
+        return f"{value.mean:.2f}" + (f" ± {value.std:.2f}" if value.std is not None and value.n > 1 else "")
+
+    for row in result.rows:
+        table.add_row(
+            row.forget_set_name,
+            row.row,
+            *(stat(row.metrics.get(column)) for column in result.columns),
+            stat(row.avg_gap),
+            stat(row.rte_seconds),
+            ", ".join(row.flags) or "-",
+        )
+    console.print(table)
+
+
+@campaign_cli.command("show")
+def campaign_show(
+    campaign_id: Annotated[str, typer.Argument(help="The campaign.")],
+    follow: Annotated[bool, typer.Option(help="Follow its progress until it finishes first.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """A campaign's stage, progress and its table (UA, RA, TA, MIA-Efficacy, RTE, Avg-Gap)."""
+    with _typed_client(url, api_key) as client, _ApiErrors():
+        if follow:
+            _follow_campaign(client, campaign_id)
+        _show_campaign(client, campaign_id)
+
+
 def main() -> None:
     cli()
 
