@@ -37,8 +37,8 @@ test-postgres: $(STAMP)
 		-m "not browser"
 
 lint: $(STAMP)
-	$(BIN)/ruff check app workers tests bench migrations
-	$(BIN)/mypy app workers
+	$(BIN)/ruff check app workers tests bench migrations client
+	$(BIN)/mypy app workers client/lethe_client
 
 # K shadow models at once vs one after another (prints ratios; `--device cuda` on a GPU).
 bench-shadows: $(STAMP)

@@ -49,6 +49,7 @@ class AsyncClient:
         rng: random.Random | None = None,
     ) -> None:
         auth = {"Authorization": f"Bearer {api_key}"}
+        self._owns_http = http is None
         if http is None:
             http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport)
         self.http = http
@@ -62,7 +63,8 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self._owns_http:  # a client passed in belongs to the caller
+            await self.http.aclose()
 
     # ---------------------------------------------------------------------------------- plumbing
     async def send(self, request: Request) -> httpx.Response:

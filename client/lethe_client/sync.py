@@ -48,6 +48,7 @@ class Client:
         rng: random.Random | None = None,
     ) -> None:
         auth = {"Authorization": f"Bearer {api_key}"}
+        self._owns_http = http is None
         if http is None:
             http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport)
         self.http = http
@@ -61,7 +62,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self.http.close()
+        if self._owns_http:  # a client passed in belongs to the caller
+            self.http.close()
 
     # ---------------------------------------------------------------------------------- plumbing
     def send(self, request: Request) -> httpx.Response:

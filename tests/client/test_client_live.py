@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -112,7 +113,11 @@ def _client_only_venv(root: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     python = root / "bin" / "python"
     pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-input"]
-    subprocess.run([*pip, "--no-deps", str(REPO / "client")], check=True)
+    # From a copy: pip builds in the source directory and must not leave build/ in the repository.
+    source = shutil.copytree(
+        REPO / "client", root.parent / "client-src", ignore=shutil.ignore_patterns("build", "*.egg-info")
+    )
+    subprocess.run([*pip, "--no-deps", str(source)], check=True)
     subprocess.run([*pip, "-c", str(REPO / "constraints.txt"), "httpx", "pydantic"], check=True)
     return python
 
@@ -204,7 +209,6 @@ def test_cli_verbs_upload_submit_list_compare_and_campaign(
     listed = lethe("jobs", "list", "--limit", "5")
     assert "2 job(s)" in listed and "evaluate" in listed and "train" in listed
     compared = lethe("compare", str(forget.id))
-    print(compared)
     assert "evaluate" in compared and "UA" in compared
 
     bad = runner.invoke(cli, ["compare", "not-a-uuid", *common])

@@ -231,8 +231,9 @@ def test_the_api_key_goes_on_every_request_but_not_onto_a_shared_http_client() -
         return httpx.Response(200, json=job_json())
 
     shared = httpx.Client(base_url="http://lethe.test", transport=httpx.MockTransport(handler))
-    Client("http://lethe.test", "lk_secret", http=shared).get_job(uuid.UUID(int=1))
-    shared.get("/v1/jobs/x")
+    with Client("http://lethe.test", "lk_secret", http=shared) as client:
+        client.get_job(uuid.UUID(int=1))
+    shared.get("/v1/jobs/x")  # still open: the caller's client is the caller's to close
     assert seen == ["Bearer lk_secret", None]
 
 
