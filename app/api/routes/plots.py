@@ -122,6 +122,7 @@ def forget_set_tradeoff(
         {
             "kind": row.kind,
             "label": f"{row.method or _row_name(row.kind)} s{row.seed}",
+            "group": row.method or _row_name(row.kind),  # one marker and colour per method
             "UA": row.metrics[x_key],
             "RA": row.metrics[y_key],
         }

@@ -239,9 +239,10 @@ def tradeoff_figure(
     x_label: str = "UA (unlearning accuracy, %)",
     y_label: str = "RA (remaining accuracy, %)",
 ) -> Figure:
-    """UA (x) against RA (y) per comparison row (points' ``UA`` / ``RA``); the retrain oracle is the
-    target. Labels are placed so they do not overprint each other or the markers; coincident markers
-    (seeds with the same metrics) are fanned out and drawn translucent; a legend keys marker to method."""
+    """UA (x) against RA (y) per comparison row (points' ``UA`` / ``RA``, ``group``: the method, or
+    "retrain" / "original"); the retrain oracle is the target. Labels are placed so they do not overprint
+    each other or the markers; coincident markers (seeds with the same metrics) are fanned out and drawn
+    translucent; a legend keys marker to method."""
     figure = _figure(width=8.0, height=5.0)
     axes = figure.subplots()
     xs = [float(p["UA"]) for p in points]
@@ -252,9 +253,9 @@ def tradeoff_figure(
     groups: dict[str, tuple[str, str, float]] = {}
     annotations = []
     for point, (x, y) in zip(points, positions, strict=True):
-        group = str(point.get("group") or point["label"].rsplit(" s", 1)[0])
+        group = str(point.get("group") or point["label"])
         if group not in groups:
-            fixed = TRADEOFF_FIXED.get(group) or TRADEOFF_FIXED.get(point["kind"])
+            fixed = TRADEOFF_FIXED.get(group)
             if fixed is not None:
                 groups[group] = fixed
             else:

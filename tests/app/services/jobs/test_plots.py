@@ -92,7 +92,10 @@ def _points() -> list[dict]:
         ("blindspot", "unlearn", 10.1, 94.9),
         ("rl", "unlearn", 40.0, 80.0),
     ]
-    return [{"kind": kind, "label": f"{m} s{i}", "UA": x, "RA": y} for i, (m, kind, x, y) in enumerate(rows)]
+    return [
+        {"kind": kind, "label": f"{m} s{i}", "group": m, "UA": x, "RA": y}
+        for i, (m, kind, x, y) in enumerate(rows)
+    ]
 
 
 def test_tradeoff_labels_do_not_overlap_and_coincident_markers_stay_visible() -> None:
