@@ -306,7 +306,6 @@ def per_class_figure(title: str, before: dict[str, Any] | None, after: dict[str,
         if isinstance(old, list):
             axes.bar([c - width / 2 for c in classes], [_nan(v) for v in old], width, label="before")
             axes.bar([c + width / 2 for c in classes], [_nan(v) for v in values], width, label="after")
-            axes.legend(fontsize="x-small")
             shown += old
         else:
             axes.bar(classes, [_nan(v) for v in values], width, label="after")
@@ -318,6 +317,9 @@ def per_class_figure(title: str, before: dict[str, Any] | None, after: dict[str,
         axes.set_ylim(0, max(full, top) * 1.05)
     axes_list[0].set_ylabel("accuracy")
     figure.suptitle(title)
+    handles, labels = axes_list[0].get_legend_handles_labels()
+    if len(handles) > 1:  # one legend above the panels: inside an axes it covered the tallest bars
+        figure.legend(handles, labels, loc="outside upper right", ncols=2, fontsize="x-small")
     return figure
 
 

@@ -37,6 +37,11 @@ def test_per_class_axis_covers_the_before_bars_when_forgetting_succeeds(before, 
         heights = [patch.get_height() for patch in axes.patches]
         assert heights and max(heights) <= top, (axes.get_title(), heights, top)
         assert max(heights) >= 0.9 * top / 1.05  # and not a scale far beyond the data
+    renderer = figure.canvas.get_renderer()
+    (legend,) = figure.legends  # one, above the panels: inside an axes it covered the tallest bars
+    assert not any(
+        legend.get_window_extent(renderer).overlaps(a.get_window_extent(renderer)) for a in figure.axes
+    )
 
 
 def _curves(n: int, below: set[int] = frozenset()) -> list[tuple[str, list[float], list[float]]]:
