@@ -1,7 +1,8 @@
 """Requests as values, and the retry rule both clients apply to them.
 
-A request says whether the server may safely receive it twice (``replay_safe``): GETs, and POSTs that carry
-an ``Idempotency-Key`` the server honours (jobs, deletion requests). Only those are resent after a failure
+A request says whether the server may safely receive it twice (``replay_safe``): GETs, dataset creation
+(the server answers a repeat with the stored dataset), and POSTs that carry an ``Idempotency-Key`` the
+server honours (jobs, deletion requests). Only those are resent after a failure
 that may have happened after the server acted (a read timeout, a dropped connection, 502/504). Everything
 is resent after failures that prove the server did nothing: the connection was never made, or it answered
 429 / 503 (rate limit, quota, not ready) — those are refused before any write.
@@ -86,9 +87,11 @@ def post(
     idempotency_key: str | None = None,
     data: Mapping[str, str] | None = None,
     files: Mapping[str, tuple[str, bytes, str]] | None = None,
+    deduplicated: bool = False,
 ) -> Request:
+    """``deduplicated``: the server answers a repeat with the stored resource (content-addressed)."""
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    safe = idempotency_key is not None and path in IDEMPOTENT_POSTS
+    safe = deduplicated or (idempotency_key is not None and path in IDEMPOTENT_POSTS)
     return Request("POST", path, json=json, data=data, files=files, headers=headers, replay_safe=safe)
 
 

@@ -38,13 +38,16 @@ def get_dataset(dataset_id: Id) -> Request:
 
 
 def create_builtin_dataset(builtin: str, config: Mapping[str, Any] | None, name: str | None) -> Request:
-    return post("/v1/datasets", _body({"builtin": builtin, "config": dict(config or {}), "name": name}))
+    # The same builtin and config answer the stored dataset (200): safe to resend.
+    body = _body({"builtin": builtin, "config": dict(config or {}), "name": name})
+    return post("/v1/datasets", body, deduplicated=True)
 
 
 def upload_dataset(npz: bytes, name: str | None, task: str, filename: str = "dataset.npz") -> Request:
     # The server deduplicates identical data (200 with the stored row): resending is harmless.
     data = {"task": task, **({"name": name} if name else {})}
-    return post("/v1/datasets/upload", data=data, files={"file": (filename, npz, "application/octet-stream")})
+    files = {"file": (filename, npz, "application/octet-stream")}
+    return post("/v1/datasets/upload", data=data, files=files, deduplicated=True)
 
 
 # ------------------------------------------------------------------------------------------ models

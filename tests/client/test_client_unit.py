@@ -152,6 +152,22 @@ def test_a_post_the_server_does_not_deduplicate_is_resent_only_when_it_never_lef
     assert sleeps == [0.5, 1.0]
 
 
+def test_a_dataset_upload_is_resent_after_a_dropped_answer_the_server_deduplicates_it() -> None:
+    bodies: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.read())
+        if len(bodies) == 1:
+            raise httpx.ReadTimeout("no answer", request=request)
+        dataset = {"id": str(uuid.uuid4()), "name": "d", "source": "upload", "task": "classification"}
+        dataset |= {"num_classes": 2, "n_train": 4, "n_test": 2, "input_shape": [3], "created_at": NOW}
+        return httpx.Response(200, json=dataset)
+
+    client, sleeps = make(handler)
+    assert client.upload_dataset(b"PK-npz-bytes", name="d").n_train == 4
+    assert len(bodies) == 2 and all(b"PK-npz-bytes" in body for body in bodies) and sleeps == [0.5]
+
+
 def test_gateway_errors_are_retried_for_reads_but_not_for_unkeyed_posts() -> None:
     seen: list[str] = []
 
