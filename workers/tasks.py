@@ -95,7 +95,12 @@ def reap() -> dict[str, int]:
     for request_id in deletion_request_service.running_requests(runtime.sessions):
         # Issues the signed report (or marks the request failed) once all of its jobs have ended.
         try:
-            deletion_request_service.advance(runtime.sessions, request_id, runtime.settings)
+            deletion_request_service.advance(
+                runtime.sessions,
+                request_id,
+                runtime.settings,
+                publish=lambda ids: sent.extend(job_service.publish_all(runtime.sessions, publisher, ids)),
+            )
         except Exception:  # one broken request must not stop the reaper's other work
             log.exception("reaper: could not advance deletion request %s", request_id)
     if report.requeued or report.failed or sent or over_budget:

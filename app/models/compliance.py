@@ -68,6 +68,9 @@ class DeletionRequest(UUIDPrimaryKey, CreatedAt, Base):
     seed: Mapped[int]
     device_requested: Mapped[str] = mapped_column(String(20))
     audit_params: Mapped[dict[str, Any] | None]
+    # The recovery audits' options (RecoveryParams but the model ids) when a rule names a recovery metric:
+    # its jobs start only once the unlearned model exists, so the options wait here until then.
+    recovery_params: Mapped[dict[str, Any] | None]
     # Who and what the deletion is for, as the requester's records name them; carried into the signed report.
     # Personal data: never logged, never copied into the audit trail.
     subject_reference: Mapped[str | None] = mapped_column(String(200))
@@ -76,7 +79,8 @@ class DeletionRequest(UUIDPrimaryKey, CreatedAt, Base):
     status: Mapped[DeletionRequestStatus] = mapped_column(
         _enum(DeletionRequestStatus), default=DeletionRequestStatus.running
     )
-    # {role: {"job_id", "reused"}}: unlearn, retrain, original, identity (+ audit, audit_identity if needed)
+    # {role: {"job_id", "reused"}}: unlearn, retrain, original, identity (+ audit, audit_identity, recovery,
+    # recovery_identity if needed)
     jobs: Mapped[dict[str, Any]]
     error: Mapped[dict[str, Any] | None]
     finished_at: Mapped[datetime | None]

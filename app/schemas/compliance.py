@@ -21,6 +21,17 @@ MAX_RULES = 50
 # Metrics an audit job produces (U-LiRA, Kaggle, LiRA, RMIA): a rule on one of them makes the deletion
 # request run an audit.
 AUDIT_METRIC_PREFIXES = ("ulira_", "kaggle_", "lira_", "rmia_")
+# Metrics a recovery audit produces (workers.engine.recovery.job.summarise): a rule on one of them makes the
+# deletion request run recovery audits of the unlearned model and of the identity control's output.
+RECOVERY_METRIC_PREFIXES = ("recovery_", "transform.", "relearn.")
+STAGE_AUDIT = "audit"
+STAGE_RECOVERY = "recovery"
+# Which further stage of a deletion request measures a metric, one entry per stage (first match wins): the
+# report reads such a rule from that stage's job, for the unlearned model and for the controls alike.
+METRIC_STAGES: dict[str, tuple[str, ...]] = {
+    STAGE_AUDIT: AUDIT_METRIC_PREFIXES,
+    STAGE_RECOVERY: RECOVERY_METRIC_PREFIXES,
+}
 
 
 MAX_REFERENCE = 200
@@ -31,8 +42,17 @@ _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u20
 _REJECTED_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
+def metric_stage(metric: str) -> str | None:
+    """The stage whose job measures ``metric`` (``audit``, ``recovery``), None for the evaluation's."""
+    return next((stage for stage, prefixes in METRIC_STAGES.items() if metric.startswith(prefixes)), None)
+
+
 def is_audit_metric(metric: str) -> bool:
-    return metric.startswith(AUDIT_METRIC_PREFIXES)
+    return metric_stage(metric) == STAGE_AUDIT
+
+
+def is_recovery_metric(metric: str) -> bool:
+    return metric_stage(metric) == STAGE_RECOVERY
 
 
 def _printable_reference(value: str) -> str:
@@ -149,18 +169,19 @@ class PolicyOut(BaseModel):
 
 class CheckMetrics(BaseModel):
     """Measured metrics by role, as ``{metric: value}``: ``original`` (the untouched model's evaluation on the
-    forget set), ``retrain`` (the oracle, for gap rules) and ``audit`` (an audit of the ``identity`` method,
-    for audit-metric rules)."""
+    forget set), ``retrain`` (the oracle, for gap rules), ``audit`` (an audit of the ``identity`` method,
+    for audit-metric rules) and ``recovery`` (a recovery audit of the untouched model, for recovery rules)."""
 
     model_config = ConfigDict(extra="forbid")
 
     original: dict[str, float] = Field(max_length=MAX_CHECK_METRICS)
     retrain: dict[str, float] = Field(default_factory=dict, max_length=MAX_CHECK_METRICS)
     audit: dict[str, float] = Field(default_factory=dict, max_length=MAX_CHECK_METRICS)
+    recovery: dict[str, float] = Field(default_factory=dict, max_length=MAX_CHECK_METRICS)
 
     @model_validator(mode="after")
     def _finite_names(self) -> Self:
-        for role in ("original", "retrain", "audit"):
+        for role in ("original", "retrain", "audit", "recovery"):
             for name, value in getattr(self, role).items():
                 if not METRIC_NAME.fullmatch(name):
                     raise ValueError(f"{role}: metric name {name[:100]!r} does not match {METRIC_PATTERN}")
@@ -250,6 +271,21 @@ class AuditOptions(BaseModel):
     shadows: int = Field(16, ge=3, le=256)
 
 
+class RecoveryOptions(BaseModel):
+    """How the recovery audits (run when a rule names a recovery metric) work: any field of the ``recovery``
+    kind's params (GET /v1/job-kinds) but the model ids, which the request fills in (its original, its
+    retrain)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _no_model_ids(self) -> Self:
+        given = sorted(set(self.model_extra or {}) & {"original_model_id", "retrain_model_id"})
+        if given:
+            raise ValueError(f"{', '.join(given)}: the request's own original and retrain are audited")
+        return self
+
+
 class DeletionRequestCreate(BaseModel):
     """Forget ``forget_set_id`` from ``model_id`` with ``method`` and check the result against a policy.
 
@@ -273,6 +309,9 @@ class DeletionRequestCreate(BaseModel):
     )
     audit: AuditOptions | None = Field(
         None, description="Audit settings, used when a policy rule needs an audit metric."
+    )
+    recovery: RecoveryOptions | None = Field(
+        None, description="Recovery-audit settings, used when a policy rule needs a recovery metric."
     )
     subject_reference: Reference | None = Field(
         None,
@@ -320,7 +359,9 @@ class DeletionRequestOut(BaseModel):
     jobs: dict[str, Any] = Field(
         description=(
             "{role: {job_id, reused}}: unlearn, retrain, original (the untouched-model control), identity"
-            " (the no-op method's control) and, when a rule needs an audit, audit and audit_identity."
+            " (the no-op method's control) and, when a rule needs an audit, audit and audit_identity; when"
+            " a rule needs a recovery audit, recovery and recovery_identity (added once the unlearning, the"
+            " retrain and the identity control have succeeded)."
         )
     )
     progress: DeletionRequestProgress

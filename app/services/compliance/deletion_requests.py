@@ -11,7 +11,13 @@ Submitting one adds, in the caller's transaction, the jobs it needs (by role):
 * ``audit``: only when a policy rule names an audit metric (``ulira_*``, ``kaggle_*``, ``lira_*``,
   ``rmia_*``): the method audited with the request's params and ``audit`` settings, and ``audit_identity``,
   the identity method audited with the same settings (the audit's shadow models are shared through the
-  shadow store, so the control's audit retrains nothing).
+  shadow store, so the control's audit retrains nothing);
+* ``recovery``: only when a policy rule names a recovery metric (``recovery_*``, ``transform.*``,
+  ``relearn.*``): a recovery audit (quantization, pruning, relearning) of the unlearned model and
+  ``recovery_identity``, the same audit of the identity control's output, both against the request's own
+  original and retrain, with the request's seed and ``recovery`` settings. They need the unlearned model, so
+  :func:`advance` adds them as a second stage once the unlearning, the retrain and the identity control have
+  succeeded.
 
 The report judges the unlearned model and each control by the same rules: a pass needs every control to
 fail at least one rule (see app.services.compliance.policies.verdict_with_controls), so a policy that an
@@ -27,15 +33,17 @@ import hashlib
 import json
 import secrets
 import uuid
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
 from app.core.db import session_scope
-from app.core.problems import DomainError, NotFound, Unprocessable
-from app.core.security import Principal
+from app.core.problems import DomainError, NotFound, Unprocessable, validation_errors
+from app.core.security import Principal, Scope
 from app.models import (
     ComplianceReport,
     DeletionRequest,
@@ -54,6 +62,7 @@ from app.schemas.compliance import (
     PolicyRef,
     PolicyRule,
     is_audit_metric,
+    is_recovery_metric,
 )
 from app.schemas.jobs import MAX_SEED, JobCreate
 from app.services.compliance import audit, reports
@@ -62,8 +71,12 @@ from app.services.compliance.signing import signing_key
 from app.services.data.forget_sets import get_forget_set
 from app.services.data.models import get_model
 from app.services.jobs import lifecycle as job_service
+from app.services.jobs.results import forget_set_task
 from app.services.jobs.submission import build_job, find_reusable
 from app.services.ops import quotas
+from workers.engine.job_kinds import job_kind
+from workers.engine.recovery.params import ORIGINAL_FIELD, RETRAIN_FIELD
+from workers.engine.task_types import TaskType
 
 ROLE_UNLEARN = "unlearn"
 ROLE_RETRAIN = "retrain"
@@ -71,6 +84,11 @@ ROLE_ORIGINAL = "original"
 ROLE_IDENTITY = "identity"
 ROLE_AUDIT = "audit"
 ROLE_AUDIT_IDENTITY = "audit_identity"
+ROLE_RECOVERY = "recovery"
+ROLE_RECOVERY_IDENTITY = "recovery_identity"
+RECOVERY_KIND = "recovery"
+# The recovery stage's jobs: role → the role of the job whose output model it audits.
+RECOVERY_SUBJECTS = {ROLE_RECOVERY: ROLE_UNLEARN, ROLE_RECOVERY_IDENTITY: ROLE_IDENTITY}
 IDENTITY_METHOD = "identity"
 REFERENCE_FIELDS = ("subject_reference", "ticket_reference", "requested_by")
 ACTOR = "deletion-request"
@@ -78,6 +96,29 @@ ACTOR = "deletion-request"
 
 def needs_audit(policy: Policy) -> bool:
     return any(is_audit_metric(PolicyRule.model_validate(rule).metric) for rule in policy.rules)
+
+
+def needs_recovery(policy: Policy) -> bool:
+    return any(is_recovery_metric(PolicyRule.model_validate(rule).metric) for rule in policy.rules)
+
+
+def _recovery_params(session: Session, body: DeletionRequestCreate) -> dict[str, Any]:
+    """The recovery audits' options, validated now (the jobs start later): 422 before anything is written."""
+    spec = job_kind(RECOVERY_KIND)
+    task = TaskType(forget_set_task(session, body.forget_set_id))
+    if task not in spec.task_types:
+        raise Unprocessable(
+            f"this policy needs a recovery audit, which does not support {task.value} models yet",
+            code="task-mismatch",
+        )
+    options = body.recovery.model_dump(mode="json") if body.recovery is not None else {}
+    try:
+        spec.params_models[task].model_validate(options)
+    except ValidationError as exc:
+        raise Unprocessable(
+            "invalid recovery settings", code="invalid-params", errors=validation_errors(exc.errors())
+        ) from exc
+    return options
 
 
 def _fingerprint(body: DeletionRequestCreate) -> str:
@@ -139,6 +180,7 @@ def submit(
         policy = find_policy(session, tenant, body.policy_name, body.policy_version)
     model = get_model(session, tenant, body.model_id)
     forget_set = get_forget_set(session, tenant, body.forget_set_id)
+    recovery_params = _recovery_params(session, body) if needs_recovery(policy) else None
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     common = {"model_id": model.id, "forget_set_id": forget_set.id, "device": body.device}
     new_jobs: list[uuid.UUID] = []
@@ -199,6 +241,7 @@ def submit(
         seed=seed,
         device_requested=body.device,
         audit_params=audit_params,
+        recovery_params=recovery_params,
         subject_reference=body.subject_reference,
         ticket_reference=body.ticket_reference,
         requested_by=body.requested_by,
@@ -307,8 +350,73 @@ def _transition(session: Session, row: DeletionRequest, status: DeletionRequestS
     return changed.rowcount == 1  # type: ignore[attr-defined]
 
 
-def advance(factory: sessionmaker[Session], request_id: uuid.UUID, settings: Settings) -> str | None:
-    """Finish the request once all its jobs have ended; returns the new status, None while it waits."""
+def _add_recovery_stage(
+    session: Session, row: DeletionRequest, jobs: dict[str, Job | None], settings: Settings
+) -> list[uuid.UUID]:
+    """Add the recovery audits of the unlearned model and of the identity control's output (not committed),
+    both against the request's own original and retrain; returns the new jobs to publish."""
+    retrain = jobs[ROLE_RETRAIN]
+    assert retrain is not None and retrain.output_model_id is not None
+    principal = Principal(tenant_id=row.tenant_id, key_id=ACTOR, scopes=frozenset(Scope))
+    params = {
+        **(row.recovery_params or {}),
+        ORIGINAL_FIELD: str(row.model_id),
+        RETRAIN_FIELD: str(retrain.output_model_id),
+    }
+    new_jobs: list[uuid.UUID] = []
+    added: dict[str, Any] = {}
+    for role, subject in RECOVERY_SUBJECTS.items():
+        audited = jobs.get(subject)
+        if audited is None or audited.output_model_id is None:
+            continue  # no identity control (generative models): nothing of it to audit
+        body = JobCreate(
+            kind=RECOVERY_KIND,
+            model_id=audited.output_model_id,
+            forget_set_id=row.forget_set_id,
+            params=params,
+            seed=row.seed,
+            device=row.device_requested,
+        )
+        added[role] = _add_job(session, principal, settings, body, new_jobs)
+    quotas.check_active_jobs(session, row.tenant_id, settings)
+    changed = session.execute(
+        update(DeletionRequest)
+        .where(DeletionRequest.id == row.id, DeletionRequest.version == row.version)
+        .values(jobs={**row.jobs, **added}, version=row.version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if changed.rowcount != 1:  # type: ignore[attr-defined]
+        raise _Raced()
+    audit.record(
+        session,
+        tenant_id=row.tenant_id,
+        actor=ACTOR,
+        action="deletion_request.stage",
+        resource_type="deletion_request",
+        resource_id=str(row.id),
+        details={"stage": "recovery", "jobs": {role: entry["job_id"] for role, entry in added.items()}},
+    )
+    return new_jobs
+
+
+class _Raced(Exception):
+    """Another tick moved the request on first."""
+
+
+def _recovery_pending(row: DeletionRequest) -> bool:
+    return row.recovery_params is not None and ROLE_RECOVERY not in row.jobs
+
+
+def advance(
+    factory: sessionmaker[Session],
+    request_id: uuid.UUID,
+    settings: Settings,
+    publish: Callable[[Iterable[uuid.UUID]], object] | None = None,
+) -> str | None:
+    """Move the request on once all its jobs have ended: add the recovery stage when its policy needs one
+    (its jobs go to ``publish`` after the commit; without it the reaper's sweep sends them), else finish it.
+    Returns the new status, None while it waits."""
+    new_jobs: list[uuid.UUID] | None = None
     with session_scope(factory) as session:
         row = session.get(DeletionRequest, request_id)
         if row is None or row.status is not DeletionRequestStatus.running:
@@ -321,47 +429,77 @@ def advance(factory: sessionmaker[Session], request_id: uuid.UUID, settings: Set
             for role, job in jobs.items()
             if job is None or job.status is not JobStatus.succeeded
         }
-        report = None
-        if not unsuccessful:
+        if not unsuccessful and _recovery_pending(row):
             try:
-                report = reports.issue(session, row, signing_key(settings))
-            except DomainError as exc:  # e.g. an input was deleted meanwhile: nothing to certify
+                new_jobs = _add_recovery_stage(session, row, jobs, settings)
+            except _Raced:
+                session.rollback()
+                return None
+            except DomainError as exc:  # e.g. the tenant's job quota: the request cannot go on
                 session.rollback()
                 row = session.get(DeletionRequest, request_id)
                 assert row is not None
-                unsuccessful = {"report": exc.code}
-        if report is None:
-            error = {
-                "code": "job-unsuccessful" if "report" not in unsuccessful else "report-failed",
-                "detail": "a job this request needs did not succeed: no report was issued",
-                "jobs": unsuccessful,
-            }
-            if not _transition(session, row, DeletionRequestStatus.failed, error=error):
-                session.rollback()
-                return None
-            details: dict[str, Any] = {"status": "failed", "jobs": unsuccessful}
-            status = DeletionRequestStatus.failed
-        else:
-            if not _transition(session, row, DeletionRequestStatus.issued):
-                session.rollback()
-                return None
-            details = {
-                "status": "issued",
-                "report_id": str(report.id),
-                "sha256": report.sha256,
-                "verdict": report.verdict,
-            }
-            status = DeletionRequestStatus.issued
-        audit.record(
-            session,
-            tenant_id=row.tenant_id,
-            actor=ACTOR,
-            action="deletion_request.finish",
-            resource_type="deletion_request",
-            resource_id=str(row.id),
-            details=details,
-        )
-        return status.value
+                unsuccessful = {"recovery": exc.code}
+        if new_jobs is None:
+            return _finish(session, row, unsuccessful, settings)
+    # The stage is committed: its jobs can be sent (reused cached results need none), and the next tick
+    # finishes the request once they have ended.
+    if publish is not None and new_jobs:
+        publish(new_jobs)
+    return None
+
+
+# Steps other than jobs whose failure fails the request, with the error code it gets.
+_STEP_ERRORS = {"report": "report-failed", "recovery": "stage-refused"}
+
+
+def _finish(
+    session: Session, row: DeletionRequest, unsuccessful: dict[str, str], settings: Settings
+) -> str | None:
+    """Issue the report, or fail the request when a job or step did not succeed."""
+    request_id = row.id
+    report = None
+    if not unsuccessful:
+        try:
+            report = reports.issue(session, row, signing_key(settings))
+        except DomainError as exc:  # e.g. an input was deleted meanwhile: nothing to certify
+            session.rollback()
+            reloaded = session.get(DeletionRequest, request_id)
+            assert reloaded is not None
+            row, unsuccessful = reloaded, {"report": exc.code}
+    if report is None:
+        step = next((code for name, code in _STEP_ERRORS.items() if name in unsuccessful), None)
+        error = {
+            "code": step or "job-unsuccessful",
+            "detail": "a job or step this request needs did not succeed: no report was issued",
+            "jobs": unsuccessful,
+        }
+        if not _transition(session, row, DeletionRequestStatus.failed, error=error):
+            session.rollback()
+            return None
+        details: dict[str, Any] = {"status": "failed", "jobs": unsuccessful}
+        status = DeletionRequestStatus.failed
+    else:
+        if not _transition(session, row, DeletionRequestStatus.issued):
+            session.rollback()
+            return None
+        details = {
+            "status": "issued",
+            "report_id": str(report.id),
+            "sha256": report.sha256,
+            "verdict": report.verdict,
+        }
+        status = DeletionRequestStatus.issued
+    audit.record(
+        session,
+        tenant_id=row.tenant_id,
+        actor=ACTOR,
+        action="deletion_request.finish",
+        resource_type="deletion_request",
+        resource_id=str(row.id),
+        details=details,
+    )
+    return status.value
 
 
 def reissue(

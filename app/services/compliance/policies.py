@@ -7,7 +7,9 @@ model meets whatever it measures (``lint``)."""
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,7 +19,14 @@ from sqlalchemy.orm import Session
 from app.core.problems import NotFound
 from app.core.security import Principal
 from app.models import Policy, Tenant
-from app.schemas.compliance import PolicyCreate, PolicyOut, PolicyRule, PolicyWarning, is_audit_metric
+from app.schemas.compliance import (
+    METRIC_STAGES,
+    PolicyCreate,
+    PolicyOut,
+    PolicyRule,
+    PolicyWarning,
+    metric_stage,
+)
 from app.services.compliance import audit
 from app.services.compliance.signing import canonical_json
 
@@ -131,8 +140,88 @@ MEANINGS = {
 }
 
 
+# Recovery-audit metrics carry their transform or relearning source and step in the name
+# (workers.engine.recovery.job.summarise): one pattern per family, labelled from its parts.
+RELEARN_SOURCES = {
+    "forget_subset": "a subset of the forget set",
+    "retain_neighbours": "retained samples nearest the forget set",
+    "unrelated": "unrelated retained samples",
+}
+TRANSFORMS = {
+    "int8": "int8 quantization",
+    "int4": "4-bit round-to-nearest quantization",
+    "nf4": "NF4-style 4-bit quantization",
+}
+
+
+def _transform_words(name: str) -> str:
+    if name.startswith("prune_"):
+        return f"magnitude pruning to {name.removeprefix('prune_').replace('_', '.')} % sparsity"
+    return TRANSFORMS.get(name, name)
+
+
+def _relearn_words(source: str, steps: str) -> str:
+    return f"{steps} relearning steps on {RELEARN_SOURCES.get(source, source)}"
+
+
+# Gaps are knowledge differences (forget accuracy points; for regression, forget MAE units, lower = knows
+# more), so they lie in [-100, 100] for accuracy only: no range is claimed.
+_GAP = " (above the retrained model's after the same {what})"
+_NO_RECOVERY = " (1: no recovery beyond retraining)"
+METRIC_PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], MetricInfo]]] = [
+    (
+        re.compile(r"relearn\.(\w+)\.step_(\d+)\.gap_to_control"),
+        lambda m: MetricInfo(
+            f"Forget-set knowledge after {_relearn_words(m[1], m[2])}" + _GAP.format(what="steps"),
+            unit=" points",
+            decimals=2,
+        ),
+    ),
+    (
+        re.compile(r"transform\.(\w+)\.gap_to_control"),
+        lambda m: MetricInfo(
+            f"Forget-set knowledge after {_transform_words(m[1])}" + _GAP.format(what="transform"),
+            unit=" points",
+            decimals=2,
+        ),
+    ),
+    (
+        re.compile(r"transform\.(\w+)\.excess_recovery"),
+        lambda m: MetricInfo(
+            f"Forget-set knowledge regained under {_transform_words(m[1])} beyond the retrained model's",
+            unit=" points",
+            decimals=2,
+        ),
+    ),
+    (
+        re.compile(r"transform\.(\w+)\.score"),
+        lambda m: _fraction(f"Recovery score under {_transform_words(m[1])}" + _NO_RECOVERY),
+    ),
+    (
+        re.compile(r"relearn\.(\w+)\.score"),
+        lambda m: _fraction(f"Relearning score on {RELEARN_SOURCES.get(m[1], m[1])}" + _NO_RECOVERY),
+    ),
+    (
+        re.compile(r"relearn\.(\w+)\.steps_ratio"),
+        lambda m: MetricInfo(
+            f"Steps to recover on {RELEARN_SOURCES.get(m[1], m[1])}, unlearned ÷ retrained model", decimals=2
+        ),
+    ),
+    (
+        re.compile(r"recovery_(robustness|quantization_score|pruning_score|relearning_score)"),
+        lambda m: _fraction(f"Recovery {m[1].replace('_score', '').replace('_', ' ')} score" + _NO_RECOVERY),
+    ),
+]
+
+
 def metric_info(metric: str) -> MetricInfo:
-    return METRICS.get(metric, MetricInfo(metric, decimals=4))
+    if metric in METRICS:
+        return METRICS[metric]
+    for pattern, info in METRIC_PATTERNS:
+        match = pattern.fullmatch(metric)
+        if match is not None:
+            return info(match)
+    return MetricInfo(metric, decimals=4)
 
 
 def _fixed(value: float, decimals: int) -> str:
@@ -189,12 +278,15 @@ def evaluate_rule(
     rule: PolicyRule,
     tables: dict[str, Table],
     subject: str = "unlearn",
-    audit_subject: str = "audit",
+    stage_subjects: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One rule's verdict for the model whose metrics are ``tables[subject]`` (its audit's in
-    ``tables[audit_subject]``), with the exact numbers compared and a rounded, plain-language ``finding``.
-    ``passed`` is None when a number the rule needs is missing."""
-    source = audit_subject if is_audit_metric(rule.metric) else subject
+    """One rule's verdict for the model whose metrics are ``tables[subject]`` (those of its further stages,
+    audit and recovery, in ``tables[stage_subjects[stage]]``, by default the stage's own name), with the exact
+    numbers compared and a rounded, plain-language ``finding``. ``passed`` is None when a number the rule
+    needs is missing."""
+    stages = {stage: stage for stage in METRIC_STAGES} | dict(stage_subjects or {})
+    stage = metric_stage(rule.metric)
+    source = subject if stage is None else stages[stage]
     observed = _statistic(tables.get(source), rule.metric, rule.use)
     info = metric_info(rule.metric)
     kind = rule_kind(rule)

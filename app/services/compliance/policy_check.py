@@ -20,6 +20,8 @@ from app.core.problems import Conflict, NotFound, Unprocessable
 from app.core.security import Principal
 from app.models import Job, JobStatus
 from app.schemas.compliance import (
+    STAGE_AUDIT,
+    STAGE_RECOVERY,
     ControlCheck,
     PolicyCheck,
     PolicyCheckOut,
@@ -33,6 +35,7 @@ from app.services.compliance.deletion_requests import (
     IDENTITY_METHOD,
     ROLE_AUDIT_IDENTITY,
     ROLE_ORIGINAL,
+    ROLE_RECOVERY_IDENTITY,
     ROLE_RETRAIN,
     get_request,
 )
@@ -45,6 +48,8 @@ from app.services.jobs.results import metrics_for
 from workers.engine.job_kinds import comparison_role, job_kind, kinds_producing, kinds_where
 
 Evidence = Literal["inputs", "deletion_request", "jobs", "metrics"]
+# The untouched model's further stages: the identity method's audit and recovery audit.
+CONTROL_STAGES = {STAGE_AUDIT: ROLE_AUDIT_IDENTITY, STAGE_RECOVERY: ROLE_RECOVERY_IDENTITY}
 
 
 def _job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, role: str) -> Job:
@@ -134,6 +139,7 @@ def _evidence(
                 ROLE_ORIGINAL: values_table(body.metrics.original),
                 ROLE_RETRAIN: values_table(body.metrics.retrain),
                 ROLE_AUDIT_IDENTITY: values_table(body.metrics.audit),
+                ROLE_RECOVERY_IDENTITY: values_table(body.metrics.recovery),
             },
         )
     if body.model_id is not None:
@@ -153,7 +159,7 @@ def _evidence(
         request = get_request(session, tenant_id, body.deletion_request_id)
         jobs = {
             role: _job(session, tenant_id, uuid.UUID(request.jobs[role]["job_id"]), role)
-            for role in (ROLE_ORIGINAL, ROLE_RETRAIN, ROLE_AUDIT_IDENTITY)
+            for role in (ROLE_ORIGINAL, ROLE_RETRAIN, ROLE_AUDIT_IDENTITY, ROLE_RECOVERY_IDENTITY)
             if role in request.jobs
         }
         return "deletion_request", jobs, _tables_from_jobs(session, jobs)
@@ -180,7 +186,7 @@ def check_policy(
     if evidence is not None:
         kind, jobs, tables = evidence
         verdicts = [
-            evaluate_rule(i, rule, tables, subject=ROLE_ORIGINAL, audit_subject=ROLE_AUDIT_IDENTITY)
+            evaluate_rule(i, rule, tables, subject=ROLE_ORIGINAL, stage_subjects=CONTROL_STAGES)
             for i, rule in enumerate(rules)
         ]
         outcome = rules_outcome(verdicts)

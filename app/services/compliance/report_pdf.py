@@ -3,10 +3,11 @@ maintained, already a dependency for the plots).
 
 The PDF is a rendering for people and filing systems: the same content as the HTML page (verdict and its
 reason, the requester's references, each policy rule in words with the unlearned model's and each control's
-rounded finding, inputs by SHA-256, every job with its environment and metrics with intervals), A4 pages of
-monospaced text. It is not what is signed: its footer names the SHA-256 of the
-signed JSON, which ``GET /v1/reports/{id}`` returns and ``lethe verify-report`` checks. The same report
-always renders to the same bytes (no creation date).
+rounded finding, the recovery audits' table and survival line when the policy needed them, inputs by
+SHA-256, every job with its environment and metrics with intervals), A4 pages of monospaced text. It is
+not what is signed: its footer names the SHA-256 of the signed JSON, which ``GET /v1/reports/{id}``
+returns and ``lethe verify-report`` checks. The same report always renders to the same bytes (no creation
+date).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from app.services.compliance.reports import (
     job_fields,
     metric_text,
     plain_value,
+    recovery_lines,
+    recovery_table,
     result_label,
     rule_rows,
     summary_fields,
@@ -86,8 +89,16 @@ def report_lines(doc: dict[str, Any]) -> list[tuple[str, str]]:
         *_pairs(summary_fields(doc)),
         ("heading", "Policy rules, with the controls" if doc.get("controls") is not None else "Policy rules"),
         *_rule_lines(doc),
-        ("heading", "Inputs (SHA-256)"),
     ]
+    if doc.get("recovery"):  # version 3 with recovery audits only
+        lines.append(("heading", "Recovery audits: does the forgetting survive?"))
+        lines += [("text", line) for line in recovery_lines(doc)]
+        lines.append(("text", doc["recovery"]["survival_definition"]))
+        for model in doc["recovery"]["models"].values():
+            lines.append(("text", ""))
+            lines.append(("text", model["label"]))
+            lines += [("text", " | ".join(cells)) for cells in recovery_table(model)]
+    lines.append(("heading", "Inputs (SHA-256)"))
     for name in ("dataset", "model", "forget_set", "output_model"):
         item = doc["inputs"].get(name)
         if item is None:

@@ -47,33 +47,55 @@ from sqlalchemy.orm import Session
 from app.core.problems import Conflict
 from app.models import ComplianceReport, Dataset, DeletionRequest, ForgetSet, Job, Model, Policy
 from app.models.base import utcnow
-from app.schemas.compliance import PolicyRule
+from app.schemas.compliance import STAGE_AUDIT, STAGE_RECOVERY, PolicyRule
 from app.services.compliance.policies import evaluate_rule, metric_info, rules_outcome, verdict_with_controls
 from app.services.compliance.report_html_v1 import render_html_v1
 from app.services.compliance.signing import ALGORITHM, SigningKey, canonical_json, key_id, verify
 from app.services.jobs.results import metrics_for
 
-FORMAT = "lethe.compliance-report/2"
+FORMAT = "lethe.compliance-report/3"
+FORMAT_V2 = "lethe.compliance-report/2"  # no recovery section; still verified and rendered as it was
 FORMAT_V1 = "lethe.compliance-report/1"  # no controls; still verified and rendered as it was
-FORMATS = (FORMAT_V1, FORMAT)
-ROLES = ("unlearn", "retrain", "original", "identity", "audit", "audit_identity")
+FORMATS = (FORMAT_V1, FORMAT_V2, FORMAT)
+ROLES = (
+    "unlearn",
+    "retrain",
+    "original",
+    "identity",
+    "audit",
+    "audit_identity",
+    "recovery",
+    "recovery_identity",
+)
 # A control is a model that forgot nothing, judged by the same rules as the unlearned model: (role of the job
-# with its metrics, role of the audit of it, how the report names it, what it is).
-CONTROLS: dict[str, tuple[str, str, str, str]] = {
+# with its metrics, role of the audit of it, role of its recovery audit, how the report names it, what it is).
+# The identity method returns the original's weights, so the identity control's audits measure both.
+CONTROLS: dict[str, tuple[str, str, str, str, str]] = {
     "original": (
         "original",
         "audit_identity",
+        "recovery_identity",
         "the original model (control)",
         "The model before unlearning, evaluated on the same forget set: what doing nothing measures.",
     ),
     "identity": (
         "identity",
         "audit_identity",
+        "recovery_identity",
         "the identity method (control)",
         "A registered no-op unlearning method that returns the original weights, run with the request's"
         " seed and device exactly like the unlearning.",
     ),
 }
+# The recovery section: (role of the recovery audit, how the report names the audited model).
+RECOVERY_MODELS: dict[str, tuple[str, str]] = {
+    "unlearned": ("recovery", "the unlearned model"),
+    "identity": ("recovery_identity", "the identity control"),
+}
+FOUR_BIT = ("int4", "nf4")
+# Forgetting survives a transform when, after it, the model is at most this fraction of the original-retrain
+# gap above the equally transformed retrain on the forget set.
+SURVIVAL_FRACTION = 0.1
 # The population attack whose AUC and balanced accuracy are the flat mia_* metrics (workers.engine.execute).
 HEADLINE_POPULATION = ("logit_confidence", "threshold")
 _POPULATION_METRICS = {"mia_auc": "auc", "mia_balanced_accuracy": "balanced_accuracy"}
@@ -195,11 +217,12 @@ def build_document(session: Session, request: DeletionRequest, issued_at: dateti
     rules = [PolicyRule.model_validate(r) for r in policy.rules]
     verdicts = [evaluate_rule(i, rule, tables) for i, rule in enumerate(rules)]
     controls: dict[str, dict[str, Any]] = {}
-    for name, (role, audit_role, label, description) in CONTROLS.items():
+    for name, (role, audit_role, recovery_role, label, description) in CONTROLS.items():
         if role not in jobs:  # requests made before the identity control existed have only the original
             continue
+        stages = {STAGE_AUDIT: audit_role, STAGE_RECOVERY: recovery_role}
         control_verdicts = [
-            evaluate_rule(i, rule, tables, subject=role, audit_subject=audit_role)
+            evaluate_rule(i, rule, tables, subject=role, stage_subjects=stages)
             for i, rule in enumerate(rules)
         ]
         controls[name] = {
@@ -207,6 +230,7 @@ def build_document(session: Session, request: DeletionRequest, issued_at: dateti
             "description": description,
             "job_role": role,
             "audit_role": audit_role if audit_role in jobs else None,
+            "recovery_role": recovery_role if recovery_role in jobs else None,
             "outcome": rules_outcome(control_verdicts),
             "verdicts": control_verdicts,
         }
@@ -279,10 +303,197 @@ def build_document(session: Session, request: DeletionRequest, issued_at: dateti
         "jobs": sections,
         "verdicts": verdicts,
         "controls": controls,
+        "recovery": recovery_section(tables),
         "verdict": verdict,
         "verdict_reason": reason,
     }
     return _clean(document)
+
+
+# ------------------------------------------------------------------------------------------ recovery
+def _value_of(table: dict[str, dict[str, float | None]], metric: str) -> float | None:
+    return (table.get(metric) or {}).get("value")
+
+
+def _names(table: dict[str, dict[str, float | None]], prefix: str, suffix: str) -> list[str]:
+    """The middle parts of ``<prefix><name><suffix>`` metric names, in the table's (sorted) order."""
+    return [m[len(prefix) : -len(suffix)] for m in table if m.startswith(prefix) and m.endswith(suffix)]
+
+
+def _recovery_model(table: dict[str, dict[str, float | None]], label: str) -> dict[str, Any]:
+    """One recovery audit as the report shows it, read from its metric rows (the signed numbers)."""
+    regression = "forget_mae" in table
+    gap = _value_of(table, "recovery_gap")
+    transforms: list[dict[str, Any]] = [
+        {
+            "name": name,
+            **{
+                key: _value_of(table, f"transform.{name}.{key}")
+                for key in ("delta", "control_delta", "excess_recovery", "gap_to_control", "score")
+            },
+        }
+        for name in _names(table, "transform.", ".excess_recovery")
+    ]
+    relearning = []
+    for source in _names(table, "relearn.", ".score") or _names(table, "relearn.", ".steps_to_recover"):
+        prefix = f"relearn.{source}."
+        steps = sorted(int(k) for k in _names(table, f"{prefix}step_", ".gap_to_control"))
+        relearning.append(
+            {
+                "source": source,
+                "steps_to_recover": _value_of(table, f"{prefix}steps_to_recover"),
+                "control_steps_to_recover": _value_of(table, f"{prefix}control_steps_to_recover"),
+                "steps_ratio": _value_of(table, f"{prefix}steps_ratio"),
+                "score": _value_of(table, f"{prefix}score"),
+                "gap_to_control": [
+                    {"step": k, "value": _value_of(table, f"{prefix}step_{k}.gap_to_control")} for k in steps
+                ],
+            }
+        )
+    scores = {
+        name: _value_of(table, f"recovery_{name}")
+        for name in ("quantization_score", "pruning_score", "relearning_score", "robustness")
+    }
+    four_bit = [row for row in transforms if row["name"] in FOUR_BIT]
+    # No verdict on survival when the original and the retrain hardly differ (the audit's scores are null
+    # then: there was nothing to remove) or no 4-bit transform ran.
+    usable = gap is not None and scores["quantization_score"] is not None and bool(four_bit)
+    tolerance = SURVIVAL_FRACTION * gap if usable and gap is not None else None
+    above: list[float | None] = [row["gap_to_control"] for row in four_bit]
+    survives: bool | None = None
+    if tolerance is not None and all(value is not None for value in above):
+        survives = all(value <= tolerance for value in above if value is not None)
+    return {
+        "label": label,
+        "metric": "forget_mae" if regression else "forget_accuracy",
+        "unit": "MAE units" if regression else "points",
+        "original_retrain_gap": gap,
+        "survival_tolerance": tolerance,
+        "survives_4bit_quantization": survives,
+        "transforms": transforms,
+        "relearning": relearning,
+        "scores": scores,
+    }
+
+
+def recovery_section(tables: dict[str, dict[str, dict[str, float | None]]]) -> dict[str, Any] | None:
+    """The recovery audits' figures per audited model, and whether forgetting survives 4-bit quantization
+    (null when the request ran no recovery audit)."""
+    models = {
+        name: _recovery_model(tables[role], label)
+        for name, (role, label) in RECOVERY_MODELS.items()
+        if role in tables
+    }
+    if not models:
+        return None
+    return {
+        "models": models,
+        "survival_definition": (
+            "Forgetting survives 4-bit quantization when, after int4 and after nf4 quantization, the model's"
+            " forget-set knowledge (forget accuracy; regression: minus the forget MAE) is at most"
+            f" {SURVIVAL_FRACTION:g} of the original-retrain gap above the equally quantized retrained"
+            " model's."
+        ),
+    }
+
+
+def _yes_no(value: bool | None) -> str:
+    return "yes" if value is True else "no" if value is False else "not measured"
+
+
+def recovery_lines(doc: dict[str, Any]) -> list[str]:
+    """The recovery section in words: the headline line, then one sentence per audited model (shared by the
+    HTML and PDF renderings)."""
+    section = doc.get("recovery")
+    if not section:
+        return []
+    models = section["models"]
+    unlearned, identity = models.get("unlearned"), models.get("identity")
+    survives = (unlearned or {}).get("survives_4bit_quantization")
+    head = f"Forgetting survives 4-bit quantization: {_yes_no(survives)}"
+    if identity is not None:
+        control = _yes_no(identity["survives_4bit_quantization"])
+        head += f" (with the control: {identity['label']}, which forgot nothing: {control})"
+    lines = [head + "."]
+    for model in models.values():
+        four_bit = [row for row in model["transforms"] if row["name"] in FOUR_BIT]
+        unit = model["unit"]
+        if model["survives_4bit_quantization"] is None:
+            gap = model["original_retrain_gap"]
+            why = (
+                f"the original and the retrained model differ by only {_fixed2(gap)} {unit}"
+                if gap is not None
+                else "no gap was measured"
+            )
+            lines.append(f"{model['label'][0].upper()}{model['label'][1:]}: not decided ({why}).")
+            continue
+        above = " / ".join(_fixed2(row["gap_to_control"]) for row in four_bit)
+        moved = " / ".join(_signed(row["delta"]) for row in four_bit)
+        control = " / ".join(_signed(row["control_delta"]) for row in four_bit)
+        names = " / ".join(row["name"] for row in four_bit)
+        lines.append(
+            f"{model['label'][0].upper()}{model['label'][1:]}: after {names} quantization its forget-set"
+            f" knowledge is {above} {unit} above the equally quantized retrained model's (tolerance"
+            f" {_fixed2(model['survival_tolerance'])} {unit}, {SURVIVAL_FRACTION:g} of the"
+            f" {_fixed2(model['original_retrain_gap'])} {unit} between the original and the retrained"
+            f" model); quantization moved its {model['metric'].replace('_', ' ')} by {moved},"
+            f" the retrained model's by {control}."
+        )
+    return lines
+
+
+def _fixed2(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.2f}"
+
+
+def recovery_table(model: dict[str, Any]) -> list[list[str]]:
+    """One audited model's rows: header, then per transform and per relearning source the figures (shared by
+    the HTML and PDF renderings)."""
+    rows = [["Recovery attack", "Change", "Retrain's change", "Above retrain after", "Excess", "Score"]]
+    for row in model["transforms"]:
+        rows.append(
+            [
+                row["name"],
+                _signed(row["delta"]),
+                _signed(row["control_delta"]),
+                _fixed2(row["gap_to_control"]),
+                _fixed2(row["excess_recovery"]),
+                _score(row["score"]),
+            ]
+        )
+    for row in model["relearning"]:
+        curve = ", ".join(f"{p['step']}: {_fixed2(p['value'])}" for p in row["gap_to_control"])
+        ratio = row["steps_ratio"]
+        rows.append(
+            [
+                f"relearn {row['source']}",
+                f"steps to recover {plain_value(row['steps_to_recover'])}",
+                f"retrain: {plain_value(row['control_steps_to_recover'])}",
+                curve,
+                "—" if ratio is None else f"ratio {ratio:.2f}",
+                _score(row["score"]),
+            ]
+        )
+    scores = model["scores"]
+    rows.append(
+        [
+            "scores",
+            f"quantization {_score(scores['quantization_score'])}",
+            f"pruning {_score(scores['pruning_score'])}",
+            f"relearning {_score(scores['relearning_score'])}",
+            "",
+            f"robustness {_score(scores['robustness'])}",
+        ]
+    )
+    return rows
+
+
+def _score(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def sign_document(document: dict[str, Any], key: SigningKey) -> bytes:
@@ -580,7 +791,20 @@ def render_html(canonical: bytes) -> str:
                 f"<tr>{head}<td>{html.escape(who)}</td><td>{html.escape(finding)}</td>"
                 f'<td class="{label}">{html.escape(result_label(passed))}</td></tr>'
             )
-    parts.append("</table><h2>Inputs</h2><table><tr><th>Input</th><th>SHA-256</th><th>Details</th></tr>")
+    closing = "</table>"  # of the rules' table
+    if doc.get("recovery"):  # version 3 with recovery audits only: older documents render as they did
+        parts.append(f"{closing}<h2>Recovery audits: does the forgetting survive?</h2>")
+        closing = ""
+        parts += [f"<p>{html.escape(line)}</p>" for line in recovery_lines(doc)]
+        parts.append(f'<p class="meaning">{html.escape(doc["recovery"]["survival_definition"])}</p>')
+        for model in doc["recovery"]["models"].values():
+            table = recovery_table(model)
+            parts.append(f"<h3>{html.escape(model['label'])}</h3><table>")
+            parts.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table[0]) + "</tr>")
+            for row_cells in table[1:]:
+                parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row_cells) + "</tr>")
+            parts.append("</table>")
+    parts.append(f"{closing}<h2>Inputs</h2><table><tr><th>Input</th><th>SHA-256</th><th>Details</th></tr>")
     for name in ("dataset", "model", "forget_set", "output_model"):
         item = inputs.get(name)
         if item is None:

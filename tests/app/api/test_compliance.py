@@ -249,7 +249,7 @@ def finish_jobs(sessions, request: dict, world: dict, metrics: dict[str, dict[st
             job.result = POPULATION if role == "unlearn" else {}
             if role == "unlearn":
                 job.output_model_id = uuid.UUID(world["model"]["id"])  # stands in for the unlearned model
-            for name, value in metrics.get(role, ROLE_METRICS[role]).items():
+            for name, value in (metrics[role] if role in metrics else ROLE_METRICS[role]).items():
                 session.add(Metric(job_id=job.id, tenant_id=job.tenant_id, name=name, value=value, attempt=1))
         session.commit()
 

@@ -360,6 +360,10 @@ def summarise(
         metrics.update({f"transform.{name}.{k}": v for k, v in deltas.items()})
         metrics[f"transform.{name}.{key}"] = audited[1]
         metrics[f"transform.{name}.control_{key}"] = control[1]
+        # The policy rule's figure ("forgetting survives 4-bit quantization"): how far above the equally
+        # transformed control the transformed audited model is.
+        deltas["gap_to_control"] = direction.knowledge(audited[1]) - direction.knowledge(control[1])
+        metrics[f"transform.{name}.gap_to_control"] = deltas["gap_to_control"]
         if value is not None:
             family_scores.setdefault(row["family"], []).append(value)
         transform_rows.append({**row, **deltas})
