@@ -176,3 +176,56 @@ def test_tight_policy_passes_a_real_method_and_no_control(live_api: TestClient, 
         "/v1/policies/check", {"policy_id": str(policy.id), "deletion_request_id": str(done.id)}
     )
     assert measured["separates"] is True and measured["control"]["rules"][0]["passed"] is False
+
+
+def test_recovery_rules_run_recovery_audits_of_the_method_and_the_identity_control(
+    live_api: TestClient, setup: dict
+) -> None:
+    """The recovery stage with real workers: once rl, the retrain and the identity control have succeeded,
+    the reaper adds and publishes the recovery audits of rl's output and of the identity output; the report
+    carries their table and the 4-bit survival line, and the identity control fails the recovery rules."""
+    tenant = setup["tenant"]
+    client = LetheClient(str(live_api.base_url), tenant.admin, http=live_api)
+    rules = [
+        *TIGHT_RULES,
+        # after 10 Adam steps on 16 forget samples, forget accuracy at most 50 points above the retrain's
+        {"metric": "relearn.forget_subset.step_10.gap_to_control", "max": 50},
+        {"metric": "transform.int4.gap_to_control", "max": 10},
+    ]
+    policy = client.create_policy("e2e-recovery", rules)
+    forget_set = client.post(
+        "/v1/forget-sets", {"dataset_id": setup["dataset"]["id"], "spec": {"kind": "class", "class": 3}}
+    )
+    body = {
+        "model_id": setup["model"],
+        "forget_set_id": forget_set["id"],
+        "method": "rl",
+        "params": {"epochs": 2, "batch_size": 64},
+        "seed": 5,
+        "policy_id": str(policy.id),
+        "recovery": {"relearn_steps": [10], "sparsities": [0.5], "relearn_samples": 16},
+    }
+    done = client.follow_deletion_request(
+        str(client.submit_deletion_request(body).id), poll_seconds=0.2, timeout_s=TIMEOUT_S
+    )
+    assert done.status.value == "issued", done.error
+    assert {"recovery", "recovery_identity"} <= set(done.jobs)
+    document = json.loads(client.report_bytes(str(done.report_id)))
+    audits = {role: document["jobs"][role] for role in ("recovery", "recovery_identity")}
+    assert all(job["kind"] == "recovery" and job["status"] == "succeeded" for job in audits.values())
+    assert (
+        audits["recovery"]["params"]["retrain_model_id"]
+        == audits["recovery_identity"]["params"]["retrain_model_id"]
+    )
+    identity = document["controls"]["identity"]
+    assert [v["passed"] for v in identity["verdicts"][2:]] == [False, False], [
+        v["finding"] for v in identity["verdicts"]
+    ]
+    section = document["recovery"]["models"]
+    assert section["identity"]["survives_4bit_quantization"] is False
+    line = reports.recovery_lines(document)[0]
+    assert line.startswith("Forgetting survives 4-bit quantization: ")
+    assert line.endswith("with the control: the identity control, which forgot nothing: no).")
+    unlearned = [v["finding"] for v in document["verdicts"]]
+    assert done.verdict == "pass", (document["verdict_reason"], unlearned, reports.recovery_lines(document))
+    assert section["unlearned"]["survives_4bit_quantization"] is True

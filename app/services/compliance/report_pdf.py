@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 
 from app.services.compliance.reports import (
     FORMAT_V1,
+    RECOVERY_MODELS,
     ROLES,
     control_summary,
     in_role_order,
@@ -94,7 +95,7 @@ def report_lines(doc: dict[str, Any]) -> list[tuple[str, str]]:
         lines.append(("heading", "Recovery audits: does the forgetting survive?"))
         lines += [("text", line) for line in recovery_lines(doc)]
         lines.append(("text", doc["recovery"]["survival_definition"]))
-        for model in doc["recovery"]["models"].values():
+        for _, model in in_role_order(doc["recovery"]["models"], tuple(RECOVERY_MODELS)):
             lines.append(("text", ""))
             lines.append(("text", model["label"]))
             lines += [("text", " | ".join(cells)) for cells in recovery_table(model)]

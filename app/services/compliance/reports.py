@@ -415,7 +415,7 @@ def recovery_lines(doc: dict[str, Any]) -> list[str]:
         control = _yes_no(identity["survives_4bit_quantization"])
         head += f" (with the control: {identity['label']}, which forgot nothing: {control})"
     lines = [head + "."]
-    for model in models.values():
+    for _, model in in_role_order(models, tuple(RECOVERY_MODELS)):
         four_bit = [row for row in model["transforms"] if row["name"] in FOUR_BIT]
         unit = model["unit"]
         if model["survives_4bit_quantization"] is None:
@@ -434,9 +434,9 @@ def recovery_lines(doc: dict[str, Any]) -> list[str]:
         lines.append(
             f"{model['label'][0].upper()}{model['label'][1:]}: after {names} quantization its forget-set"
             f" knowledge is {above} {unit} above the equally quantized retrained model's (tolerance"
-            f" {_fixed2(model['survival_tolerance'])} {unit}, {SURVIVAL_FRACTION:g} of the"
-            f" {_fixed2(model['original_retrain_gap'])} {unit} between the original and the retrained"
-            f" model); quantization moved its {model['metric'].replace('_', ' ')} by {moved},"
+            f" {_fixed2(model['survival_tolerance'])} {unit}, {SURVIVAL_FRACTION:g} of the original-retrain"
+            f" gap of {_fixed2(model['original_retrain_gap'])} {unit}); quantization moved its"
+            f" {model['metric'].replace('_', ' ')} by {moved},"
             f" the retrained model's by {control}."
         )
     return lines
@@ -797,7 +797,7 @@ def render_html(canonical: bytes) -> str:
         closing = ""
         parts += [f"<p>{html.escape(line)}</p>" for line in recovery_lines(doc)]
         parts.append(f'<p class="meaning">{html.escape(doc["recovery"]["survival_definition"])}</p>')
-        for model in doc["recovery"]["models"].values():
+        for _, model in in_role_order(doc["recovery"]["models"], tuple(RECOVERY_MODELS)):
             table = recovery_table(model)
             parts.append(f"<h3>{html.escape(model['label'])}</h3><table>")
             parts.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table[0]) + "</tr>")
