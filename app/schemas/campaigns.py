@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
@@ -41,8 +41,11 @@ class MethodEntry(BaseModel):
 
 
 class ForgetSetRef(BaseModel):
-    """An existing forget set, a spec that creates one on the campaign model's dataset, or a worst-case
-    search (its params, e.g. ``{"fraction": 0.1}``) whose output forget set the campaign then uses."""
+    """An existing forget set, a spec that creates one on the campaign model's dataset, a worst-case
+    search (its params, e.g. ``{"fraction": 0.1}``) whose output forget set the campaign then uses, or the
+    poisoning canary (``{"canary": true}``): exactly the Gaussian-poisoned points of the model's
+    ``gaussian_poisoned`` dataset, so that the table's UA against the retrain row shows whether each method
+    removed the poison (its poison fit, the accuracy on the poison labels, is 100 - UA)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -51,12 +54,16 @@ class ForgetSetRef(BaseModel):
     worst_case: dict[str, Any] | None = Field(
         None, description="WorstCaseSearchParams (see method 'worst_case_search' in GET /v1/methods)."
     )
+    canary: Literal[True] | None = Field(
+        None, description="The poisoned points of the model's gaussian_poisoned dataset (a built-in)."
+    )
     name: str | None = Field(None, min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ForgetSetRef:
-        if sum(x is not None for x in (self.forget_set_id, self.spec, self.worst_case)) != 1:
-            raise ValueError("give exactly one of forget_set_id, spec and worst_case")
+        given = (self.forget_set_id, self.spec, self.worst_case, self.canary)
+        if sum(x is not None for x in given) != 1:
+            raise ValueError("give exactly one of forget_set_id, spec, worst_case and canary")
         return self
 
 

@@ -25,7 +25,7 @@ from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.problems import DomainError, NotFound, Unprocessable
 from app.core.security import Principal, Scope
-from app.models import Campaign, CampaignStatus, ForgetSet, Job, JobKind, JobStatus, Model
+from app.models import Campaign, CampaignStatus, Dataset, ForgetSet, Job, JobKind, JobStatus, Model
 from app.models.base import utcnow
 from app.models.job import TERMINAL_STATUSES
 from app.schemas.campaigns import (
@@ -39,7 +39,7 @@ from app.schemas.campaigns import (
     TableRow,
 )
 from app.schemas.jobs import JobCreate
-from app.schemas.resources import ForgetSetCreate
+from app.schemas.resources import ForgetSetCreate, IndicesSpec
 from app.services.compliance import audit
 from app.services.data.datasets import get_dataset
 from app.services.data.forget_sets import create_forget_set, get_forget_set
@@ -56,10 +56,12 @@ from app.services.jobs.results import (
 from app.services.jobs.submission import build_job, find_reusable, method_spec, validate_params
 from app.services.ops import quotas
 from app.storage import ArtifactStore
+from workers.engine.datasets.poisoned import PoisonedConfig, poison_indices
 from workers.engine.metrics import avg_gap
 from workers.engine.metrics.regression import REGRESSION_COLUMNS
 from workers.engine.task_types import TaskType
 
+CANARY_DATASET = "gaussian_poisoned"
 STAGE_SEARCH = "search"
 STAGE_TUNING = "tuning"
 STAGE_MAIN = "main"
@@ -104,14 +106,29 @@ def _resolve_forget_set(
                 f"forget set {forget_set.id} is on another dataset than the model", code="dataset-mismatch"
             )
         return forget_set.id
-    assert ref.spec is not None
     if model.dataset_id is None:
         raise Unprocessable(
             "the model has no dataset: reference existing forget sets by id", code="missing-dataset"
         )
     dataset = get_dataset(session, principal.tenant_id, model.dataset_id)
-    request = ForgetSetCreate(dataset_id=dataset.id, name=ref.name, spec=ref.spec)
+    spec = _canary_spec(dataset) if ref.canary else ref.spec
+    assert spec is not None
+    name = ref.name or ("canary" if ref.canary else None)
+    request = ForgetSetCreate(dataset_id=dataset.id, name=name, spec=spec)
     return create_forget_set(session, store, principal.tenant_id, request, dataset).id
+
+
+def _canary_spec(dataset: Dataset) -> IndicesSpec:
+    """The poisoned train indices of a ``gaussian_poisoned`` dataset, from its recorded config alone."""
+    if dataset.builtin != CANARY_DATASET:
+        raise Unprocessable(
+            f"a canary forget set needs a model trained on the built-in '{CANARY_DATASET}' dataset; this"
+            f" model's dataset is {dataset.builtin or 'uploaded'}",
+            code="not-a-canary-dataset",
+        )
+    config = PoisonedConfig.model_validate(dataset.config or {})
+    indices = poison_indices(dataset.n_train, config.fraction, config.seed)
+    return IndicesSpec(kind="indices", indices=[int(i) for i in indices])
 
 
 class _Submitter:

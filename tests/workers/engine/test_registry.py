@@ -60,7 +60,13 @@ def test_builtin_catalogs_are_registered() -> None:
         "unet_ddpm",
         "unet_one_step",
     ]
-    assert DATASETS.names() == ["diabetes", "digits", "procedural", "procedural_regression"]
+    assert DATASETS.names() == [
+        "diabetes",
+        "digits",
+        "gaussian_poisoned",
+        "procedural",
+        "procedural_regression",
+    ]
     assert METHODS.names() == sorted(METHODS.names())
     job_kinds = {spec.name: spec.job_kind for spec in METHODS}
     expected = {

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from workers.engine.datasets.arrays import ArrayDataset
 from workers.engine.datasets.diabetes import DiabetesConfig, build_diabetes
 from workers.engine.datasets.digits import DigitsConfig, build_digits
+from workers.engine.datasets.poisoned import PoisonedConfig, build_poisoned
 from workers.engine.datasets.procedural import ProceduralConfig, build_procedural
 from workers.engine.datasets.procedural_regression import (
     ProceduralRegressionConfig,
@@ -70,6 +71,19 @@ DATASETS.register(
 
 DATASETS.register(
     DatasetSpec(
+        name="gaussian_poisoned",
+        description=(
+            "The poisoning canary: digits with a known fraction of training points whose inputs carry"
+            " Gaussian noise and whose labels are random other classes; forget exactly them (campaign"
+            ' forget set {"canary": true}) to measure whether unlearning removed their influence.'
+        ),
+        task_type=TaskType.classification,
+        config_model=PoisonedConfig,
+        build=build_poisoned,
+    )
+)
+DATASETS.register(
+    DatasetSpec(
         name="diabetes",
         description=(
             "scikit-learn's diabetes data (442 patients, 10 standardised features, disease progression "
@@ -99,6 +113,7 @@ __all__ = [
     "DatasetSpec",
     "DiabetesConfig",
     "DigitsConfig",
+    "PoisonedConfig",
     "ProceduralConfig",
     "ProceduralRegressionConfig",
     "build_dataset",
