@@ -1,22 +1,31 @@
 """Compliance reports: built from a finished deletion request, signed, stored once, exported as JSON/HTML.
 
-Document (``format: lethe.compliance-report/2``), every key sorted, canonical JSON
+Document (``format: lethe.compliance-report/3``), every key sorted, canonical JSON
 (app.services.compliance.signing):
 
 * ``deletion_request``: id, name, tenant, created_at and the requester's references (``subject_reference``,
   ``ticket_reference``, ``requested_by``; null when not given); ``policy``: id, name, version, sha256,
   description, created_at, rules;
 * ``inputs``: dataset, model (with its mask hash), forget set and output model, each identified by SHA-256;
-* ``method``: name, resolved params, seed; ``jobs``: per role (unlearn, retrain, original, audit) the job's
-  id, kind, seed, params, status, code version, environment (device, torch/numpy/sklearn/python versions),
-  timings and start/end times, and every metric as ``{value, ci_low, ci_high}`` (the interval when the job
-  recorded one: ``<name>_ci_low``/``<name>_ci_high`` metrics, or the population attack's bootstrap);
+* ``method``: name, resolved params, seed; ``jobs``: per role (``ROLES``: unlearn, retrain, the controls,
+  audits, recovery audits) the job's id, kind, seed, params, status, code version, environment (device,
+  torch/numpy/sklearn/python versions), timings and start/end times, and every metric as ``{value,
+  ci_low, ci_high}`` (the interval when the job recorded one: ``<name>_ci_low``/``<name>_ci_high``
+  metrics, or the population attack's bootstrap);
 * ``verdicts``: one per policy rule with the exact numbers compared (``observed``, ``reference``,
   ``computed``, ``margin``) and, for people, the rule in words (``statement``, ``meaning``) and a rounded
   ``finding`` ("94.99 vs 95.26 for the retrained model, gap 0.28 points, margin 4.72 → pass");
 * ``controls``: the same rules applied to models that forgot nothing (``original``: the original's
-  evaluation; ``identity``: the no-op method run like the unlearning; audit metrics from ``audit_identity``),
-  each with its ``outcome``;
+  evaluation; ``identity``: the no-op method run like the unlearning; audit metrics from ``audit_identity``,
+  recovery metrics from ``recovery_identity``), each with its ``outcome``;
+* ``recovery`` (new in version 3; null when no rule needed a recovery audit): per audited model
+  (``unlearned``; ``identity``, the identity control's output, which stands for the original too) the
+  recovery table read from the audit's signed metric rows (per transform: change, the retrain's change,
+  distance above the equally transformed retrain, excess recovery, score; per relearning source: steps to
+  recover, the retrain's, the gap to the retrain along the step grid, score; the scores) and
+  ``survives_4bit_quantization``: true when after int4 and after nf4 the model is at most
+  ``SURVIVAL_FRACTION`` of the original-retrain gap above the equally quantized retrain, null when that gap
+  is below the audit's ``min_gap``;
 * ``verdict``: fail when the unlearned model fails a rule; pass only when it passes every rule and every
   control fails at least one; inconclusive otherwise (a number missing, or a control passing too: the policy
   does not separate an untouched model); ``verdict_reason`` says which, in words;
@@ -26,7 +35,9 @@ Document (``format: lethe.compliance-report/2``), every key sorted, canonical JS
 Everything but ``issued_at`` and ``signature`` is a function of stored, immutable rows (finished jobs, their
 metrics, content hashes), so re-issuing a request's report gives the same bytes apart from those two.
 The HTML export is rendered deterministically from the document and embeds it, so it verifies too.
-Version-1 documents (before controls) still verify, and render with the frozen version-1 renderer.
+Version-1 documents (before controls) still verify, and render with the frozen version-1 renderer; version-2
+documents (before the recovery section) carry no ``recovery`` key, for which the renderer adds nothing, so
+their pages are what they were.
 """
 
 from __future__ import annotations
