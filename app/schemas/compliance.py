@@ -195,8 +195,9 @@ class PolicyCheck(BaseModel):
     Evidence (at most one): ``model_id`` + ``forget_set_id`` (the newest succeeded evaluation of that model
     on that forget set, with the newest retrain oracle and identity audit of the pair, if any),
     ``deletion_request_id`` (that request's own controls, once its jobs succeeded), ``original_job_id`` (a
-    succeeded evaluation of the original on the forget set, with the retrain oracle's job for gap rules and
-    an identity audit's job for audit rules), or ``metrics`` given directly. Without evidence only what
+    succeeded evaluation of the original on the forget set, with the retrain oracle's job for gap rules,
+    an identity audit's job for audit rules and a recovery audit of an identity output for recovery rules),
+    or ``metrics`` given directly. Without evidence only what
     holds by construction is checked."""
 
     model_config = ConfigDict(extra="forbid")
@@ -209,6 +210,7 @@ class PolicyCheck(BaseModel):
     original_job_id: uuid.UUID | None = None
     retrain_job_id: uuid.UUID | None = None
     audit_job_id: uuid.UUID | None = None
+    recovery_job_id: uuid.UUID | None = None
     metrics: CheckMetrics | None = None
 
     @model_validator(mode="after")
@@ -222,8 +224,10 @@ class PolicyCheck(BaseModel):
             raise ValueError(
                 "give at most one of model_id + forget_set_id, deletion_request_id, original_job_id, metrics"
             )
-        if self.original_job_id is None and (self.retrain_job_id or self.audit_job_id):
-            raise ValueError("retrain_job_id and audit_job_id go with original_job_id")
+        if self.original_job_id is None and (
+            self.retrain_job_id or self.audit_job_id or self.recovery_job_id
+        ):
+            raise ValueError("retrain_job_id, audit_job_id and recovery_job_id go with original_job_id")
         return self
 
 

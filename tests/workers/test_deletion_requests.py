@@ -229,3 +229,20 @@ def test_recovery_rules_run_recovery_audits_of_the_method_and_the_identity_contr
     unlearned = [v["finding"] for v in document["verdicts"]]
     assert done.verdict == "pass", (document["verdict_reason"], unlearned, reports.recovery_lines(document))
     assert section["unlearned"]["survives_4bit_quantization"] is True
+    # The dry run on given jobs takes the identity output's recovery audit as the control's, not rl's.
+    jobs = {role: entry["job_id"] for role, entry in done.jobs.items()}
+    given = {"original_job_id": jobs["identity"], "retrain_job_id": jobs["retrain"]}
+    check = client.post(
+        "/v1/policies/check",
+        {"policy_id": str(policy.id), **given, "recovery_job_id": jobs["recovery_identity"]},
+    )
+    assert check["separates"] is True and [r["passed"] for r in check["control"]["rules"]][2:] == [
+        False,
+        False,
+    ]
+    wrong = live_api.post(
+        "/v1/policies/check",
+        json={"policy_id": str(policy.id), **given, "recovery_job_id": jobs["recovery"]},
+        headers=tenant.headers("submit"),
+    )
+    assert wrong.status_code == 422 and wrong.json()["code"] == "wrong-control-job"

@@ -164,16 +164,15 @@ def _relearn_words(source: str, steps: str) -> str:
     return f"{steps} relearning steps on {RELEARN_SOURCES.get(source, source)}"
 
 
-# Gaps are knowledge differences (forget accuracy points; for regression, forget MAE units, lower = knows
-# more), so they lie in [-100, 100] for accuracy only: no range is claimed.
-_GAP = " (above the retrained model's after the same {what})"
+# Gaps are knowledge differences: forget accuracy points, or for regression minus the forget MAE, so neither
+# a unit nor a range is claimed (the same rule name serves both tasks).
+_GAP = " (above the retrained model's after the same {what}; accuracy points, regression: MAE)"
 _NO_RECOVERY = " (1: no recovery beyond retraining)"
 METRIC_PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], MetricInfo]]] = [
     (
         re.compile(r"relearn\.(\w+)\.step_(\d+)\.gap_to_control"),
         lambda m: MetricInfo(
             f"Forget-set knowledge after {_relearn_words(m[1], m[2])}" + _GAP.format(what="steps"),
-            unit=" points",
             decimals=2,
         ),
     ),
@@ -181,15 +180,14 @@ METRIC_PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], MetricInf
         re.compile(r"transform\.(\w+)\.gap_to_control"),
         lambda m: MetricInfo(
             f"Forget-set knowledge after {_transform_words(m[1])}" + _GAP.format(what="transform"),
-            unit=" points",
             decimals=2,
         ),
     ),
     (
         re.compile(r"transform\.(\w+)\.excess_recovery"),
         lambda m: MetricInfo(
-            f"Forget-set knowledge regained under {_transform_words(m[1])} beyond the retrained model's",
-            unit=" points",
+            f"Forget-set knowledge regained under {_transform_words(m[1])} beyond the retrained model's"
+            " (accuracy points, regression: MAE)",
             decimals=2,
         ),
     ),

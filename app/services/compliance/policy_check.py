@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.core.problems import Conflict, NotFound, Unprocessable
 from app.core.security import Principal
-from app.models import Job, JobStatus
+from app.models import Job, JobStatus, Model
 from app.schemas.compliance import (
     STAGE_AUDIT,
     STAGE_RECOVERY,
@@ -64,19 +64,30 @@ def _job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, role: str) -
     return job
 
 
-def _check_kind(job: Job, role: str) -> None:
+def _audits_identity_output(session: Session, job: Job) -> bool:
+    """A recovery audit (a kind with control models) of a model the identity method produced."""
+    if not job_kind(job.kind).control_models or job.model_id is None:
+        return False
+    model = session.get(Model, job.model_id)
+    producer = session.get(Job, model.job_id) if model is not None and model.job_id is not None else None
+    return producer is not None and producer.method == IDENTITY_METHOD
+
+
+def _check_kind(session: Session, job: Job, role: str) -> None:
     """The job must measure what its role claims, or the check would judge the wrong model."""
     expected = {
         ROLE_ORIGINAL: comparison_role(job.kind) == "original"
         or (comparison_role(job.kind) == "method" and job.method == IDENTITY_METHOD),
         ROLE_RETRAIN: comparison_role(job.kind) == "reference",
         ROLE_AUDIT_IDENTITY: "report" in job_kind(job.kind).produces and job.method == IDENTITY_METHOD,
+        ROLE_RECOVERY_IDENTITY: _audits_identity_output(session, job),
     }[role]
     if not expected:
         wanted = {
             ROLE_ORIGINAL: "an evaluate job (or an unlearn job of the identity method)",
             ROLE_RETRAIN: "a retrain job",
             ROLE_AUDIT_IDENTITY: "an audit job of the identity method",
+            ROLE_RECOVERY_IDENTITY: "a recovery audit of the identity method's output",
         }[role]
         raise Unprocessable(
             f"job {job.id} is a {job.kind} job ({job.method or 'no method'}): the {role} evidence must"
@@ -150,10 +161,11 @@ def _evidence(
             ROLE_ORIGINAL: body.original_job_id,
             ROLE_RETRAIN: body.retrain_job_id,
             ROLE_AUDIT_IDENTITY: body.audit_job_id,
+            ROLE_RECOVERY_IDENTITY: body.recovery_job_id,
         }
         jobs = {role: _job(session, tenant_id, job_id, role) for role, job_id in ids.items() if job_id}
         for role, job in jobs.items():
-            _check_kind(job, role)
+            _check_kind(session, job, role)
         return "jobs", jobs, _tables_from_jobs(session, jobs)
     if body.deletion_request_id is not None:
         request = get_request(session, tenant_id, body.deletion_request_id)

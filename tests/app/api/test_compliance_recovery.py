@@ -161,7 +161,7 @@ def test_recovery_rules_run_the_stage_and_the_report_says_whether_forgetting_sur
     statement = document["verdicts"][0]["statement"]
     assert statement == (
         "Forget-set knowledge after 10 relearning steps on a subset of the forget set (above the retrained"
-        " model's after the same steps) at most 5.0"
+        " model's after the same steps; accuracy points, regression: MAE) at most 5.0"
     )
     # The recovery table, from the signed metric rows.
     section = document["recovery"]
@@ -199,6 +199,23 @@ def test_recovery_rules_run_the_stage_and_the_report_says_whether_forgetting_sur
         headers=tenant.headers("submit"),
     ).json()
     assert check["separates"] is True and "recovery_identity" in check["control"]["jobs"]
+    # Given jobs: a recovery audit only counts as the control's when it audits an identity output (here the
+    # uploaded model stands in for every output, so no job produced it).
+    jobs = {role: entry["job_id"] for role, entry in done["jobs"].items()}
+    wrong = {
+        "rules": [RELEARN_RULE],
+        "original_job_id": jobs["identity"],
+        "retrain_job_id": jobs["retrain"],
+        "recovery_job_id": jobs["recovery_identity"],
+    }
+    refused = api.post("/v1/policies/check", json=wrong, headers=tenant.headers("submit"))
+    assert_problem(refused, 422, "wrong-control-job")
+    by_metrics = {
+        "rules": [RELEARN_RULE],
+        "metrics": {"original": {"UA": 1.0}, "recovery": recovery_metrics(above=88.0, relearned=89.0)},
+    }
+    measured = api.post("/v1/policies/check", json=by_metrics, headers=tenant.headers("submit")).json()
+    assert measured["separates"] is True and measured["control"]["rules"][0]["passed"] is False
 
 
 def test_identity_passing_the_recovery_rule_makes_the_verdict_inconclusive(
@@ -313,7 +330,7 @@ def test_bad_recovery_settings_are_refused_before_anything_is_written(
 
 def test_recovery_metrics_read_in_words() -> None:
     info = policies.metric_info("transform.nf4.gap_to_control")
-    assert info.label.startswith("Forget-set knowledge after NF4-style 4-bit quantization") and info.unit
+    assert info.label.startswith("Forget-set knowledge after NF4-style 4-bit quantization") and not info.unit
     assert policies.metric_info("transform.prune_50.score").label.startswith(
         "Recovery score under magnitude pruning to 50 % sparsity"
     )
