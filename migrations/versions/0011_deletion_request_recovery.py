@@ -1,7 +1,7 @@
 """deletion request recovery audit options
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-07 23:20:00.000000
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import app.models.base
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0011"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
