@@ -2,10 +2,11 @@
 # Lethe's production images, one target per role (docker-compose.yml builds each):
 #   service     the API, `lethe migrate` and the maintenance worker (reaper, sweeps): no torch, which the API
 #               never imports (tests/deploy checks these entry points with torch unimportable)
-#   worker-gpu  a GPU worker: torch 2.13.0 from PyPI, whose linux x86_64 wheel is the CUDA 13.0 build
-#               (cuda-toolkit 13.0.3 and cuDNN 9.20 come as pip packages; the host needs an NVIDIA driver of
-#               the R580 series or later and the NVIDIA Container Toolkit)
-#   worker-cpu  a CPU worker: torch 2.13.0+cpu from the PyTorch CPU index (the wheel `make` installs here)
+#   worker-gpu  a GPU worker: torch 2.14.1 + torchvision 0.29.1 from PyPI, whose linux x86_64 wheels are
+#               the CUDA builds (CUDA 13 runtime and cuDNN come as pip packages; the host needs a recent
+#               NVIDIA driver, R580 or later, and the NVIDIA Container Toolkit). timm builds on torchvision.
+#   worker-cpu  a CPU worker: torch 2.14.1+cpu and torchvision 0.29.1+cpu from the PyTorch CPU index
+#               (`make` installs PyPI's CUDA build, which also runs on the CPU)
 # Build with the commit stamped in: results and caches are keyed on it (app.core.config.code_version):
 #   LETHE_CODE_VERSION=$(git rev-parse HEAD) docker compose build
 #
@@ -47,8 +48,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
 CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--no-access-log"]
 
 FROM base AS worker-gpu
-# PyPI's torch 2.13.0 wheel for linux x86_64 (sha256 60fcdcb2...5fe3cb7 for cp311 manylinux_2_28): CUDA 13.0.
-RUN pip install -c constraints.txt torch==2.13.0 \
+# PyPI's torch 2.14.1 / torchvision 0.29.1 wheels for linux x86_64: the CUDA builds, a matched pair.
+RUN pip install -c constraints.txt torch==2.14.1 torchvision==0.29.1 \
     && pip install -c constraints.txt ./client -e ".[engine,postgres,redis,s3]"
 ARG LETHE_CODE_VERSION
 RUN test -n "$LETHE_CODE_VERSION" || { echo "build with --build-arg LETHE_CODE_VERSION=\$(git rev-parse HEAD)"; exit 1; }
@@ -60,7 +61,7 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
 CMD ["lethe", "worker", "--queues", "gpu", "--name", "gpu0"]
 
 FROM base AS worker-cpu
-RUN pip install -c constraints.txt --index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu \
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1+cpu torchvision==0.29.1+cpu \
     && pip install -c constraints.txt ./client -e ".[engine,postgres,redis,s3]"
 ARG LETHE_CODE_VERSION
 RUN test -n "$LETHE_CODE_VERSION" || { echo "build with --build-arg LETHE_CODE_VERSION=\$(git rev-parse HEAD)"; exit 1; }

@@ -11,8 +11,8 @@ REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 $(STAMP): pyproject.toml constraints.txt client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	# torch first, pinned with its torchvision: the two only import together at their paired versions.
+	$(BIN)/pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
 	# ./client first in the same command: the server depends on lethe-client, which is not on any index.
 	$(BIN)/pip install -q -c constraints.txt -e ./client -e ".[engine,postgres,redis,s3,dev]"
 	touch $(STAMP)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from workers.engine.architectures import ARCHITECTURES
+from workers.engine.architectures.activations import activation_names, collect_activations
 from workers.engine.architectures.build import build_model
 from workers.engine.datasets import DATASETS, ArrayDataset, build_dataset
 from workers.engine.errors import InvalidInputError
@@ -78,9 +79,9 @@ def test_regressors_return_one_prediction_per_sample_and_their_activations(
     model = build_model(name, config).eval()
     assert set(model.state_dict()) == set(spec.expected_state(config))
     inputs = torch.randn(3, *input_shape)
-    prediction, blocks = model.forward_with_activations(inputs)
+    prediction, blocks = collect_activations(model, inputs)
     assert prediction.shape == (3,) and torch.equal(prediction, model(inputs))
-    assert len(blocks) == len(model.activation_names()) == activations
+    assert len(blocks) == len(activation_names(model)) == activations
     spec.check_input(spec.parse_config(config), input_shape, 1)
     with pytest.raises(InvalidInputError):
         spec.parse_config({**config, "num_classes": 2})
@@ -88,5 +89,5 @@ def test_regressors_return_one_prediction_per_sample_and_their_activations(
 
 def test_resnet18_regressor_exposes_the_stem_and_every_block() -> None:
     model = build_model("resnet18_regressor", {"in_channels": 1, "width": 2})
-    names = model.activation_names()
+    names = activation_names(model)
     assert names[0] == "stem" and names[1:3] == ["layer1.0", "layer1.1"] and names[-1] == "layer4.1"

@@ -9,6 +9,8 @@ builder. The API process uses the first two to validate uploads without importin
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
@@ -16,6 +18,19 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from workers.engine.architectures.library import (
+    TIMM_MODELS_ENV,
+    TimmConfig,
+    TimmConvNeXtConfig,
+    TimmResNetConfig,
+    TimmViTConfig,
+    TorchvisionMobileNetConfig,
+    TorchvisionResNetConfig,
+    TorchvisionVGGConfig,
+    TorchvisionViTConfig,
+    image_input_check,
+    library_state_shapes,
+)
 from workers.engine.diffusion.job_params import GENERATOR, TEACHER, OneStepGeneratorConfig
 from workers.engine.diffusion.params import DiffusionModelConfig
 from workers.engine.diffusion.shapes import unet_param_shapes
@@ -49,7 +64,8 @@ class ArchitectureSpec:
     ``check_input(config, input_shape, num_classes)`` raises :class:`InvalidInputError` when a dataset with
     that per-sample shape and class count cannot be fed to a model built from ``config``.
     ``dataset_task_types`` are the dataset tasks it trains on when they differ from ``task_types`` (a
-    generative model learns from a classification dataset).
+    generative model learns from a classification dataset). ``builder_args`` follow the config in the
+    builder's call; ``max_parameters`` is the parameter budget (see :data:`MAX_PARAMETER_COUNT`).
     """
 
     name: str
@@ -60,6 +76,8 @@ class ArchitectureSpec:
     builder: str
     check_input: Callable[[Any, tuple[int, ...], int], None] | None = None
     dataset_task_types: tuple[TaskType, ...] | None = None
+    builder_args: tuple[str, ...] = ()  # extra positional arguments of the builder (a library model's name)
+    max_parameters: int = MAX_PARAMETER_COUNT
 
     @property
     def task(self) -> TaskType:
@@ -80,9 +98,9 @@ class ArchitectureSpec:
             except ValidationError as error:
                 raise InvalidInputError(f"invalid {self.name} config: {_summarise(error)}") from None
         count = parameter_count(self.param_shapes(parsed))
-        if count > MAX_PARAMETER_COUNT:
+        if count > self.max_parameters:
             raise InvalidInputError(
-                f"{self.name} config has {count:,} parameters; the limit is {MAX_PARAMETER_COUNT:,}"
+                f"{self.name} config has {count:,} parameters; the limit is {self.max_parameters:,}"
             )
         return parsed
 
@@ -509,6 +527,128 @@ ARCHITECTURES.register(
         dataset_task_types=(TaskType.classification,),
     )
 )
+
+
+# ----------------------------------------------------------------------------- torchvision and timm models
+def _library_shapes(architecture: str) -> Callable[[Any], ShapeDict]:
+    def shapes(config: BaseModel) -> ShapeDict:
+        return library_state_shapes(architecture, config)
+
+    return shapes
+
+
+def _first_channels(config: Any) -> int:
+    return int(getattr(config, "in_channels", 3))
+
+
+def _rgb(config: Any) -> int:
+    return 3
+
+
+# vgg16_bn's classifier alone (25088 -> 4096 -> 4096) holds 120 M parameters whatever the class count.
+VGG_MAX_PARAMETERS = 150_000_000
+# (registry name, library name, config model, builder, description, check_input, parameter budget)
+_LIBRARY_ENTRIES: list[tuple[str, str, type[BaseModel], str, str, Callable[..., None], int]] = []
+for _depth in (18, 34, 50):
+    _LIBRARY_ENTRIES.append(
+        (
+            f"torchvision.resnet{_depth}",
+            f"resnet{_depth}",
+            TorchvisionResNetConfig,
+            "build_torchvision_resnet",
+            f"torchvision's ResNet-{_depth} (state_dict keys as torchvision's; cifar_stem: 3x3 stride-1 "
+            "stem, no max-pool).",
+            image_input_check(f"torchvision.resnet{_depth}", channels=_first_channels),
+            MAX_PARAMETER_COUNT,
+        )
+    )
+_LIBRARY_ENTRIES += [
+    (
+        "torchvision.vgg16_bn",
+        "vgg16_bn",
+        TorchvisionVGGConfig,
+        "build_torchvision_vgg",
+        "torchvision's VGG-16 with BatchNorm (3-channel images, sides >= 32).",
+        image_input_check("torchvision.vgg16_bn", channels=_rgb, min_side=32),
+        VGG_MAX_PARAMETERS,
+    ),
+    (
+        "torchvision.mobilenet_v3_small",
+        "mobilenet_v3_small",
+        TorchvisionMobileNetConfig,
+        "build_torchvision_mobilenet",
+        "torchvision's MobileNetV3-Small (3-channel images).",
+        image_input_check("torchvision.mobilenet_v3_small", channels=_rgb),
+        MAX_PARAMETER_COUNT,
+    ),
+    (
+        "torchvision.vit_b_16",
+        "vit_b_16",
+        TorchvisionViTConfig,
+        "build_torchvision_vit",
+        "torchvision's ViT-B/16 (3-channel square images of exactly image_size).",
+        image_input_check("torchvision.vit_b_16", channels=_rgb, exact_side="image_size"),
+        MAX_PARAMETER_COUNT,
+    ),
+    (
+        "timm.resnet18",
+        "resnet18",
+        TimmResNetConfig,
+        "build_timm",
+        "timm's resnet18 (timm.create_model, pretrained=False; channels: the four stage widths).",
+        image_input_check("timm.resnet18", channels=_first_channels),
+        MAX_PARAMETER_COUNT,
+    ),
+    (
+        "timm.convnext_atto",
+        "convnext_atto",
+        TimmConvNeXtConfig,
+        "build_timm",
+        "timm's convnext_atto (pretrained=False; dims and depths override the four stages; sides >= 32).",
+        image_input_check("timm.convnext_atto", channels=_first_channels, min_side=32),
+        MAX_PARAMETER_COUNT,
+    ),
+    (
+        "timm.vit_tiny_patch16_224",
+        "vit_tiny_patch16_224",
+        TimmViTConfig,
+        "build_timm",
+        "timm's vit_tiny_patch16_224 (pretrained=False; square images of exactly image_size).",
+        image_input_check("timm.vit_tiny_patch16_224", channels=_first_channels, exact_side="image_size"),
+        MAX_PARAMETER_COUNT,
+    ),
+]
+# Operator-allowed extra timm models (LETHE_TIMM_MODELS, comma-separated timm names): built with the
+# generic config only (num_classes, in_channels, drop_rate), so users still pass no free-form kwargs.
+for _extra in filter(None, (part.strip() for part in os.environ.get(TIMM_MODELS_ENV, "").split(","))):
+    if not re.fullmatch(r"[a-z0-9_.]+", _extra) or f"timm.{_extra}" in {e[0] for e in _LIBRARY_ENTRIES}:
+        continue
+    _LIBRARY_ENTRIES.append(
+        (
+            f"timm.{_extra}",
+            _extra,
+            TimmConfig,
+            "build_timm",
+            f"timm's {_extra} (allowed by the operator; pretrained=False).",
+            image_input_check(f"timm.{_extra}", channels=_first_channels),
+            MAX_PARAMETER_COUNT,
+        )
+    )
+
+for _name, _library_name, _config_model, _builder, _description, _check, _budget in _LIBRARY_ENTRIES:
+    ARCHITECTURES.register(
+        ArchitectureSpec(
+            name=_name,
+            description=_description,
+            task_types=(TaskType.classification,),
+            config_model=_config_model,
+            param_shapes=_library_shapes(_name),
+            builder=f"workers.engine.architectures.library_build:{_builder}",
+            check_input=_check,
+            builder_args=(_library_name,),
+            max_parameters=_budget,
+        )
+    )
 
 __all__ = [
     "ARCHITECTURES",

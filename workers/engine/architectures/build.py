@@ -27,7 +27,7 @@ def build_model(name: str, config: BaseModel | Mapping[str, Any]) -> nn.Module:
     spec = ARCHITECTURES.get(name)
     parsed = spec.parse_config(config)
     builder = import_by_path(spec.builder)
-    model: nn.Module = builder(parsed)
+    model: nn.Module = builder(parsed, *spec.builder_args)
     return model
 
 

@@ -17,22 +17,16 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(fan_in, fan_out) for fan_in, fan_out in pairwise(widths))
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(widths[-1], config.num_classes)
-
-    def activation_names(self) -> list[str]:
-        """Names of the activations :meth:`forward_with_activations` returns: each hidden layer's output."""
-        return [f"layers.{index}" for index in range(len(self.layers))]
-
-    def forward_with_activations(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits plus every hidden layer's output after ReLU and dropout (2-D: batch x width)."""
-        hidden = inputs.flatten(1)
-        activations = []
-        for layer in self.layers:
-            hidden = self.dropout(torch.relu(layer(hidden)))
-            activations.append(hidden)
-        return self.head(hidden), activations
+        # Parameter-free taps after each hidden ReLU + dropout, where the activation hooks attach (the
+        # state_dict is unchanged).
+        self.hidden_taps = nn.ModuleList(nn.Identity() for _ in self.layers)
+        self.activation_layers = [f"hidden_taps.{index}" for index in range(len(self.layers))]
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_activations(inputs)[0]
+        hidden = inputs.flatten(1)
+        for layer, tap in zip(self.layers, self.hidden_taps, strict=True):
+            hidden = tap(self.dropout(torch.relu(layer(hidden))))
+        return self.head(hidden)
 
 
 def build(config: MLPConfig) -> nn.Module:

@@ -2,13 +2,11 @@
 ``resnet18_regressor``).
 
 Same modules and state_dict layout as the classifiers with a one-output head; ``forward`` returns the
-prediction with the output axis squeezed, shape (N,), so the regression losses take it directly.
-``forward_with_activations`` returns ``(prediction, activations)`` as every architecture does:
-
-* ``mlp_regressor`` / ``small_cnn_regressor``: as ``mlp`` / ``small_cnn`` (hidden layers; conv blocks);
-* ``resnet18_regressor``: the stem's output and every one of the 8 BasicBlocks' outputs (9 tensors, 4-D),
-  as the Deep Regression Unlearning reference's ResNet18 returns them (blindspot_sfd.md §1.2), rather than
-  the classifier's 4 stage outputs.
+prediction with the output axis squeezed, shape (N,), so the regression losses take it directly. Their
+``activation_layers`` (see :mod:`workers.engine.architectures.activations`) are the classifiers', except
+``resnet18_regressor``: the stem's output and every one of the 8 BasicBlocks' outputs (9 tensors, 4-D), as
+the Deep Regression Unlearning reference's ResNet18 returns them (blindspot_sfd.md §1.2), rather than the
+classifier's 4 stage outputs.
 """
 
 from __future__ import annotations
@@ -27,35 +25,29 @@ from workers.engine.architectures.small_cnn import SmallCNN
 
 
 class MLPRegressor(MLP):
-    def forward_with_activations(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        output, activations = super().forward_with_activations(inputs)
-        return output.squeeze(-1), activations
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return super().forward(inputs).squeeze(-1)
 
 
 class SmallCNNRegressor(SmallCNN):
-    def forward_with_activations(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        output, activations = super().forward_with_activations(inputs)
-        return output.squeeze(-1), activations
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return super().forward(inputs).squeeze(-1)
 
 
 class ResNet18Regressor(ResNet18):
-    def activation_names(self) -> list[str]:
-        """The stem, then ``layerS.B`` for every BasicBlock in order (9 names)."""
-        blocks = [
-            f"layer{stage}.{index}"
-            for stage, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1)
-            for index in range(len(layer))
+    def __init__(self, config: ResNet18RegressorConfig) -> None:
+        super().__init__(config)
+        self.activation_layers = [
+            "stem",
+            *(
+                f"layer{stage}.{index}"
+                for stage, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1)
+                for index in range(len(layer))
+            ),
         ]
-        return ["stem", *blocks]
 
-    def forward_with_activations(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        out = torch.relu(self.bn1(self.conv1(inputs)))
-        activations = [out]
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in stage:
-                out = block(out)
-                activations.append(out)
-        return self.fc(out.mean(dim=(2, 3))).squeeze(-1), activations
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return super().forward(inputs).squeeze(-1)
 
 
 def build_mlp(config: MLPRegressorConfig) -> nn.Module:

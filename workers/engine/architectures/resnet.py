@@ -64,22 +64,16 @@ class ResNet18(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.fc = nn.Linear(fan_in, config.num_classes)
+        # A parameter-free tap on the stem's output (after its ReLU) for the activation hooks.
+        self.stem = nn.Identity()
+        self.activation_layers = ["layer1", "layer2", "layer3", "layer4"]
 
-    def activation_names(self) -> list[str]:
-        """Names of the activations :meth:`forward_with_activations` returns: the four stages' outputs."""
-        return ["layer1", "layer2", "layer3", "layer4"]
-
-    def forward_with_activations(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits plus the output of each of the four stages (4-D: batch x channels x H x W)."""
-        out = torch.relu(self.bn1(self.conv1(inputs)))
-        activations = []
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            out = stage(out)
-            activations.append(out)
-        return self.fc(out.mean(dim=(2, 3))), activations
+    def features(self, inputs: torch.Tensor) -> torch.Tensor:
+        out = self.stem(torch.relu(self.bn1(self.conv1(inputs))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(out))))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_activations(inputs)[0]
+        return self.fc(self.features(inputs).mean(dim=(2, 3)))
 
 
 def build(config: ResNet18Config) -> nn.Module:

@@ -32,22 +32,10 @@ class SmallCNN(nn.Module):
         widths = [config.in_channels, *config.channels]
         self.blocks = nn.Sequential(*(ConvBlock(fan_in, fan_out) for fan_in, fan_out in pairwise(widths)))
         self.head = nn.Linear(widths[-1], config.num_classes)
-
-    def activation_names(self) -> list[str]:
-        """Names of the activations :meth:`forward_with_activations` returns: each conv block's output."""
-        return [f"blocks.{index}" for index in range(len(self.blocks))]
-
-    def forward_with_activations(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits plus every conv block's output after pooling (4-D: batch x channels x H x W)."""
-        features = inputs
-        activations = []
-        for block in self.blocks:
-            features = block(features)
-            activations.append(features)
-        return self.head(features.mean(dim=(2, 3))), activations
+        self.activation_layers = [f"blocks.{index}" for index in range(len(self.blocks))]
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_activations(inputs)[0]
+        return self.head(self.blocks(inputs).mean(dim=(2, 3)))
 
 
 def build(config: SmallCNNConfig) -> nn.Module:

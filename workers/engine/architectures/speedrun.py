@@ -103,33 +103,23 @@ class SpeedrunCNN(nn.Module):
         self.head = nn.Linear(widths[-1], config.num_classes, bias=False)
         self.head_scale = config.head_scale
         self.tta_flip = config.tta_flip
+        self.activation_layers = [f"blocks.{index}" for index in range(len(self.blocks))]
 
     def initialise_from_data(self, inputs: torch.Tensor) -> None:
         """The data-dependent initialisation the recipe's ``whiten`` asks for (see :meth:`Whitening.fit`)."""
         self.whiten.fit(inputs)
 
-    def activation_names(self) -> list[str]:
-        """Names of the activations :meth:`forward_with_activations` returns: each block's output."""
-        return [f"blocks.{index}" for index in range(len(self.blocks))]
-
-    def _single_view(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        features = F.gelu(self.whiten(inputs))
-        activations = []
-        for block in self.blocks:
-            features = block(features)
-            activations.append(features)
-        return self.head(features.amax(dim=(2, 3))) * self.head_scale, activations
-
-    def forward_with_activations(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits plus every block's output (4-D). In eval mode with ``tta_flip`` the logits are the mean of
-        the input's and its mirror's; the activations are the input's own."""
-        logits, activations = self._single_view(inputs)
-        if self.tta_flip and not self.training:
-            logits = 0.5 * (logits + self._single_view(inputs.flip(-1))[0])
-        return logits, activations
+    def _single_view(self, inputs: torch.Tensor) -> torch.Tensor:
+        features = self.blocks(F.gelu(self.whiten(inputs)))
+        return self.head(features.amax(dim=(2, 3))) * self.head_scale
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_activations(inputs)[0]
+        """Logits; in eval mode with ``tta_flip`` the mean of the input's and its mirror's (the activation
+        hooks keep the first pass: the input's own)."""
+        logits = self._single_view(inputs)
+        if self.tta_flip and not self.training:
+            logits = 0.5 * (logits + self._single_view(inputs.flip(-1)))
+        return logits
 
 
 def build(config: SpeedrunCNNConfig) -> nn.Module:

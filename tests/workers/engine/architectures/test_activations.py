@@ -1,4 +1,5 @@
-"""Every architecture returns its block outputs together with exactly the logits of ``forward``."""
+"""Hook-collected block outputs: exactly the logits of ``forward`` and exactly what the hand-written
+``forward_with_activations`` the registry architectures had before returned (re-derived here by hand)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ CASES: list[tuple[str, dict[str, Any], tuple[int, ...], list[str], list[tuple[in
         "mlp",
         {"input_shape": [1, 8, 8], "hidden": [16, 8], "num_classes": 3},
         (5, 1, 8, 8),
-        ["layers.0", "layers.1"],
+        ["hidden_taps.0", "hidden_taps.1"],
         [(5, 16), (5, 8)],
     ),
     (
@@ -85,5 +86,76 @@ def test_linear_mlp_has_no_activations() -> None:
 
 
 def test_models_without_the_interface_are_refused() -> None:
-    with pytest.raises(EngineError, match="does not expose"):
+    with pytest.raises(EngineError, match="does not name its activation layers"):
         collect_activations(nn.Linear(4, 2), torch.rand(3, 4))
+
+
+def _by_hand(name: str, model: Any, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The removed ``forward_with_activations`` of each registry architecture, step by step."""
+    activations: list[torch.Tensor] = []
+    if name == "mlp":
+        hidden = inputs.flatten(1)
+        for layer in model.layers:
+            hidden = model.dropout(torch.relu(layer(hidden)))
+            activations.append(hidden)
+        return model.head(hidden), activations
+    if name == "small_cnn":
+        features = inputs
+        for block in model.blocks:
+            features = block(features)
+            activations.append(features)
+        return model.head(features.mean(dim=(2, 3))), activations
+    if name == "resnet18":
+        out = torch.relu(model.bn1(model.conv1(inputs)))
+        for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+            out = stage(out)
+            activations.append(out)
+        return model.fc(out.mean(dim=(2, 3))), activations
+    features = torch.nn.functional.gelu(model.whiten(inputs))
+    for block in model.blocks:
+        features = block(features)
+        activations.append(features)
+    logits = model.head(features.amax(dim=(2, 3))) * model.head_scale
+    flipped = model.blocks(torch.nn.functional.gelu(model.whiten(inputs.flip(-1))))
+    return 0.5 * (logits + model.head(flipped.amax(dim=(2, 3))) * model.head_scale), activations
+
+
+@pytest.mark.parametrize(("name", "config", "input_shape"), [case[:3] for case in CASES])
+def test_hooks_return_what_the_hand_written_forward_returned(
+    name: str, config: dict[str, Any], input_shape: tuple[int, ...]
+) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, config).eval()
+    inputs = torch.rand(input_shape)
+    logits, activations = collect_activations(model, inputs)
+    expected_logits, expected = _by_hand(name, model, inputs)
+    assert torch.equal(logits, expected_logits)
+    assert len(activations) == len(expected)
+    assert all(torch.equal(own, old) for own, old in zip(activations, expected, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "names"),
+    [
+        (
+            "torchvision.resnet18",
+            {"num_classes": 3, "cifar_stem": True},
+            ["layer1", "layer2", "layer3", "layer4"],
+        ),
+        (
+            "timm.convnext_atto",
+            {"num_classes": 3, "dims": [8, 8, 8, 8], "depths": [1, 1, 1, 1]},
+            ["stages.0", "stages.1", "stages.2", "stages.3"],
+        ),
+    ],
+)
+def test_library_models_expose_their_stages_through_hooks(
+    name: str, config: dict[str, Any], names: list[str]
+) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, config).eval()
+    inputs = torch.rand(2, 3, 32, 32)  # ConvNeXt's stem and downsamples divide by 32
+    logits, activations = collect_activations(model, inputs)
+    assert activation_names(model) == names and len(activations) == 4
+    assert torch.equal(logits, model(inputs))
+    assert all(activation.dim() == 4 for activation in activations)
