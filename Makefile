@@ -33,7 +33,7 @@ test-sqlite: $(STAMP)
 test-postgres: $(STAMP)
 	LETHE_TEST_DATABASE_URL=$(PG_TEST_URL) LETHE_TEST_BROKER_URL=$(REDIS_TEST_URL) \
 		$(BIN)/python -m pytest -q tests/app tests/workers tests/migrations tests/client --ignore=tests/workers/engine --ignore=tests/app/intake \
-		--ignore=tests/workers/test_faults.py \
+		--ignore=tests/workers/test_faults.py --ignore=tests/workers/test_library_models.py \
 		-m "not browser"
 
 lint: $(STAMP)

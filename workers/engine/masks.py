@@ -57,15 +57,16 @@ def sparsity(masks: Masks) -> float:
 
 
 def prunable_parameters(model: nn.Module) -> list[str]:
-    """Names of the weights OMP prunes: all Conv2d weights, or for conv-free models the Linear weights
-    except the classifier (the last Linear layer registered)."""
+    """Names of the weights OMP prunes: all Conv2d weights (the reference's rule for CNNs); for models with at
+    most one convolution — none (an MLP) or only a patch-embedding stem (a ViT) — also the Linear weights
+    except the classifier (the last Linear layer registered), where such a model keeps its weights."""
     convolutions = [
         f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Conv2d)
     ]
-    if convolutions:
+    if len(convolutions) > 1:
         return convolutions
     linears = [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    return linears[:-1]
+    return convolutions + linears[:-1]
 
 
 @torch.no_grad()
