@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,7 +152,7 @@ def test_user_checkpoint_runs_every_job_and_loads_back(
         output = load_back(live_api, tenant, results[name]["output_model_id"], constructor)
         moved = any(
             not torch.equal(a, b)
-            for a, b in zip(output.state_dict().values(), original.state_dict().values())
+            for a, b in zip(output.state_dict().values(), original.state_dict().values(), strict=True)
         )
         assert moved, f"{name} returned the uploaded weights unchanged"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,8 @@ configs["speedrun_cnn"] = {}
 configs.update({"unet_ddpm": {}, "unet_one_step": {"t_init": 440}})
 for spec in ARCHITECTURES:
     spec.config_model.model_json_schema()
-    assert spec.expected_state(configs[spec.name])
+    if spec.name in configs:  # torchvision / timm tables: LIBRARY_TABLE below
+        assert spec.expected_state(configs[spec.name])
 for spec in METHODS:
     spec.params_model.model_json_schema()
     spec.params_model.model_validate({})
@@ -43,9 +45,27 @@ assert 'torch' not in sys.modules, 'torch was imported'
 """
 
 
-def _run(code: str) -> subprocess.CompletedProcess[str]:
+# A library model's table in the API process: computed by the torch helper process, cached as a file, and
+# torch never enters this process. The second run reads the file cache.
+LIBRARY_TABLE = """
+import sys
+from workers.engine.architectures import ARCHITECTURES
+table = ARCHITECTURES.get("torchvision.resnet18").expected_state({"num_classes": 10, "cifar_stem": True})
+assert table["conv1.weight"] == ((64, 3, 3, 3), "F32"), table["conv1.weight"]
+assert table["bn1.num_batches_tracked"] == ((), "I64")
+assert 'torch' not in sys.modules, 'torch was imported'
+"""
+
+
+def _run(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -62,3 +82,12 @@ def test_catalog_use_does_not_import_torch() -> None:
 def test_the_check_itself_detects_torch() -> None:
     completed = _run("import workers.engine.training; import sys; assert 'torch' not in sys.modules")
     assert completed.returncode != 0
+
+
+def test_library_shape_tables_reach_the_api_without_torch(tmp_path: Path) -> None:
+    env = {"LETHE_SHAPE_TABLE_DIR": str(tmp_path)}
+    completed = _run(LIBRARY_TABLE, env)
+    assert completed.returncode == 0, completed.stderr
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    again = _run(LIBRARY_TABLE, env)  # from the file cache
+    assert again.returncode == 0, again.stderr

@@ -29,7 +29,8 @@ CIFAR_STEM_KERNEL = 3
 
 
 def _with_layers(model: nn.Module, layers: list[str]) -> nn.Module:
-    model.activation_layers = layers
+    # A plain attribute (nn.Module stores non-tensor values as such), invisible to state_dict.
+    object.__setattr__(model, "activation_layers", layers)
     return model
 
 
@@ -98,8 +99,9 @@ def _timm_layers(model: nn.Module) -> list[str]:
     if all(stage in children for stage in RESNET_STAGES):
         return list(RESNET_STAGES)
     for container in ("stages", "blocks"):
-        if isinstance(children.get(container), nn.Sequential):
-            return [f"{container}.{index}" for index in range(len(children[container]))]
+        stages = children.get(container)
+        if isinstance(stages, nn.Sequential):
+            return [f"{container}.{index}" for index in range(len(stages))]
     return []
 
 
