@@ -33,6 +33,7 @@ from workers.engine.training import (
 TEACHER_INIT_SEED_OFFSET = 1_000_003
 SUBSET_SEED_OFFSET = 2_000_003
 ATTENTION_MIN_DIMS = 3  # (N, C, ...) activations; 2-D ones have no spatial/temporal axis
+TOKEN_DIMS = 3  # a ViT block's output: batch x tokens x features
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -90,10 +91,13 @@ def distill_kl(
 def attention_map(activation: torch.Tensor) -> torch.Tensor | None:
     """Zagoruyko-Komodakis attention (p = 2): mean over channels (dim 1) of the squared activation, flattened
     per sample and L2-normalised. ``None`` for 2-D (batch x features) activations, whose map would be the
-    constant 1 (one positive number per sample, normalised), so they carry no attention information."""
+    constant 1 (one positive number per sample, normalised), so they carry no attention information.
+    3-D activations are token sequences (batch x tokens x features, a ViT block's output): their channels
+    are the last axis, so the map is per token."""
     if activation.dim() < ATTENTION_MIN_DIMS:
         return None
-    return F.normalize(activation.pow(2).mean(dim=1).flatten(1), dim=1)
+    channel_dim = -1 if activation.dim() == TOKEN_DIMS else 1
+    return F.normalize(activation.pow(2).mean(dim=channel_dim).flatten(1), dim=1)
 
 
 def attention_transfer(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

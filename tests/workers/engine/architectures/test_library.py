@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from workers.engine.architectures import ARCHITECTURES
+from workers.engine.architectures import ARCHITECTURES, library
 from workers.engine.architectures.build import build_model, state_to_numpy
 from workers.engine.architectures.library import library_state_shapes
 from workers.engine.errors import InvalidInputError
@@ -36,6 +36,7 @@ def test_every_library_entry_has_a_case() -> None:
 @pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
 def test_shape_table_is_the_real_state_dict(name: str, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LETHE_SHAPE_TABLE_DIR", str(tmp_path))
+    monkeypatch.setattr(library, "_MEMORY", {})  # computed here, not remembered from another test
     spec = ARCHITECTURES.get(name)
     expected = spec.expected_state(SMALL_CONFIGS[name])
     torch.manual_seed(0)

@@ -61,6 +61,11 @@ def test_attention_transfer_is_zero_for_identical_activations_and_positive_other
     # 2-D activations: the reference's map would be the constant 1, so the term is identically zero.
     assert attention_map(first.flatten(1)) is None
     assert float(attention_transfer(first.flatten(1), second.flatten(1))) == 0.0
+    # 3-D activations are ViT token sequences (batch x tokens x features): one map entry per token.
+    tokens = torch.randn(4, 7, 16, generator=generator)
+    token_map = attention_map(tokens)
+    assert token_map is not None and token_map.shape == (4, 7)
+    assert torch.allclose(token_map, torch.nn.functional.normalize(tokens.pow(2).mean(dim=2), dim=1))
 
 
 def test_kl_helpers() -> None:
