@@ -28,7 +28,9 @@ COPY workers ./workers
 COPY migrations ./migrations
 # The typed client (client/, not on any index): the server depends on it, so every install names ./client.
 COPY client ./client
-ENV LETHE_PROFILE=production LETHE_HOME=/var/lib/lethe LETHE_LOG_FORMAT=json
+# timm never downloads (pretrained is always off); the API's shape tables are cached on the data volume.
+ENV LETHE_PROFILE=production LETHE_HOME=/var/lib/lethe LETHE_LOG_FORMAT=json HF_HUB_OFFLINE=1 \
+    LETHE_SHAPE_TABLE_DIR=/var/lib/lethe/shape-tables
 
 FROM base AS service
 # Editable, as `make` installs: app.core.migrate finds alembic.ini and migrations/ beside the app package,
