@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.storage.base import StorageError
+from workers.engine.errors import ShapeTableUnavailable
 
 PROBLEM_BASE = "https://lethe.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -256,6 +257,17 @@ def install_problem_handlers(app: FastAPI) -> None:
             "artifact-store-unavailable",
             "The artifact store could not complete the operation; nothing was written. Retry shortly.",
             headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(ShapeTableUnavailable)
+    async def _shape_table(request: Request, exc: ShapeTableUnavailable) -> JSONResponse:
+        log.error("shape table unavailable: %s", exc)
+        return problem_response(
+            request,
+            503,
+            "shape-table-unavailable",
+            "The shape table of this torchvision / timm architecture cannot be computed on this host now.",
+            headers={"Retry-After": "30"},
         )
 
     @app.exception_handler(Exception)

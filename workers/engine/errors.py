@@ -20,5 +20,10 @@ class InvalidInputError(EngineError):
     """The request (parameters, dataset, weights, forget set) is unusable; the message is user-facing."""
 
 
+class ShapeTableUnavailable(EngineError):
+    """A library model's state_dict table could not be computed here (the torch helper is missing, crashed
+    or timed out): the service's fault, not the request's."""
+
+
 class JobCancelled(EngineError):
     """Raised by a progress hook to stop a running job; the engine lets it propagate unchanged."""

@@ -31,13 +31,16 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.engine.errors import InvalidInputError
+from workers.engine.errors import InvalidInputError, ShapeTableUnavailable
 
 # Library code builds the model: these are the distributions whose versions can change its state_dict.
 LIBRARY_DISTRIBUTIONS = ("torch", "torchvision", "timm")
 SHAPE_TABLE_DIR_ENV = "LETHE_SHAPE_TABLE_DIR"
 # Importing torch + timm and building on the meta device takes a few seconds; a minute is a broken install.
 SHAPE_TABLE_TIMEOUT_S = 120.0
+# Helper processes one API process runs at once: each new (architecture, config) costs one torch start-up,
+# so a burst of distinct configs queues here instead of forking a torch per request.
+MAX_CONCURRENT_HELPERS = 2
 TIMM_MODELS_ENV = "LETHE_TIMM_MODELS"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -234,6 +237,7 @@ def _encode(table: ShapeDict) -> dict[str, Any]:
 
 _MEMORY: dict[str, ShapeDict] = {}
 _LOCK = threading.Lock()
+_HELPERS = threading.BoundedSemaphore(MAX_CONCURRENT_HELPERS)
 
 
 def library_state_shapes(architecture: str, config: BaseModel) -> ShapeDict:
@@ -251,7 +255,7 @@ def library_state_shapes(architecture: str, config: BaseModel) -> ShapeDict:
     except (OSError, ValueError, TypeError):
         table = None  # absent or unreadable: compute it again
     if table is None:
-        table = _compute(architecture, config)
+        table = _compute(architecture, config, in_process="torch" in sys.modules)
         _write_atomically(path, json.dumps(_encode(table)))
     with _LOCK:
         _MEMORY[key] = table
@@ -268,8 +272,8 @@ def _write_atomically(path: Path, text: str) -> None:
         pass  # a read-only home only costs recomputation
 
 
-def _compute(architecture: str, config: BaseModel) -> ShapeDict:
-    if "torch" in sys.modules:
+def _compute(architecture: str, config: BaseModel, *, in_process: bool) -> ShapeDict:
+    if in_process:
         from workers.engine.architectures.shape_table import compute_table
 
         return compute_table(architecture, config.model_dump(mode="json"))
@@ -277,22 +281,25 @@ def _compute(architecture: str, config: BaseModel) -> ShapeDict:
     # The child reads only this validated request; HF_HUB_OFFLINE keeps timm from reaching for a hub.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     try:
-        completed = subprocess.run(
-            [sys.executable, "-m", "workers.engine.architectures.shape_table"],
-            input=request,
-            capture_output=True,
-            text=True,
-            timeout=SHAPE_TABLE_TIMEOUT_S,
-            cwd=REPO_ROOT,
-            env=env,
-            check=False,
-        )
+        with _HELPERS:
+            completed = subprocess.run(
+                [sys.executable, "-m", "workers.engine.architectures.shape_table"],
+                input=request,
+                capture_output=True,
+                text=True,
+                timeout=SHAPE_TABLE_TIMEOUT_S,
+                cwd=REPO_ROOT,
+                env=env,
+                check=False,
+            )
     except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"computing the {architecture} shape table timed out") from exc
+        raise ShapeTableUnavailable(f"computing the {architecture} shape table timed out") from exc
+    except OSError as exc:
+        raise ShapeTableUnavailable(f"the {architecture} shape-table helper could not start: {exc}") from exc
     try:
         answer = json.loads(completed.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        raise RuntimeError(
+        raise ShapeTableUnavailable(
             f"the {architecture} shape-table helper failed (exit {completed.returncode}): "
             f"{completed.stderr.strip()[-500:]}"
         ) from None

@@ -115,3 +115,16 @@ def test_in_process_table_is_memoised(tmp_path, monkeypatch) -> None:
     config = ARCHITECTURES.get("timm.resnet18").config_model.model_validate({"channels": [2, 2, 2, 2]})
     first = library_state_shapes("timm.resnet18", config)
     assert library_state_shapes("timm.resnet18", config) is first
+
+
+def test_a_broken_helper_is_the_service_s_fault(tmp_path, monkeypatch) -> None:
+    from workers.engine.errors import ShapeTableUnavailable
+
+    monkeypatch.setenv("LETHE_SHAPE_TABLE_DIR", str(tmp_path))
+    monkeypatch.setattr(library.sys, "executable", str(tmp_path / "no-python"))
+    config = ARCHITECTURES.get("timm.resnet18").config_model.model_validate({})
+    with pytest.raises(ShapeTableUnavailable, match="could not start"):
+        library._compute("timm.resnet18", config, in_process=False)
+    monkeypatch.setattr(library.sys, "executable", "/bin/false")
+    with pytest.raises(ShapeTableUnavailable, match="helper failed"):
+        library._compute("timm.resnet18", config, in_process=False)
