@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from app.schemas.jobs import MAX_SEED
 from app.schemas.resources import NAME_MAX, NAME_PATTERN, ForgetSpec
 from app.services.jobs.guardrails import Guardrails
+from workers.engine.paper_presets import PAPER_PRESETS
 
 MAX_METHODS = 20
 MAX_FORGET_SETS = 20
@@ -70,6 +71,12 @@ class ForgetSetRef(BaseModel):
 class CampaignCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    paper_preset: str | None = Field(
+        None,
+        max_length=100,
+        description="A paper-scale preset (GET /v1/paper-presets): fills methods, forget_sets and "
+        "retrain_params where the body leaves them out.",
+    )
     name: str = Field(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
     model_id: uuid.UUID = Field(description="The original model; its recipe drives the retrain oracle.")
     methods: list[MethodEntry] = Field(min_length=1, max_length=MAX_METHODS)
@@ -84,6 +91,19 @@ class CampaignCreate(BaseModel):
     )
     guardrails: Guardrails = Field(default_factory=Guardrails)
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_paper_preset(cls, data: Any) -> Any:
+        # Before validation, so that the preset's entries are validated like the body's own and fields the
+        # body gives win.
+        if not isinstance(data, dict) or data.get("paper_preset") is None:
+            return data
+        name = data["paper_preset"]
+        if not isinstance(name, str) or name not in PAPER_PRESETS:
+            raise ValueError(f"unknown paper_preset {name!r}; available: {', '.join(PAPER_PRESETS.names())}")
+        filled = PAPER_PRESETS.get(name).campaign_fields()
+        return {**filled, **data}
 
     @model_validator(mode="after")
     def _consistent(self) -> CampaignCreate:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter
@@ -14,6 +15,7 @@ from workers.engine.audit.params import AuditParams
 from workers.engine.datasets import DATASETS
 from workers.engine.job_kinds import JOB_KINDS
 from workers.engine.methods import METHODS
+from workers.engine.paper_presets import PAPER_PRESETS
 from workers.engine.task_types import TaskType
 
 router = APIRouter(tags=["discovery"])
@@ -95,3 +97,10 @@ def list_job_kinds(_: Reader) -> list[JobKindOut]:
             )
         )
     return kinds
+
+
+@router.get("/paper-presets")
+def list_paper_presets(_: Reader) -> list[dict[str, Any]]:
+    """Paper-scale presets: a published experiment's architecture, training recipe (a job's
+    ``params.recipe.base``), retrain params, methods and forget sets (a campaign's ``paper_preset``)."""
+    return [asdict(preset) for preset in PAPER_PRESETS]

@@ -206,6 +206,7 @@ ROUTES: dict[str, RouteSpec] = {
     # discovery and health
     "GET /v1/methods": RouteSpec(Scope.read, get("/v1/methods")),
     "GET /v1/job-kinds": RouteSpec(Scope.read, get("/v1/job-kinds")),
+    "GET /v1/paper-presets": RouteSpec(Scope.read, get("/v1/paper-presets")),
     "GET /v1/architectures": RouteSpec(Scope.read, get("/v1/architectures")),
     "GET /v1/datasets/builtins": RouteSpec(Scope.read, get("/v1/datasets/builtins")),
     "GET /v1/audit-params": RouteSpec(Scope.read, get("/v1/audit-params")),

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from workers.engine.paper_presets import paper_recipe_bases
 from workers.engine.presets import DEFAULT_PRESET, Preset, PresetModel, preset_field
 
 MAX_EPOCHS = 1000
@@ -268,7 +269,8 @@ SPEEDRUN_RECIPE: dict[str, Any] = {
     "lookahead_decay": 0.77,
     "whiten": True,
 }
-RECIPE_BASES: dict[str, dict[str, Any]] = {"speedrun": SPEEDRUN_RECIPE}
+# Named recipes: the speed run and the paper-scale presets' originals (workers/engine/paper_presets.py).
+RECIPE_BASES: dict[str, dict[str, Any]] = {"speedrun": SPEEDRUN_RECIPE, **paper_recipe_bases()}
 # TrainRecipe fields that are left out of its JSON while at their defaults (off).
 LOOP_EXTENSIONS = (
     "warmup",
