@@ -214,9 +214,8 @@ def follow(
     raise typer.Exit(0 if job["status"] == "succeeded" else 1)
 
 
-def _client(url: str, api_key: str | None) -> Any:
-    from app.client import LetheClient
-
+def _api_key(api_key: str | None) -> str:
+    """The key given, else the local admin key the embedded profile wrote on first start."""
     settings = get_settings()
     key = api_key or (
         settings.bootstrap_key_file.read_text().strip()
@@ -225,7 +224,13 @@ def _client(url: str, api_key: str | None) -> Any:
     )
     if not key:
         raise typer.BadParameter("pass --api-key or set LETHE_API_KEY")
-    return LetheClient(url, key)
+    return key
+
+
+def _client(url: str, api_key: str | None) -> Any:
+    from app.client import LetheClient
+
+    return LetheClient(url, _api_key(api_key))
 
 
 UrlOption = Annotated[str, typer.Option(envvar="LETHE_URL", help="Lethe API base URL.")]
@@ -718,15 +723,7 @@ cli.add_typer(campaign_cli, name="campaign")
 def _typed_client(url: str, api_key: str | None) -> Any:
     from lethe_client import Client
 
-    settings = get_settings()
-    key = api_key or (
-        settings.bootstrap_key_file.read_text().strip()
-        if settings.bootstrap_key_file and settings.bootstrap_key_file.exists()
-        else None
-    )
-    if not key:
-        raise typer.BadParameter("pass --api-key or set LETHE_API_KEY")
-    return Client(url, key)
+    return Client(url, _api_key(api_key))
 
 
 class _ApiErrors:

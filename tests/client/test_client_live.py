@@ -12,10 +12,8 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,8 @@ from typing import Any
 import numpy as np
 import pytest
 from typer.testing import CliRunner
+
+from tests.live_server import served_api
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -63,31 +63,10 @@ print(json.dumps({
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server_url(migrated: Any) -> Iterator[str]:
-    import uvicorn
-
-    from app.main import create_app
-
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(migrated), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="client-test-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=15)
+    with served_api(migrated, "client-test-server") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
