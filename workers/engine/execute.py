@@ -595,6 +595,7 @@ def _execute_generative(
             hooks=hooks,
             cache=request.cache,
             dataset_sha256=request.dataset_sha256,
+            controls=request.controls,
         )
     )
     details = {
@@ -614,6 +615,7 @@ def _execute_generative(
             "method_s": result.method_seconds,
             "eval_s": result.eval_seconds,
             "total_s": time.perf_counter() - started,
+            **result.timings,
             **(
                 {"seconds_per_sample": float(details["seconds_per_sample"])}
                 if "seconds_per_sample" in details

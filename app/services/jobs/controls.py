@@ -12,7 +12,8 @@ For a recovery audit of an unlearned model on a forget set:
   first, then the newest). None: 422 ``missing-retrain`` (submit a retrain job, or pass the id).
 
 Every control must be the tenant's, share the audited model's architecture and configuration (the engine
-builds them alike) and, when it records one, the forget set's dataset.
+builds them alike; a generative model's controls are ``unet_ddpm`` teachers of its U-Net config, which a
+one-step generator extends by its ``t_init``) and, when it records one, the forget set's dataset.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sqlalchemy.orm import Session
 from app.core.problems import Unprocessable
 from app.models import ForgetSet, Job, JobStatus, Model
 from app.services.jobs.results import pick_reference
+from workers.engine.diffusion.job_params import TEACHER, same_network
 from workers.engine.job_kinds import JobKindSpec, kinds_where
 
 
@@ -110,11 +112,22 @@ def _retrain(context: _Context) -> Model:
 RESOLVERS: dict[str, Callable[[_Context], Model]] = {"original": _original, "retrain": _retrain}
 
 
+def _same_network(control: Model, model: Model) -> bool:
+    if control.architecture == model.architecture and control.arch_config == model.arch_config:
+        return True
+    # A generative model's controls are multi-step teachers (the original SFD distilled, the retrain without
+    # the class): a one-step generator shares their U-Net and only adds its t_init.
+    return control.architecture == TEACHER and same_network(
+        model.architecture, model.arch_config or {}, control.arch_config or {}
+    )
+
+
 def _check_compatible(role: str, control: Model, model: Model, forget_set: ForgetSet) -> None:
-    if control.architecture != model.architecture or control.arch_config != model.arch_config:
+    if not _same_network(control, model):
         raise Unprocessable(
             f"the {role} model is a {control.architecture} {control.arch_config}, the audited model a"
-            f" {model.architecture} {model.arch_config}: they must match",
+            f" {model.architecture} {model.arch_config}: they must match (a generative model's controls:"
+            f" {TEACHER} teachers of the same U-Net)",
             code="control-mismatch",
         )
     if control.dataset_id is not None and control.dataset_id != forget_set.dataset_id:

@@ -465,8 +465,6 @@ def evaluate_generative(
     with reproducible(torch_device):
         generated = torch.from_numpy(_quantise(samples.images)).to(torch_device)
         probabilities, features = classifier_module.predict(model, generated)
-        real = torch.from_numpy(np.ascontiguousarray(real_images, dtype=np.float32)).to(torch_device)
-        _, real_features = classifier_module.predict(model, real)
     p = probabilities.cpu().numpy()
     f = features.cpu().numpy()
     metrics: dict[str, float] = {
@@ -480,6 +478,10 @@ def evaluate_generative(
             metrics.update(forgetting_metrics(p[forget_mask], forget_class, override_class))
     retained = sorted(int(cls) for cls in np.unique(samples.labels[~forget_mask]))
     if retained:
+        # The real features are only needed for retained classes (a forget-class-only probe skips them).
+        with reproducible(torch_device):
+            real = torch.from_numpy(np.ascontiguousarray(real_images, dtype=np.float32)).to(torch_device)
+            _, real_features = classifier_module.predict(model, real)
         metrics.update(
             retained_metrics(
                 p[~forget_mask],

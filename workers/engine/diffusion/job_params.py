@@ -18,7 +18,10 @@ with the evaluation's fixed seed so that rows of a comparison show the same nois
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from workers.engine.diffusion.params import (
     MAX_CLASSES,
@@ -57,6 +60,30 @@ class OneStepGeneratorConfig(DiffusionModelConfig):
         if self.t_init >= self.timesteps:
             raise ValueError(f"t_init must be smaller than timesteps ({self.timesteps})")
         return self
+
+
+def teacher_config(config: DiffusionModelConfig) -> DiffusionModelConfig:
+    """The U-Net config of the teacher a model shares its network with: a one-step generator's config without
+    its ``t_init`` (SFD starts the generator from the teacher's weights and keeps its config), a teacher's
+    own config."""
+    return DiffusionModelConfig.model_validate(config.model_dump(exclude={"t_init"}))
+
+
+def same_network(
+    architecture: str, arch_config: Mapping[str, Any], teacher_arch_config: Mapping[str, Any]
+) -> bool:
+    """Whether a ``unet_ddpm`` teacher with ``teacher_arch_config`` has the network of a generative model of
+    ``architecture`` with ``arch_config`` (so that its weights load into that model's U-Net and the two are
+    sampled alike, each with its own sampler). False for a non-generative architecture or a config that does
+    not parse."""
+    if architecture not in GENERATIVE_ARCHITECTURES:
+        return False
+    try:
+        mine = DiffusionModelConfig.model_validate({k: v for k, v in arch_config.items() if k != "t_init"})
+        theirs = DiffusionModelConfig.model_validate(dict(teacher_arch_config))
+    except ValidationError:
+        return False
+    return mine == theirs
 
 
 class GenerativeEvaluation(BaseModel):
@@ -158,4 +185,6 @@ __all__ = [
     "OneStepGeneratorConfig",
     "SFDJobParams",
     "SampleJobParams",
+    "same_network",
+    "teacher_config",
 ]

@@ -360,6 +360,8 @@ class GenerativeResult:
     eval_seconds: float
     pngs: dict[str, bytes]
     arrays: dict[str, np.ndarray]
+    # Timings besides method_s / eval_s (a recovery audit's transforms_s and relearn_s).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _generative_architecture(name: str) -> ArchitectureSpec:
@@ -447,6 +449,8 @@ class GenerativeRequest:
     hooks: EngineHooks | None
     cache: ArtifactCache | None
     dataset_sha256: str | None
+    # Further models by role (a recovery audit's original and retrain teachers), as the worker loaded them.
+    controls: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,12 @@ from workers.engine.job_kinds.spec import (
     SubmissionRefused,
 )
 from workers.engine.methods import METHODS
-from workers.engine.recovery.params import ORIGINAL_FIELD, RETRAIN_FIELD, RecoveryParams
+from workers.engine.recovery.params import (
+    ORIGINAL_FIELD,
+    RETRAIN_FIELD,
+    GenerativeRecoveryParams,
+    RecoveryParams,
+)
 from workers.engine.task_types import TaskType
 
 # The engine run of every kind that runs a registered method (or evaluates) on one model.
@@ -232,14 +237,19 @@ RECOVERY = JobKindSpec(
     " of it and of its retrain control, the forget-set metrics re-measured on both.",
     required=ON_FORGET_SET_REQUIRED,
     forbidden=ON_FORGET_SET_FORBIDDEN,
-    # Generative models (class generation rates under transforms) are not audited yet.
-    task_types=DISCRIMINATIVE,
+    # Generative models: the forget-class generation rate under the same transforms and denoising-loss
+    # relearning, against the ddpm_retrain teacher (workers.engine.recovery.generative).
+    task_types=ALL_TASKS,
     run="workers.engine.recovery.job:run_recovery_request",
-    params_models=dict.fromkeys(DISCRIMINATIVE, RecoveryParams),
+    params_models={
+        **dict.fromkeys(DISCRIMINATIVE, RecoveryParams),
+        TaskType.generative: GenerativeRecoveryParams,
+    },
     params_label="a recovery audit",
     starts_from_weights=True,
     engine_forget_set=Presence.required,
     control_models={"original": ORIGINAL_FIELD, "retrain": RETRAIN_FIELD},
+    generative_run="workers.engine.recovery.generative:run_generative_recovery",
 )
 
 ENTRIES = (TRAIN, RETRAIN, UNLEARN, EVALUATE, PRUNE, WORST_CASE_SEARCH, AUDIT, SAMPLE, RECOVERY)

@@ -1,10 +1,12 @@
 """The ``recovery`` job kind's engine run: transforms and relearning on the audited model and its control.
 
-Inputs: the audited (unlearned) model as the request's weights, ``request.controls["original"]`` and
-``request.controls["retrain"]`` (loaded by the worker from the params' model ids), the forget set. Each
-transform (``transforms``) is applied to a copy of the audited model and to a copy of the retrain, and the
-forget-set metrics are measured before and after on both; each relearning source (``relearn``) gives a
-recovery curve per model on the held-out forget set. The figures (``scores``) compare the two.
+Generative models (a one-step generator or a DDPM teacher) go to the kind's ``generative_run``
+(:mod:`workers.engine.recovery.generative`). Inputs: the audited (unlearned) model as the request's weights,
+``request.controls["original"]`` and ``request.controls["retrain"]`` (loaded by the worker from the params'
+model ids), the forget set. Each transform (``transforms``) is applied to a copy of the audited model and to
+a copy of the retrain, and the forget-set metrics are measured before and after on both; each relearning
+source (``relearn``) gives a recovery curve per model on the held-out forget set. The figures (``scores``)
+compare the two.
 """
 
 from __future__ import annotations
@@ -25,8 +27,15 @@ from workers.engine.architectures.build import build_model, load_weights
 from workers.engine.device_inputs import device_inputs
 from workers.engine.devices import resolve_device
 from workers.engine.errors import InvalidInputError
-from workers.engine.execute import EngineRequest, EngineResult, _environment, predict_logits
+from workers.engine.execute import (
+    EngineRequest,
+    EngineResult,
+    _environment,
+    _execute_generative,
+    predict_logits,
+)
 from workers.engine.hooks import EngineHooks, NullHooks
+from workers.engine.job_kinds import job_kind
 from workers.engine.metrics import accuracy, retain_indices, softmax
 from workers.engine.metrics.attacks import auc, membership_score
 from workers.engine.metrics.nonmembers import select_nonmembers
@@ -176,6 +185,9 @@ def _finite(metrics: dict[str, Any]) -> dict[str, float]:
 
 def run_recovery_request(request: EngineRequest, hooks: EngineHooks | None = None) -> EngineResult:
     started = time.perf_counter()
+    if TaskType.generative in ARCHITECTURES.get(request.architecture).task_types:
+        # A generator or a teacher: the entry's generative_run (workers.engine.recovery.generative).
+        return _execute_generative(request, job_kind(request.kind), hooks, started)
     params = _params(request)
     dataset = request.dataset.validate()
     if dataset.task not in TASKS:
@@ -263,7 +275,7 @@ def run_recovery_request(request: EngineRequest, hooks: EngineHooks | None = Non
                     targets,
                     lambda m: rules.probe(m, data, sources.held_out),
                     params.relearn_steps,
-                    loss=rules.loss,
+                    objective=relearn.supervised(rules.loss),
                     lr=params.relearn_lr,
                     batch_size=params.relearn_batch_size,
                     seed=request.seed,
@@ -353,7 +365,7 @@ def summarise(
             "excess_recovery": excess,
             "score": value,
         }
-        for extra in ("mia_auc", "test_accuracy", "test_mae"):
+        for extra in ("mia_auc", "test_accuracy", "test_mae", "retain_accuracy"):
             if extra in row[AUDITED] and extra in before[AUDITED] and extra in row[CONTROL]:
                 deltas[f"{extra}_delta"] = row[AUDITED][extra] - before[AUDITED][extra]
                 deltas[f"control_{extra}_delta"] = row[CONTROL][extra] - before[CONTROL][extra]

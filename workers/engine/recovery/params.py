@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from workers.engine.diffusion.job_params import GenerativeEvaluation
+
 RelearnSource = Literal["forget_subset", "retain_neighbours", "unrelated"]
 ALL_SOURCES: tuple[RelearnSource, ...] = ("forget_subset", "retain_neighbours", "unrelated")
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7)
@@ -97,3 +99,19 @@ class RecoveryParams(BaseModel):
     @classmethod
     def _sources(cls, values: list[RelearnSource]) -> list[RelearnSource]:
         return [source for source in ALL_SOURCES if source in values]
+
+
+class GenerativeRecoveryParams(RecoveryParams):
+    """A recovery audit of a generative model (a ``unet_one_step`` generator or a ``unet_ddpm`` teacher) on a
+    class forget set. The forget metric is the forget-class rate in % (the share of images generated for the
+    forgotten class that the metric classifier assigns to it), so ``min_gap`` and the policy figures read in
+    rate points. ``evaluation`` is how every model is sampled and scored, as an ``evaluate`` job with the same
+    body would (same metric classifier, same noise for the same seed)."""
+
+    relearn_lr: float = Field(
+        default=2e-4, gt=0, le=1.0, description="Adam learning rate of relearning (the DDPM teacher's)."
+    )
+    evaluation: GenerativeEvaluation = Field(
+        default_factory=GenerativeEvaluation,
+        description="How each model is sampled and scored (the evaluate job's params).",
+    )

@@ -28,7 +28,18 @@ from workers.engine.recovery.params import RelearnSource
 
 DISTANCE_CHUNK = 1024
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# The loss of one relearning step: (the model being relearned, a batch of inputs, their targets) -> scalar.
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Probe = Callable[[nn.Module], float]
+
+
+def supervised(loss: Loss) -> Objective:
+    """The objective of a predictor: ``loss`` of its outputs on the batch against the targets."""
+
+    def objective(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return loss(model(inputs).float(), targets)
+
+    return objective
 
 
 @dataclass(frozen=True)
@@ -93,14 +104,15 @@ def relearn_curve(
     probe: Probe,
     grid: Sequence[int],
     *,
-    loss: Loss,
+    objective: Objective,
     lr: float,
     batch_size: int,
     seed: int,
 ) -> Curve:
-    """Adam steps on a deep copy of ``model`` over (inputs, targets), ``probe`` read after each step of
-    ``grid`` (0: before any step). Batches cycle through seeded permutations of the data, the same for every
-    model given the same seed; the global RNG is restored afterwards and ``model`` is left untouched."""
+    """Adam steps of ``objective`` on a deep copy of ``model`` over (inputs, targets), ``probe`` read after
+    each step of ``grid`` (0: before any step). Batches cycle through seeded permutations of the data, the
+    same for every model given the same seed; the global RNG is restored afterwards and ``model`` is left
+    untouched."""
     grid = sorted(set(grid))
     wanted = set(grid)
     values: list[float] = []
@@ -122,7 +134,7 @@ def relearn_curve(
             batch = order[position : position + batch_size].to(inputs.device)
             position += batch_size
             work.train()
-            batch_loss = loss(work(inputs[batch]).float(), targets[batch])
+            batch_loss = objective(work, inputs[batch], targets[batch])
             optimizer.zero_grad(set_to_none=True)
             batch_loss.backward()
             optimizer.step()
