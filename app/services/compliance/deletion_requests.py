@@ -15,7 +15,8 @@ Submitting one adds, in the caller's transaction, the jobs it needs (by role):
 * ``recovery``: only when a policy rule names a recovery metric (``recovery_*``, ``transform.*``,
   ``relearn.*``): a recovery audit (quantization, pruning, relearning) of the unlearned model and
   ``recovery_identity``, the same audit of the identity control's output, both against the request's own
-  original and retrain, with the request's seed and ``recovery`` settings. They need the unlearned model, so
+  original and retrain, with the request's seed and ``recovery`` settings (refused for generative models:
+  they have no identity control, which the recovery rules' verdict needs). They need the unlearned model, so
   :func:`advance` adds them as a second stage once the unlearning, the retrain and the identity control have
   succeeded.
 
@@ -51,6 +52,7 @@ from app.models import (
     Job,
     JobKind,
     JobStatus,
+    Model,
     Policy,
 )
 from app.models.base import utcnow
@@ -69,14 +71,13 @@ from app.services.compliance import audit, reports
 from app.services.compliance.policies import find_policy, get_policy
 from app.services.compliance.signing import signing_key
 from app.services.data.forget_sets import get_forget_set
-from app.services.data.models import get_model
+from app.services.data.models import get_architecture, get_model
 from app.services.jobs import lifecycle as job_service
-from app.services.jobs.results import forget_set_task
 from app.services.jobs.submission import build_job, find_reusable
 from app.services.ops import quotas
 from workers.engine.job_kinds import job_kind
+from workers.engine.methods import METHODS
 from workers.engine.recovery.params import ORIGINAL_FIELD, RETRAIN_FIELD
-from workers.engine.task_types import TaskType
 
 ROLE_UNLEARN = "unlearn"
 ROLE_RETRAIN = "retrain"
@@ -102,13 +103,23 @@ def needs_recovery(policy: Policy) -> bool:
     return any(is_recovery_metric(PolicyRule.model_validate(rule).metric) for rule in policy.rules)
 
 
-def _recovery_params(session: Session, body: DeletionRequestCreate) -> dict[str, Any]:
+def _recovery_params(session: Session, body: DeletionRequestCreate, model: Model) -> dict[str, Any]:
     """The recovery audits' options, validated now (the jobs start later): 422 before anything is written."""
     spec = job_kind(RECOVERY_KIND)
-    task = TaskType(forget_set_task(session, body.forget_set_id))
+    # The model's task, not its dataset's: a generative model learns from a classification dataset.
+    task = get_architecture(model.architecture).task
     if task not in spec.task_types:
         raise Unprocessable(
             f"this policy needs a recovery audit, which does not support {task.value} models yet",
+            code="task-mismatch",
+        )
+    if task not in METHODS.get(IDENTITY_METHOD).task_types:
+        # Recovery rules are judged against the identity control's recovery audit (a pass needs the no-op
+        # to fail a rule); without that control a recovery rule could only ever read "inconclusive".
+        raise Unprocessable(
+            f"this policy has recovery rules, which are judged against the recovery audit of the identity"
+            f" control; the identity method does not run on {task.value} models, so a deletion request"
+            " cannot judge them: audit the unlearned model with a 'recovery' job instead",
             code="task-mismatch",
         )
     options = body.recovery.model_dump(mode="json") if body.recovery is not None else {}
@@ -180,7 +191,7 @@ def submit(
         policy = find_policy(session, tenant, body.policy_name, body.policy_version)
     model = get_model(session, tenant, body.model_id)
     forget_set = get_forget_set(session, tenant, body.forget_set_id)
-    recovery_params = _recovery_params(session, body) if needs_recovery(policy) else None
+    recovery_params = _recovery_params(session, body, model) if needs_recovery(policy) else None
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     common = {"model_id": model.id, "forget_set_id": forget_set.id, "device": body.device}
     new_jobs: list[uuid.UUID] = []

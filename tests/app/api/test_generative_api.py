@@ -242,3 +242,60 @@ def test_steps_ceiling_bounds_generative_jobs(migrated, tenant, world) -> None:
         assert problem["errors"][0]["loc"] == ["params", "sampler", "steps"]
         accepted = submit(api, tenant, {**evaluate, "params": {"sampler": {"steps": ceiling}}})
         assert accepted.status_code == 202, accepted.text
+
+
+def test_recovery_audits_of_generative_models_are_accepted(api: TestClient, tenant, world) -> None:
+    """A generator audited against teachers of its U-Net is accepted (it was 422 task-mismatch); controls of
+    another network, index forget sets and bad params are refused before anything is written."""
+    teacher, generator, class_set = world["teacher"]["id"], world["generator"]["id"], world["class_set"]["id"]
+    controls = {"original_model_id": teacher, "retrain_model_id": teacher}
+    body = {"kind": "recovery", "model_id": generator, "forget_set_id": class_set}
+    accepted = submit(api, tenant, {**body, "params": {**controls, "relearn_steps": [5]}})
+    assert accepted.status_code == 202, accepted.text
+    params = accepted.json()["params"]
+    assert params["original_model_id"] == teacher and params["relearn_steps"] == [0, 5]
+    assert params["evaluation"]["seed"] == 0 and params["relearn_lr"] == 2e-4  # the generative defaults
+    # A teacher is audited too (against itself here: a no-op's audit).
+    assert submit(api, tenant, {**body, "model_id": teacher, "params": controls}).status_code == 202
+    other = upload(
+        api,
+        tenant,
+        world["dataset"]["id"],
+        "unet_ddpm",
+        {**TINY, "base_channels": 16},
+        unet_state({"base_channels": 16}),
+    )
+    assert other.status_code == 201, other.text
+    wider = {**controls, "retrain_model_id": other.json()["id"]}
+    assert_problem(submit(api, tenant, {**body, "params": wider}), 422, "control-mismatch")
+    classifier = {**controls, "retrain_model_id": world["classifier"]["id"]}
+    assert_problem(submit(api, tenant, {**body, "params": classifier}), 422, "control-mismatch")
+    indices = {**body, "forget_set_id": world["random_set"]["id"], "params": controls}
+    assert_problem(submit(api, tenant, indices), 422, "forget-set-kind")
+    bad = {**body, "params": {**controls, "evaluation": {"sampler": {"steps": 0}}}}
+    assert_problem(submit(api, tenant, bad), 422, "invalid-params")
+    # Uploaded: no producing job to find the original in.
+    assert_problem(submit(api, tenant, body), 422, "missing-original")
+
+
+def test_deletion_requests_refuse_recovery_rules_on_generative_models(api: TestClient, tenant, world) -> None:
+    policy = api.post(
+        "/v1/policies",
+        json={"name": "gen-recovery", "rules": [{"metric": "transform.int4.gap_to_control", "max": 5}]},
+        headers=tenant.headers("admin"),
+    )
+    assert policy.status_code == 201, policy.text
+    response = api.post(
+        "/v1/deletion-requests",
+        json={
+            "model_id": world["teacher"]["id"],
+            "forget_set_id": world["class_set"]["id"],
+            "method": "sfd",
+            "params": {"steps": 2},
+            "retrain_params": {"recipe": {"steps": 2, "batch_size": 8}},
+            "seed": 1,
+            "policy_id": policy.json()["id"],
+        },
+        headers=tenant.headers("submit"),
+    )
+    assert "identity control" in assert_problem(response, 422, "task-mismatch")["detail"]
