@@ -173,3 +173,43 @@ def test_sample_job_stores_images_and_a_grid(live_api: TestClient, flow, artifac
     assert not any(path.exists() for path in files)
     older = live_api.get(f"/v1/models/{generator}/samples.png", headers=tenant.headers("read"))
     assert older.status_code == 200 and older.content.startswith(PNG_SIGNATURE)  # the SFD job's grid
+
+
+def test_recovery_audit_of_the_sfd_generator_runs_through_the_worker(live_api: TestClient, flow) -> None:
+    """A recovery audit of SFD's generator (422 task-mismatch before): the teacher and the gold retrain are
+    resolved as its controls, the worker runs it, and the metrics, result and plot are stored."""
+    tenant = flow["tenant"]
+    params = {
+        "relearn_steps": [2],
+        "relearn_samples": 8,
+        "relearn_batch_size": 4,
+        "sparsities": [0.5],
+        "relearn_sources": ["forget_subset", "unrelated"],
+        "evaluation": EVALUATION,
+    }
+    audit = run(
+        live_api,
+        tenant,
+        {
+            "kind": "recovery",
+            "model_id": flow["sfd"]["output_model_id"],
+            "forget_set_id": flow["class_set"]["id"],
+            "params": params,
+            "seed": 2,
+        },
+    )
+    assert audit["params"]["original_model_id"] == flow["train"]["output_model_id"]
+    assert audit["params"]["retrain_model_id"] == flow["gold"]["output_model_id"]
+    assert audit["seed"] == 2 and audit["code_version"] and audit["environment"]["device"] == "cpu"
+    assert audit["timings"]["relearn_s"] > 0 and audit["timings"]["transforms_s"] > 0
+    metrics, recovery = audit["metrics"], audit["result"]["recovery"]
+    # Before any transform: the SFD and gold jobs' own figures (same evaluation, classifier and seed), in %.
+    assert metrics["forget_class_rate"] == pytest.approx(100 * (1 - flow["sfd"]["metrics"]["ua"]))
+    assert metrics["control.forget_class_rate"] == pytest.approx(100 * (1 - flow["gold"]["metrics"]["ua"]))
+    assert audit["result"]["metric_classifier_reused"] is True
+    assert recovery["metric"] == "forget_class_rate"
+    assert {row["name"] for row in recovery["transforms"]} == {"int8", "int4", "nf4", "prune_50"}
+    assert "transform.int4.gap_to_control" in metrics
+    assert "relearn.forget_subset.step_2.gap_to_control" in metrics
+    plot = live_api.get(f"/v1/jobs/{audit['id']}/plots/recovery.png", headers=tenant.headers("read"))
+    assert plot.status_code == 200 and plot.content.startswith(PNG_SIGNATURE)
