@@ -142,3 +142,23 @@ export async function listAll(path, { max = 500, signal } = {}) {
   } while (cursor && rows.length < max);
   return rows;
 }
+
+/** POST a multipart form (uploads); JSON answer, problem+json errors as ApiError. */
+export async function apiForm(path, formData, { signal } = {}) {
+  const response = await fetch(`/v1${path}`, { method: "POST", headers: headers(), body: formData, signal, cache: "no-store" });
+  if (!response.ok) throw await toError(response);
+  return response.json();
+}
+
+/** Save a /v1 download under ``filename`` (the key travels in a header, so a plain link cannot do it). */
+export async function download(path, filename) {
+  const blob = await getBlob(path);
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = filename;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}

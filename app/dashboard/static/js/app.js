@@ -5,6 +5,8 @@ import { h, replace } from "./dom.js";
 import { describeError, showError } from "./ui.js";
 import { campaignDetailView, campaignsView } from "./views/campaigns.js";
 import { comparisonView, forgetSetsView } from "./views/comparison.js";
+import { complianceView, deletionRequestView } from "./views/compliance.js";
+import { dataView } from "./views/data.js";
 import { jobView } from "./views/job.js";
 import { jobsView } from "./views/jobs.js";
 import { submitView } from "./views/submit.js";
@@ -21,6 +23,9 @@ const ROUTES = [
   [/^\/forget-sets$/, forgetSetsView, "forget-sets"],
   [/^\/campaigns\/([0-9a-f-]{36})$/, campaignDetailView, "campaigns"],
   [/^\/campaigns$/, campaignsView, "campaigns"],
+  [/^\/data$/, dataView, "data"],
+  [/^\/deletion-requests\/([0-9a-f-]{36})$/, deletionRequestView, "compliance"],
+  [/^\/deletion-requests$/, complianceView, "compliance"],
 ];
 
 /** What a view gets: its container, an abort signal, timers that stop when the view is left. */

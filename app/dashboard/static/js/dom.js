@@ -93,7 +93,14 @@ export function progressBar(job) {
   if (job.status === "succeeded") fraction = 1;
   const pct = Math.max(0, Math.min(1, fraction)) * 100;
   const steps = p.total ? ` ${p.step}/${p.total}` : "";
-  const label = job.status === "succeeded" ? "done" : p.phase ? `${p.phase}${steps} (${pct.toFixed(0)}%)` : job.status;
+  const where = p.phase ? `${p.phase}${steps} (${pct.toFixed(0)}%)` : "";
+  // A finished job's bar says how it ended; a failed or cancelled one also where it stopped.
+  let label;
+  if (job.status === "succeeded") label = "done";
+  else if (job.status === "failed" || job.status === "cancelled") {
+    label = where ? `${job.status} at ${where}` : `${job.status} before it started`;
+    if (job.started_at && !where) label = job.status;
+  } else label = where || job.status;
   const fill = h("div", { class: "bar-fill" });
   fill.style.width = `${pct}%`;
   return h(

@@ -28,3 +28,26 @@ export function showError(error) {
   if (error && error.name === "AbortError") return;
   toast(describeError(error), "error");
 }
+
+/** Show an image full-window (a sample grid enlarged); a click or Escape closes it. */
+export function enlarge(img) {
+  if (!img.src) return;
+  const big = document.createElement("img");
+  big.src = img.src;
+  big.alt = img.alt;
+  const overlay = document.createElement("div");
+  overlay.className = "lightbox";
+  overlay.id = "lightbox";
+  overlay.setAttribute("role", "dialog");
+  overlay.append(big);
+  const close = () => {
+    overlay.remove();
+    document.removeEventListener("keydown", onKey);
+  };
+  const onKey = (event) => {
+    if (event.key === "Escape") close();
+  };
+  overlay.addEventListener("click", close);
+  document.addEventListener("keydown", onKey);
+  document.body.append(overlay);
+}

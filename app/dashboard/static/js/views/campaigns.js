@@ -4,7 +4,8 @@
 import { api, getBlob, listAll } from "../api.js";
 import { scatterChart } from "../charts.js";
 import { fmt, fmtTime, h, link, note, replace, section, shortId, table } from "../dom.js";
-import { showError, toast } from "../ui.js";
+import { describeError, showError, toast } from "../ui.js";
+import { field, paramsEditor } from "./submit.js";
 
 const REFRESH_MS = 3000;
 
@@ -17,15 +18,76 @@ function campaignProgress(campaign) {
     h("span", { class: "bar-label" }, `${Math.round((p.fraction || 0) * 100)}% of ${p.total}${counts ? ` (${counts})` : ""}`));
 }
 
+/** A campaign: methods (each with its params form) × existing forget sets × seeds, on one model. */
+function campaignForm({ models, forgetSets, methods }) {
+  const unlearn = methods.filter((m) => m.job_kind === "unlearn");
+  const name = h("input", { id: "campaign-name", type: "text", placeholder: "e.g. ft-vs-salun" });
+  const model = h("select", { id: "campaign-model" }, models.map((m) => h("option", { value: m.id }, `${m.name} (${shortId(m.id)})`)));
+  const sets = h("select", { id: "campaign-forget-sets", multiple: true, size: Math.min(6, Math.max(2, forgetSets.length)) },
+    forgetSets.map((f) => h("option", { value: f.id }, `${f.name} (${f.kind}, ${f.size})`)));
+  const seeds = h("input", { id: "campaign-seeds", type: "text", value: "0", placeholder: "0, 1, 2" });
+  const device = h("select", { id: "campaign-device" }, ["auto", "cpu", "cuda"].map((d) => h("option", { value: d }, d)));
+  const chosen = new Map(); // method name → its params editor
+  const methodBoxes = h("div", { id: "campaign-methods", class: "method-choices" }, unlearn.map((m) => {
+    const editor = paramsEditor({ id: `campaign-${m.name}`, title: `${m.name} parameters` });
+    const holder = h("div", { class: "method-params", hidden: true }, editor.el);
+    const box = h("input", { type: "checkbox", id: `campaign-method-${m.name}`, value: m.name, onchange: () => {
+      holder.hidden = !box.checked;
+      if (box.checked) {
+        editor.setSchema(m.params_schema);
+        chosen.set(m.name, editor);
+      } else chosen.delete(m.name);
+    } });
+    return h("div", { class: "method-choice" }, h("label", { for: box.id, title: m.description }, box, ` ${m.name}`), holder);
+  }));
+  const error = h("p", { id: "campaign-error", class: "error", role: "alert", hidden: true });
+  const button = h("button", { type: "submit", id: "campaign-button" }, "Start campaign");
+  const form = h("form", { id: "campaign-form", class: "form" },
+    field("Name", name, "name"), field("Original model", model, "model"),
+    field("Forget sets (ctrl/cmd-click for several)", sets, "forget_sets"),
+    h("div", { class: "field" }, h("label", {}, "Methods"), methodBoxes),
+    h("div", { class: "row" }, field("Seeds (comma-separated)", seeds, "seeds"), field("Device", device, "device")),
+    button, error);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.hidden = true;
+    button.disabled = true;
+    try {
+      const chosenSets = [...sets.selectedOptions].map((o) => ({ forget_set_id: o.value }));
+      if (!chosenSets.length) throw new Error("choose at least one forget set");
+      if (!chosen.size) throw new Error("choose at least one method");
+      const seedList = seeds.value.split(",").map((v) => v.trim()).filter(Boolean).map(Number);
+      if (!seedList.length || seedList.some((v) => !Number.isInteger(v) || v < 0)) throw new Error("seeds: whole numbers ≥ 0");
+      const body = { name: name.value.trim(), model_id: model.value, forget_sets: chosenSets, seeds: seedList,
+        device: device.value, methods: [...chosen].map(([method, editor]) => ({ method, params: editor.value() })) };
+      const created = await api("/campaigns", { method: "POST", body });
+      toast(`campaign ${created.name} started`);
+      location.hash = `#/campaigns/${created.id}`;
+    } catch (err) {
+      const problem = err.problem || {};
+      [...chosen.values()].forEach((editor, i) => editor.markErrors(problem.errors, ["methods", i, "params"]));
+      error.textContent = describeError(err);
+      error.hidden = false;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
+}
+
 export async function campaignsView(ctx) {
   const body = h("div", {});
+  const [models, forgetSets, methods] = await Promise.all([
+    listAll("/models", { signal: ctx.signal }), listAll("/forget-sets", { signal: ctx.signal }),
+    api("/methods", { signal: ctx.signal })]);
   const load = async () => {
     const rows = await listAll("/campaigns", { signal: ctx.signal, max: 200 });
     replace(body, rows.length ? table(["Campaign", "Status", "Stage", "Progress", "Created"], rows.map((c) => [
       link(`#/campaigns/${c.id}`, c.name), c.status, c.stage, campaignProgress(c), fmtTime(c.created_at),
-    ]), { id: "campaigns-table" }) : note("No campaigns yet (POST /v1/campaigns)."));
+    ]), { id: "campaigns-table" }) : note("No campaigns yet: start one below."));
   };
-  replace(ctx.root, section("Campaigns", body));
+  replace(ctx.root, section("Campaigns", body), section("New campaign", models.length && forgetSets.length
+    ? campaignForm({ models, forgetSets, methods }) : note("A campaign needs a model and a forget set first.")));
   await load();
   ctx.every(load, REFRESH_MS * 2);
 }

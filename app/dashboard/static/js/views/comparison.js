@@ -7,17 +7,22 @@
 import { api, getBlob, listAll } from "../api.js";
 import { barChart, findRocCurves, lineChart, rocChart, scatterChart } from "../charts.js";
 import { fmt, fmtTime, h, link, note, replace, section, shortId, table } from "../dom.js";
-import { showError } from "../ui.js";
+import { enlarge, showError } from "../ui.js";
+import { forgetSetCreatePanel } from "./data.js";
 
 const REFRESH_MS = 5000;
 
 export async function forgetSetsView(ctx) {
-  const rows = await listAll("/forget-sets", { signal: ctx.signal });
-  replace(ctx.root, section("Forget sets",
-    rows.length ? table(["Forget set", "Kind", "Size", "Dataset", "Created", ""], rows.map((f) => [
+  const list = h("div", {});
+  const load = async () => {
+    const rows = await listAll("/forget-sets", { signal: ctx.signal });
+    replace(list, rows.length ? table(["Forget set", "Kind", "Size", "Dataset", "Created", ""], rows.map((f) => [
       link(`#/forget-sets/${f.id}`, f.name || shortId(f.id)), f.kind, String(f.size), shortId(f.dataset_id),
       fmtTime(f.created_at), link(`#/forget-sets/${f.id}`, "comparison"),
-    ]), { id: "forget-sets-table" }) : note("No forget sets yet (POST /v1/forget-sets).")));
+    ]), { id: "forget-sets-table" }) : note("No forget sets yet: create one below."));
+  };
+  await load();
+  replace(ctx.root, section("Forget sets", list), await forgetSetCreatePanel(ctx, load));
 }
 
 function rowLabel(row, generative) {
@@ -29,7 +34,7 @@ function rowLabel(row, generative) {
 
 function thumbnail(url) {
   // Grids need the API key, so they are fetched as blobs rather than loaded by URL.
-  const img = h("img", { class: "sample-grid thumb", alt: "sample grid" });
+  const img = h("img", { class: "sample-grid thumb", alt: "sample grid (click to enlarge)", onclick: (e) => enlarge(e.target) });
   getBlob(url.slice(3)).then((blob) => { img.src = URL.createObjectURL(blob); }).catch(showError);
   return img;
 }
@@ -60,7 +65,7 @@ function comparisonTable(comparison) {
   h("td", {}, row.flags.map((f) => h("span", { class: "flag" }, f))),
   h("td", {}, link(`#/jobs/${row.job_id}`, shortId(row.job_id))),
   grids ? h("td", {}, row.grid_url ? thumbnail(row.grid_url) : "—") : []));
-  return table(headers, body, { id: "comparison-table" });
+  return h("div", { class: "table-scroll" }, table(headers, body, { id: "comparison-table" }));
 }
 
 /**

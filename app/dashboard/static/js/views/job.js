@@ -6,7 +6,8 @@ import { api, getBlob, getConditional, streamEvents } from "../api.js";
 import { barChart, findRocCurves, lineChart, rocChart } from "../charts.js";
 import { fmt, fmtDuration, fmtTime, h, link, note, progressBar, replace, section, shortId, statusBadge, table,
   TERMINAL } from "../dom.js";
-import { showError } from "../ui.js";
+import { errorBlock, errorText, paramsDigest } from "../jobinfo.js";
+import { enlarge, showError } from "../ui.js";
 import { cancelJob } from "./jobs.js";
 
 const POLL_MS = 1500;
@@ -98,7 +99,7 @@ function perClassChart(after, before, split) {
 }
 
 function gridImage(url, signal) {
-  const img = h("img", { id: "sample-grid", class: "sample-grid", alt: "sample grid" });
+  const img = h("img", { id: "sample-grid", class: "sample-grid", alt: "sample grid (click to enlarge)", onclick: (e) => enlarge(e.target) });
   if (url.startsWith("/v1/")) {
     getBlob(url.slice(3), signal).then((blob) => {
       img.src = URL.createObjectURL(blob);
@@ -113,7 +114,8 @@ function gridImage(url, signal) {
 
 function summary(job) {
   const rows = [
-    ["Kind", job.kind], ["Method", job.method || "—"], ["Seed", job.seed], ["Device", job.device_requested],
+    ["Kind", job.kind], ["Method", job.method || "—"], ["Params digest", h("code", { id: "job-params-digest" }, paramsDigest(job.params))],
+    ["Seed", job.seed], ["Device", job.device_requested],
     ["Dataset", job.dataset_id || "—"], ["Architecture", job.architecture || "—"],
     ["Model", job.model_id || "—"],
     ["Forget set", job.forget_set_id ? link(`#/forget-sets/${job.forget_set_id}`, job.forget_set_id) : "—"],
@@ -143,7 +145,9 @@ function eventList(events) {
         .map((k) => `${k}=${fmt(info[k], 4)}`);
       if (extra.length) text += ` (${extra.join(", ")})`;
     } else if (d.error) {
-      text = d.error.message || d.error.detail || JSON.stringify(d.error);
+      text = errorText(d.error).text || errorText(d.error).title;
+    } else if (d.code || d.detail) {
+      text = errorText(d).text || errorText(d).title;
     } else if (d.reason) {
       text = d.reason;
     }
@@ -191,7 +195,7 @@ export async function jobView(ctx, id) {
       h("div", { id: "job-progress" }, progressBar(job)),
       job.cancel_requested && !TERMINAL.has(job.status) ? note("Cancellation requested: it stops at its next heartbeat.") : null,
       h("p", { class: "muted" }, `Live: ${streamMode}.`),
-      job.error ? h("pre", { class: "error", id: "job-error" }, JSON.stringify(job.error, null, 2)) : null));
+      job.error ? errorBlock(job.error) : null));
   };
 
   const renderLive = () => {
