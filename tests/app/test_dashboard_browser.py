@@ -216,10 +216,14 @@ def test_login_submit_watch_compare_and_cancel(
     page.select_option("#submit-forget-set", forget_set["id"])
     page.select_option("#submit-method", "ft")
     # Long enough (a few seconds on an idle CPU) for the page to show it running, not only queued and done.
-    page.fill("#submit-params", '{"epochs": 40, "batch_size": 16}')
+    # The params form is generated from ft's schema: fields left empty take the defaults shown.
+    page.fill("#submit-params-epochs", "40")
+    page.fill("#submit-params-batch_size", "16")
+    assert '"epochs": 40' in page.inner_text("#submit-params-preview")
     page.fill("#submit-seed", "5")
     shot(page, "03-submit")
-    page.click("#submit-button")
+    page.focus("#submit-button")
+    page.keyboard.press("Enter")
     page.wait_for_url("**/#/jobs/*")
     job_id = page.url.rsplit("/", 1)[-1]
     page.wait_for_selector("#job-progress [role=progressbar]")
