@@ -42,15 +42,15 @@ def blobs_npz() -> bytes:
     return buffer.getvalue()
 
 
-def shot(page: Any, name: str) -> None:
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+def shot(tab: Any, name: str) -> None:
+    tab.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
-def wait_job(page: Any, timeout_ms: int = JOB_TIMEOUT_MS) -> str:
-    page.wait_for_selector(
+def wait_job(tab: Any, timeout_ms: int = JOB_TIMEOUT_MS) -> str:
+    tab.wait_for_selector(
         '#job-status [data-status="succeeded"], #job-status [data-status="failed"]', timeout=timeout_ms
     )
-    return str(page.get_attribute("#job-status [data-status]", "data-status"))
+    return str(tab.get_attribute("#job-status [data-status]", "data-status"))
 
 
 def test_workflow_from_an_empty_service(
@@ -181,7 +181,8 @@ def test_workflow_from_an_empty_service(
         assert saved.read_bytes()[: len(magic)].lower() == magic.lower(), (fmt, saved.read_bytes()[:20])
 
     # Two jobs that differ only in params: different digests, and the diff names the changed field.
-    common = {"kind": "unlearn", "method": "ft", "model_id": model_id, "forget_set_id": forget_set["id"], "seed": 9}
+    common = {"kind": "unlearn", "method": "ft", "model_id": model_id, "seed": 9}
+    common["forget_set_id"] = forget_set["id"]
     ids = []
     for epochs in (1, 2):
         response = live_api.post(
@@ -192,8 +193,13 @@ def test_workflow_from_an_empty_service(
     # A cancelled job's progress says so (a long train, cancelled at once).
     response = live_api.post(
         "/v1/jobs",
-        json={"kind": "train", "dataset_id": train["dataset_id"], "architecture": "mlp",
-              "params": {"recipe": LONG_RECIPE}, "seed": 4},
+        json={
+            "kind": "train",
+            "dataset_id": train["dataset_id"],
+            "architecture": "mlp",
+            "params": {"recipe": LONG_RECIPE},
+            "seed": 4,
+        },
         headers=tenant.headers("submit"),
     )
     long_id = response.json()["id"]
@@ -202,13 +208,13 @@ def test_workflow_from_an_empty_service(
     for job_id in ids:
         page.wait_for_selector(f'#jobs-table tr[data-job-id="{job_id}"]')
     digests = [
-        page.get_attribute(f'#jobs-table tr[data-job-id="{job_id}"] .params-digest', "data-digest") for job_id in ids
+        page.get_attribute(f'tr[data-job-id="{job_id}"] .params-digest', "data-digest") for job_id in ids
     ]
     assert digests[0] != digests[1], digests
     page.click(f'#jobs-table tr[data-job-id="{ids[1]}"] .params-digest summary')
     diff = page.inner_text(f'#jobs-table tr[data-job-id="{ids[1]}"] .params-diff')
     assert "epochs" in diff, diff
-    page.wait_for_selector(f'#jobs-table tr[data-job-id="{long_id}"][data-status="cancelled"]', timeout=60_000)
+    page.wait_for_selector(f'tr[data-job-id="{long_id}"][data-status="cancelled"]', timeout=60_000)
     label = page.inner_text(f'#jobs-table tr[data-job-id="{long_id}"] .bar-label')
     assert label.startswith("cancelled"), label
     shot(page, "w09-jobs-digests")
@@ -223,6 +229,7 @@ def test_workflow_from_an_empty_service(
         }"""
     )
     assert shown["title"] == "Internal error", shown
-    assert "/srv" not in shown["text"] and "Traceback" not in shown["text"] and "cd.npz" in shown["text"], shown
+    assert "/srv" not in shown["text"] and "Traceback" not in shown["text"], shown
+    assert "cd.npz" in shown["text"], shown
     assert not page.problems, page.problems  # type: ignore[attr-defined]
     print(f"dashboard workflow took {time.monotonic() - started:.1f} s; screenshots in {SCREENSHOTS}")

@@ -114,7 +114,7 @@ function tradeoff(comparison) {
       group: rowLabel(row, generative), highlight: row.kind === "retrain" }));
   return generative
     ? scatterChart({ kind: "tradeoff", title: "Forgetting vs retained accuracy (gold: black square)", points,
-      xLabel: "ua (1 − forget-class rate)", yLabel: "retained-class accuracy" })
+      xLabel: "ua (fraction 0–1: 1 − forget-class rate)", yLabel: "retained-class accuracy (fraction 0–1)" })
     : scatterChart({ kind: "tradeoff", title: "UA–RA trade-off (retrain: black square)", points,
       xLabel: "UA (%)", yLabel: "RA (%)" });
 }
@@ -191,11 +191,11 @@ export async function comparisonView(ctx, id) {
         h("a", { class: "button", href: `#/submit?kind=unlearn&forget_set_id=${id}` }, "Run a method on this forget set")),
       comparison.rows.length ? comparisonTable(comparison) : note("No finished jobs on this forget set yet."),
       h("p", { class: "muted" }, comparison.task === "generative"
-        ? "Generative rows: ua = 1 − rate at which the forgotten class is generated, override_rate = share of its "
+        ? "Generative rows (fractions 0–1, not %): ua = 1 − rate at which the forgotten class is generated, override_rate = share of its "
           + "samples classified as the safe class, retain_accuracy and fd_retain = retained classes' conditional "
           + "accuracy and Fréchet distance (metric classifier's features). Avg-Gap: mean |ua, retain_accuracy − gold|."
-        : "Avg-Gap: mean |UA, MIA-Efficacy, RA, TA − retrain| against the retrain of the same "
-          + "original model and seed (the highlighted row).")));
+        : "UA, RA, TA and MIA-Efficacy are percentages (0–100), so is Avg-Gap: mean |UA, MIA-Efficacy, RA, TA − "
+          + "retrain| against the retrain of the same original model and seed (the highlighted row).")));
     replace(plots, comparison.rows.length ? tradeoff(comparison) : note("The trade-off plot needs finished jobs."));
     renderRoc();
   };
