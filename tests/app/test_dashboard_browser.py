@@ -222,6 +222,8 @@ def test_login_submit_watch_compare_and_cancel(
     assert '"epochs": 40' in page.inner_text("#submit-params-preview")
     page.fill("#submit-seed", "5")
     shot(page, "03-submit")
+    # A full-page screenshot leaves Chromium to restore the scroll position at the next mouse-down, which can
+    # move the (now lower, longer-form) button from under the pointer; Enter on it submits the same form.
     page.focus("#submit-button")
     page.keyboard.press("Enter")
     page.wait_for_url("**/#/jobs/*")

@@ -162,3 +162,48 @@ export async function download(path, filename) {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
+
+// Files above this go through the resumable upload API (/v1/uploads) in parts of this size; a part the
+// server finds too large (its single-request limit is lower) is halved and resent.
+export const CHUNK = { threshold: 32 * 1024 * 1024, part: 16 * 1024 * 1024 };
+
+function base64(buffer) {
+  let text = "";
+  for (const byte of new Uint8Array(buffer)) text += String.fromCharCode(byte);
+  return btoa(text);
+}
+
+/**
+ * Upload ``file`` as ``purpose`` (dataset | model) in parts, then complete it with ``completion`` (the
+ * fields the single-request route takes). Resolves with the finished upload ({result_type, result_id}).
+ * ``onProgress(fraction)`` after every part. An upload refused on completion is abandoned (DELETE).
+ */
+export async function chunkedUpload(file, purpose, completion, { onProgress, signal } = {}) {
+  const upload = await api("/uploads", { method: "POST", body: { purpose, size_bytes: file.size }, signal });
+  let offset = 0;
+  let part = CHUNK.part;
+  try {
+    while (offset < file.size) {
+      const end = Math.min(offset + part, file.size);
+      const bytes = await file.slice(offset, end).arrayBuffer();
+      const digest = base64(await crypto.subtle.digest("SHA-256", bytes));
+      const response = await fetch(`/v1/uploads/${upload.id}`, {
+        method: "PUT", body: bytes, signal, cache: "no-store",
+        headers: headers({ "Content-Type": "application/octet-stream", "Content-Range": `bytes ${offset}-${end - 1}/${file.size}`,
+          "Content-Digest": `sha-256=:${digest}:` }),
+      });
+      if (response.status === 413 && part > 64 * 1024) {
+        part = Math.floor(part / 2);
+        continue;
+      }
+      if (!response.ok) throw await toError(response);
+      offset = (await response.json()).received_bytes;
+      if (onProgress) onProgress(offset / file.size);
+    }
+    return await api(`/uploads/${upload.id}/complete`, { method: "POST", body: completion, signal });
+  } catch (error) {
+    // Nothing half-written stays behind: the parts go with the upload.
+    await api(`/uploads/${upload.id}`, { method: "DELETE" }).catch(() => {});
+    throw error;
+  }
+}

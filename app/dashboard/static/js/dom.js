@@ -93,14 +93,17 @@ export function progressBar(job) {
   if (job.status === "succeeded") fraction = 1;
   const pct = Math.max(0, Math.min(1, fraction)) * 100;
   const steps = p.total ? ` ${p.step}/${p.total}` : "";
-  const where = p.phase ? `${p.phase}${steps} (${pct.toFixed(0)}%)` : "";
+  // "queued" is the phase a job has before a worker reports one: not a place where it ran.
+  const ran = p.phase && p.phase !== "queued";
+  const where = ran ? `${p.phase}${steps} (${pct.toFixed(0)}%)` : "";
   // A finished job's bar says how it ended; a failed or cancelled one also where it stopped.
   let label;
   if (job.status === "succeeded") label = "done";
   else if (job.status === "failed" || job.status === "cancelled") {
-    label = where ? `${job.status} at ${where}` : `${job.status} before it started`;
-    if (job.started_at && !where) label = job.status;
-  } else label = where || job.status;
+    if (where) label = `${job.status} at ${where}`;
+    else label = job.started_at ? job.status : `${job.status} before it started`;
+  } else if (job.status === "running") label = where || "starting";
+  else label = where || "queued";
   const fill = h("div", { class: "bar-fill" });
   fill.style.width = `${pct}%`;
   return h(

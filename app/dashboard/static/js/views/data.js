@@ -3,7 +3,7 @@
 // (random / class / indices / target range from the spec schemas in the OpenAPI document, or a worst-case
 // search job). The intake's problem+json errors are shown inline, beside the form that caused them.
 
-import { api, apiForm, listAll } from "../api.js";
+import { api, apiForm, CHUNK, chunkedUpload, listAll } from "../api.js";
 import { fmtTime, h, link, note, replace, section, shortId, table } from "../dom.js";
 import { describeError, toast } from "../ui.js";
 import { field, idempotencyKey, paramsEditor } from "./submit.js";
@@ -40,18 +40,48 @@ function modelsTable(rows) {
       link(`#/submit?kind=unlearn&model_id=${m.id}`, "run a job")]), { id: "models-table" }) : note("No models yet.");
 }
 
+/**
+ * One file to a single-request route, or through /v1/uploads when it is larger than CHUNK.threshold or the
+ * server refuses it as too large (413 upload-too-large). Resolves with the created resource.
+ */
+async function sendFile({ file, fileField, route, purpose, fields, status }) {
+  const single = async () => {
+    const data = new FormData();
+    data.append(fileField, file);
+    for (const [key, value] of Object.entries(fields)) {
+      if (value !== undefined && value !== null && value !== "") data.append(key, typeof value === "string" ? value : JSON.stringify(value));
+    }
+    return apiForm(route, data);
+  };
+  if (file.size <= CHUNK.threshold) {
+    try {
+      return await single();
+    } catch (err) {
+      if (!(err.status === 413 && (err.problem || {}).code === "upload-too-large")) throw err;
+    }
+  }
+  const completion = Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined && v !== null && v !== ""));
+  status.textContent = "uploading in parts…";
+  const done = await chunkedUpload(file, purpose, completion, {
+    onProgress: (fraction) => { status.textContent = `uploaded ${Math.round(fraction * 100)}%`; },
+  });
+  status.textContent = "";
+  return api(`/${done.result_type}s/${done.result_id}`);
+}
+
 function datasetUploadForm(onDone) {
   const file = h("input", { id: "dataset-file", type: "file", accept: ".npz", required: true });
   const name = h("input", { id: "dataset-name", type: "text", placeholder: "the file name" });
   const task = h("select", { id: "dataset-task" }, ["classification", "regression"].map((t) => h("option", { value: t }, t)));
   const normalization = h("input", { id: "dataset-normalization", type: "text", placeholder: 'none; "computed" or {"mean": [...], "std": [...]}' });
   const error = inlineError("dataset-upload-error");
+  const status = h("span", { id: "dataset-upload-status", class: "muted" });
   const button = h("button", { type: "submit", id: "dataset-upload-button" }, "Upload dataset");
   const form = h("form", { id: "dataset-upload-form", class: "form" },
     h("h3", {}, "Upload an .npz"),
     h("p", { class: "muted" }, "Arrays x_train, y_train, x_test, y_test (uint8 images stay uint8). Pickled arrays are refused."),
     field("File", file, "file"), field("Name", name, "name"), field("Task", task, "task"),
-    field("Normalisation (images)", normalization, "normalization"), button, error);
+    field("Normalisation (images)", normalization, "normalization"), button, status, error);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     showInline(error, null);
@@ -60,13 +90,10 @@ function datasetUploadForm(onDone) {
       return;
     }
     busy(button, async () => {
-      const data = new FormData();
-      data.append("file", file.files[0]);
-      if (name.value.trim()) data.append("name", name.value.trim());
-      data.append("task", task.value);
-      if (normalization.value.trim()) data.append("normalization", normalization.value.trim());
       try {
-        const created = await apiForm("/datasets/upload", data);
+        const created = await sendFile({ file: file.files[0], fileField: "file", route: "/datasets/upload",
+          purpose: "dataset", status,
+          fields: { name: name.value.trim(), task: task.value, normalization: normalization.value.trim() } });
         toast(`dataset ${created.name} stored (${created.n_train} train, ${created.n_test} test)`);
         form.reset();
         await onDone();
@@ -121,6 +148,7 @@ function modelUploadForm(architectures, datasets, onDone) {
   const dataset = h("select", { id: "model-dataset" }, h("option", { value: "" }, "(none)"),
     datasets.map((d) => h("option", { value: d.id }, `${d.name} (${shortId(d.id)})`)));
   const error = inlineError("model-upload-error");
+  const status = h("span", { id: "model-upload-status", class: "muted" });
   const button = h("button", { type: "submit", id: "model-upload-button" }, "Upload model");
   const update = () => {
     const entry = architectures.find((a) => a.name === architecture.value);
@@ -130,7 +158,7 @@ function modelUploadForm(architectures, datasets, onDone) {
   const form = h("form", { id: "model-upload-form", class: "form" }, h("h3", {}, "Upload a model"),
     h("p", { class: "muted" }, "A safetensors state_dict (pickles are refused) and the architecture it fits."),
     field("Weights (.safetensors)", file, "file"), field("Architecture", architecture, "architecture"), config.el,
-    field("Trained on (dataset)", dataset, "dataset"), field("Name", name, "name"), button, error);
+    field("Trained on (dataset)", dataset, "dataset"), field("Name", name, "name"), button, status, error);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     showInline(error, null);
@@ -140,13 +168,9 @@ function modelUploadForm(architectures, datasets, onDone) {
     }
     busy(button, async () => {
       try {
-        const data = new FormData();
-        data.append("weights", file.files[0]);
-        data.append("architecture", architecture.value);
-        data.append("config", JSON.stringify(config.value()));
-        if (name.value.trim()) data.append("name", name.value.trim());
-        if (dataset.value) data.append("dataset_id", dataset.value);
-        const created = await apiForm("/models", data);
+        const created = await sendFile({ file: file.files[0], fileField: "weights", route: "/models", purpose: "model",
+          status, fields: { architecture: architecture.value, config: config.value(), name: name.value.trim(),
+            dataset_id: dataset.value } });
         toast(`model ${created.name} stored (${created.num_params} parameters)`);
         await onDone();
       } catch (err) {
