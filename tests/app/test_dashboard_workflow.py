@@ -173,6 +173,26 @@ def test_workflow_from_an_empty_service(
     page.wait_for_selector("#campaign-table tr.retrain-row")
     shot(page, "w06-campaign-done")
 
+    # The trade-off chart: hover values, a legend entry hides its series, a dragged rectangle zooms in.
+    chart = 'svg[data-chart="tradeoff"]'
+    point = page.locator(f"{chart} .point-highlight").first.bounding_box()
+    page.mouse.move(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)
+    page.wait_for_selector(".chart-readout:not([hidden])")
+    assert "retrain" in page.inner_text(".chart-readout")
+    toggle = page.locator("button.legend-toggle", has_text="retrain").first
+    toggle.click()
+    assert page.locator(f"{chart} .point-highlight.series-hidden").count() >= 1
+    toggle.click()
+    assert page.locator(f"{chart} .point-highlight.series-hidden").count() == 0
+    box = page.locator(chart).bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.8, steps=4)
+    page.mouse.up()
+    page.wait_for_selector(".zoom-reset")
+    page.click(".zoom-reset")
+    page.wait_for_selector(".zoom-reset", state="detached")
+
     # A policy, then a deletion request under it; its report is verified in the page and downloaded.
     page.click('nav a[data-nav="compliance"]')
     page.wait_for_selector("#policy-form")
