@@ -376,7 +376,18 @@ def test_generative_comparison_shows_sample_grids(
         "() => [...document.querySelectorAll('#comparison-table img.sample-grid')]"
         ".filter((img) => img.complete && img.naturalWidth > 0).length === 4"
     )
+    # The comparison fits the window (the table scrolls inside its panel), and a grid enlarges on click.
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     shot(page, "13-generative-comparison")
+    page.locator("#comparison-table img.sample-grid").first.click()
+    page.wait_for_selector("#lightbox img")
+    assert page.evaluate(
+        "() => document.querySelector('#lightbox img').getBoundingClientRect().width"
+        " > document.querySelector('#comparison-table img.sample-grid').getBoundingClientRect().width"
+    )
+    shot(page, "13b-grid-enlarged")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#lightbox", state="detached")
     page.goto(f"/#/jobs/{sample['id']}")
     page.wait_for_function(
         "() => { const img = document.getElementById('sample-grid'); return img && img.naturalWidth > 0; }"

@@ -53,18 +53,19 @@ function comparisonTable(comparison) {
   for (const extra of ["rte_seconds", "avg_gap"]) if (!columns.includes(extra)) columns.push(extra);
   const generative = comparison.task === "generative";
   const grids = comparison.rows.some((row) => row.grid_url);
-  const headers = ["Row", "Seed", ...columns.map((c) => COLUMN_TITLES[c] || c), "Flags", "Job",
-    ...(grids ? ["Samples (one class per row)"] : [])];
+  // Samples come right after the row name: the metrics columns scroll, the grids stay in view.
+  const headers = ["Row", ...(grids ? ["Samples (one class per row; click to enlarge)"] : []), "Seed",
+    ...columns.map((c) => COLUMN_TITLES[c] || c), "Flags", "Job"];
   const body = comparison.rows.map((row) => h("tr", {
     class: row.kind === "retrain" ? "retrain-row" : "",
     dataset: { kind: row.kind, jobId: row.job_id },
   },
   h("th", { scope: "row" }, rowLabel(row, generative)),
+  grids ? h("td", {}, row.grid_url ? thumbnail(row.grid_url) : "—") : [],
   h("td", {}, String(row.seed)),
   columns.map((c) => cell(row, c)),
   h("td", {}, row.flags.map((f) => h("span", { class: "flag" }, f))),
-  h("td", {}, link(`#/jobs/${row.job_id}`, shortId(row.job_id))),
-  grids ? h("td", {}, row.grid_url ? thumbnail(row.grid_url) : "—") : []));
+  h("td", {}, link(`#/jobs/${row.job_id}`, shortId(row.job_id)))));
   return h("div", { class: "table-scroll" }, table(headers, body, { id: "comparison-table" }));
 }
 
