@@ -207,6 +207,11 @@ def test_workflow_from_an_empty_service(
     page.select_option("#dr-model", model_id)
     page.select_option("#dr-forget-set", forget_set["id"])
     page.select_option("#dr-method", "ft")
+    # Defaults follow the preset: ft's batch_size is null (inherited) under 'lethe', 256 under 'reference'.
+    assert page.get_attribute("#dr-params-batch_size", "placeholder") == "null (default)"
+    page.select_option("#dr-params-preset", '"reference"')
+    assert page.get_attribute("#dr-params-batch_size", "placeholder") == "256"
+    page.select_option("#dr-params-preset", "")
     page.fill("#dr-params-form [data-param=epochs]", "1")
     page.fill("#dr-seed", "2")
     shot(page, "w07-deletion-request-form")

@@ -13,6 +13,9 @@ import { cancelJob } from "./jobs.js";
 const POLL_MS = 1500;
 const HEADLINE = ["UA", "RA", "TA", "MIA-Efficacy", "test_accuracy", "train_accuracy", "forget_accuracy"];
 const MAX_EVENTS_SHOWN = 60;
+// Classification metrics are percentages; the generative ones (lower-case names) are fractions.
+const UNITS = { UA: "%", RA: "%", TA: "%", "MIA-Efficacy": "%", test_accuracy: "%", train_accuracy: "%",
+  forget_accuracy: "%", retain_accuracy: "fraction", ua: "fraction", override_rate: "fraction" };
 const CURVE_KEY = /(loss|acc|objective)/i;
 
 function sleep(ms, signal) {
@@ -74,8 +77,8 @@ function metricsTable(metrics) {
     const ib = HEADLINE.indexOf(b);
     return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || a.localeCompare(b);
   });
-  return table(["Metric", "Value"], names.map((name) => [name, fmt(metrics[name], 3)]), { id: "job-metrics",
-    class: "compact" });
+  return table(["Metric", "Value", "Unit"], names.map((name) => [name, fmt(metrics[name], 3), UNITS[name] || ""]),
+    { id: "job-metrics", class: "compact" });
 }
 
 async function beforePerClass(job, signal) {
