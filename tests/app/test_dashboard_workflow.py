@@ -283,3 +283,65 @@ def test_workflow_from_an_empty_service(
     assert "cd.npz" in shown["text"], shown
     assert not page.problems, page.problems  # type: ignore[attr-defined]
     print(f"dashboard workflow took {time.monotonic() - started:.1f} s; screenshots in {SCREENSHOTS}")
+
+
+def registry_models() -> list[tuple[str, Any]]:
+    """Every params / config model whose JSON schema the API serves for forms (architectures aside)."""
+    from workers.engine.datasets import DATASETS
+    from workers.engine.job_kinds import JOB_KINDS
+    from workers.engine.methods import METHODS
+    from workers.engine.task_types import TaskType
+
+    models = [(f"method {m.name}", m.params_model) for m in METHODS]
+    models += [(f"builtin {d.name}", d.config_model) for d in DATASETS]
+    for spec in JOB_KINDS:
+        for task in TaskType:
+            if (model := spec.params_model(task)) is not None:
+                models.append((f"kind {spec.name}/{task.value}", model))
+    return models
+
+
+FORM_ROUND_TRIP = """async (schemas) => {
+  const { schemaForm } = await import("/dashboard/js/schemaform.js");
+  const out = {};
+  for (const [name, schema] of Object.entries(schemas)) {
+    const form = schemaForm(schema, schema);
+    document.body.append(form.el);
+    const empty = form.value();
+    const defaults = {};
+    for (const [key, prop] of Object.entries(schema.properties || {})) {
+      const value = prop.presets ? prop.presets.lethe : prop.default;
+      if (value !== undefined) defaults[key] = value;
+    }
+    form.fill(defaults);
+    out[name] = { empty, filled: form.value(), fields: form.controls.size,
+      properties: Object.keys(schema.properties || {}).length };
+    form.el.remove();
+  }
+  return out;
+}"""
+
+
+def test_generated_forms_cover_every_registry_schema(page: Any) -> None:  # noqa: F811
+    """Every schema the registries serve renders one control per property; the empty form sends nothing
+    (the server's defaults apply), and a form filled with the documented defaults validates to the same
+    params as the empty one."""
+    models = dict(registry_models())
+    page.goto("/")
+    page.wait_for_selector("#login-form")
+    result = page.evaluate(
+        FORM_ROUND_TRIP, {name: model.model_json_schema() for name, model in models.items()}
+    )
+    assert len(result) == len(models) > 20, sorted(result)
+    checked = 0
+    for name, model in models.items():
+        shown = result[name]
+        assert shown["fields"] == shown["properties"], (name, shown)
+        assert shown["empty"] == {}, (name, shown)
+        required = model.model_json_schema().get("required", [])
+        if required:  # e.g. an audit's method: nothing to compare against without it
+            continue
+        assert model.model_validate(shown["filled"]) == model.model_validate({}), (name, shown["filled"])
+        checked += 1
+    assert checked > 20, checked
+    assert not page.problems, page.problems  # type: ignore[attr-defined]
