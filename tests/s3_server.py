@@ -20,15 +20,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.workers.servers import free_port
+
 START_TIMEOUT_S = 30.0
 ACCESS_KEY = "lethe-test"
 SECRET_KEY = "lethe-test-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

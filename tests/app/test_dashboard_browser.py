@@ -15,8 +15,6 @@ module is skipped, or fails when ``LETHE_REQUIRE_BROWSER=1`` (for CI, where a sk
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.live_server import served_api
 from tests.workers.test_job_flow import LONG_RECIPE, run, train_original
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.broker]
@@ -75,32 +74,11 @@ AUDIT_PARAMS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server_url(migrated) -> Iterator[str]:
     """The API (with the dashboard) served by uvicorn over real HTTP, publishing to the test broker."""
-    import uvicorn
-
-    from app.main import create_app
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(migrated), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="dashboard-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=15)
+    with served_api(migrated, "dashboard-server") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import pytest
 
 from app import demo
 from tests.conftest import TEST_DATABASE_URL
+from tests.workers.servers import free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,12 +34,6 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[2]
 # Generous: the 60 s target is for an idle 2-core box; CI shares its cores.
 RUN_TIMEOUT_S = 900.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -59,7 +54,7 @@ def _lethe(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _run_demo(home: Path, json_path: Path) -> tuple[str, dict[str, Any], int]:
-    port = _free_port()
+    port = free_port()
     done = _lethe(home, "demo", "--home", str(home), "--port", str(port), "--json", str(json_path))
     output = done.stdout + done.stderr
     assert done.returncode == 0, output

@@ -10,7 +10,6 @@ import http.server
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.workers.servers import free_port
+
 pytestmark = pytest.mark.slow
 
 # Generous: migrations, two Celery workers preloading torch and uvicorn, on a shared 2-core box.
@@ -28,12 +29,6 @@ START_TIMEOUT_S = 240.0
 # ServiceGroup.stop's grace (20 s) before SIGKILL, plus slack for a loaded box.
 STOP_TIMEOUT_S = 40.0
 UP_LINE = "Lethe is up"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -131,7 +126,7 @@ def _wait_gone(pids: set[int], timeout: float) -> tuple[set[int], float]:
 @pytest.fixture
 def up_service(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, set[int]]]:
     """A running `lethe up`, its port and every process it started (the API, two workers, their children)."""
-    port = _free_port()
+    port = free_port()
     proc = _start_up(tmp_path / "home", port)
     spawned: set[int] = set()
     try:

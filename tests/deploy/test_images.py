@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
+from tests.workers.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -387,15 +388,9 @@ assert "torch" not in sys.modules, "torch was imported"
     assert completed.returncode == 0, completed.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_the_api_command_serves_docs_and_json_logs_without_torch(tmp_path: Path) -> None:
     command = list(_services()["api"]["command"])
-    port = _free_port()
+    port = free_port()
     command[command.index("--port") + 1] = str(port)
     command[command.index("--host") + 1] = "127.0.0.1"
     command[command.index("--workers") + 1] = "1"  # the image's 2, but CI's two cores are shared

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from app.models import Job, JobStatus
 from app.services.jobs import lifecycle as job_service
 from app.services.ops import telemetry
 from tests.app.api.test_compliance import world  # noqa: F401  (fixture)
+from tests.workers.servers import free_port
 from workers import jobrunner
 from workers.runtime import WorkerRuntime
 
@@ -115,14 +115,8 @@ WORKER_SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_the_worker_parent_serves_what_its_job_children_observed(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     stale = tmp_path / "metrics"
     stale.mkdir()
     (stale / "counter_1.db").write_bytes(b"left by a previous run")  # must be cleared at start
