@@ -172,10 +172,30 @@ def artifacts_dir(migrated: Settings) -> Path:
 
 
 @pytest.fixture(scope="session")
-def worker_group(migrated: Settings) -> Iterator[object]:
-    """Real Celery workers in subprocesses (prefork): one on the gpu queue, one on default with the reaper."""
+def worker_group(migrated: Settings, sessions: sessionmaker[Session]) -> Iterator[object]:
+    """Real Celery workers in subprocesses (prefork): one on the gpu queue, one on default with the reaper.
+
+    Jobs that earlier tests left queued (submitted through the recording publisher, never meant to run) or
+    claimed without finishing are cancelled first: the fair pick would otherwise run them, every one, ahead
+    of the jobs of the tests that start these workers."""
+    from sqlalchemy import update
+
+    from app.models import Job, JobStatus
+    from app.models.base import utcnow
     from app.services.ops.processes import ServiceGroup
 
+    with sessions() as session:
+        session.execute(
+            update(Job)
+            .where(Job.status.in_([JobStatus.queued, JobStatus.running]))
+            .values(
+                status=JobStatus.cancelled,
+                cancel_requested=True,
+                finished_at=utcnow(),
+                version=Job.version + 1,
+            )
+        )
+        session.commit()
     group = ServiceGroup(migrated, log_dir=migrated.home / "logs", extra_env=settings_env(migrated))
     group.start(api=False)
     yield group
