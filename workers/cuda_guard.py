@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 NVML_CHECK_ENV = "PYTORCH_NVML_BASED_CUDA_CHECK"
 # C entry points that initialise the CUDA driver/runtime. Only wrapped where the build has them: adding one to
 # a CPU build would make torch believe it was compiled with CUDA (torch.cuda._is_compiled).
-DRIVER_ENTRY_POINTS = ("_cuda_init", "_cuda_getDeviceCount")
+DEVICE_COUNT_ENTRY = "_cuda_getDeviceCount"
+DRIVER_ENTRY_POINTS = ("_cuda_init", DEVICE_COUNT_ENTRY)
 GUARD_MARK = "_lethe_cuda_guard_original"
 
 
@@ -70,6 +71,35 @@ def _original(function: Any) -> Any:
     return getattr(function, GUARD_MARK, function)
 
 
+def nvidia_driver_absent() -> bool:
+    """Whether this host has no NVIDIA driver: its NVML library (libnvidia-ml, which ships with the driver)
+    cannot be loaded. Loading it initialises nothing."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return True
+    return False
+
+
+def _guarded_device_count(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``cudaGetDeviceCount`` for the parent. torch's NVML-based count falls back to it when NVML cannot be
+    loaded; on a host without a driver (a CPU machine with the CUDA build of torch) there is no device to
+    initialise and the answer is 0, given without calling the runtime. Where a driver exists the call is
+    refused like every other way into CUDA."""
+    guard = _guarded("torch._C._cuda_getDeviceCount", original)
+
+    @functools.wraps(original)
+    def device_count(*args: Any, **kwargs: Any) -> Any:
+        if os.getpid() == STATE.parent_pid and nvidia_driver_absent():
+            return 0
+        return guard(*args, **kwargs)
+
+    setattr(device_count, GUARD_MARK, original)
+    return device_count
+
+
 def install() -> None:
     """Guard this process as a worker parent (idempotent). Call before the preload imports anything."""
     os.environ[NVML_CHECK_ENV] = "1"
@@ -87,8 +117,14 @@ def install() -> None:
             setattr(module, "_lazy_init", guarded_lazy_init)  # noqa: B010
     for entry in DRIVER_ENTRY_POINTS:
         function = getattr(torch._C, entry, None)
-        if function is not None:
-            setattr(torch._C, entry, _guarded(f"torch._C.{entry}", _original(function)))
+        if function is None:
+            continue
+        wrap = (
+            _guarded_device_count
+            if entry == DEVICE_COUNT_ENTRY
+            else functools.partial(_guarded, f"torch._C.{entry}")
+        )
+        setattr(torch._C, entry, wrap(_original(function)))
 
 
 def installed() -> bool:

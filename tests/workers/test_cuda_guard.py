@@ -1,9 +1,10 @@
 """workers/cuda_guard.py: the worker's parent cannot initialise CUDA, and a parent that did is not forked
 from.
 
-These run on the CPU build of torch: every path to CUDA still goes through torch's lazy initialisation
-(``torch.cuda._lazy_init``, also reached from C++ when a tensor is created on a CUDA device), which is what
-the guard intercepts; the forked-child case checks that the guard then steps aside and torch answers itself.
+These run without a GPU or an NVIDIA driver (torch's CUDA build on a CPU machine): every path to CUDA still
+goes through torch's lazy initialisation (``torch.cuda._lazy_init``, also reached from C++ when a tensor is
+created on a CUDA device), which is what the guard intercepts; the forked-child case checks that the guard
+then steps aside and torch answers itself.
 """
 
 from __future__ import annotations
@@ -51,6 +52,22 @@ def test_a_fresh_parent_passes_and_availability_checks_go_through_nvml(guarded: 
     torch.cuda.is_available()  # asks NVML (or, on this build, nothing): no lazy init
     cuda_guard.assert_untouched("in the test")
     assert cuda_guard.report()["refused_attempts"] == 0
+
+
+def test_the_device_count_without_a_driver_is_zero_and_with_one_is_refused(
+    guarded: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's NVML count falls back to cudaGetDeviceCount when NVML cannot load: with no driver the parent
+    gets 0 without the runtime being called; where a driver exists the raw call is refused."""
+    if not hasattr(torch._C, cuda_guard.DEVICE_COUNT_ENTRY):
+        pytest.skip("a CPU build of torch has no cudaGetDeviceCount entry point")
+    monkeypatch.setattr(cuda_guard, "nvidia_driver_absent", lambda: True)
+    assert torch._C._cuda_getDeviceCount() == 0 and torch.cuda.device_count() == 0
+    assert cuda_guard.report()["refused_attempts"] == 0
+    monkeypatch.setattr(cuda_guard, "nvidia_driver_absent", lambda: False)
+    with pytest.raises(cuda_guard.CudaInParentError, match="parent process"):
+        torch._C._cuda_getDeviceCount()
+    assert [attempt["entry"] for attempt in cuda_guard.STATE.attempts] == ["torch._C._cuda_getDeviceCount"]
 
 
 @pytest.mark.parametrize("call", sorted(CUDA_CALLS))
