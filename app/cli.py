@@ -168,17 +168,21 @@ def create_key_cmd(
     typer.echo(new.token)
 
 
-def follow_job(client: Any, job_id: str, label: str) -> dict[str, Any]:
-    """Follow a job with a progress bar until it ends."""
-    with Progress(
+def job_progress() -> Progress:
+    """The progress bar of a followed job or request: label, bar, percentage, phase, elapsed time."""
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.percentage:>5.1f}%"),
         TextColumn("{task.fields[phase]}"),
         TimeElapsedColumn(),
         console=console,
-        transient=False,
-    ) as progress:
+    )
+
+
+def follow_job(client: Any, job_id: str, label: str) -> dict[str, Any]:
+    """Follow a job with a progress bar until it ends."""
+    with job_progress() as progress:
         task = progress.add_task(label, total=1.0, phase="queued")
 
         def update(job: dict[str, Any]) -> None:
@@ -245,14 +249,7 @@ cli.add_typer(report_cli, name="report")
 
 def follow_request(client: Any, request_id: str) -> Any:
     """Follow a deletion request with a progress bar (mean progress of its jobs) until it ends."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>5.1f}%"),
-        TextColumn("{task.fields[phase]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with job_progress() as progress:
         task = progress.add_task(f"request {request_id[:8]}", total=1.0, phase="running")
 
         def update(current: Any) -> None:
@@ -771,14 +768,7 @@ def _record_table(title: str, record: Any, fields: tuple[str, ...]) -> None:
 
 def follow_typed(client: Any, job_id: Any, label: str) -> Any:
     """Follow a job (a lethe_client.Job) with a progress bar until it ends."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>5.1f}%"),
-        TextColumn("{task.fields[phase]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with job_progress() as progress:
         task = progress.add_task(label, total=1.0, phase="queued")
 
         def update(job: Any) -> None:

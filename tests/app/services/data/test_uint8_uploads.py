@@ -20,8 +20,8 @@ from app.intake import npz_check
 from app.intake.errors import IntakeError
 from app.models import Dataset, Job, JobStatus
 from app.services.data.dataset_sources import DatasetRef, load_dataset
-from app.services.jobs import lifecycle as job_service
 from app.storage import LocalArtifactStore
+from tests.in_process import run_job_in_process
 
 PROBLEM = "application/problem+json"
 N_TRAIN, N_TEST, SIDE = 96, 32, 8
@@ -145,8 +145,6 @@ def train_in_process(
     api: TestClient, tenant, sessions: sessionmaker[Session], migrated: Settings, dataset_id: str
 ) -> dict[str, Any]:
     """Submit a train job over HTTP, run it through the worker's job path in this process, read it back."""
-    from workers import jobrunner
-    from workers.runtime import WorkerRuntime
 
     submitted = api.post(
         "/v1/jobs",
@@ -163,16 +161,7 @@ def train_in_process(
     )
     assert submitted.status_code == 202, submitted.text
     job_id = uuid.UUID(submitted.json()["id"])
-    runtime = WorkerRuntime(
-        settings=migrated, sessions=sessions, store=LocalArtifactStore(migrated.artifacts)
-    )
-    claim = job_service.claim(sessions, job_id, runtime.worker_name, migrated.lease_seconds)
-    assert claim is not None
-    with sessions() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        session.expunge(job)
-    jobrunner._run(runtime, claim, job)
+    run_job_in_process(sessions, migrated, job_id)
     with sessions() as session:
         done = session.get(Job, job_id)
         assert done is not None and done.status is JobStatus.succeeded, done.error

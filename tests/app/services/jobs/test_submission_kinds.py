@@ -16,17 +16,13 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.core.problems import DomainError
 from app.core.security import Principal, Scope
-from app.models import Job
 from app.schemas.jobs import JobCreate
-from app.services.jobs import lifecycle as job_service
 from app.services.jobs.submission import build_job
-from app.storage import LocalArtifactStore
 from tests.app.api.test_bad_input_corpus import mlp_state
 from tests.app.api.test_compliance import upload_model
 from tests.app.api.test_resources import assert_problem, create_digits
+from tests.in_process import run_job_in_process
 from tests.workers.engine.trivial_kinds import COPIED_METRIC, COPY_MODEL, registered
-from workers import jobrunner
-from workers.runtime import WorkerRuntime
 
 
 def _body(**fields: Any) -> JobCreate:
@@ -85,16 +81,7 @@ def test_a_kind_registered_in_a_test_runs_through_the_api_and_the_job_runner(
         )
         assert submitted.status_code == 202, submitted.text
         job_id = uuid.UUID(submitted.json()["id"])
-        runtime = WorkerRuntime(
-            settings=migrated, sessions=sessions, store=LocalArtifactStore(migrated.artifacts)
-        )
-        claim = job_service.claim(sessions, job_id, runtime.worker_name, migrated.lease_seconds)
-        assert claim is not None
-        with sessions() as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            session.expunge(job)
-        jobrunner._run(runtime, claim, job)
+        run_job_in_process(sessions, migrated, job_id)
     # The stored row outlives the registration: it reads back as the plain name.
     done = api.get(f"/v1/jobs/{job_id}", headers=tenant.headers("read")).json()
     assert done["status"] == "succeeded", done["error"]
